@@ -1,0 +1,105 @@
+//! Lifeboat's pure core: the plan model, its loading and validation, retention and verification
+//! verdicts. No I/O beyond reading the plan text the caller hands in, no async: every decision
+//! here is a unit test away.
+
+pub mod load;
+pub mod plan;
+pub mod repo_url;
+pub mod secret;
+pub mod units;
+pub mod validate;
+pub mod verdict;
+
+pub use load::{parse_plan, Diagnostic};
+pub use plan::Plan;
+
+/// The JSON Schema of `lifeboat.yaml`, for editors (`lifeboat plan schema`).
+pub fn plan_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(plan::Plan);
+    serde_json::to_value(schema).expect("schema serializes")
+}
+
+/// The commented starter plan `lifeboat init` writes.
+pub const STARTER_PLAN: &str = include_str!("../templates/lifeboat.yaml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starter_plan_passes_check() {
+        let plan = parse_plan(STARTER_PLAN, "lifeboat.yaml").unwrap_or_else(|d| {
+            panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+        });
+        assert_eq!(plan.name, "my-service");
+        assert_eq!(plan.backups.len(), 2);
+    }
+
+    fn errors(src: &str) -> Vec<String> {
+        parse_plan(src, "p.yaml")
+            .err()
+            .expect("plan should fail")
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    const BASE: &str = "name: t\ntiers:\n  gold: { rpo: 15m, rto: 1h }\nservices:\n  etc:\n    kind: paths\n    tier: gold\n    paths: [/etc]\nrepositories:\n  main: { url: /tmp/r, key_env: K }\n";
+
+    #[test]
+    fn every_error_is_located_and_reported() {
+        let src = format!(
+            "{BASE}  other: {{ url: /tmp/o, key_env: K, colour: red }}\nbackups:\n  a:\n    service: nope\n    repository: main\n    retention: {{}}\n  b:\n    service: etc\n    repository: missing\n    schedule: \"0 2 * *\"\n  c:\n    service: etc\n    retention: {{ daily: many }}\n"
+        );
+        let e = errors(&src);
+        let all = e.join("\n");
+        assert!(all.contains("p.yaml:11:37: repositories.other.colour: unknown field `colour`"), "{all}");
+        assert!(all.contains("p.yaml:14:14: backups.a.service: job names undeclared service `nope`"), "{all}");
+        assert!(all.contains("p.yaml:16:16: backups.a.retention: retention has no keep rule"), "{all}");
+        assert!(all.contains("p.yaml:19:17: backups.b.repository: job names undeclared repository `missing`"), "{all}");
+        assert!(all.contains("backups.b.schedule: schedule `0 2 * *` has 4 fields"), "{all}");
+        assert!(all.contains("backups.c.retention.daily: invalid type: string \"many\", expected u32"), "{all}");
+        assert_eq!(e.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn undefined_tier_and_wrong_type() {
+        let src = BASE.replace("tier: gold", "tier: silver").replace("rpo: 15m", "rpo: soon");
+        let all = errors(&src).join("\n");
+        assert!(all.contains("p.yaml:3:16: tiers.gold.rpo: `soon` is not a duration"), "{all}");
+        assert!(all.contains("p.yaml:7:11: services.etc.tier: tier `silver` is not defined (declared: gold)"), "{all}");
+    }
+
+    #[test]
+    fn unknown_field_inside_tagged_service_points_at_key() {
+        let src = BASE.replace("    paths: [/etc]\n", "    paths: [/etc]\n    pathz: [/var]\n");
+        let all = errors(&src).join("\n");
+        assert!(all.contains("p.yaml:9:5: services.etc.pathz: unknown field `pathz`"), "{all}");
+    }
+
+    #[test]
+    fn unknown_kind_and_malformed_yaml() {
+        let src = BASE.replace("kind: paths", "kind: mysql");
+        let all = errors(&src).join("\n");
+        assert!(all.contains("p.yaml:6:11: services.etc.kind: unknown variant `mysql`"), "{all}");
+        let all = errors("name: x\nservices:\n  a: [1, 2\n").join("\n");
+        assert!(all.contains("malformed YAML"), "{all}");
+        assert!(all.starts_with("p.yaml:4:"), "{all}");
+    }
+
+    #[test]
+    fn duplicate_keys_and_cycles() {
+        let src = format!("{BASE}name: again\n");
+        assert!(errors(&src).join("\n").contains("duplicate key `name`"));
+        let src = BASE.replace("    paths: [/etc]\n", "    paths: [/etc]\n    depends_on: [etc]\n");
+        assert!(errors(&src).join("\n").contains("dependency cycle: etc → etc"));
+    }
+
+    #[test]
+    fn schema_describes_the_plan() {
+        let s = plan_schema();
+        let text = s.to_string();
+        assert!(text.contains("\"repositories\""));
+        assert!(text.contains("Recovery point objective"));
+    }
+}

@@ -1,0 +1,336 @@
+//! The plan model: what `lifeboat.yaml` says, typed.
+//!
+//! Every struct denies unknown fields so a typo is an error, not a silently ignored setting.
+//! The doc comments become the JSON Schema's descriptions (`lifeboat plan schema`).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+use crate::units::{Duration, Size};
+
+/// A disaster-recovery plan.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// The plan's name; recorded on every snapshot and evidence event.
+    pub name: String,
+    /// Where Lifeboat keeps its own state (evidence log, caches). Relative paths are relative
+    /// to the plan file. Default: `.lifeboat` beside the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+    /// Recovery objectives by tier name.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, Tier>,
+    /// Places that can fail as a whole (regions, data centres).
+    #[serde(default)]
+    pub sites: Vec<String>,
+    /// What to protect, by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Where backups live, by name.
+    #[serde(default)]
+    pub repositories: BTreeMap<String, Repository>,
+    /// Backup jobs, by name.
+    #[serde(default)]
+    pub backups: BTreeMap<String, BackupJob>,
+    /// Where to send notifications.
+    #[serde(default)]
+    pub notifications: Vec<Notification>,
+}
+
+/// Recovery objectives.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// Recovery point objective: the most data (as time) the tier may lose.
+    pub rpo: Duration,
+    /// Recovery time objective: how long the tier may be down.
+    pub rto: Duration,
+    /// Availability target in percent, e.g. 99.99.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<f64>,
+}
+
+/// Something to protect.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Service {
+    /// Files and directories.
+    Paths {
+        /// Tier (objectives) this service belongs to.
+        tier: String,
+        /// Site the paths live in (optional).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        site: Option<String>,
+        /// Services that must be restored before this one.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        depends_on: Vec<String>,
+        /// Absolute paths to back up.
+        paths: Vec<String>,
+        /// Glob patterns to exclude (gitignore syntax).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<String>,
+    },
+    /// A command whose standard output is the state to keep
+    /// (`kubectl get all -A -o yaml`, `terraform state pull`).
+    Command {
+        /// Tier (objectives) this service belongs to.
+        tier: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        site: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        depends_on: Vec<String>,
+        /// Shell command (run with `sh -c`); its stdout is stored, a non-zero exit fails the backup.
+        command: String,
+        /// File name the output is stored under in the snapshot. Default: `<service>.out`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filename: Option<String>,
+        /// Kill the command and fail the backup after this long. Default: 1h.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout: Option<Duration>,
+    },
+    /// A PostgreSQL cluster with members per site (backups and failover arrive in later releases).
+    Postgres {
+        tier: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        depends_on: Vec<String>,
+        /// Members by site name.
+        #[serde(default)]
+        members: BTreeMap<String, PgMember>,
+        /// Directory with `pg_ctl`, `pg_basebackup` etc. Default: auto-detected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bin_dir: Option<String>,
+        /// Databases to dump logically (`pg_dump -Fc`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        databases: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replication: Option<Replication>,
+        /// SQL checks run after a test restore, each must return true.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        checks: Vec<String>,
+    },
+    /// An HTTP service with a health URL per site (health checks arrive in a later release).
+    Http {
+        tier: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        depends_on: Vec<String>,
+        /// Health URL by site name.
+        #[serde(default)]
+        health: BTreeMap<String, String>,
+    },
+}
+
+impl Service {
+    pub fn tier(&self) -> &str {
+        match self {
+            Service::Paths { tier, .. }
+            | Service::Command { tier, .. }
+            | Service::Postgres { tier, .. }
+            | Service::Http { tier, .. } => tier,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Service::Paths { .. } => "paths",
+            Service::Command { .. } => "command",
+            Service::Postgres { .. } => "postgres",
+            Service::Http { .. } => "http",
+        }
+    }
+    pub fn depends_on(&self) -> &[String] {
+        match self {
+            Service::Paths { depends_on, .. }
+            | Service::Command { depends_on, .. }
+            | Service::Postgres { depends_on, .. }
+            | Service::Http { depends_on, .. } => depends_on,
+        }
+    }
+    /// The snapshot kind a backup of this service produces.
+    pub fn snapshot_kind(&self) -> &'static str {
+        match self {
+            Service::Paths { .. } => "files",
+            Service::Command { .. } => "command",
+            Service::Postgres { .. } => "base",
+            Service::Http { .. } => "none",
+        }
+    }
+}
+
+/// One PostgreSQL member.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PgMember {
+    pub host: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+}
+
+/// Replication settings of a PostgreSQL service.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    /// `sync` (RPO 0: only a synchronous standby may be promoted) or `async`.
+    pub mode: ReplicationMode,
+    /// Most a standby may lag and still be promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_on_failover: Option<Size>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    Sync,
+    Async,
+}
+
+/// A restic-format repository (encrypted, compressed, deduplicated).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// A local path (relative to the plan file), or
+    /// `s3://BUCKET/PREFIX?endpoint=URL&region=REGION` for an S3-compatible server.
+    pub url: String,
+    /// File holding the repository password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// Environment variable holding the repository password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    /// Command printing the repository password (e.g. `vault kv get -field=key ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_command: Option<String>,
+    /// zstd level (1..=22, negative for faster). Default: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<i32>,
+    /// S3 access key id (for `s3://` URLs); default: `AWS_ACCESS_KEY_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<Secret>,
+    /// S3 secret access key; default: `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+}
+
+/// A backup job: which service, into which repository, when, and how long to keep it.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupJob {
+    /// The service to back up.
+    pub service: String,
+    /// The repository to write to. Default: the only repository, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// When to run (cron `m h dom mon dow`, or `@hourly`, `@daily`, `@weekly`, `@monthly`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// How many snapshots to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    /// Repositories to copy each new snapshot to (cross-region copies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_to: Vec<String>,
+    /// What `lifeboat verify` checks for this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyPolicy>,
+}
+
+/// Retention policy. Each rule keeps the newest snapshot of that many periods; a snapshot kept
+/// by any rule stays.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep the last N snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yearly: Option<u32>,
+    /// Keep every snapshot younger than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<Duration>,
+}
+
+impl Retention {
+    /// Whether any rule keeps anything. A policy with none would delete every snapshot.
+    pub fn has_keep_rule(&self) -> bool {
+        [
+            self.last,
+            self.hourly,
+            self.daily,
+            self.weekly,
+            self.monthly,
+            self.yearly,
+        ]
+        .iter()
+        .any(|r| r.is_some_and(|n| n > 0))
+            || self.within.is_some_and(|d| !d.0.is_zero())
+    }
+}
+
+/// Verification policy of a job.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyPolicy {
+    /// The newest snapshot must be younger than this. Default: the service tier's RPO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// At least this many snapshots must be retained. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_snapshots: Option<u32>,
+}
+
+/// A notification target.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    /// Webhook URL (usually a secret: `${SLACK_WEBHOOK}`).
+    pub webhook: Secret,
+    /// Payload format. Default: `json`.
+    #[serde(default)]
+    pub format: NotificationFormat,
+    /// Only events at least this severe (P1 most severe). Default: P4 (everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_severity: Option<Severity>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
+/// Incident severity (seed 001): P1 critical … P4 low.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    P1,
+    P2,
+    P3,
+    P4,
+}
+
+impl Plan {
+    /// The repository a job writes to: its own, or the plan's only repository.
+    pub fn job_repository<'a>(&'a self, job: &'a BackupJob) -> Option<&'a str> {
+        match &job.repository {
+            Some(r) => Some(r.as_str()),
+            None if self.repositories.len() == 1 => self.repositories.keys().next().map(|k| k.as_str()),
+            None => None,
+        }
+    }
+}

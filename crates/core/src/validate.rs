@@ -1,0 +1,381 @@
+//! Semantic checks of a plan: references resolve, policies make sense.
+//!
+//! Pure: returns `(field path, message)` pairs; the loader turns paths into line/column.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::plan::{Plan, Service};
+
+/// Names declared in the file (including entries that failed to parse).
+#[derive(Default, Debug)]
+pub struct Declared {
+    pub tiers: BTreeSet<String>,
+    pub services: BTreeSet<String>,
+    pub repositories: BTreeSet<String>,
+}
+
+impl Declared {
+    pub fn from_names(names: impl Fn(&str) -> BTreeSet<String>) -> Self {
+        Self {
+            tiers: names("tiers"),
+            services: names("services"),
+            repositories: names("repositories"),
+        }
+    }
+    pub fn from_plan(plan: &Plan) -> Self {
+        Self {
+            tiers: plan.tiers.keys().cloned().collect(),
+            services: plan.services.keys().cloned().collect(),
+            repositories: plan.repositories.keys().cloned().collect(),
+        }
+    }
+}
+
+fn list(names: &BTreeSet<String>) -> String {
+    if names.is_empty() {
+        "none are declared".into()
+    } else {
+        format!(
+            "declared: {}",
+            names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// Validate a cron expression (5 fields) or an `@keyword`.
+pub fn check_schedule(s: &str) -> Result<(), String> {
+    let t = s.trim();
+    if let Some(k) = t.strip_prefix('@') {
+        return match k {
+            "hourly" | "daily" | "weekly" | "monthly" | "yearly" | "annually" | "midnight" => {
+                Ok(())
+            }
+            _ => Err(format!(
+                "unknown schedule `{t}`: expected a cron expression (`m h dom mon dow`) or one of @hourly, @daily, @weekly, @monthly, @yearly"
+            )),
+        };
+    }
+    let fields: Vec<&str> = t.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "schedule `{t}` has {} fields: expected 5 (`minute hour day-of-month month day-of-week`, e.g. `0 2 * * *`) or @daily",
+            fields.len()
+        ));
+    }
+    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+    let names = ["minute", "hour", "day-of-month", "month", "day-of-week"];
+    for ((f, (lo, hi)), name) in fields.iter().zip(ranges).zip(names) {
+        for part in f.split(',') {
+            let (range, step) = match part.split_once('/') {
+                Some((r, s)) => (r, Some(s)),
+                None => (part, None),
+            };
+            if let Some(step) = step {
+                if step.parse::<u32>().map_or(true, |n| n == 0) {
+                    return Err(format!("schedule `{t}`: bad step `{step}` in the {name} field"));
+                }
+            }
+            if range == "*" {
+                continue;
+            }
+            for n in range.split('-') {
+                match n.parse::<u32>() {
+                    Ok(v) if (lo..=hi).contains(&v) => {}
+                    _ => {
+                        return Err(format!(
+                            "schedule `{t}`: `{part}` is not valid in the {name} field (expected {lo}-{hi}, `*`, lists and steps)"
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every semantic problem in the plan, as (field path, message).
+pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut err = |p: String, m: String| out.push((p, m));
+
+    if plan.name.trim().is_empty() {
+        err("name".into(), "the plan name must not be empty".into());
+    }
+    for (name, tier) in &plan.tiers {
+        if let Some(a) = tier.availability {
+            if !(a > 0.0 && a <= 100.0) {
+                err(
+                    format!("tiers.{name}.availability"),
+                    format!("availability {a} is not a percentage in (0, 100]"),
+                );
+            }
+        }
+    }
+    let mut seen_sites = BTreeSet::new();
+    for (i, s) in plan.sites.iter().enumerate() {
+        if !valid_name(s) {
+            err(format!("sites[{i}]"), format!("site name `{s}` may only use letters, digits, `-`, `_`, `.`"));
+        }
+        if !seen_sites.insert(s) {
+            err(format!("sites[{i}]"), format!("site `{s}` is listed twice"));
+        }
+    }
+    let sites: BTreeSet<String> = plan.sites.iter().cloned().collect();
+
+    for (name, svc) in &plan.services {
+        let base = format!("services.{name}");
+        if !valid_name(name) {
+            err(base.clone(), format!("service name `{name}` may only use letters, digits, `-`, `_`, `.`"));
+        }
+        if !declared.tiers.contains(svc.tier()) {
+            err(
+                format!("{base}.tier"),
+                format!("tier `{}` is not defined ({})", svc.tier(), list(&declared.tiers)),
+            );
+        }
+        for (i, d) in svc.depends_on().iter().enumerate() {
+            if !declared.services.contains(d) {
+                err(
+                    format!("{base}.depends_on[{i}]"),
+                    format!("depends on undeclared service `{d}` ({})", list(&declared.services)),
+                );
+            }
+        }
+        match svc {
+            Service::Paths { paths, site, .. } => {
+                if paths.is_empty() {
+                    err(format!("{base}.paths"), "a `paths` service needs at least one path".into());
+                }
+                for (i, p) in paths.iter().enumerate() {
+                    if p.trim().is_empty() {
+                        err(format!("{base}.paths[{i}]"), "empty path".into());
+                    }
+                }
+                check_site(&mut err, &base, site.as_deref(), &sites);
+            }
+            Service::Command {
+                command,
+                filename,
+                site,
+                ..
+            } => {
+                if command.trim().is_empty() {
+                    err(format!("{base}.command"), "the command must not be empty".into());
+                }
+                if let Some(f) = filename {
+                    if f.is_empty() || f.contains('/') || f == "." || f == ".." {
+                        err(
+                            format!("{base}.filename"),
+                            format!("`{f}` is not a plain file name (no `/`)"),
+                        );
+                    }
+                }
+                check_site(&mut err, &base, site.as_deref(), &sites);
+            }
+            Service::Postgres { members, .. } => {
+                for site in members.keys() {
+                    if !sites.contains(site) {
+                        err(
+                            format!("{base}.members.{site}"),
+                            format!("member site `{site}` is not in `sites` ({})", list(&sites)),
+                        );
+                    }
+                }
+            }
+            Service::Http { health, .. } => {
+                for site in health.keys() {
+                    if !sites.contains(site) {
+                        err(
+                            format!("{base}.health.{site}"),
+                            format!("site `{site}` is not in `sites` ({})", list(&sites)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if let Some(cycle) = dependency_cycle(plan) {
+        err(
+            format!("services.{}.depends_on", cycle[0]),
+            format!("dependency cycle: {}", cycle.join(" → ")),
+        );
+    }
+
+    for (name, repo) in &plan.repositories {
+        let base = format!("repositories.{name}");
+        if !valid_name(name) {
+            err(base.clone(), format!("repository name `{name}` may only use letters, digits, `-`, `_`, `.`"));
+        }
+        if repo.url.trim().is_empty() {
+            err(format!("{base}.url"), "the repository URL must not be empty".into());
+        } else if let Err(e) = crate::repo_url::RepoUrl::parse(&repo.url) {
+            err(format!("{base}.url"), e);
+        }
+        let sources = [&repo.key_file, &repo.key_env, &repo.key_command]
+            .iter()
+            .filter(|k| k.is_some())
+            .count();
+        if sources != 1 {
+            err(
+                base.clone(),
+                format!(
+                    "exactly one of `key_file`, `key_env`, `key_command` must give the repository password ({sources} given)"
+                ),
+            );
+        }
+        if let Some(level) = repo.compression {
+            if !(-7..=22).contains(&level) {
+                err(
+                    format!("{base}.compression"),
+                    format!("zstd level {level} is out of range: expected -7..=22"),
+                );
+            }
+        }
+    }
+
+    for (name, job) in &plan.backups {
+        let base = format!("backups.{name}");
+        if !valid_name(name) {
+            err(base.clone(), format!("job name `{name}` may only use letters, digits, `-`, `_`, `.`"));
+        }
+        if !declared.services.contains(&job.service) {
+            err(
+                format!("{base}.service"),
+                format!("job names undeclared service `{}` ({})", job.service, list(&declared.services)),
+            );
+        } else if let Some(svc) = plan.services.get(&job.service) {
+            if matches!(svc, Service::Http { .. }) {
+                err(
+                    format!("{base}.service"),
+                    format!("service `{}` is of kind http, which has nothing to back up", job.service),
+                );
+            }
+        }
+        match &job.repository {
+            Some(r) if !declared.repositories.contains(r) => err(
+                format!("{base}.repository"),
+                format!("job names undeclared repository `{r}` ({})", list(&declared.repositories)),
+            ),
+            None if declared.repositories.len() != 1 => err(
+                base.clone(),
+                format!(
+                    "the job must say which `repository` to use ({})",
+                    list(&declared.repositories)
+                ),
+            ),
+            _ => {}
+        }
+        for (i, c) in job.copy_to.iter().enumerate() {
+            if !declared.repositories.contains(c) {
+                err(
+                    format!("{base}.copy_to[{i}]"),
+                    format!("copy target `{c}` is an undeclared repository ({})", list(&declared.repositories)),
+                );
+            } else if plan.job_repository(job) == Some(c.as_str()) {
+                err(
+                    format!("{base}.copy_to[{i}]"),
+                    format!("copy target `{c}` is the job's own repository"),
+                );
+            }
+        }
+        if let Some(s) = &job.schedule {
+            if let Err(e) = check_schedule(s) {
+                err(format!("{base}.schedule"), e);
+            }
+        }
+        if let Some(r) = &job.retention {
+            if !r.has_keep_rule() {
+                err(
+                    format!("{base}.retention"),
+                    "retention has no keep rule, so it would delete every snapshot: set at least one of last, hourly, daily, weekly, monthly, yearly, within".into(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn check_site(
+    err: &mut impl FnMut(String, String),
+    base: &str,
+    site: Option<&str>,
+    sites: &BTreeSet<String>,
+) {
+    if let Some(s) = site {
+        if !sites.contains(s) {
+            err(
+                format!("{base}.site"),
+                format!("site `{s}` is not in `sites` ({})", list(sites)),
+            );
+        }
+    }
+}
+
+/// A cycle in `depends_on`, if any, as the list of services around it.
+pub fn dependency_cycle(plan: &Plan) -> Option<Vec<String>> {
+    let graph: BTreeMap<&str, Vec<&str>> = plan
+        .services
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.depends_on().iter().map(|d| d.as_str()).collect()))
+        .collect();
+    // 0 = unvisited, 1 = on stack, 2 = done
+    let mut state: BTreeMap<&str, u8> = BTreeMap::new();
+    fn visit<'a>(
+        n: &'a str,
+        g: &BTreeMap<&'a str, Vec<&'a str>>,
+        state: &mut BTreeMap<&'a str, u8>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match state.get(n) {
+            Some(2) => return None,
+            Some(1) => {
+                let i = stack.iter().position(|s| *s == n).unwrap_or(0);
+                let mut c: Vec<String> = stack[i..].iter().map(|s| s.to_string()).collect();
+                c.push(n.to_string());
+                return Some(c);
+            }
+            _ => {}
+        }
+        state.insert(n, 1);
+        stack.push(n);
+        for d in g.get(n).into_iter().flatten() {
+            if g.contains_key(d) {
+                if let Some(c) = visit(d, g, state, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        state.insert(n, 2);
+        None
+    }
+    for n in graph.keys() {
+        let mut stack = Vec::new();
+        if let Some(c) = visit(n, &graph, &mut state, &mut stack) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        assert!(check_schedule("0 2 * * *").is_ok());
+        assert!(check_schedule("*/15 * * * 1-5").is_ok());
+        assert!(check_schedule("@hourly").is_ok());
+        assert!(check_schedule("0 25 * * *").is_err());
+        assert!(check_schedule("0 2 * *").is_err());
+        assert!(check_schedule("@sometimes").is_err());
+    }
+}
