@@ -1,1 +1,13 @@
-//! placeholder
+//! Lifeboat's storage layer: restic-format repositories (through rustic_core), restic-format
+//! locks, and raw objects beside the repository data. Every call to object storage goes through
+//! here.
+
+pub mod error;
+pub mod lock;
+pub mod objects;
+pub mod progress;
+pub mod repo;
+pub mod spool;
+
+pub use error::{Kind, StoreError};
+pub use repo::{BackupSummary, CheckReport, RepoSpec, SnapshotInfo, SnapshotTags, Store};

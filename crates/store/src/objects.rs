@@ -1,0 +1,156 @@
+//! Raw object access beside the restic data: lock files today, the WAL archive next.
+//!
+//! rustic_core's backend traits only address its own file types (config, keys, snapshots, index,
+//! packs); `locks/` and Lifeboat's own objects go through this trait instead. Two real
+//! implementations: a local directory and S3 (through OpenDAL, as rustic_backend does).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use crate::error::{Kind, Result, StoreError};
+
+pub trait ObjectStore: Send + Sync {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Keys directly below `prefix` (a "directory" such as `locks`), without the prefix.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    fn delete(&self, key: &str) -> Result<()>;
+}
+
+pub struct LocalObjects {
+    root: PathBuf,
+}
+
+impl LocalObjects {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+}
+
+fn io(e: std::io::Error, what: &str) -> StoreError {
+    let kind = if e.raw_os_error() == Some(libc::ENOSPC) {
+        Kind::Io
+    } else {
+        Kind::Backend
+    };
+    StoreError::new(kind, format!("{what}: {e}"))
+}
+
+impl ObjectStore for LocalObjects {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let path = self.root.join(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io(e, &format!("creating {}", dir.display())))?;
+        }
+        // Write to a temporary name and rename, so a reader never sees half an object.
+        let tmp = path.with_extension("tmp-lifeboat");
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io(e, &format!("writing {key}")))?;
+        f.write_all(data)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io(e, &format!("writing {key}")))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io(e, &format!("writing {key}")))
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(self.root.join(key)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e, &format!("reading {key}"))),
+        }
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.root.join(prefix);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(e, &format!("listing {prefix}"))),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| io(e, &format!("listing {prefix}")))?;
+            if let Some(name) = entry.file_name().to_str() {
+                if !name.ends_with(".tmp-lifeboat") {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        match std::fs::remove_file(self.root.join(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e, &format!("deleting {key}"))),
+        }
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+pub struct S3Objects {
+    op: opendal::blocking::Operator,
+}
+
+impl S3Objects {
+    /// `options` are OpenDAL's S3 options (bucket, root, endpoint, region, keys).
+    pub fn new(options: &BTreeMap<String, String>) -> Result<Self> {
+        let op = opendal::Operator::via_iter(
+            "s3",
+            options.iter().map(|(k, v)| (k.clone(), v.clone())),
+        )
+        .map_err(|e| StoreError::new(Kind::Input, format!("configuring S3 access: {e}")))?
+        .layer(opendal::layers::RetryLayer::new().with_max_times(4));
+        let _guard = runtime().enter();
+        let op = opendal::blocking::Operator::new(op)
+            .map_err(|e| StoreError::new(Kind::Internal, format!("S3 client: {e}")))?;
+        Ok(Self { op })
+    }
+}
+
+fn s3err(e: opendal::Error, what: &str) -> StoreError {
+    StoreError::new(Kind::Backend, format!("{what}: {e}"))
+        .hint("check that the S3 endpoint is reachable and the credentials are right")
+}
+
+impl ObjectStore for S3Objects {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.op
+            .write(key, data.to_vec())
+            .map(|_| ())
+            .map_err(|e| s3err(e, &format!("writing {key}")))
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.op.read(key) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(s3err(e, &format!("reading {key}"))),
+        }
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = format!("{}/", prefix.trim_end_matches('/'));
+        match self.op.list(&dir) {
+            Ok(entries) => Ok(entries
+                .into_iter()
+                .filter(|e| e.metadata().is_file())
+                .map(|e| e.name().to_string())
+                .collect()),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(s3err(e, &format!("listing {prefix}"))),
+        }
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        self.op
+            .delete(key)
+            .map_err(|e| s3err(e, &format!("deleting {key}")))
+    }
+}

@@ -1,0 +1,748 @@
+//! Repositories: opening, initialising, backing up, restoring, listing, forgetting, copying and
+//! checking, on the restic repository format (version 2, zstd) through rustic_core.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use lifeboat_core::plan;
+use lifeboat_core::repo_url::RepoUrl;
+use rustic_backend::BackendOptions;
+use rustic_core::repofile::SnapshotFile;
+use rustic_core::{
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, IndexedFull, KeyOptions, LocalDestination,
+    LsOptions, OpenStatus, PathList, PruneOptions, ReadSubsetOption, Repository,
+    RepositoryOptions, RestoreOptions, SnapshotOptions,
+};
+use serde::Serialize;
+
+use crate::error::{rustic, Kind, Result, StoreError};
+use crate::lock::{self, FoundLock, LockGuard, LockKey};
+use crate::objects::{LocalObjects, ObjectStore, S3Objects};
+use crate::progress::Bars;
+
+/// A repository as the plan names it, with its password resolved (in memory only).
+#[derive(Clone)]
+pub struct RepoSpec {
+    pub name: String,
+    pub url: RepoUrl,
+    /// The URL shown to people (local path made absolute; no credentials).
+    pub display: String,
+    password: String,
+    pub compression: Option<i32>,
+    s3_keys: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for RepoSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RepoSpec({} at {})", self.name, self.display)
+    }
+}
+
+fn run_key_command(cmd: &str) -> Result<String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| StoreError::new(Kind::Key, format!("cannot run key_command: {e}")))?;
+    if !out.status.success() {
+        return Err(StoreError::new(
+            Kind::Key,
+            format!("key_command failed ({})", out.status),
+        )
+        .hint("run the key_command by hand to see why it fails"));
+    }
+    let s = String::from_utf8(out.stdout)
+        .map_err(|_| StoreError::new(Kind::Key, "key_command printed non-UTF-8 output"))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+impl RepoSpec {
+    /// Resolve a plan repository: make local paths absolute (relative to the plan's directory)
+    /// and read the password from its file, variable or command.
+    pub fn from_plan(name: &str, repo: &plan::Repository, base: &Path) -> Result<Self> {
+        let url = RepoUrl::parse(&repo.url).map_err(|e| StoreError::new(Kind::Input, e))?;
+        let (url, display) = match url {
+            RepoUrl::Local(p) => {
+                let abs = base.join(&p);
+                let s = abs.to_string_lossy().into_owned();
+                (RepoUrl::Local(s.clone()), s)
+            }
+            other => (other, repo.url.split('?').next().unwrap_or("").to_string()),
+        };
+        let password = if let Some(f) = &repo.key_file {
+            let path = base.join(f);
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| {
+                    StoreError::new(
+                        Kind::Key,
+                        format!("cannot read key file {} of repository {name}: {e}", path.display()),
+                    )
+                    .hint("create it (e.g. `head -c 32 /dev/urandom | base64 > KEYFILE; chmod 600 KEYFILE`) or fix `key_file` in the plan")
+                })?
+        } else if let Some(v) = &repo.key_env {
+            std::env::var(v).map_err(|_| {
+                StoreError::new(
+                    Kind::Key,
+                    format!("environment variable {v} (the key of repository {name}) is not set"),
+                )
+                .hint(format!("export {v}=... before running lifeboat"))
+            })?
+        } else if let Some(c) = &repo.key_command {
+            run_key_command(c).map_err(|e| e.context(format!("repository {name}")))?
+        } else {
+            return Err(StoreError::new(
+                Kind::Key,
+                format!("repository {name} has no key_file, key_env or key_command"),
+            ));
+        };
+        if password.is_empty() {
+            return Err(StoreError::new(
+                Kind::Key,
+                format!("the key of repository {name} is empty"),
+            ));
+        }
+        let resolve = |s: &Option<lifeboat_core::secret::Secret>, env: &str| -> Result<Option<String>> {
+            match s {
+                Some(s) => s
+                    .resolve()
+                    .map(Some)
+                    .map_err(|e| StoreError::new(Kind::Key, format!("repository {name}: {e}"))),
+                None => Ok(std::env::var(env).ok()),
+            }
+        };
+        let s3_keys = match (
+            resolve(&repo.access_key_id, "AWS_ACCESS_KEY_ID")?,
+            resolve(&repo.secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
+        ) {
+            (Some(a), Some(s)) => Some((a, s)),
+            _ => None,
+        };
+        Ok(Self {
+            name: name.to_string(),
+            url,
+            display,
+            password,
+            compression: repo.compression,
+            s3_keys,
+        })
+    }
+
+    fn s3_options(&self) -> Option<BTreeMap<String, String>> {
+        let RepoUrl::S3 {
+            bucket,
+            prefix,
+            options,
+        } = &self.url
+        else {
+            return None;
+        };
+        let mut o = options.clone();
+        o.insert("bucket".into(), bucket.clone());
+        o.insert("root".into(), format!("/{prefix}"));
+        o.entry("region".into()).or_insert_with(|| "us-east-1".into());
+        if let Some((a, s)) = &self.s3_keys {
+            o.insert("access_key_id".into(), a.clone());
+            o.insert("secret_access_key".into(), s.clone());
+        }
+        Some(o)
+    }
+
+    fn backends(&self) -> Result<(rustic_core::RepositoryBackends, Arc<dyn ObjectStore>)> {
+        let (opts, objects): (BackendOptions, Arc<dyn ObjectStore>) = match &self.url {
+            RepoUrl::Local(p) => (
+                BackendOptions::default().repository(format!("local:{p}")),
+                Arc::new(LocalObjects::new(p)),
+            ),
+            RepoUrl::S3 { .. } => {
+                let mut o = self.s3_options().expect("s3");
+                o.insert("retry".into(), "4".into());
+                let objects = Arc::new(S3Objects::new(&o)?);
+                (
+                    BackendOptions::default()
+                        .repository("opendal:s3")
+                        .options(o),
+                    objects,
+                )
+            }
+        };
+        let b = opts
+            .to_backends()
+            .map_err(|e| rustic(e, &format!("opening repository {}", self.name)))?;
+        Ok((b, objects))
+    }
+
+    fn credentials(&self) -> Credentials {
+        Credentials::password(&self.password)
+    }
+}
+
+/// An open repository.
+pub struct Store {
+    pub spec: RepoSpec,
+    /// rustic_core's index states consume the handle; it is put back after each use.
+    repo: Mutex<Option<Repository<OpenStatus>>>,
+    objects: Arc<dyn ObjectStore>,
+    key: LockKey,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub short_id: String,
+    pub time: String,
+    pub timestamp: i64,
+    pub hostname: String,
+    pub label: String,
+    pub paths: Vec<String>,
+    pub tags: Vec<String>,
+    pub plan: Option<String>,
+    pub job: Option<String>,
+    pub service: Option<String>,
+    pub kind: Option<String>,
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_added: u64,
+}
+
+fn tag_value(tags: &[String], key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    tags.iter()
+        .find_map(|t| t.strip_prefix(&prefix).map(str::to_string))
+}
+
+impl SnapshotInfo {
+    fn from(s: &SnapshotFile) -> Self {
+        let tags: Vec<String> = s.tags.iter().cloned().collect();
+        let id = s.id.to_hex().to_string();
+        let (files, bytes, bytes_added) = s
+            .summary
+            .as_ref()
+            .map(|m| (m.total_files_processed, m.total_bytes_processed, m.data_added_packed))
+            .unwrap_or_default();
+        Self {
+            short_id: id[..8].to_string(),
+            id,
+            time: s.time.timestamp().to_string(),
+            timestamp: s.time.timestamp().as_second(),
+            hostname: s.hostname.clone(),
+            label: s.label.clone(),
+            paths: s.paths.iter().cloned().collect(),
+            plan: tag_value(&tags, "plan"),
+            job: tag_value(&tags, "job"),
+            service: tag_value(&tags, "service"),
+            kind: tag_value(&tags, "kind"),
+            tags,
+            files,
+            bytes,
+            bytes_added,
+        }
+    }
+}
+
+/// What a backup did.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupSummary {
+    pub snapshot: String,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes_read: u64,
+    pub bytes_added: u64,
+    pub bytes_added_packed: u64,
+}
+
+/// Labels Lifeboat puts on every snapshot.
+#[derive(Clone, Debug)]
+pub struct SnapshotTags {
+    pub plan: String,
+    pub job: String,
+    pub service: String,
+    pub kind: String,
+}
+
+impl SnapshotTags {
+    fn to_options(&self) -> Result<SnapshotOptions> {
+        let tags = format!(
+            "plan={},job={},service={},kind={}",
+            self.plan, self.job, self.service, self.kind
+        );
+        SnapshotOptions::default()
+            .label(self.job.clone())
+            .add_tags(&tags)
+            .map_err(|e| rustic(e, "tagging the snapshot"))
+    }
+}
+
+fn summary(s: &SnapshotFile) -> BackupSummary {
+    let m = s.summary.clone().unwrap_or_default();
+    BackupSummary {
+        snapshot: s.id.to_hex().to_string(),
+        files: m.total_files_processed,
+        dirs: m.total_dirs_processed,
+        bytes_read: m.total_bytes_processed,
+        bytes_added: m.data_added,
+        bytes_added_packed: m.data_added_packed,
+    }
+}
+
+/// A damaged snapshot, as verification names it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub damaged_packs: Vec<String>,
+    /// Snapshots that reference data in a damaged pack (id, job).
+    pub damaged_snapshots: Vec<(String, Option<String>)>,
+}
+
+impl Store {
+    fn progress() -> Bars {
+        Bars::auto()
+    }
+
+    fn new_repo(spec: &RepoSpec) -> Result<(Repository<()>, Arc<dyn ObjectStore>)> {
+        let (backends, objects) = spec.backends()?;
+        let opts = RepositoryOptions::default();
+        let repo = Repository::new_with_progress(&opts, &backends, Self::progress())
+            .map_err(|e| rustic(e, &format!("opening repository {}", spec.name)))?;
+        Ok((repo, objects))
+    }
+
+    /// Create a new repository. Refuses to touch an existing one.
+    pub fn init(spec: &RepoSpec) -> Result<Store> {
+        let (repo, objects) = Self::new_repo(spec)?;
+        let exists = repo.config_id().map_err(|e| backend_err(spec, e))?;
+        if exists.is_some() {
+            return Err(StoreError::new(
+                Kind::Input,
+                format!("repository {} at {} already exists", spec.name, spec.display),
+            )
+            .hint("nothing to do; `lifeboat snapshots` lists what it holds"));
+        }
+        let mut config = ConfigOptions::default().set_version(2u32);
+        if let Some(level) = spec.compression {
+            config = config.set_compression(level);
+        }
+        let repo = repo
+            .init(&spec.credentials(), &KeyOptions::default(), &config)
+            .map_err(|e| rustic(e, &format!("initialising repository {}", spec.name)))?;
+        let key = LockKey::from_master(&repo.key())?;
+        Ok(Store {
+            spec: spec.clone(),
+            repo: Mutex::new(Some(repo)),
+            objects,
+            key,
+        })
+    }
+
+    /// Open an existing repository with its key.
+    pub fn open(spec: &RepoSpec) -> Result<Store> {
+        let (repo, objects) = Self::new_repo(spec)?;
+        let exists = repo.config_id().map_err(|e| backend_err(spec, e))?;
+        if exists.is_none() {
+            return Err(StoreError::new(
+                Kind::NotARepository,
+                format!("no repository at {} (repository {})", spec.display, spec.name),
+            )
+            .hint(format!("create it with `lifeboat repo init {}`", spec.name)));
+        }
+        let repo = repo.open(&spec.credentials()).map_err(|e| {
+            if e.is_incorrect_password() {
+                StoreError::new(
+                    Kind::Key,
+                    format!("wrong key for repository {} at {}: no key in the repository matches it", spec.name, spec.display),
+                )
+                .hint("check key_file / key_env / key_command of this repository in the plan")
+            } else {
+                rustic(e, &format!("opening repository {}", spec.name))
+            }
+        })?;
+        let key = LockKey::from_master(&repo.key())?;
+        Ok(Store {
+            spec: spec.clone(),
+            repo: Mutex::new(Some(repo)),
+            objects,
+            key,
+        })
+    }
+
+    pub fn lock(&self, exclusive: bool, command: &str, job: Option<&str>) -> Result<LockGuard> {
+        lock::acquire(self.objects.clone(), &self.key, exclusive, command, job)
+            .map_err(|e| e.context(format!("repository {}", self.spec.name)))
+    }
+
+    pub fn locks(&self) -> Result<Vec<FoundLock>> {
+        lock::list_locks(&*self.objects, &self.key)
+    }
+
+    pub fn unlock(&self, all: bool) -> Result<Vec<FoundLock>> {
+        lock::unlock(&*self.objects, &self.key, all)
+    }
+
+    pub fn objects(&self) -> Arc<dyn ObjectStore> {
+        self.objects.clone()
+    }
+
+    fn all_snapshot_files(&self) -> Result<Vec<SnapshotFile>> {
+        let mut s = self.with_open(|r| {
+            r.get_all_snapshots()
+                .map_err(|e| rustic(e, &format!("listing snapshots of {}", self.spec.name)))
+        })?;
+        s.sort_by(|a, b| a.time.cmp(&b.time));
+        Ok(s)
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        Ok(self.all_snapshot_files()?.iter().map(SnapshotInfo::from).collect())
+    }
+
+    /// Back up local paths. Every path must exist: a missing one fails before anything is written.
+    pub fn backup_paths(
+        &self,
+        paths: &[PathBuf],
+        excludes: &[String],
+        tags: &SnapshotTags,
+    ) -> Result<BackupSummary> {
+        for p in paths {
+            if let Err(e) = std::fs::symlink_metadata(p) {
+                return Err(StoreError::new(
+                    Kind::Source,
+                    format!("backup path {} cannot be read: {e}", p.display()),
+                )
+                .hint("fix the service's `paths` in the plan, or create the path"));
+            }
+        }
+        let list = paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>();
+        let source = PathList::from_iter(list.iter().map(PathBuf::from))
+            .sanitize()
+            .map_err(|e| StoreError::new(Kind::Input, format!("bad backup path: {e}")))?;
+        let mut opts = BackupOptions::default();
+        if !excludes.is_empty() {
+            let mut ex = rustic_core::Excludes::default();
+            ex.globs = excludes.iter().map(|g| format!("!{g}")).collect();
+            opts = opts.excludes(ex);
+        }
+        let snap = tags.to_options()?.to_snapshot().map_err(|e| rustic(e, "creating snapshot"))?;
+        let snap = self.with_ids(|repo| {
+            repo.backup(&opts, &source, snap)
+                .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
+        })?;
+        Ok(summary(&snap))
+    }
+
+    /// Back up one file's content under `name` (a command's spooled output).
+    pub fn backup_file_as(
+        &self,
+        file: &Path,
+        name: &str,
+        tags: &SnapshotTags,
+    ) -> Result<BackupSummary> {
+        let src = crate::spool::SpoolSource::new(file, PathBuf::from(name))?;
+        let snap = tags.to_options()?.to_snapshot().map_err(|e| rustic(e, "creating snapshot"))?;
+        let snap = self.with_ids(|repo| {
+            repo.archive(&BackupOptions::default(), &src, snap, &[PathBuf::from(name)])
+                .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
+        })?;
+        Ok(summary(&snap))
+    }
+
+    fn take(&self) -> Result<Repository<OpenStatus>> {
+        self.repo.lock().expect("repo lock").take().ok_or_else(|| {
+            StoreError::new(
+                Kind::Internal,
+                format!("repository {} handle lost after an earlier error", self.spec.name),
+            )
+        })
+    }
+
+    fn put(&self, repo: Repository<OpenStatus>) {
+        *self.repo.lock().expect("repo lock") = Some(repo);
+    }
+
+    /// Run `f` on the open repository.
+    fn with_open<T>(&self, f: impl FnOnce(&Repository<OpenStatus>) -> Result<T>) -> Result<T> {
+        let guard = self.repo.lock().expect("repo lock");
+        let repo = guard.as_ref().ok_or_else(|| {
+            StoreError::new(Kind::Internal, "repository handle lost after an earlier error")
+        })?;
+        f(repo)
+    }
+
+    /// Run `f` with the index of blob ids loaded (enough for writing).
+    fn with_ids<T>(
+        &self,
+        f: impl FnOnce(&Repository<rustic_core::IndexedIdsStatus>) -> Result<T>,
+    ) -> Result<T> {
+        let repo = self
+            .take()?
+            .to_indexed_ids()
+            .map_err(|e| rustic(e, &format!("reading the index of {}", self.spec.name)))?;
+        let out = f(&repo);
+        self.put(repo.drop_index());
+        out
+    }
+
+    /// Run `f` with the full index loaded (for reading data).
+    fn with_full<T>(
+        &self,
+        f: impl FnOnce(&Repository<rustic_core::IndexedFullStatus>) -> Result<T>,
+    ) -> Result<T> {
+        let repo = self
+            .take()?
+            .to_indexed()
+            .map_err(|e| rustic(e, &format!("reading the index of {}", self.spec.name)))?;
+        let out = f(&repo);
+        self.put(repo.drop_index());
+        out
+    }
+
+    /// Find one snapshot by id prefix or `latest` (optionally only a job's).
+    pub fn find_snapshot(&self, id: &str, job: Option<&str>) -> Result<SnapshotInfo> {
+        let snaps = self.snapshots()?;
+        let candidates: Vec<&SnapshotInfo> = snaps
+            .iter()
+            .filter(|s| job.is_none() || s.job.as_deref() == job)
+            .collect();
+        let found: Vec<&SnapshotInfo> = if id == "latest" {
+            candidates.last().copied().into_iter().collect()
+        } else {
+            candidates.into_iter().filter(|s| s.id.starts_with(id)).collect()
+        };
+        match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(StoreError::new(
+                Kind::Input,
+                format!("no snapshot `{id}` in repository {}", self.spec.name),
+            )
+            .hint("`lifeboat snapshots` lists them")),
+            many => Err(StoreError::new(
+                Kind::Input,
+                format!("snapshot id `{id}` is ambiguous ({} matches)", many.len()),
+            )
+            .hint("give more characters of the id")),
+        }
+    }
+
+    /// Restore a snapshot into `target` with permissions and times. Data is checked as it is
+    /// read (MAC and hash); a damaged blob fails the restore.
+    pub fn restore(&self, snapshot_id: &str, target: &Path) -> Result<RestoreSummary> {
+        self.with_full(|repo| Self::restore_in(repo, snapshot_id, target))
+    }
+
+    fn restore_in(
+        repo: &Repository<rustic_core::IndexedFullStatus>,
+        snapshot_id: &str,
+        target: &Path,
+    ) -> Result<RestoreSummary> {
+        let node = repo
+            .node_from_snapshot_path(snapshot_id, |_| true)
+            .map_err(|e| rustic(e, "finding the snapshot"))?;
+        let ls = repo
+            .ls(&node, &LsOptions::default())
+            .map_err(|e| rustic(e, "reading the snapshot's trees"))?;
+        std::fs::create_dir_all(target).map_err(|e| {
+            StoreError::new(Kind::Io, format!("cannot create {}: {e}", target.display()))
+        })?;
+        let dest = LocalDestination::new(&format!("{}/", target.display()), true, !node.is_dir())
+            .map_err(|e| rustic(e, "preparing the restore target"))?;
+        let opts = RestoreOptions::default();
+        let plan = repo
+            .prepare_restore(&opts, ls.clone(), &dest, false)
+            .map_err(|e| rustic(e, "planning the restore"))?;
+        let files = plan.stats.files.restore;
+        let bytes = plan.restore_size;
+        repo.restore(plan, &opts, ls, &dest)
+            .map_err(|e| rustic(e, "restoring").context(format!("snapshot {snapshot_id}")))?;
+        Ok(RestoreSummary { files, bytes })
+    }
+
+    /// Delete snapshots (by full id). Data is freed by [`Store::prune`].
+    pub fn delete_snapshots(&self, ids: &[String]) -> Result<()> {
+        let files = self.all_snapshot_files()?;
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let ids: Vec<_> = files
+            .iter()
+            .filter(|s| wanted.contains(s.id.to_hex().as_str()))
+            .map(|s| s.id)
+            .collect();
+        self.with_open(|r| {
+            r.delete_snapshots(&ids)
+                .map_err(|e| rustic(e, "deleting snapshots"))
+        })
+    }
+
+    /// Remove data no snapshot references. Returns (packs removed, bytes freed).
+    pub fn prune(&self) -> Result<(u64, u64)> {
+        let opts = PruneOptions::default();
+        self.with_open(|r| {
+            let plan = r.prune_plan(&opts).map_err(|e| rustic(e, "planning prune"))?;
+            let packs = plan.stats.packs_to_delete.remove;
+            let bytes = plan.stats.size_to_delete.remove;
+            r.prune(&opts, plan).map_err(|e| rustic(e, "pruning"))?;
+            Ok((packs, bytes))
+        })
+    }
+
+    /// Copy snapshots (by full id) to `dest`, skipping those already there; only blobs the
+    /// destination lacks are uploaded.
+    pub fn copy_to(&self, dest: &Store, ids: &[String]) -> Result<CopySummary> {
+        let files = self.all_snapshot_files()?;
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let selected: Vec<SnapshotFile> = files
+            .into_iter()
+            .filter(|s| wanted.contains(s.id.to_hex().as_str()))
+            .collect();
+        let relevant = dest.with_open(|d| {
+            d.relevant_copy_snapshots(|_| true, &selected)
+                .map_err(|e| rustic(e, "comparing snapshots with the copy target"))
+        })?;
+        let todo: Vec<SnapshotFile> = relevant
+            .iter()
+            .filter(|c| c.relevant)
+            .map(|c| c.sn.clone())
+            .collect();
+        let before = dest.repo_size()?;
+        self.with_full(|src| {
+            dest.with_ids(|d| {
+                src.copy(d, todo.iter())
+                    .map_err(|e| rustic(e, &format!("copying to {}", dest.spec.name)))
+            })
+        })?;
+        let after = dest.repo_size()?;
+        Ok(CopySummary {
+            copied: todo.len(),
+            already_there: selected.len() - todo.len(),
+            bytes_uploaded: after.saturating_sub(before),
+        })
+    }
+
+    fn repo_size(&self) -> Result<u64> {
+        let infos = self.with_open(|r| {
+            r.infos_files()
+                .map_err(|e| rustic(e, "measuring the repository"))
+        })?;
+        Ok(infos.repo.iter().map(|i| i.size).sum())
+    }
+
+    /// Check structure, and with `read_data` the data itself (`subset`: e.g. "10%", "1/5").
+    pub fn check(&self, read_data: bool, subset: Option<&str>) -> Result<CheckReport> {
+        let mut opts = CheckOptions::default().read_data(read_data);
+        if let Some(s) = subset {
+            let sub: ReadSubsetOption = s.parse().map_err(|e| {
+                StoreError::new(Kind::Input, format!("bad read-data subset `{s}`: {e}"))
+            })?;
+            opts = opts.read_data_subset(sub);
+        }
+        let results = self.with_open(|r| {
+            r.check(opts)
+                .map_err(|e| rustic(e, "checking the repository"))
+        })?;
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let mut damaged = BTreeSet::new();
+        for (level, err) in &results.0 {
+            let text = format!("{err}");
+            if format!("{level:?}") == "Error" {
+                for word in text.split(|c: char| !c.is_ascii_hexdigit()) {
+                    if word.len() == 64 && text.contains("pack") {
+                        damaged.insert(word.to_string());
+                    }
+                }
+                errors.push(text);
+            } else {
+                warnings.push(text);
+            }
+        }
+        let damaged_snapshots = if damaged.is_empty() && errors.is_empty() {
+            Vec::new()
+        } else {
+            self.snapshots_using_packs(&damaged)?
+        };
+        Ok(CheckReport {
+            errors,
+            warnings,
+            damaged_packs: damaged.into_iter().collect(),
+            damaged_snapshots,
+        })
+    }
+
+    /// Which snapshots reference a blob stored in one of `packs` (or whose trees are unreadable).
+    fn snapshots_using_packs(&self, packs: &BTreeSet<String>) -> Result<Vec<(String, Option<String>)>> {
+        let snaps = self.all_snapshot_files()?;
+        self.with_full(|repo| {
+            let mut out = Vec::new();
+            for snap in &snaps {
+                let info = SnapshotInfo::from(snap);
+                if snapshot_touches(repo, snap.tree, packs) {
+                    out.push((info.id, info.job));
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn snapshot_touches<S: IndexedFull>(
+    repo: &Repository<S>,
+    root: rustic_core::TreeId,
+    packs: &BTreeSet<String>,
+) -> bool {
+    let mut stack = vec![root];
+    while let Some(tree_id) = stack.pop() {
+        match repo.get_index_entry(&tree_id) {
+            Ok(e) if packs.contains(e.pack.to_hex().as_str()) => return true,
+            Err(_) => return true,
+            _ => {}
+        }
+        let Ok(tree) = repo.get_tree(&tree_id) else {
+            return true;
+        };
+        for node in tree.nodes {
+            if let Some(sub) = node.subtree {
+                stack.push(sub);
+            }
+            for blob in node.content.iter().flatten() {
+                match repo.get_index_entry(blob) {
+                    Ok(e) if packs.contains(e.pack.to_hex().as_str()) => return true,
+                    Err(_) => return true,
+                    _ => {}
+                }
+            }
+        }
+    }
+    false
+}
+
+fn backend_err(spec: &RepoSpec, e: Box<rustic_core::RusticError>) -> StoreError {
+    let mut err = rustic(e, &format!("reaching repository {} at {}", spec.name, spec.display));
+    err.kind = Kind::Backend;
+    err.retryable = true;
+    err.hint("check that the storage is reachable (endpoint, network, credentials) and run again")
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreSummary {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CopySummary {
+    pub copied: usize,
+    pub already_there: usize,
+    pub bytes_uploaded: u64,
+}
+
+/// Used by tests and `repo init`: is there a repository at all?
+pub fn exists(spec: &RepoSpec) -> Result<bool> {
+    let (repo, _) = Store::new_repo(spec)?;
+    Ok(repo.config_id().map_err(|e| backend_err(spec, e))?.is_some())
+}
+
