@@ -1,1 +1,9 @@
-//! placeholder
+//! Lifeboat's engine: backup jobs, retention, verification, restore, copy, and the evidence log
+//! that records every one of them. The CLI (and later the daemon) are thin callers of this.
+
+pub mod backup;
+pub mod context;
+pub mod evidence;
+pub mod ops;
+
+pub use context::{Context, PlanError};

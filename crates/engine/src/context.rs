@@ -1,0 +1,119 @@
+//! What every command starts from: the loaded plan, where it lives, the state directory, and
+//! the evidence log.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use lifeboat_core::{parse_plan, Diagnostic, Plan};
+use lifeboat_store::{RepoSpec, Store, StoreError};
+
+use crate::evidence::{default_actor, Draft, Event, Evidence, EvidenceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read plan {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+pub struct Context {
+    pub plan: Plan,
+    pub plan_path: PathBuf,
+    /// Directory of the plan file: relative paths in the plan are relative to it.
+    pub base: PathBuf,
+    pub state_dir: PathBuf,
+    pub actor: String,
+}
+
+pub fn load_plan(path: &Path) -> Result<Plan, PlanError> {
+    let src = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_plan(&src, &path.display().to_string()).map_err(PlanError::Invalid)
+}
+
+impl Context {
+    pub fn load(path: &Path) -> Result<Self, PlanError> {
+        let plan = load_plan(path)?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let state_dir = match std::env::var_os("LIFEBOAT_STATE_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => base.join(plan.state_dir.as_deref().unwrap_or(".lifeboat")),
+        };
+        Ok(Self {
+            plan,
+            plan_path: abs,
+            base,
+            state_dir,
+            actor: default_actor(),
+        })
+    }
+
+    pub fn repo_spec(&self, name: &str) -> Result<RepoSpec, StoreError> {
+        let repo = self.plan.repositories.get(name).ok_or_else(|| {
+            StoreError::new(
+                lifeboat_store::Kind::Input,
+                format!(
+                    "no repository `{name}` in the plan (declared: {})",
+                    self.plan.repositories.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        RepoSpec::from_plan(name, repo, &self.base)
+    }
+
+    pub fn open_repo(&self, name: &str) -> Result<Store, StoreError> {
+        Store::open(&self.repo_spec(name)?)
+    }
+
+    /// The repository commands use when none is named: the only one, or the first job's.
+    pub fn default_repo(&self) -> Result<String, StoreError> {
+        if self.plan.repositories.len() == 1 {
+            return Ok(self.plan.repositories.keys().next().cloned().unwrap_or_default());
+        }
+        Err(StoreError::new(
+            lifeboat_store::Kind::Input,
+            format!(
+                "the plan has {} repositories: name one with --repo ({})",
+                self.plan.repositories.len(),
+                self.plan.repositories.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ))
+    }
+
+    pub fn evidence(&self) -> Result<Evidence, EvidenceError> {
+        Evidence::open(&self.state_dir)
+    }
+
+    /// Record one act in the evidence log.
+    pub fn record(
+        &self,
+        command: &str,
+        target: &str,
+        outcome: &str,
+        started: Instant,
+        figures: serde_json::Value,
+    ) -> Result<Event, EvidenceError> {
+        let mut ev = self.evidence()?;
+        ev.append(
+            &self.actor,
+            &Draft {
+                command: command.into(),
+                plan: self.plan.name.clone(),
+                target: target.into(),
+                outcome: outcome.into(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                figures,
+            },
+        )
+    }
+}
