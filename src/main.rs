@@ -1,1 +1,79 @@
-fn main() {}
+//! `lifeboat`: the command line. Thin by design: each subcommand in `commands/` parses its
+//! arguments, calls the engine, and prints a table or `--json`.
+
+mod commands;
+mod exit;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lifeboat", version, about = "Executable disaster-recovery plans: proven backups, safe failover, measured drills")]
+pub struct Cli {
+    /// The plan file.
+    #[arg(long, global = true, env = "LIFEBOAT_PLAN", default_value = "lifeboat.yaml")]
+    pub plan: PathBuf,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Write a commented starter plan (and a repository key file if none exists).
+    Init(commands::init::Args),
+    /// Check, export the schema of, or show the plan.
+    #[command(subcommand)]
+    Plan(commands::plan::Cmd),
+    /// Create repositories, copy between them, manage locks.
+    #[command(subcommand)]
+    Repo(commands::repo::Cmd),
+    /// Run backup jobs (all, or the one named).
+    Backup(commands::backup::Args),
+    /// List snapshots.
+    Snapshots(commands::snapshots::Args),
+    /// Restore a snapshot into a directory.
+    Restore(commands::restore::Args),
+    /// Apply the plan's retention and prune unreferenced data.
+    Forget(commands::forget::Args),
+    /// Check that backups exist, are fresh, are retained, and (with --read-data) are intact.
+    Verify(commands::verify::Args),
+    /// The evidence log.
+    #[command(subcommand)]
+    Audit(commands::audit::Cmd),
+    /// A self-contained tour: plan, repository, backups, verification, damage, restore, audit.
+    Demo(commands::demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let result = match &cli.command {
+        Command::Init(a) => commands::init::run(&cli, a),
+        Command::Plan(c) => commands::plan::run(&cli, c),
+        Command::Repo(c) => commands::repo::run(&cli, c),
+        Command::Backup(a) => commands::backup::run(&cli, a),
+        Command::Snapshots(a) => commands::snapshots::run(&cli, a),
+        Command::Restore(a) => commands::restore::run(&cli, a),
+        Command::Forget(a) => commands::forget::run(&cli, a),
+        Command::Verify(a) => commands::verify::run(&cli, a),
+        Command::Audit(c) => commands::audit::run(&cli, c),
+        Command::Demo(a) => commands::demo::run(&cli, a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let code = exit::code_for(&e);
+            if json {
+                println!("{}", serde_json::json!({"error": format!("{e:#}"), "exit_code": code}));
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            std::process::exit(code);
+        }
+    }
+}

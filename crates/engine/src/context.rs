@@ -80,6 +80,16 @@ impl Context {
         if self.plan.repositories.len() == 1 {
             return Ok(self.plan.repositories.keys().next().cloned().unwrap_or_default());
         }
+        // Otherwise the repository every backup job writes to, if they agree.
+        let used: std::collections::BTreeSet<&str> = self
+            .plan
+            .backups
+            .values()
+            .filter_map(|j| self.plan.job_repository(j))
+            .collect();
+        if used.len() == 1 {
+            return Ok(used.into_iter().next().unwrap_or_default().to_string());
+        }
         Err(StoreError::new(
             lifeboat_store::Kind::Input,
             format!(

@@ -1,0 +1,74 @@
+//! `lifeboat backup [JOB]`.
+
+use lifeboat_engine::backup::{run_job, select_jobs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The job to run (default: every job in the plan).
+    job: Option<String>,
+}
+
+pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
+    let ctx = super::context(cli)?;
+    let jobs = select_jobs(&ctx, a.job.as_deref());
+    if jobs.is_empty() {
+        anyhow::bail!("the plan has no backup jobs");
+    }
+    let mut outcomes = Vec::new();
+    let mut worst = 0;
+    for job in jobs {
+        let o = run_job(&ctx, &job);
+        if !o.ok {
+            worst = worst.max(match &o.error {
+                Some(e) if e.contains("repository is locked") => crate::exit::LOCKED,
+                Some(e) if e.contains("wrong key") || e.contains("key") && e.contains("not set") => crate::exit::KEY,
+                _ => crate::exit::FAILED,
+            });
+        }
+        if !cli.json {
+            for s in &o.stale_locks {
+                eprintln!("warning: stale lock ignored: {s}; `lifeboat repo unlock` removes it");
+            }
+            match (&o.summary, &o.error) {
+                (Some(s), _) => println!(
+                    "{}: snapshot {} — {} files, {} read, {} added ({} stored), {:.1}s",
+                    o.job,
+                    &s.snapshot[..8],
+                    s.files,
+                    crate::output::bytes(s.bytes_read),
+                    crate::output::bytes(s.bytes_added),
+                    crate::output::bytes(s.bytes_added_packed),
+                    o.duration_ms as f64 / 1000.0
+                ),
+                (None, Some(e)) => eprintln!("{}: FAILED: {e}", o.job),
+                _ => {}
+            }
+            for c in &o.copies {
+                match &c.error {
+                    None => println!("{}: copied to {} ({} uploaded)", o.job, c.repository, crate::output::bytes(c.bytes_uploaded)),
+                    Some(e) => eprintln!("{}: copy to {} FAILED: {e}", o.job, c.repository),
+                }
+            }
+        }
+        outcomes.push(o);
+    }
+    if cli.json {
+        let out: Vec<_> = outcomes
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "job": o.job, "ok": o.ok, "error": o.error, "repository": o.repository,
+                    "snapshot": o.summary.as_ref().map(|s| s.snapshot.clone()),
+                    "files": o.summary.as_ref().map(|s| s.files),
+                    "bytes_read": o.summary.as_ref().map(|s| s.bytes_read),
+                    "bytes_added": o.summary.as_ref().map(|s| s.bytes_added),
+                    "bytes_stored": o.summary.as_ref().map(|s| s.bytes_added_packed),
+                    "duration_s": o.duration_ms as f64 / 1000.0,
+                    "copies": o.copies,
+                })
+            })
+            .collect();
+        crate::output::json(&out);
+    }
+    Ok(worst)
+}

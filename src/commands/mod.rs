@@ -1,0 +1,19 @@
+//! One file per subcommand.
+
+pub mod audit;
+pub mod backup;
+pub mod demo;
+pub mod forget;
+pub mod init;
+pub mod plan;
+pub mod repo;
+pub mod restore;
+pub mod snapshots;
+pub mod verify;
+
+use lifeboat_engine::Context;
+
+/// Load the plan named by `--plan`.
+pub fn context(cli: &crate::Cli) -> anyhow::Result<Context> {
+    Ok(Context::load(&cli.plan)?)
+}

@@ -1,0 +1,33 @@
+//! Exit codes, one table for every command (documented in the README).
+
+use lifeboat_engine::PlanError;
+use lifeboat_store::{Kind, StoreError};
+
+#[allow(dead_code)]
+pub const OK: i32 = 0;
+/// A check failed or an operation did not complete.
+pub const FAILED: i32 = 1;
+/// The plan or the command line is invalid.
+pub const USAGE: i32 = 2;
+/// The repository is locked by another process; retry later.
+pub const LOCKED: i32 = 3;
+/// The repository key is missing or wrong.
+pub const KEY: i32 = 4;
+/// Storage could not be reached.
+pub const BACKEND: i32 = 5;
+
+pub fn code_for(e: &anyhow::Error) -> i32 {
+    if let Some(s) = e.downcast_ref::<StoreError>() {
+        return match s.kind {
+            Kind::Input => USAGE,
+            Kind::Locked => LOCKED,
+            Kind::Key => KEY,
+            Kind::Backend => BACKEND,
+            _ => FAILED,
+        };
+    }
+    if e.downcast_ref::<PlanError>().is_some() {
+        return USAGE;
+    }
+    FAILED
+}
