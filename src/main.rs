@@ -10,10 +10,19 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lifeboat", version, about = "Executable disaster-recovery plans: proven backups, safe failover, measured drills")]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Executable disaster-recovery plans: proven backups, safe failover, measured drills"
+)]
 pub struct Cli {
     /// The plan file.
-    #[arg(long, global = true, env = "LIFEBOAT_PLAN", default_value = "lifeboat.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_PLAN",
+        default_value = "lifeboat.yaml"
+    )]
     pub plan: PathBuf,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -69,7 +78,10 @@ fn main() {
         Err(e) => {
             let code = exit::code_for(&e);
             if json {
-                println!("{}", serde_json::json!({"error": format!("{e:#}"), "exit_code": code}));
+                println!(
+                    "{}",
+                    serde_json::json!({"error": format!("{e:#}"), "exit_code": code})
+                );
             } else {
                 eprintln!("error: {e:#}");
             }

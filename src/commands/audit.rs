@@ -36,7 +36,12 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                         ]
                     })
                     .collect();
-                crate::output::table(&["SEQ", "TIME", "ACTOR", "COMMAND", "TARGET", "OUTCOME", "TOOK", "HASH"], &rows);
+                crate::output::table(
+                    &[
+                        "SEQ", "TIME", "ACTOR", "COMMAND", "TARGET", "OUTCOME", "TOOK", "HASH",
+                    ],
+                    &rows,
+                );
             }
             Ok(0)
         }
@@ -45,14 +50,25 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             if cli.json {
                 crate::output::json(&r);
             } else if r.problems.is_empty() {
-                println!("evidence log intact: {} event(s), hash chain verified", r.events);
+                println!(
+                    "evidence log intact: {} event(s), hash chain verified",
+                    r.events
+                );
             } else {
                 for p in &r.problems {
                     println!("TAMPERED  {p}");
                 }
-                println!("evidence log has {} problem(s) in {} event(s)", r.problems.len(), r.events);
+                println!(
+                    "evidence log has {} problem(s) in {} event(s)",
+                    r.problems.len(),
+                    r.events
+                );
             }
-            Ok(if r.problems.is_empty() { 0 } else { crate::exit::FAILED })
+            Ok(if r.problems.is_empty() {
+                0
+            } else {
+                crate::exit::FAILED
+            })
         }
     }
 }

@@ -21,7 +21,11 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         if !o.ok {
             worst = worst.max(match &o.error {
                 Some(e) if e.contains("repository is locked") => crate::exit::LOCKED,
-                Some(e) if e.contains("wrong key") || e.contains("key") && e.contains("not set") => crate::exit::KEY,
+                Some(e)
+                    if e.contains("wrong key") || e.contains("key") && e.contains("not set") =>
+                {
+                    crate::exit::KEY
+                }
                 _ => crate::exit::FAILED,
             });
         }
@@ -45,7 +49,12 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             }
             for c in &o.copies {
                 match &c.error {
-                    None => println!("{}: copied to {} ({} uploaded)", o.job, c.repository, crate::output::bytes(c.bytes_uploaded)),
+                    None => println!(
+                        "{}: copied to {} ({} uploaded)",
+                        o.job,
+                        c.repository,
+                        crate::output::bytes(c.bytes_uploaded)
+                    ),
                     Some(e) => eprintln!("{}: copy to {} FAILED: {e}", o.job, c.repository),
                 }
             }

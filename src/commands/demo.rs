@@ -72,7 +72,12 @@ fn make_data(root: &Path) -> anyhow::Result<()> {
     let data = root.join("data");
     std::fs::create_dir_all(data.join("conf.d"))?;
     for i in 0..50 {
-        let text = format!("# service {i}\nlisten = 0.0.0.0:{}\nworkers = {}\n", 8000 + i, i % 8 + 1).repeat(40);
+        let text = format!(
+            "# service {i}\nlisten = 0.0.0.0:{}\nworkers = {}\n",
+            8000 + i,
+            i % 8 + 1
+        )
+        .repeat(40);
         std::fs::write(data.join("conf.d").join(format!("svc-{i:02}.conf")), text)?;
     }
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -95,7 +100,9 @@ fn same_tree(a: &Path, b: &Path) -> anyhow::Result<usize> {
         if entry.file_type()?.is_dir() {
             n += same_tree(&entry.path(), &other)?;
         } else {
-            if std::fs::read(entry.path())? != std::fs::read(&other).with_context(|| format!("{} missing", other.display()))? {
+            if std::fs::read(entry.path())?
+                != std::fs::read(&other).with_context(|| format!("{} missing", other.display()))?
+            {
                 bail!("{} differs after restore", other.display());
             }
             n += 1;
@@ -105,10 +112,9 @@ fn same_tree(a: &Path, b: &Path) -> anyhow::Result<usize> {
 }
 
 pub fn run(_cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
-    let dir = a
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("lifeboat-demo-{}", std::process::id())));
+    let dir = a.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("lifeboat-demo-{}", std::process::id()))
+    });
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
         bail!("{} is not empty; pick another --dir", dir.display());
     }
@@ -130,7 +136,11 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     must(dir, &["plan", "check"])?;
 
     step("2. a mistake in the plan is named by line, column and field");
-    std::fs::write(dir.join("broken.yaml"), PLAN.replace("tier: batch", "tier: gold").replace("last: 5", "last: five"))?;
+    std::fs::write(
+        dir.join("broken.yaml"),
+        PLAN.replace("tier: batch", "tier: gold")
+            .replace("last: 5", "last: five"),
+    )?;
     lifeboat(dir, &["--plan", "broken.yaml", "plan", "check"])?;
 
     step("3. repositories (restic format v2, encrypted, zstd)");
@@ -140,7 +150,10 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     must(dir, &["backup"])?;
 
     step("5. change 1 file and back up again: only the change is stored");
-    std::fs::write(dir.join("data/conf.d/svc-07.conf"), "listen = 0.0.0.0:9999\n")?;
+    std::fs::write(
+        dir.join("data/conf.d/svc-07.conf"),
+        "listen = 0.0.0.0:9999\n",
+    )?;
     must(dir, &["backup", "app-config"])?;
     must(dir, &["snapshots"])?;
 
@@ -148,8 +161,21 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     must(dir, &["verify", "--read-data"])?;
 
     step("7. restore the latest config snapshot and compare byte for byte");
-    must(dir, &["restore", "latest", "--job", "app-config", "--target", "restored"])?;
-    let restored = dir.join("restored").join(dir.strip_prefix("/").unwrap_or(dir)).join("data");
+    must(
+        dir,
+        &[
+            "restore",
+            "latest",
+            "--job",
+            "app-config",
+            "--target",
+            "restored",
+        ],
+    )?;
+    let restored = dir
+        .join("restored")
+        .join(dir.strip_prefix("/").unwrap_or(dir))
+        .join("data");
     let n = same_tree(&dir.join("data"), &restored)?;
     println!("restored tree matches the source: {n} files identical");
 

@@ -24,7 +24,15 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                 for v in verdicts {
                     println!(
                         "{} {job} {}  {}",
-                        if v.keep { "keep  " } else { if a.dry_run { "would remove" } else { "remove" } },
+                        if v.keep {
+                            "keep  "
+                        } else {
+                            if a.dry_run {
+                                "would remove"
+                            } else {
+                                "remove"
+                            }
+                        },
                         &v.id[..8],
                         v.reasons.join(", ")
                     );

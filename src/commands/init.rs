@@ -22,7 +22,10 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     }
     std::fs::write(path, lifeboat_core::STARTER_PLAN)
         .with_context(|| format!("writing {}", path.display()))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let key = dir.join("lifeboat.key");
     let mut made_key = false;
     if !key.exists() {

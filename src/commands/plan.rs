@@ -29,7 +29,11 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                         plan.tiers.len(),
                         plan.services.len(),
                         plan.repositories.len(),
-                        if plan.repositories.len() == 1 { "y" } else { "ies" },
+                        if plan.repositories.len() == 1 {
+                            "y"
+                        } else {
+                            "ies"
+                        },
                         plan.backups.len()
                     );
                 }

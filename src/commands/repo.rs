@@ -94,7 +94,10 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             } else {
                 for l in &locks {
                     match &l.stale {
-                        Some(why) => println!("{} — STALE: {why}; `lifeboat repo unlock --repo {repo}` removes it", l.describe()),
+                        Some(why) => println!(
+                            "{} — STALE: {why}; `lifeboat repo unlock --repo {repo}` removes it",
+                            l.describe()
+                        ),
                         None => println!("{}", l.describe()),
                     }
                 }

@@ -38,7 +38,12 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             ]
         })
         .collect();
-    crate::output::table(&["ID", "TIME", "JOB", "SERVICE", "KIND", "FILES", "SIZE", "PATHS"], &rows);
+    crate::output::table(
+        &[
+            "ID", "TIME", "JOB", "SERVICE", "KIND", "FILES", "SIZE", "PATHS",
+        ],
+        &rows,
+    );
     println!("{} snapshot(s) in repository {repo}", snaps.len());
     Ok(0)
 }

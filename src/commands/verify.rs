@@ -14,7 +14,12 @@ pub struct Args {
 
 pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
-    let r = lifeboat_engine::ops::verify(&ctx, a.job.as_deref(), a.read_data, a.read_data_subset.as_deref())?;
+    let r = lifeboat_engine::ops::verify(
+        &ctx,
+        a.job.as_deref(),
+        a.read_data,
+        a.read_data_subset.as_deref(),
+    )?;
     if cli.json {
         crate::output::json(&r);
     } else {

@@ -30,7 +30,13 @@ mod tests {
     #[test]
     fn starter_plan_passes_check() {
         let plan = parse_plan(STARTER_PLAN, "lifeboat.yaml").unwrap_or_else(|d| {
-            panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+            panic!(
+                "{}",
+                d.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
         });
         assert_eq!(plan.name, "my-service");
         assert_eq!(plan.backups.len(), 2);
@@ -54,35 +60,74 @@ mod tests {
         );
         let e = errors(&src);
         let all = e.join("\n");
-        assert!(all.contains("p.yaml:11:37: repositories.other.colour: unknown field `colour`"), "{all}");
-        assert!(all.contains("p.yaml:14:14: backups.a.service: job names undeclared service `nope`"), "{all}");
-        assert!(all.contains("p.yaml:16:16: backups.a.retention: retention has no keep rule"), "{all}");
-        assert!(all.contains("p.yaml:19:17: backups.b.repository: job names undeclared repository `missing`"), "{all}");
-        assert!(all.contains("backups.b.schedule: schedule `0 2 * *` has 4 fields"), "{all}");
-        assert!(all.contains("backups.c.retention.daily: invalid type: string \"many\", expected u32"), "{all}");
+        assert!(
+            all.contains("p.yaml:11:37: repositories.other.colour: unknown field `colour`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("p.yaml:14:14: backups.a.service: job names undeclared service `nope`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("p.yaml:16:16: backups.a.retention: retention has no keep rule"),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "p.yaml:19:17: backups.b.repository: job names undeclared repository `missing`"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains("backups.b.schedule: schedule `0 2 * *` has 4 fields"),
+            "{all}"
+        );
+        assert!(
+            all.contains("backups.c.retention.daily: invalid type: string \"many\", expected u32"),
+            "{all}"
+        );
         assert_eq!(e.len(), 6, "{all}");
     }
 
     #[test]
     fn undefined_tier_and_wrong_type() {
-        let src = BASE.replace("tier: gold", "tier: silver").replace("rpo: 15m", "rpo: soon");
+        let src = BASE
+            .replace("tier: gold", "tier: silver")
+            .replace("rpo: 15m", "rpo: soon");
         let all = errors(&src).join("\n");
-        assert!(all.contains("p.yaml:3:16: tiers.gold.rpo: `soon` is not a duration"), "{all}");
-        assert!(all.contains("p.yaml:7:11: services.etc.tier: tier `silver` is not defined (declared: gold)"), "{all}");
+        assert!(
+            all.contains("p.yaml:3:16: tiers.gold.rpo: `soon` is not a duration"),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "p.yaml:7:11: services.etc.tier: tier `silver` is not defined (declared: gold)"
+            ),
+            "{all}"
+        );
     }
 
     #[test]
     fn unknown_field_inside_tagged_service_points_at_key() {
-        let src = BASE.replace("    paths: [/etc]\n", "    paths: [/etc]\n    pathz: [/var]\n");
+        let src = BASE.replace(
+            "    paths: [/etc]\n",
+            "    paths: [/etc]\n    pathz: [/var]\n",
+        );
         let all = errors(&src).join("\n");
-        assert!(all.contains("p.yaml:9:5: services.etc.pathz: unknown field `pathz`"), "{all}");
+        assert!(
+            all.contains("p.yaml:9:5: services.etc.pathz: unknown field `pathz`"),
+            "{all}"
+        );
     }
 
     #[test]
     fn unknown_kind_and_malformed_yaml() {
         let src = BASE.replace("kind: paths", "kind: mysql");
         let all = errors(&src).join("\n");
-        assert!(all.contains("p.yaml:6:11: services.etc.kind: unknown variant `mysql`"), "{all}");
+        assert!(
+            all.contains("p.yaml:6:11: services.etc.kind: unknown variant `mysql`"),
+            "{all}"
+        );
         let all = errors("name: x\nservices:\n  a: [1, 2\n").join("\n");
         assert!(all.contains("malformed YAML"), "{all}");
         assert!(all.starts_with("p.yaml:4:"), "{all}");
@@ -92,8 +137,13 @@ mod tests {
     fn duplicate_keys_and_cycles() {
         let src = format!("{BASE}name: again\n");
         assert!(errors(&src).join("\n").contains("duplicate key `name`"));
-        let src = BASE.replace("    paths: [/etc]\n", "    paths: [/etc]\n    depends_on: [etc]\n");
-        assert!(errors(&src).join("\n").contains("dependency cycle: etc → etc"));
+        let src = BASE.replace(
+            "    paths: [/etc]\n",
+            "    paths: [/etc]\n    depends_on: [etc]\n",
+        );
+        assert!(errors(&src)
+            .join("\n")
+            .contains("dependency cycle: etc → etc"));
     }
 
     #[test]

@@ -82,7 +82,11 @@ fn parent(path: &str) -> Option<String> {
             return Some(path[..i].to_string());
         }
     }
-    Some(path.rfind('.').map(|i| path[..i].to_string()).unwrap_or_default())
+    Some(
+        path.rfind('.')
+            .map(|i| path[..i].to_string())
+            .unwrap_or_default(),
+    )
 }
 
 pub fn child(path: &str, key: &str) -> String {
@@ -396,7 +400,10 @@ pub fn parse_plan(src: &str, file: &str) -> Result<Plan, Vec<Diagnostic>> {
     };
     let mut plan = Plan::default();
     let Value::Object(top) = root else {
-        c.at("", "expected a mapping with `name`, `tiers`, `services`, … at the top level");
+        c.at(
+            "",
+            "expected a mapping with `name`, `tiers`, `services`, … at the top level",
+        );
         return Err(c.diags);
     };
     for (key, v) in &top {
@@ -433,7 +440,10 @@ pub fn parse_plan(src: &str, file: &str) -> Result<Plan, Vec<Diagnostic>> {
         }
     }
     if !top.contains_key("name") {
-        c.at("", "missing field `name`: every plan has a name (e.g. `name: shop`)");
+        c.at(
+            "",
+            "missing field `name`: every plan has a name (e.g. `name: shop`)",
+        );
     }
     // References are checked against every name the file declares, even entries that failed
     // to parse, so one typo does not cascade into "undeclared" errors elsewhere.

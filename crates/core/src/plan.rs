@@ -316,7 +316,9 @@ pub enum NotificationFormat {
 }
 
 /// Incident severity (seed 001): P1 critical … P4 low.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord,
+)]
 pub enum Severity {
     P1,
     P2,
@@ -329,7 +331,9 @@ impl Plan {
     pub fn job_repository<'a>(&'a self, job: &'a BackupJob) -> Option<&'a str> {
         match &job.repository {
             Some(r) => Some(r.as_str()),
-            None if self.repositories.len() == 1 => self.repositories.keys().next().map(|k| k.as_str()),
+            None if self.repositories.len() == 1 => {
+                self.repositories.keys().next().map(|k| k.as_str())
+            }
             None => None,
         }
     }

@@ -13,7 +13,12 @@ pub enum RepoUrl {
     },
 }
 
-const S3_OPTIONS: &[&str] = &["endpoint", "region", "allow_anonymous", "enable_virtual_host_style"];
+const S3_OPTIONS: &[&str] = &[
+    "endpoint",
+    "region",
+    "allow_anonymous",
+    "enable_virtual_host_style",
+];
 
 impl RepoUrl {
     pub fn parse(url: &str) -> Result<Self, String> {
@@ -76,9 +81,22 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(RepoUrl::parse("/var/b").unwrap(), RepoUrl::Local("/var/b".into()));
-        let u = RepoUrl::parse("s3://backups-dr/life/boat?endpoint=http%3A//127.0.0.1:9000&region=us-west-2").unwrap();
-        let RepoUrl::S3 { bucket, prefix, options } = u else { panic!() };
+        assert_eq!(
+            RepoUrl::parse("/var/b").unwrap(),
+            RepoUrl::Local("/var/b".into())
+        );
+        let u = RepoUrl::parse(
+            "s3://backups-dr/life/boat?endpoint=http%3A//127.0.0.1:9000&region=us-west-2",
+        )
+        .unwrap();
+        let RepoUrl::S3 {
+            bucket,
+            prefix,
+            options,
+        } = u
+        else {
+            panic!()
+        };
         assert_eq!(bucket, "backups-dr");
         assert_eq!(prefix, "life/boat");
         assert_eq!(options["endpoint"], "http://127.0.0.1:9000");

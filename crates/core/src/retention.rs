@@ -52,10 +52,7 @@ pub fn apply(policy: &Retention, snapshots: &[(String, Timestamp)]) -> Vec<Verdi
         let mut reasons = Vec::new();
         if last_left > 0 {
             last_left -= 1;
-            reasons.push(format!(
-                "last {}",
-                policy.last.unwrap_or(0)
-            ));
+            reasons.push(format!("last {}", policy.last.unwrap_or(0)));
         }
         if let (Some(within), Some(newest)) = (policy.within, newest) {
             let age = newest.duration_since(*t);
@@ -111,7 +108,10 @@ mod tests {
             "2026-11-21T05:00:00Z",
             "2026-11-22T05:00:00Z",
         ]);
-        let p = Retention { daily: Some(2), ..Default::default() };
+        let p = Retention {
+            daily: Some(2),
+            ..Default::default()
+        };
         let v = apply(&p, &s);
         let kept: Vec<&str> = v.iter().filter(|v| v.keep).map(|v| v.id.as_str()).collect();
         assert_eq!(kept, ["s3", "s2"]);
@@ -123,21 +123,46 @@ mod tests {
         // 3 years of one snapshot a day
         let start = ts("2024-01-01T02:00:00Z");
         let s: Vec<(String, Timestamp)> = (0..3 * 365)
-            .map(|d| (format!("d{d}"), start + jiff::SignedDuration::from_hours(24 * d)))
+            .map(|d| {
+                (
+                    format!("d{d}"),
+                    start + jiff::SignedDuration::from_hours(24 * d),
+                )
+            })
             .collect();
-        let p = Retention { daily: Some(30), weekly: Some(13), monthly: Some(12), yearly: Some(7), ..Default::default() };
+        let p = Retention {
+            daily: Some(30),
+            weekly: Some(13),
+            monthly: Some(12),
+            yearly: Some(7),
+            ..Default::default()
+        };
         let v = apply(&p, &s);
         let kept = v.iter().filter(|v| v.keep).count();
         // 30 daily, then weekly/monthly/yearly add the older ones (overlaps are counted once)
         assert!(kept > 30 + 10 && kept < 30 + 13 + 12 + 7, "kept {kept}");
         let oldest_kept = v.iter().rev().find(|v| v.keep).unwrap();
-        assert!(oldest_kept.reasons.iter().any(|r| r.starts_with("yearly 2024")), "{oldest_kept:?}");
+        assert!(
+            oldest_kept
+                .reasons
+                .iter()
+                .any(|r| r.starts_with("yearly 2024")),
+            "{oldest_kept:?}"
+        );
     }
 
     #[test]
     fn last_and_within() {
-        let s = snaps(&["2026-11-22T00:00:00Z", "2026-11-21T12:00:00Z", "2026-11-19T00:00:00Z"]);
-        let p = Retention { last: Some(1), within: Some("1d".parse().unwrap()), ..Default::default() };
+        let s = snaps(&[
+            "2026-11-22T00:00:00Z",
+            "2026-11-21T12:00:00Z",
+            "2026-11-19T00:00:00Z",
+        ]);
+        let p = Retention {
+            last: Some(1),
+            within: Some("1d".parse().unwrap()),
+            ..Default::default()
+        };
         let v = apply(&p, &s);
         assert_eq!(v.iter().filter(|v| v.keep).count(), 2);
         assert!(!v[2].keep);

@@ -104,7 +104,9 @@ impl Serialize for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UnitVisitor::<Duration>::new("a duration such as `15m` or `24h`"))
+        d.deserialize_any(UnitVisitor::<Duration>::new(
+            "a duration such as `15m` or `24h`",
+        ))
     }
 }
 

@@ -37,15 +37,18 @@ fn list(names: &BTreeSet<String>) -> String {
     } else {
         format!(
             "declared: {}",
-            names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+            names
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 }
 
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
-        && n
-            .chars()
+        && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
@@ -79,7 +82,9 @@ pub fn check_schedule(s: &str) -> Result<(), String> {
             };
             if let Some(step) = step {
                 if step.parse::<u32>().map_or(true, |n| n == 0) {
-                    return Err(format!("schedule `{t}`: bad step `{step}` in the {name} field"));
+                    return Err(format!(
+                        "schedule `{t}`: bad step `{step}` in the {name} field"
+                    ));
                 }
             }
             if range == "*" {
@@ -121,7 +126,10 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     let mut seen_sites = BTreeSet::new();
     for (i, s) in plan.sites.iter().enumerate() {
         if !valid_name(s) {
-            err(format!("sites[{i}]"), format!("site name `{s}` may only use letters, digits, `-`, `_`, `.`"));
+            err(
+                format!("sites[{i}]"),
+                format!("site name `{s}` may only use letters, digits, `-`, `_`, `.`"),
+            );
         }
         if !seen_sites.insert(s) {
             err(format!("sites[{i}]"), format!("site `{s}` is listed twice"));
@@ -132,26 +140,39 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     for (name, svc) in &plan.services {
         let base = format!("services.{name}");
         if !valid_name(name) {
-            err(base.clone(), format!("service name `{name}` may only use letters, digits, `-`, `_`, `.`"));
+            err(
+                base.clone(),
+                format!("service name `{name}` may only use letters, digits, `-`, `_`, `.`"),
+            );
         }
         if !declared.tiers.contains(svc.tier()) {
             err(
                 format!("{base}.tier"),
-                format!("tier `{}` is not defined ({})", svc.tier(), list(&declared.tiers)),
+                format!(
+                    "tier `{}` is not defined ({})",
+                    svc.tier(),
+                    list(&declared.tiers)
+                ),
             );
         }
         for (i, d) in svc.depends_on().iter().enumerate() {
             if !declared.services.contains(d) {
                 err(
                     format!("{base}.depends_on[{i}]"),
-                    format!("depends on undeclared service `{d}` ({})", list(&declared.services)),
+                    format!(
+                        "depends on undeclared service `{d}` ({})",
+                        list(&declared.services)
+                    ),
                 );
             }
         }
         match svc {
             Service::Paths { paths, site, .. } => {
                 if paths.is_empty() {
-                    err(format!("{base}.paths"), "a `paths` service needs at least one path".into());
+                    err(
+                        format!("{base}.paths"),
+                        "a `paths` service needs at least one path".into(),
+                    );
                 }
                 for (i, p) in paths.iter().enumerate() {
                     if p.trim().is_empty() {
@@ -167,7 +188,10 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                 ..
             } => {
                 if command.trim().is_empty() {
-                    err(format!("{base}.command"), "the command must not be empty".into());
+                    err(
+                        format!("{base}.command"),
+                        "the command must not be empty".into(),
+                    );
                 }
                 if let Some(f) = filename {
                     if f.is_empty() || f.contains('/') || f == "." || f == ".." {
@@ -211,10 +235,16 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     for (name, repo) in &plan.repositories {
         let base = format!("repositories.{name}");
         if !valid_name(name) {
-            err(base.clone(), format!("repository name `{name}` may only use letters, digits, `-`, `_`, `.`"));
+            err(
+                base.clone(),
+                format!("repository name `{name}` may only use letters, digits, `-`, `_`, `.`"),
+            );
         }
         if repo.url.trim().is_empty() {
-            err(format!("{base}.url"), "the repository URL must not be empty".into());
+            err(
+                format!("{base}.url"),
+                "the repository URL must not be empty".into(),
+            );
         } else if let Err(e) = crate::repo_url::RepoUrl::parse(&repo.url) {
             err(format!("{base}.url"), e);
         }
@@ -243,25 +273,38 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     for (name, job) in &plan.backups {
         let base = format!("backups.{name}");
         if !valid_name(name) {
-            err(base.clone(), format!("job name `{name}` may only use letters, digits, `-`, `_`, `.`"));
+            err(
+                base.clone(),
+                format!("job name `{name}` may only use letters, digits, `-`, `_`, `.`"),
+            );
         }
         if !declared.services.contains(&job.service) {
             err(
                 format!("{base}.service"),
-                format!("job names undeclared service `{}` ({})", job.service, list(&declared.services)),
+                format!(
+                    "job names undeclared service `{}` ({})",
+                    job.service,
+                    list(&declared.services)
+                ),
             );
         } else if let Some(svc) = plan.services.get(&job.service) {
             if matches!(svc, Service::Http { .. }) {
                 err(
                     format!("{base}.service"),
-                    format!("service `{}` is of kind http, which has nothing to back up", job.service),
+                    format!(
+                        "service `{}` is of kind http, which has nothing to back up",
+                        job.service
+                    ),
                 );
             }
         }
         match &job.repository {
             Some(r) if !declared.repositories.contains(r) => err(
                 format!("{base}.repository"),
-                format!("job names undeclared repository `{r}` ({})", list(&declared.repositories)),
+                format!(
+                    "job names undeclared repository `{r}` ({})",
+                    list(&declared.repositories)
+                ),
             ),
             None if declared.repositories.len() != 1 => err(
                 base.clone(),
@@ -276,7 +319,10 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
             if !declared.repositories.contains(c) {
                 err(
                     format!("{base}.copy_to[{i}]"),
-                    format!("copy target `{c}` is an undeclared repository ({})", list(&declared.repositories)),
+                    format!(
+                        "copy target `{c}` is an undeclared repository ({})",
+                        list(&declared.repositories)
+                    ),
                 );
             } else if plan.job_repository(job) == Some(c.as_str()) {
                 err(
@@ -323,7 +369,12 @@ pub fn dependency_cycle(plan: &Plan) -> Option<Vec<String>> {
     let graph: BTreeMap<&str, Vec<&str>> = plan
         .services
         .iter()
-        .map(|(n, s)| (n.as_str(), s.depends_on().iter().map(|d| d.as_str()).collect()))
+        .map(|(n, s)| {
+            (
+                n.as_str(),
+                s.depends_on().iter().map(|d| d.as_str()).collect(),
+            )
+        })
         .collect();
     // 0 = unvisited, 1 = on stack, 2 = done
     let mut state: BTreeMap<&str, u8> = BTreeMap::new();

@@ -47,7 +47,10 @@ pub fn judge_job(o: &JobObservation) -> Vec<Finding> {
         None => push(
             "exists",
             false,
-            format!("job {}: no snapshot exists; run `lifeboat backup {}`", o.job, o.job),
+            format!(
+                "job {}: no snapshot exists; run `lifeboat backup {}`",
+                o.job, o.job
+            ),
         ),
         Some(age) => {
             push(
@@ -123,7 +126,11 @@ mod tests {
         let f = judge_job(&obs(Some(7200), 3));
         let stale = f.iter().find(|f| f.check == "fresh").unwrap();
         assert!(!stale.ok);
-        assert!(stale.message.contains("2h old, older than 1h"), "{}", stale.message);
+        assert!(
+            stale.message.contains("2h old, older than 1h"),
+            "{}",
+            stale.message
+        );
     }
 
     #[test]

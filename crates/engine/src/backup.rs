@@ -63,19 +63,31 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
                 Kind::Input,
                 format!(
                     "no backup job `{name}` in the plan (jobs: {})",
-                    ctx.plan.backups.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ctx.plan
+                        .backups
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
         })?;
         let repo_name = job_repo(ctx, name, &job)?;
         out.repository = repo_name.clone();
         let svc = ctx.plan.services.get(&job.service).ok_or_else(|| {
-            StoreError::new(Kind::Input, format!("job {name}: no service `{}`", job.service))
+            StoreError::new(
+                Kind::Input,
+                format!("job {name}: no service `{}`", job.service),
+            )
         })?;
         out.kind = svc.snapshot_kind().into();
         let store = ctx.open_repo(&repo_name)?;
         let lock = store.lock(false, "backup", Some(name))?;
-        out.stale_locks = lock.stale_seen.iter().map(|l| format!("{} ({})", l.describe(), l.stale.clone().unwrap_or_default())).collect();
+        out.stale_locks = lock
+            .stale_seen
+            .iter()
+            .map(|l| format!("{} ({})", l.describe(), l.stale.clone().unwrap_or_default()))
+            .collect();
         let tags = SnapshotTags {
             plan: ctx.plan.name.clone(),
             job: name.into(),
@@ -171,7 +183,12 @@ fn backup_service(
 }
 
 /// Run `sh -c command` with stdout to a private spool file; fail on non-zero exit or timeout.
-fn run_to_spool(ctx: &Context, job: &str, command: &str, limit: Duration) -> Result<PathBuf, StoreError> {
+fn run_to_spool(
+    ctx: &Context,
+    job: &str,
+    command: &str,
+    limit: Duration,
+) -> Result<PathBuf, StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = ctx.state_dir.join("spool");
     std::fs::create_dir_all(&dir)
@@ -184,9 +201,12 @@ fn run_to_spool(ctx: &Context, job: &str, command: &str, limit: Duration) -> Res
         .mode(0o600)
         .open(&path)
         .map_err(|e| StoreError::new(Kind::Io, format!("cannot create {}: {e}", path.display())))?;
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
+        // Its own process group, so a timeout kills the command's children too.
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(Stdio::piped())
@@ -205,9 +225,14 @@ fn run_to_spool(ctx: &Context, job: &str, command: &str, limit: Duration) -> Res
         match child.try_wait() {
             Ok(Some(s)) => break Ok(s),
             Ok(None) if Instant::now() >= deadline => {
+                // SAFETY: kill(2) on the child's process group; no memory is touched.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(format!("timed out after {}s and was killed", limit.as_secs()));
+                break Err(format!(
+                    "timed out after {}s and was killed",
+                    limit.as_secs()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => break Err(e.to_string()),
@@ -215,12 +240,27 @@ fn run_to_spool(ctx: &Context, job: &str, command: &str, limit: Duration) -> Res
     };
     let stderr = err_reader.join().unwrap_or_default();
     let tail = String::from_utf8_lossy(&stderr);
-    let tail: String = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+    let tail: String = tail
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join(" | ");
     let fail = |why: String| {
         let _ = std::fs::remove_file(&path);
         Err(StoreError::new(
             Kind::Source,
-            format!("command `{command}` {why}{}", if tail.is_empty() { String::new() } else { format!("; stderr: {tail}") }),
+            format!(
+                "command `{command}` {why}{}",
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("; stderr: {tail}")
+                }
+            ),
         )
         .hint("no snapshot was recorded; fix the command and run the backup again"))
     };

@@ -64,7 +64,12 @@ impl Context {
                 lifeboat_store::Kind::Input,
                 format!(
                     "no repository `{name}` in the plan (declared: {})",
-                    self.plan.repositories.keys().cloned().collect::<Vec<_>>().join(", ")
+                    self.plan
+                        .repositories
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
         })?;
@@ -78,7 +83,13 @@ impl Context {
     /// The repository commands use when none is named: the only one, or the first job's.
     pub fn default_repo(&self) -> Result<String, StoreError> {
         if self.plan.repositories.len() == 1 {
-            return Ok(self.plan.repositories.keys().next().cloned().unwrap_or_default());
+            return Ok(self
+                .plan
+                .repositories
+                .keys()
+                .next()
+                .cloned()
+                .unwrap_or_default());
         }
         // Otherwise the repository every backup job writes to, if they agree.
         let used: std::collections::BTreeSet<&str> = self
@@ -95,7 +106,12 @@ impl Context {
             format!(
                 "the plan has {} repositories: name one with --repo ({})",
                 self.plan.repositories.len(),
-                self.plan.repositories.keys().cloned().collect::<Vec<_>>().join(", ")
+                self.plan
+                    .repositories
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ))
     }

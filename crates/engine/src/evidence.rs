@@ -109,7 +109,8 @@ impl Evidence {
             source,
         })?;
         let conn = Connection::open(&path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=FULL;
@@ -221,7 +222,8 @@ impl Evidence {
                     target: r.get(5)?,
                     outcome: r.get(6)?,
                     duration_ms: r.get(7)?,
-                    figures: serde_json::from_str(&figures).unwrap_or(serde_json::Value::String(figures)),
+                    figures: serde_json::from_str(&figures)
+                        .unwrap_or(serde_json::Value::String(figures)),
                     prev_hash: r.get(9)?,
                     hash: r.get(10)?,
                 })
@@ -328,18 +330,39 @@ mod tests {
         }
         assert!(ev.verify().unwrap().problems.is_empty());
 
-        ev.conn.execute("UPDATE events SET outcome='failed' WHERE seq=2", []).unwrap();
+        ev.conn
+            .execute("UPDATE events SET outcome='failed' WHERE seq=2", [])
+            .unwrap();
         let r = ev.verify().unwrap();
-        assert!(r.problems.iter().any(|p| p.contains("event 2 (backup b")), "{r:?}");
-        ev.conn.execute("UPDATE events SET outcome='ok' WHERE seq=2", []).unwrap();
+        assert!(
+            r.problems.iter().any(|p| p.contains("event 2 (backup b")),
+            "{r:?}"
+        );
+        ev.conn
+            .execute("UPDATE events SET outcome='ok' WHERE seq=2", [])
+            .unwrap();
         assert!(ev.verify().unwrap().problems.is_empty());
 
-        ev.conn.execute("DELETE FROM events WHERE seq=3", []).unwrap();
+        ev.conn
+            .execute("DELETE FROM events WHERE seq=3", [])
+            .unwrap();
         let r = ev.verify().unwrap();
-        assert!(r.problems.iter().any(|p| p.contains("event(s) 3..3 were deleted")), "{r:?}");
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("event(s) 3..3 were deleted")),
+            "{r:?}"
+        );
 
-        ev.conn.execute("DELETE FROM events WHERE seq=4", []).unwrap();
+        ev.conn
+            .execute("DELETE FROM events WHERE seq=4", [])
+            .unwrap();
         let r = ev.verify().unwrap();
-        assert!(r.problems.iter().any(|p| p.contains("events at the end were deleted")), "{r:?}");
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("events at the end were deleted")),
+            "{r:?}"
+        );
     }
 }

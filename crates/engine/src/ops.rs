@@ -54,7 +54,12 @@ pub fn forget(ctx: &Context, repo: &str, dry_run: bool) -> Result<ForgetReport, 
         let policy = ctx.plan.backups[&job].retention.clone().unwrap_or_default();
         let input: Vec<(String, jiff::Timestamp)> = list
             .iter()
-            .map(|s| (s.id.clone(), jiff::Timestamp::from_second(s.timestamp).unwrap_or_default()))
+            .map(|s| {
+                (
+                    s.id.clone(),
+                    jiff::Timestamp::from_second(s.timestamp).unwrap_or_default(),
+                )
+            })
             .collect();
         let verdicts = retention::apply(&policy, &input);
         to_delete.extend(verdicts.iter().filter(|v| !v.keep).map(|v| v.id.clone()));
@@ -105,7 +110,10 @@ pub fn verify(
     let mut findings = Vec::new();
     let jobs: Vec<String> = match job {
         Some(j) if !ctx.plan.backups.contains_key(j) => {
-            return Err(StoreError::new(Kind::Input, format!("no backup job `{j}` in the plan")))
+            return Err(StoreError::new(
+                Kind::Input,
+                format!("no backup job `{j}` in the plan"),
+            ))
         }
         Some(j) => vec![j.to_string()],
         None => ctx.plan.backups.keys().cloned().collect(),
@@ -128,7 +136,10 @@ pub fn verify(
                         job: j.clone(),
                         check: "repository",
                         ok: false,
-                        message: format!("job {j}: repository {repo} cannot be opened: {}", e.message),
+                        message: format!(
+                            "job {j}: repository {repo} cannot be opened: {}",
+                            e.message
+                        ),
                     });
                 }
                 continue;
@@ -139,7 +150,9 @@ pub fn verify(
             let def = &ctx.plan.backups[j];
             let mine: Vec<&SnapshotInfo> = snaps
                 .iter()
-                .filter(|s| s.job.as_deref() == Some(j) && s.plan.as_deref() == Some(ctx.plan.name.as_str()))
+                .filter(|s| {
+                    s.job.as_deref() == Some(j) && s.plan.as_deref() == Some(ctx.plan.name.as_str())
+                })
                 .collect();
             let newest_age = mine.last().map(|s| {
                 let secs = now.as_second() - s.timestamp;
@@ -149,7 +162,12 @@ pub fn verify(
             let (max_age, source) = match policy.max_age {
                 Some(a) => (a, "max_age".to_string()),
                 None => {
-                    let tier = ctx.plan.services.get(&def.service).map(|s| s.tier().to_string()).unwrap_or_default();
+                    let tier = ctx
+                        .plan
+                        .services
+                        .get(&def.service)
+                        .map(|s| s.tier().to_string())
+                        .unwrap_or_default();
                     let rpo = ctx.plan.tiers.get(&tier).map(|t| t.rpo).unwrap_or_default();
                     (rpo, format!("tier {tier} RPO"))
                 }
@@ -165,13 +183,16 @@ pub fn verify(
         }
         if read_data || subset.is_some() {
             let report = store.check(true, subset)?;
-            let damaged: BTreeMap<&str, Vec<&str>> = report.damaged_snapshots.iter().fold(
-                BTreeMap::new(),
-                |mut m, (id, job)| {
-                    m.entry(job.as_deref().unwrap_or("(no job)")).or_default().push(&id[..8]);
-                    m
-                },
-            );
+            let damaged: BTreeMap<&str, Vec<&str>> =
+                report
+                    .damaged_snapshots
+                    .iter()
+                    .fold(BTreeMap::new(), |mut m, (id, job)| {
+                        m.entry(job.as_deref().unwrap_or("(no job)"))
+                            .or_default()
+                            .push(&id[..8]);
+                        m
+                    });
             for j in &jobs {
                 let bad = damaged.get(j.as_str());
                 let ok = bad.is_none() && report.errors.is_empty();
@@ -187,7 +208,12 @@ pub fn verify(
                     ),
                     None => format!("job {j}: data in repository {repo} decrypts and matches its hashes"),
                 };
-                findings.push(Finding { job: j.clone(), check: "data", ok, message });
+                findings.push(Finding {
+                    job: j.clone(),
+                    check: "data",
+                    ok,
+                    message,
+                });
             }
         }
     }
@@ -236,7 +262,10 @@ pub fn restore(
     })();
     let (outcome, figures) = match &result {
         Ok(r) => ("ok", serde_json::to_value(r).unwrap_or_default()),
-        Err(e) => ("failed", serde_json::json!({"error": e.message, "snapshot": snapshot, "target": target.display().to_string()})),
+        Err(e) => (
+            "failed",
+            serde_json::json!({"error": e.message, "snapshot": snapshot, "target": target.display().to_string()}),
+        ),
     };
     ctx.record("restore", snapshot, outcome, started, figures)
         .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
@@ -278,8 +307,14 @@ pub fn copy(ctx: &Context, from: &str, to: &str) -> Result<CopyReport, StoreErro
         Ok(r) => ("ok", serde_json::to_value(r).unwrap_or_default()),
         Err(e) => ("failed", serde_json::json!({"error": e.message})),
     };
-    ctx.record("copy", &format!("{from} -> {to}"), outcome, started, figures)
-        .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+    ctx.record(
+        "copy",
+        &format!("{from} -> {to}"),
+        outcome,
+        started,
+        figures,
+    )
+    .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
     result
 }
 

@@ -54,7 +54,10 @@ impl LockKey {
     pub fn from_master(key: &rustic_core::repofile::MasterKey) -> Result<Self> {
         let mut k = [0u8; 64];
         if key.encrypt.len() != 32 || key.mac.k.len() != 16 || key.mac.r.len() != 16 {
-            return Err(StoreError::new(Kind::Internal, "unexpected master key layout"));
+            return Err(StoreError::new(
+                Kind::Internal,
+                "unexpected master key layout",
+            ));
         }
         k[..32].copy_from_slice(&key.encrypt);
         k[32..48].copy_from_slice(&key.mac.k);
@@ -82,9 +85,7 @@ impl LockKey {
         if data.len() < 32 {
             return None;
         }
-        self.cipher()
-            .decrypt(data[..16].into(), &data[16..])
-            .ok()
+        self.cipher().decrypt(data[..16].into(), &data[16..]).ok()
     }
 }
 
@@ -134,16 +135,16 @@ fn process_alive(pid: u32) -> bool {
 
 fn staleness(info: &LockInfo, now: jiff::Timestamp) -> Option<String> {
     if info.hostname == hostname() && !process_alive(info.pid) {
-        return Some(format!("process {} on this host is no longer running", info.pid));
+        return Some(format!(
+            "process {} on this host is no longer running",
+            info.pid
+        ));
     }
     match info.time.parse::<jiff::Timestamp>() {
         Ok(t) => {
             let age = now.duration_since(t);
             if age.as_secs() > STALE_AFTER.as_secs() as i64 {
-                Some(format!(
-                    "not refreshed for {} minutes",
-                    age.as_secs() / 60
-                ))
+                Some(format!("not refreshed for {} minutes", age.as_secs() / 60))
             } else {
                 None
             }
@@ -242,7 +243,8 @@ pub fn acquire(
     let state = Arc::new(Mutex::new(Some(id)));
     let stop = Arc::new(AtomicBool::new(false));
     let refresher = {
-        let (state, stop, objects, key) = (state.clone(), stop.clone(), objects.clone(), key.clone());
+        let (state, stop, objects, key) =
+            (state.clone(), stop.clone(), objects.clone(), key.clone());
         std::thread::spawn(move || {
             let mut waited = Duration::ZERO;
             while !stop.load(Ordering::Relaxed) {
@@ -319,7 +321,9 @@ mod tests {
         // another job may back up at the same time
         let b = acquire(objects.clone(), &key(), false, "backup", Some("etc")).unwrap();
         // the same job may not
-        let e = acquire(objects.clone(), &key(), false, "backup", Some("db")).err().unwrap();
+        let e = acquire(objects.clone(), &key(), false, "backup", Some("db"))
+            .err()
+            .unwrap();
         assert_eq!(e.kind, Kind::Locked);
         assert!(e.to_string().contains("lifeboat backup db"), "{e}");
         // prune needs everyone gone
@@ -350,7 +354,11 @@ mod tests {
         };
         write_lock(&*objects, &key(), &info).unwrap();
         let found = list_locks(&*objects, &key()).unwrap();
-        assert!(found[0].stale.as_deref().unwrap().contains("no longer running"));
+        assert!(found[0]
+            .stale
+            .as_deref()
+            .unwrap()
+            .contains("no longer running"));
         // a stale exclusive lock does not block, and is reported
         let g = acquire(objects.clone(), &key(), false, "backup", None).unwrap();
         assert_eq!(g.stale_seen.len(), 1);

@@ -42,7 +42,8 @@ impl ObjectStore for LocalObjects {
         use std::io::Write;
         let path = self.root.join(key);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io(e, &format!("creating {}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| io(e, &format!("creating {}", dir.display())))?;
         }
         // Write to a temporary name and rename, so a reader never sees half an object.
         let tmp = path.with_extension("tmp-lifeboat");
@@ -104,12 +105,10 @@ pub struct S3Objects {
 impl S3Objects {
     /// `options` are OpenDAL's S3 options (bucket, root, endpoint, region, keys).
     pub fn new(options: &BTreeMap<String, String>) -> Result<Self> {
-        let op = opendal::Operator::via_iter(
-            "s3",
-            options.iter().map(|(k, v)| (k.clone(), v.clone())),
-        )
-        .map_err(|e| StoreError::new(Kind::Input, format!("configuring S3 access: {e}")))?
-        .layer(opendal::layers::RetryLayer::new().with_max_times(4));
+        let op =
+            opendal::Operator::via_iter("s3", options.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .map_err(|e| StoreError::new(Kind::Input, format!("configuring S3 access: {e}")))?
+                .layer(opendal::layers::RetryLayer::new().with_max_times(4));
         let _guard = runtime().enter();
         let op = opendal::blocking::Operator::new(op)
             .map_err(|e| StoreError::new(Kind::Internal, format!("S3 client: {e}")))?;

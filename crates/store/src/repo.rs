@@ -10,8 +10,8 @@ use lifeboat_core::repo_url::RepoUrl;
 use rustic_backend::BackendOptions;
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, IndexedFull, KeyOptions, LocalDestination,
-    LsOptions, OpenStatus, PathList, PruneOptions, ReadSubsetOption, Repository,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, IndexedFull, KeyOptions,
+    LocalDestination, LsOptions, OpenStatus, PathList, PruneOptions, ReadSubsetOption, Repository,
     RepositoryOptions, RestoreOptions, SnapshotOptions,
 };
 use serde::Serialize;
@@ -48,11 +48,10 @@ fn run_key_command(cmd: &str) -> Result<String> {
         .output()
         .map_err(|e| StoreError::new(Kind::Key, format!("cannot run key_command: {e}")))?;
     if !out.status.success() {
-        return Err(StoreError::new(
-            Kind::Key,
-            format!("key_command failed ({})", out.status),
-        )
-        .hint("run the key_command by hand to see why it fails"));
+        return Err(
+            StoreError::new(Kind::Key, format!("key_command failed ({})", out.status))
+                .hint("run the key_command by hand to see why it fails"),
+        );
     }
     let s = String::from_utf8(out.stdout)
         .map_err(|_| StoreError::new(Kind::Key, "key_command printed non-UTF-8 output"))?;
@@ -105,15 +104,16 @@ impl RepoSpec {
                 format!("the key of repository {name} is empty"),
             ));
         }
-        let resolve = |s: &Option<lifeboat_core::secret::Secret>, env: &str| -> Result<Option<String>> {
-            match s {
-                Some(s) => s
-                    .resolve()
-                    .map(Some)
-                    .map_err(|e| StoreError::new(Kind::Key, format!("repository {name}: {e}"))),
-                None => Ok(std::env::var(env).ok()),
-            }
-        };
+        let resolve =
+            |s: &Option<lifeboat_core::secret::Secret>, env: &str| -> Result<Option<String>> {
+                match s {
+                    Some(s) => s
+                        .resolve()
+                        .map(Some)
+                        .map_err(|e| StoreError::new(Kind::Key, format!("repository {name}: {e}"))),
+                    None => Ok(std::env::var(env).ok()),
+                }
+            };
         let s3_keys = match (
             resolve(&repo.access_key_id, "AWS_ACCESS_KEY_ID")?,
             resolve(&repo.secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
@@ -143,7 +143,8 @@ impl RepoSpec {
         let mut o = options.clone();
         o.insert("bucket".into(), bucket.clone());
         o.insert("root".into(), format!("/{prefix}"));
-        o.entry("region".into()).or_insert_with(|| "us-east-1".into());
+        o.entry("region".into())
+            .or_insert_with(|| "us-east-1".into());
         if let Some((a, s)) = &self.s3_keys {
             o.insert("access_key_id".into(), a.clone());
             o.insert("secret_access_key".into(), s.clone());
@@ -221,7 +222,13 @@ impl SnapshotInfo {
         let (files, bytes, bytes_added) = s
             .summary
             .as_ref()
-            .map(|m| (m.total_files_processed, m.total_bytes_processed, m.data_added_packed))
+            .map(|m| {
+                (
+                    m.total_files_processed,
+                    m.total_bytes_processed,
+                    m.data_added_packed,
+                )
+            })
             .unwrap_or_default();
         Self {
             short_id: id[..8].to_string(),
@@ -318,7 +325,10 @@ impl Store {
         if exists.is_some() {
             return Err(StoreError::new(
                 Kind::Input,
-                format!("repository {} at {} already exists", spec.name, spec.display),
+                format!(
+                    "repository {} at {} already exists",
+                    spec.name, spec.display
+                ),
             )
             .hint("nothing to do; `lifeboat snapshots` lists what it holds"));
         }
@@ -345,7 +355,10 @@ impl Store {
         if exists.is_none() {
             return Err(StoreError::new(
                 Kind::NotARepository,
-                format!("no repository at {} (repository {})", spec.display, spec.name),
+                format!(
+                    "no repository at {} (repository {})",
+                    spec.display, spec.name
+                ),
             )
             .hint(format!("create it with `lifeboat repo init {}`", spec.name)));
         }
@@ -353,7 +366,10 @@ impl Store {
             if e.is_incorrect_password() {
                 StoreError::new(
                     Kind::Key,
-                    format!("wrong key for repository {} at {}: no key in the repository matches it", spec.name, spec.display),
+                    format!(
+                        "wrong key for repository {} at {}: no key in the repository matches it",
+                        spec.name, spec.display
+                    ),
                 )
                 .hint("check key_file / key_env / key_command of this repository in the plan")
             } else {
@@ -397,7 +413,11 @@ impl Store {
 
     /// All snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
-        Ok(self.all_snapshot_files()?.iter().map(SnapshotInfo::from).collect())
+        Ok(self
+            .all_snapshot_files()?
+            .iter()
+            .map(SnapshotInfo::from)
+            .collect())
     }
 
     /// Back up local paths. Every path must exist: a missing one fails before anything is written.
@@ -429,7 +449,10 @@ impl Store {
             ex.globs = excludes.iter().map(|g| format!("!{g}")).collect();
             opts = opts.excludes(ex);
         }
-        let snap = tags.to_options()?.to_snapshot().map_err(|e| rustic(e, "creating snapshot"))?;
+        let snap = tags
+            .to_options()?
+            .to_snapshot()
+            .map_err(|e| rustic(e, "creating snapshot"))?;
         let snap = self.with_ids(|repo| {
             repo.backup(&opts, &source, snap)
                 .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
@@ -445,10 +468,18 @@ impl Store {
         tags: &SnapshotTags,
     ) -> Result<BackupSummary> {
         let src = crate::spool::SpoolSource::new(file, PathBuf::from(name))?;
-        let snap = tags.to_options()?.to_snapshot().map_err(|e| rustic(e, "creating snapshot"))?;
+        let snap = tags
+            .to_options()?
+            .to_snapshot()
+            .map_err(|e| rustic(e, "creating snapshot"))?;
         let snap = self.with_ids(|repo| {
-            repo.archive(&BackupOptions::default(), &src, snap, &[PathBuf::from(name)])
-                .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
+            repo.archive(
+                &BackupOptions::default(),
+                &src,
+                snap,
+                &[PathBuf::from(name)],
+            )
+            .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
         })?;
         Ok(summary(&snap))
     }
@@ -457,7 +488,10 @@ impl Store {
         self.repo.lock().expect("repo lock").take().ok_or_else(|| {
             StoreError::new(
                 Kind::Internal,
-                format!("repository {} handle lost after an earlier error", self.spec.name),
+                format!(
+                    "repository {} handle lost after an earlier error",
+                    self.spec.name
+                ),
             )
         })
     }
@@ -470,7 +504,10 @@ impl Store {
     fn with_open<T>(&self, f: impl FnOnce(&Repository<OpenStatus>) -> Result<T>) -> Result<T> {
         let guard = self.repo.lock().expect("repo lock");
         let repo = guard.as_ref().ok_or_else(|| {
-            StoreError::new(Kind::Internal, "repository handle lost after an earlier error")
+            StoreError::new(
+                Kind::Internal,
+                "repository handle lost after an earlier error",
+            )
         })?;
         f(repo)
     }
@@ -513,7 +550,10 @@ impl Store {
         let found: Vec<&SnapshotInfo> = if id == "latest" {
             candidates.last().copied().into_iter().collect()
         } else {
-            candidates.into_iter().filter(|s| s.id.starts_with(id)).collect()
+            candidates
+                .into_iter()
+                .filter(|s| s.id.starts_with(id))
+                .collect()
         };
         match found.as_slice() {
             [one] => Ok((*one).clone()),
@@ -580,11 +620,19 @@ impl Store {
 
     /// Remove data no snapshot references. Returns (packs removed, bytes freed).
     pub fn prune(&self) -> Result<(u64, u64)> {
-        let opts = PruneOptions::default();
+        // Callers hold an exclusive lock, so unused packs can go at once instead of rustic's
+        // default two-phase delete (mark now, delete a day later).
+        let opts = PruneOptions::default().instant_delete(true);
         self.with_open(|r| {
-            let plan = r.prune_plan(&opts).map_err(|e| rustic(e, "planning prune"))?;
-            let packs = plan.stats.packs_to_delete.remove;
-            let bytes = plan.stats.size_to_delete.remove;
+            let plan = r
+                .prune_plan(&opts)
+                .map_err(|e| rustic(e, "planning prune"))?;
+            let st = &plan.stats;
+            let sizes = st.size_sum();
+            // Unused packs go, partly used ones are repacked (their unused part freed), and
+            // packs marked by an earlier two-phase prune are deleted.
+            let packs = st.packs.unused + st.packs.repack + st.packs_to_delete.remove;
+            let bytes = sizes.remove + sizes.repackrm + st.size_to_delete.remove;
             r.prune(&opts, plan).map_err(|e| rustic(e, "pruning"))?;
             Ok((packs, bytes))
         })
@@ -674,7 +722,10 @@ impl Store {
     }
 
     /// Which snapshots reference a blob stored in one of `packs` (or whose trees are unreadable).
-    fn snapshots_using_packs(&self, packs: &BTreeSet<String>) -> Result<Vec<(String, Option<String>)>> {
+    fn snapshots_using_packs(
+        &self,
+        packs: &BTreeSet<String>,
+    ) -> Result<Vec<(String, Option<String>)>> {
         let snaps = self.all_snapshot_files()?;
         self.with_full(|repo| {
             let mut out = Vec::new();
@@ -721,7 +772,10 @@ fn snapshot_touches<S: IndexedFull>(
 }
 
 fn backend_err(spec: &RepoSpec, e: Box<rustic_core::RusticError>) -> StoreError {
-    let mut err = rustic(e, &format!("reaching repository {} at {}", spec.name, spec.display));
+    let mut err = rustic(
+        e,
+        &format!("reaching repository {} at {}", spec.name, spec.display),
+    );
     err.kind = Kind::Backend;
     err.retryable = true;
     err.hint("check that the storage is reachable (endpoint, network, credentials) and run again")
@@ -743,6 +797,8 @@ pub struct CopySummary {
 /// Used by tests and `repo init`: is there a repository at all?
 pub fn exists(spec: &RepoSpec) -> Result<bool> {
     let (repo, _) = Store::new_repo(spec)?;
-    Ok(repo.config_id().map_err(|e| backend_err(spec, e))?.is_some())
+    Ok(repo
+        .config_id()
+        .map_err(|e| backend_err(spec, e))?
+        .is_some())
 }
-

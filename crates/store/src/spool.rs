@@ -25,7 +25,10 @@ pub struct SpoolSource {
 impl SpoolSource {
     pub fn new(file: &Path, name: PathBuf) -> Result<Self> {
         let f = File::open(file).map_err(|e| {
-            StoreError::new(Kind::Io, format!("cannot read spool file {}: {e}", file.display()))
+            StoreError::new(
+                Kind::Io,
+                format!("cannot read spool file {}: {e}", file.display()),
+            )
         })?;
         let size = f.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {

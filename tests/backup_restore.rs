@@ -1,0 +1,308 @@
+//! Backups of `paths` and `command` services, restore, retention, copy, and their failures,
+//! through the real binary on real local repositories.
+
+mod common;
+use common::*;
+
+fn setup(command: &str) -> Lab {
+    let lab = Lab::new();
+    lab.plan(&basic_plan(command));
+    make_data(&lab);
+    lab.ok(&["repo", "init"]);
+    lab
+}
+
+#[test]
+fn backup_and_restore_are_byte_identical_with_modes_and_mtimes() {
+    let lab = setup("printf 'kind: List\\\\nitems: []\\\\n'");
+    let r = lab.ok(&["--json", "backup"]);
+    let v = r.json();
+    let files = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "files")
+        .unwrap();
+    assert_eq!(files["ok"], true);
+    assert_eq!(files["files"], 24);
+    assert!(files["bytes_read"].as_u64().unwrap() > 2 << 20);
+    assert!(files["bytes_added"].as_u64().unwrap() > 0);
+    assert!(files["duration_s"].as_f64().is_some());
+
+    let snaps = lab.ok(&["--json", "snapshots"]).json();
+    let s = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["job"] == "files")
+        .unwrap();
+    assert_eq!(s["plan"], "t");
+    assert_eq!(s["service"], "files");
+    assert_eq!(s["kind"], "files");
+    let id = s["short_id"].as_str().unwrap().to_string();
+
+    lab.ok(&["restore", &id, "--target", "out"]);
+    let n = assert_same_tree(&lab.p("data"), &restored(&lab.p("out"), &lab.p("data")));
+    assert_eq!(n, 24);
+
+    // the command's stdout is the snapshot's one file
+    lab.ok(&["restore", "latest", "--job", "dump", "--target", "out2"]);
+    assert_eq!(
+        std::fs::read_to_string(lab.p("out2/dump.txt")).unwrap(),
+        "kind: List\nitems: []\n"
+    );
+
+    // every state-changing command is in the evidence log
+    let cmds: Vec<String> = lab
+        .events()
+        .iter()
+        .map(|e| e["command"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        cmds,
+        ["repo init", "backup", "backup", "restore", "restore"]
+    );
+}
+
+#[test]
+fn second_backup_deduplicates() {
+    let lab = setup("echo x");
+    lab.ok(&["backup", "files"]);
+    lab.write("data/text/f1.txt", "changed\n");
+    let v = lab.ok(&["--json", "backup", "files"]).json();
+    let added = v[0]["bytes_stored"].as_u64().unwrap();
+    assert!(added < 64 * 1024, "a one-file change stored {added} bytes");
+}
+
+#[test]
+fn failing_command_fails_the_backup_and_records_no_snapshot() {
+    let lab = setup("echo partial; echo 'connection refused' >&2; exit 3");
+    let r = lab.run(&["backup", "dump"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("failed (exit status: 3)"), "{}", r.stderr);
+    assert!(r.stderr.contains("connection refused"), "{}", r.stderr);
+    assert_eq!(lab.snapshot_count("main"), 0);
+    let ev = lab.events();
+    assert_eq!(ev.last().unwrap()["outcome"], "failed");
+    // no spool left behind
+    assert_eq!(
+        std::fs::read_dir(lab.p(".lifeboat/spool")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn command_timeout_kills_and_fails() {
+    let lab = Lab::new();
+    lab.plan(
+        &basic_plan("sleep 30").replace("filename: dump.txt", "filename: dump.txt, timeout: 1s"),
+    );
+    lab.ok(&["repo", "init"]);
+    let started = std::time::Instant::now();
+    let r = lab.run(&["backup", "dump"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+    assert!(
+        started.elapsed().as_secs() < 25,
+        "the command was not killed"
+    );
+    assert_eq!(lab.snapshot_count("main"), 0);
+}
+
+#[test]
+fn missing_backup_path_fails_before_writing() {
+    let lab = setup("echo x");
+    std::fs::remove_dir_all(lab.p("data")).unwrap();
+    let r = lab.run(&["backup", "files"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("backup path") && r.stderr.contains("data"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(lab.snapshot_count("main"), 0);
+}
+
+#[test]
+fn wrong_or_missing_key_is_a_clear_error() {
+    let lab = setup("echo x");
+    lab.write("test.key", "not the key\n");
+    let r = lab.run(&["backup", "files"]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(
+        r.stderr.contains("wrong key for repository main"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.all().contains("not the key"),
+        "the key leaked: {}",
+        r.all()
+    );
+    let r = lab.run(&["snapshots"]);
+    assert_eq!(r.code, 4);
+
+    std::fs::remove_file(lab.p("test.key")).unwrap();
+    let r = lab.run(&["snapshots"]);
+    assert_eq!(r.code, 4);
+    assert!(r.stderr.contains("cannot read key file"), "{}", r.stderr);
+
+    // key from an environment variable and from a command
+    let lab2 = Lab::new();
+    lab2.plan(&basic_plan("echo x").replace("key_file: test.key", "key_env: LB_TEST_KEY"));
+    make_data(&lab2);
+    let r = lab2
+        .cmd(&["repo", "init"])
+        .env_remove("LB_TEST_KEY")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&r.stderr).contains("LB_TEST_KEY"));
+    assert!(lab2
+        .cmd(&["repo", "init"])
+        .env("LB_TEST_KEY", "k1")
+        .status()
+        .unwrap()
+        .success());
+    assert!(lab2
+        .cmd(&["backup", "files"])
+        .env("LB_TEST_KEY", "k1")
+        .status()
+        .unwrap()
+        .success());
+    lab2.plan(&basic_plan("echo x").replace("key_file: test.key", "key_command: \"echo k1\""));
+    assert_eq!(lab2.snapshot_count("main"), 1);
+}
+
+#[test]
+fn forget_applies_retention_and_prunes() {
+    let lab = setup("echo x");
+    for i in 0..4 {
+        lab.write("data/bin/random.bin", noise(1 << 20, 1000 + 2 * i));
+        lab.ok(&["backup", "files"]);
+    }
+    lab.ok(&["backup", "dump"]);
+    let dry = lab.ok(&["forget", "--dry-run"]);
+    assert_eq!(
+        dry.stdout.matches("would remove").count(),
+        2,
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("keep   files") && dry.stdout.contains("last 2"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(lab.snapshot_count("main"), 5, "dry run changed something");
+
+    let before = dir_size(&lab.p("repo/data"));
+    let r = lab.ok(&["--json", "forget"]).json();
+    assert_eq!(r[0]["removed"], 2);
+    assert!(r[0]["packs_removed"].as_u64().unwrap() > 0, "{r}");
+    // the dump job has no retention: untouched
+    assert_eq!(r[0]["untouched"], 1);
+    assert_eq!(lab.snapshot_count("main"), 3);
+    let after = dir_size(&lab.p("repo/data"));
+    assert!(
+        after < before - (1 << 20),
+        "prune freed too little: {before} -> {after}"
+    );
+    // what is left still restores
+    lab.ok(&["restore", "latest", "--job", "files", "--target", "out"]);
+    assert_same_tree(&lab.p("data"), &restored(&lab.p("out"), &lab.p("data")));
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    n
+}
+
+#[test]
+fn copy_uploads_only_what_is_missing() {
+    let lab = Lab::new();
+    lab.plan(&basic_plan("echo x").replace(
+        "  main: { url: repo, key_file: test.key }\n",
+        "  main: { url: repo, key_file: test.key }\n  dr: { url: repo-dr, key_file: dr.key }\n",
+    ).replace("files: { service: files,", "files: { service: files, repository: main,").replace("dump: { service: dump }", "dump: { service: dump, repository: main }"));
+    lab.write("dr.key", "another key\n");
+    make_data(&lab);
+    lab.ok(&["repo", "init"]);
+    lab.ok(&["backup", "files"]);
+    let first = lab
+        .ok(&["--json", "repo", "copy", "--from", "main", "--to", "dr"])
+        .json();
+    assert_eq!(first["copied"], 1);
+    assert!(first["bytes_uploaded"].as_u64().unwrap() > 1 << 20);
+    let again = lab
+        .ok(&["--json", "repo", "copy", "--from", "main", "--to", "dr"])
+        .json();
+    assert_eq!(again["copied"], 0);
+    assert_eq!(again["already_there"], 1);
+    // a new snapshot with one changed file uploads little
+    lab.write("data/text/f2.txt", "new\n");
+    lab.ok(&["backup", "files"]);
+    let third = lab
+        .ok(&["--json", "repo", "copy", "--from", "main", "--to", "dr"])
+        .json();
+    assert_eq!(third["copied"], 1);
+    assert!(
+        third["bytes_uploaded"].as_u64().unwrap() < 256 * 1024,
+        "{third}"
+    );
+    lab.ok(&["restore", "latest", "--repo", "dr", "--target", "out"]);
+    assert_same_tree(&lab.p("data"), &restored(&lab.p("out"), &lab.p("data")));
+}
+
+#[test]
+fn verify_checks_freshness_count_and_data() {
+    let lab = Lab::new();
+    lab.plan(&basic_plan("echo x").replace(
+        "dump: { service: dump }",
+        "dump: { service: dump, verify: { min_snapshots: 2 } }",
+    ));
+    make_data(&lab);
+    lab.ok(&["repo", "init"]);
+    // nothing backed up: every job fails "exists"
+    let r = lab.run(&["verify"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout
+            .contains("FAIL  job files: no snapshot exists; run `lifeboat backup files`"),
+        "{}",
+        r.stdout
+    );
+    lab.ok(&["backup"]);
+    let r = lab.run(&["verify", "--read-data"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("FAIL  job dump: only 1 snapshot(s) retained, at least 2 required"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("ok    job files: data in repository main decrypts and matches its hashes"),
+        "{}",
+        r.stdout
+    );
+    lab.ok(&["verify", "files", "--read-data-subset", "50%"]);
+    // a max_age shorter than the snapshot's age fails freshness
+    lab.plan(&basic_plan("echo x").replace(
+        "files: { service: files,",
+        "files: { service: files, verify: { max_age: 1s },",
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = lab.run(&["verify", "files"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("older than 1s (max_age)"), "{}", r.stdout);
+}

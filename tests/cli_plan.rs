@@ -1,0 +1,90 @@
+//! `lifeboat init`, `plan check`, `plan schema` through the real binary.
+
+mod common;
+use common::*;
+
+#[test]
+fn init_writes_a_plan_that_passes_check() {
+    let lab = Lab::new();
+    lab.ok(&["init"]);
+    assert!(lab.p("lifeboat.yaml").exists());
+    let key = std::fs::metadata(lab.p("lifeboat.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let r = lab.ok(&["plan", "check"]);
+    assert!(r.stdout.contains("ok"), "{}", r.stdout);
+    // a second init refuses to overwrite
+    assert_ne!(lab.run(&["init"]).code, 0);
+}
+
+#[test]
+fn check_reports_every_error_with_location_and_fails() {
+    let lab = Lab::new();
+    lab.plan(
+        "name: t\ntiers:\n  std: { rpo: 1h, rto: soon }\nservices:\n  a: { kind: paths, tier: gold, paths: [/x], colour: 1 }\nrepositories:\n  main: { url: r, key_file: k }\nbackups:\n  j: { service: b, retention: {} }\n",
+    );
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let e = r.stderr;
+    assert!(
+        e.contains("lifeboat.yaml:3:24: tiers.std.rto: `soon` is not a duration"),
+        "{e}"
+    );
+    assert!(
+        e.contains("lifeboat.yaml:5:46: services.a.colour: unknown field `colour`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("lifeboat.yaml:9:17: backups.j.service: job names undeclared service `b`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("backups.j.retention: retention has no keep rule"),
+        "{e}"
+    );
+    // JSON form for machines
+    let r = lab.run(&["--json", "plan", "check"]);
+    let v = r.json();
+    assert_eq!(v["ok"], false);
+    assert!(v["errors"].as_array().unwrap().len() >= 3);
+    assert_eq!(v["errors"][0]["line"], 3);
+}
+
+#[test]
+fn malformed_yaml_and_wrong_types_are_located() {
+    let lab = Lab::new();
+    lab.plan("name: t\nservices:\n  a: { kind: paths\n");
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("malformed YAML"), "{}", r.stderr);
+    lab.plan("name: t\nsites: east\n");
+    let r = lab.run(&["plan", "check"]);
+    assert!(
+        r.stderr.contains(
+            "lifeboat.yaml:2:8: sites: invalid type: string \"east\", expected a sequence"
+        ),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn schema_is_json_schema() {
+    let lab = Lab::new();
+    let v = lab.ok(&["plan", "schema"]).json();
+    assert!(v["$schema"].as_str().unwrap().contains("json-schema.org"));
+    assert!(v["properties"]["backups"].is_object());
+}
+
+#[test]
+fn plan_show_never_prints_inline_secrets() {
+    let lab = Lab::new();
+    lab.plan("name: t\nnotifications:\n  - { webhook: \"https://hooks.example/T0/very-secret-token\" }\n  - { webhook: \"${HOOK}\" }\n");
+    let r = lab.ok(&["plan", "show"]);
+    assert!(!r.stdout.contains("very-secret-token"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("***") && r.stdout.contains("${HOOK}"),
+        "{}",
+        r.stdout
+    );
+}

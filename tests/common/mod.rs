@@ -1,0 +1,189 @@
+//! Test harness: a scratch directory with a plan, and the real `lifeboat` binary run in it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lifeboat"))
+}
+
+pub const KEY: &str = "correct horse battery staple";
+
+impl Lab {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("test.key"), format!("{KEY}\n")).unwrap();
+        Lab { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
+        let p = self.p(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    pub fn plan(&self, yaml: &str) {
+        self.write("lifeboat.yaml", yaml);
+    }
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .current_dir(self.path())
+            .env("LIFEBOAT_PROGRESS", "0")
+            .env("LIFEBOAT_ACTOR", "test")
+            .env_remove("LIFEBOAT_PLAN")
+            .env_remove("LIFEBOAT_STATE_DIR");
+        c
+    }
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().unwrap().into()
+    }
+    /// Run and insist on success.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "lifeboat {args:?} failed:\n{}", r.all());
+        r
+    }
+    pub fn snapshot_count(&self, repo: &str) -> usize {
+        let r = self.ok(&["--json", "snapshots", "--repo", repo]);
+        r.json().as_array().unwrap().len()
+    }
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.ok(&["--json", "audit", "list"])
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// A plan with one paths service (`data/`) and one command service, one local repository.
+pub fn basic_plan(command: &str) -> String {
+    format!(
+        r#"name: t
+tiers:
+  std: {{ rpo: 1h, rto: 4h }}
+services:
+  files: {{ kind: paths, tier: std, paths: [data] }}
+  dump: {{ kind: command, tier: std, command: "{command}", filename: dump.txt }}
+repositories:
+  main: {{ url: repo, key_file: test.key }}
+backups:
+  files: {{ service: files, retention: {{ last: 2 }} }}
+  dump: {{ service: dump }}
+"#
+    )
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sample data: text, random, nested dirs, modes and mtimes set.
+pub fn make_data(lab: &Lab) {
+    use std::os::unix::fs::PermissionsExt;
+    for i in 0..20 {
+        lab.write(
+            &format!("data/text/f{i}.txt"),
+            format!("line {i}\n").repeat(200),
+        );
+    }
+    lab.write("data/bin/random.bin", noise(2 << 20, 7));
+    lab.write("data/empty", "");
+    let script = lab.p("data/bin/run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let secret = lab.p("data/text/secret.conf");
+    std::fs::write(&secret, "password=x\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(lab.p("data/text/f3.txt"))
+        .unwrap();
+    f.set_modified(old).unwrap();
+}
+
+/// Compare two trees: content, mode and mtime of every file.
+pub fn assert_same_tree(a: &Path, b: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut n = 0;
+    for entry in std::fs::read_dir(a).unwrap() {
+        let entry = entry.unwrap();
+        let other = b.join(entry.file_name());
+        let ma = entry.metadata().unwrap();
+        let mb =
+            std::fs::metadata(&other).unwrap_or_else(|_| panic!("{} missing", other.display()));
+        assert_eq!(ma.mode(), mb.mode(), "mode of {}", other.display());
+        if ma.is_dir() {
+            n += assert_same_tree(&entry.path(), &other);
+        } else {
+            assert_eq!(ma.mtime(), mb.mtime(), "mtime of {}", other.display());
+            assert!(
+                std::fs::read(entry.path()).unwrap() == std::fs::read(&other).unwrap(),
+                "content of {} differs",
+                other.display()
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Where `lifeboat restore` puts a backed-up absolute path inside a target directory.
+pub fn restored(target: &Path, original: &Path) -> PathBuf {
+    target.join(original.strip_prefix("/").unwrap())
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
