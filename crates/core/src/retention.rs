@@ -35,7 +35,7 @@ fn bucket(t: Timestamp, rule: &str) -> String {
 /// Decide for snapshots given as `(id, time)`, in any order. Returns newest first.
 pub fn apply(policy: &Retention, snapshots: &[(String, Timestamp)]) -> Vec<Verdict> {
     let mut snaps: Vec<&(String, Timestamp)> = snapshots.iter().collect();
-    snaps.sort_by(|a, b| b.1.cmp(&a.1));
+    snaps.sort_by_key(|s| std::cmp::Reverse(s.1));
     let newest = snaps.first().map(|s| s.1);
     let rules: [(&str, Option<u32>); 5] = [
         ("hourly", policy.hourly),

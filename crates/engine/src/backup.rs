@@ -20,6 +20,8 @@ pub struct JobOutcome {
     pub repository: String,
     pub ok: bool,
     pub error: Option<String>,
+    /// What kind of failure (`locked`, `key`, `backend`, `source`, …), for exit codes.
+    pub error_kind: Option<String>,
     pub summary: Option<BackupSummary>,
     pub copies: Vec<CopyOutcome>,
     pub duration_ms: u64,
@@ -52,6 +54,7 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
         repository: String::new(),
         ok: false,
         error: None,
+        error_kind: None,
         summary: None,
         copies: Vec::new(),
         duration_ms: 0,
@@ -105,7 +108,10 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
     })();
     match result {
         Ok(()) => out.ok = out.copies.iter().all(|c| c.ok),
-        Err(e) => out.error = Some(e.to_string()),
+        Err(e) => {
+            out.error_kind = Some(format!("{:?}", e.kind).to_lowercase());
+            out.error = Some(e.to_string());
+        }
     }
     if out.ok && !out.copies.iter().all(|c| c.ok) {
         out.ok = false;

@@ -35,6 +35,8 @@ pub struct StoreError {
     /// Whether trying again later may succeed (backend outages, locks).
     pub retryable: bool,
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// The innermost cause, when one was reported (for logs and JSON).
+    pub root_cause: Option<String>,
 }
 
 impl StoreError {
@@ -45,6 +47,7 @@ impl StoreError {
             hint: None,
             retryable: matches!(kind, Kind::Backend | Kind::Locked),
             source: None,
+            root_cause: None,
         }
     }
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -91,16 +94,20 @@ impl std::error::Error for StoreError {}
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Turn a rustic_core error into ours, classifying it by kind.
+#[allow(clippy::boxed_local)] // rustic_core hands its errors out boxed
 pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> StoreError {
     use rustic_core::ErrorKind as K;
-    let mut text = e.display_log();
+    let log = e.display_log();
+    // The root cause is the most specific thing to tell a person ("Connection refused",
+    // "No space left on device"); rustic's guidance says what it was doing.
+    let mut root: Option<String> = None;
     let mut src = std::error::Error::source(&*e);
     while let Some(s) = src {
-        text.push_str(&format!(": {s}"));
+        root = Some(s.to_string());
         src = s.source();
     }
     // rustic_core exposes the kind only through its log line: "(kind: related to Backend".
-    let kind_of = |k: K| text.contains(&format!("kind: related to {k}"));
+    let kind_of = |k: K| log.contains(&format!("kind: related to {k}"));
     let kind = if e.is_incorrect_password() || kind_of(K::Credentials) || kind_of(K::Key) {
         Kind::Key
     } else if kind_of(K::Backend) {
@@ -114,16 +121,29 @@ pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> StoreErro
     } else {
         Kind::Internal
     };
-    let mut err = StoreError::new(kind, format!("{doing} failed: {}", summary(&text)));
-    if text.contains("No space left on device") || text.contains("os error 28") {
+    let guidance = summary(&log);
+    let mut message = format!("{doing} failed: {guidance}");
+    if let Some(r) = &root {
+        let r = r.rsplit(": ").next().unwrap_or(r).trim().to_string();
+        if !guidance.contains(&r) {
+            message = format!("{message}: {r}");
+        }
+    }
+    let mut err = StoreError::new(kind, message);
+    err.root_cause = root;
+    let all = format!("{log} {}", err.root_cause.clone().unwrap_or_default());
+    if all.contains("No space left on device") || all.contains("os error 28") {
         err.kind = Kind::Io;
-        err.hint = Some("the disk is full: free space (or move the state/cache directory) and run again; nothing was recorded".into());
+        err.hint =
+            Some("the disk is full: free space and run again; no snapshot was recorded".into());
     }
     err
 }
 
-/// rustic's log line, without its decoration.
+/// rustic's log line without its decoration ("Error: …  (kind: related to …)").
 fn summary(text: &str) -> String {
     let line = one_line(text);
-    line.trim_start_matches("Error:").trim().to_string()
+    let line = line.trim_start_matches("Error:").trim();
+    let line = line.split(" (kind: related to").next().unwrap_or(line);
+    line.trim().to_string()
 }

@@ -696,11 +696,13 @@ impl Store {
         let mut warnings = Vec::new();
         let mut damaged = BTreeSet::new();
         for (level, err) in &results.0 {
-            let text = format!("{err}");
+            let text = compact(&format!("{err}"));
             if format!("{level:?}") == "Error" {
-                for word in text.split(|c: char| !c.is_ascii_hexdigit()) {
-                    if word.len() == 64 && text.contains("pack") {
-                        damaged.insert(word.to_string());
+                // "error reading/checking pack d7ce4efa : …": the (short) id of the damaged pack
+                if let Some(rest) = text.split("pack ").nth(1) {
+                    let id: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+                    if id.len() >= 8 {
+                        damaged.insert(id);
                     }
                 }
                 errors.push(text);
@@ -748,7 +750,7 @@ fn snapshot_touches<S: IndexedFull>(
     let mut stack = vec![root];
     while let Some(tree_id) = stack.pop() {
         match repo.get_index_entry(&tree_id) {
-            Ok(e) if packs.contains(e.pack.to_hex().as_str()) => return true,
+            Ok(e) if in_packs(packs, &e.pack.to_hex()) => return true,
             Err(_) => return true,
             _ => {}
         }
@@ -761,7 +763,7 @@ fn snapshot_touches<S: IndexedFull>(
             }
             for blob in node.content.iter().flatten() {
                 match repo.get_index_entry(blob) {
-                    Ok(e) if packs.contains(e.pack.to_hex().as_str()) => return true,
+                    Ok(e) if in_packs(packs, &e.pack.to_hex()) => return true,
                     Err(_) => return true,
                     _ => {}
                 }
@@ -771,14 +773,43 @@ fn snapshot_touches<S: IndexedFull>(
     false
 }
 
+/// Whether a pack id matches one of `packs` (full ids or the short prefixes rustic reports).
+fn in_packs(packs: &BTreeSet<String>, id: &str) -> bool {
+    packs.iter().any(|p| id.starts_with(p.as_str()))
+}
+
+/// rustic's multi-paragraph report as one line, without the boilerplate.
+fn compact(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && *l != "Message:"
+                && !l.starts_with("For more information")
+                && !l.starts_with("Related issues")
+                && !l.starts_with("- http")
+        })
+        .map(|l| l.replace("`rustic_core` experienced an error related to ", ""))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn backend_err(spec: &RepoSpec, e: Box<rustic_core::RusticError>) -> StoreError {
-    let mut err = rustic(
-        e,
-        &format!("reaching repository {} at {}", spec.name, spec.display),
+    let err = rustic(e, "x");
+    let cause = err
+        .root_cause
+        .as_deref()
+        .map(|r| r.rsplit(": ").next().unwrap_or(r).trim().to_string())
+        .unwrap_or_else(|| err.message.trim_start_matches("x failed: ").to_string());
+    let mut out = StoreError::new(
+        Kind::Backend,
+        format!(
+            "cannot reach repository {} at {} (gave up after retries): {cause}",
+            spec.name, spec.display
+        ),
     );
-    err.kind = Kind::Backend;
-    err.retryable = true;
-    err.hint("check that the storage is reachable (endpoint, network, credentials) and run again")
+    out.root_cause = err.root_cause;
+    out.hint("check that the storage is reachable (endpoint, network, credentials) and run again")
 }
 
 #[derive(Clone, Debug, Serialize)]

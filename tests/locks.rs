@@ -1,0 +1,108 @@
+//! Locks: two runs of one job never overlap, forget waits for nobody, stale locks are reported
+//! with the command that clears them, and restic honours Lifeboat's locks.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+fn slow_plan() -> String {
+    basic_plan("sleep 4; echo done")
+}
+
+fn wait_for_lock(lab: &Lab) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::fs::read_dir(lab.p("repo/locks"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no lock appeared");
+}
+
+#[test]
+fn concurrent_runs_of_one_job_are_refused() {
+    let lab = Lab::new();
+    lab.plan(&slow_plan());
+    make_data(&lab);
+    lab.ok(&["repo", "init"]);
+    let mut first = lab.cmd(&["backup", "dump"]).spawn().unwrap();
+    wait_for_lock(&lab);
+    let second = lab.run(&["backup", "dump"]);
+    assert_eq!(second.code, 3, "{}", second.all());
+    assert!(
+        second.stderr.contains("repository is locked"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("lifeboat backup dump"),
+        "{}",
+        second.stderr
+    );
+    // another job may run meanwhile
+    lab.ok(&["backup", "files"]);
+    // forget needs the repository to itself
+    let f = lab.run(&["forget"]);
+    assert_eq!(f.code, 3, "{}", f.all());
+    // restic honours the lock, and can read it
+    let out = std::process::Command::new("restic")
+        .args([
+            "--repo",
+            lab.p("repo").to_str().unwrap(),
+            "--password-file",
+            lab.p("test.key").to_str().unwrap(),
+            "--no-cache",
+            "prune",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("locked"),
+        "restic ignored the lock: {text}"
+    );
+    assert!(first.wait().unwrap().success());
+    assert_eq!(lab.snapshot_count("main"), 2);
+    // released: nothing left
+    assert_eq!(std::fs::read_dir(lab.p("repo/locks")).unwrap().count(), 0);
+}
+
+#[test]
+fn stale_lock_from_a_killed_run_is_reported_and_cleared() {
+    let lab = Lab::new();
+    lab.plan(&slow_plan());
+    make_data(&lab);
+    lab.ok(&["repo", "init"]);
+    let mut first = lab.cmd(&["backup", "dump"]).spawn().unwrap();
+    wait_for_lock(&lab);
+    // SIGKILL: no chance to clean up
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+    let locks = lab.ok(&["repo", "locks"]);
+    assert!(
+        locks.stdout.contains("STALE") && locks.stdout.contains("no longer running"),
+        "{}",
+        locks.stdout
+    );
+    assert!(
+        locks.stdout.contains("lifeboat repo unlock"),
+        "{}",
+        locks.stdout
+    );
+    // a stale lock does not block the next run, which says so
+    let r = lab.run(&["backup", "files"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("stale lock ignored") && r.stderr.contains("lifeboat repo unlock"),
+        "{}",
+        r.stderr
+    );
+    let u = lab.ok(&["repo", "unlock"]);
+    assert!(u.stdout.contains("removed 1 lock"), "{}", u.stdout);
+    assert_eq!(std::fs::read_dir(lab.p("repo/locks")).unwrap().count(), 0);
+}

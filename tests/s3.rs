@@ -1,0 +1,102 @@
+//! The S3 backend against a real S3-protocol server on loopback (moto's server), and an
+//! unreachable endpoint: retries, then a clear error, and no snapshot recorded.
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http(port: u16, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn moto() -> Moto {
+    let port = free_port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server is installed (`pip install 'moto[server]'`; .ci/run installs it)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = Moto { child, port };
+    let created = http(port, "PUT /lifeboat-test HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert!(
+        created.starts_with("HTTP/1.1 200"),
+        "bucket creation failed: {created}"
+    );
+    m
+}
+
+fn s3_plan(port: u16) -> String {
+    basic_plan("echo x").replace(
+        "main: { url: repo, key_file: test.key }",
+        &format!("main: {{ url: \"s3://lifeboat-test/prod/lifeboat?endpoint=http://127.0.0.1:{port}&region=us-east-1\", key_file: test.key, access_key_id: testing, secret_access_key: testing }}"),
+    )
+}
+
+#[test]
+fn backup_restore_forget_on_s3() {
+    let m = moto();
+    let lab = Lab::new();
+    lab.plan(&s3_plan(m.port));
+    make_data(&lab);
+    lab.ok(&["repo", "init"]);
+    lab.ok(&["backup"]);
+    lab.write("data/text/f9.txt", "more\n");
+    lab.ok(&["backup", "files"]);
+    lab.ok(&["backup", "files"]);
+    assert_eq!(lab.snapshot_count("main"), 4);
+    lab.ok(&["restore", "latest", "--job", "files", "--target", "out"]);
+    assert_same_tree(&lab.p("data"), &restored(&lab.p("out"), &lab.p("data")));
+    lab.ok(&["verify", "--read-data"]);
+    let r = lab.ok(&["--json", "forget"]).json();
+    assert_eq!(r[0]["removed"], 1);
+    assert_eq!(lab.snapshot_count("main"), 3);
+    // locks live in the bucket too
+    let locks = lab.ok(&["repo", "locks"]);
+    assert!(locks.stdout.contains("no locks"), "{}", locks.stdout);
+}
+
+#[test]
+fn unreachable_endpoint_is_a_clear_error_and_records_nothing() {
+    let port = free_port(); // nothing listens here
+    let lab = Lab::new();
+    lab.plan(&s3_plan(port));
+    make_data(&lab);
+    let r = lab.run(&["backup", "files"]);
+    assert_eq!(r.code, 5, "{}", r.all());
+    assert!(
+        r.stderr.contains("cannot reach repository main"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("Connection refused"), "{}", r.stderr);
+    let ev = lab.events();
+    assert_eq!(ev.last().unwrap()["outcome"], "failed");
+    let r = lab.run(&["snapshots"]);
+    assert_eq!(r.code, 5, "{}", r.all());
+    assert!(r.stderr.contains("hint:"), "{}", r.stderr);
+}
