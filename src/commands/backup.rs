@@ -19,13 +19,10 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     for job in jobs {
         let o = run_job(&ctx, &job);
         if !o.ok {
-            worst = worst.max(match &o.error {
-                Some(e) if e.contains("repository is locked") => crate::exit::LOCKED,
-                Some(e)
-                    if e.contains("wrong key") || e.contains("key") && e.contains("not set") =>
-                {
-                    crate::exit::KEY
-                }
+            worst = worst.max(match o.error_kind.as_deref() {
+                Some("locked") => crate::exit::LOCKED,
+                Some("key") => crate::exit::KEY,
+                Some("backend") => crate::exit::BACKEND,
                 _ => crate::exit::FAILED,
             });
         }

@@ -58,18 +58,19 @@ impl Context {
         })
     }
 
+    /// The plan's repository names, for messages.
+    pub fn repo_names(&self) -> String {
+        let names: Vec<&str> = self.plan.repositories.keys().map(String::as_str).collect();
+        names.join(", ")
+    }
+
     pub fn repo_spec(&self, name: &str) -> Result<RepoSpec, StoreError> {
         let repo = self.plan.repositories.get(name).ok_or_else(|| {
             StoreError::new(
                 lifeboat_store::Kind::Input,
                 format!(
                     "no repository `{name}` in the plan (declared: {})",
-                    self.plan
-                        .repositories
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    self.repo_names()
                 ),
             )
         })?;
@@ -106,12 +107,7 @@ impl Context {
             format!(
                 "the plan has {} repositories: name one with --repo ({})",
                 self.plan.repositories.len(),
-                self.plan
-                    .repositories
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.repo_names()
             ),
         ))
     }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what Lifeboat's tests need on a fresh Debian machine (run as root):
+# restic (interop tests read Lifeboat's repositories with it) and moto's S3-protocol server.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need_apt=()
+command -v restic >/dev/null || need_apt+=(restic)
+command -v mount >/dev/null || need_apt+=(mount)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install -q 'moto[server]'
+restic version
+python3 -c 'import moto; print("moto", moto.__version__)'
