@@ -44,8 +44,7 @@ mod tests {
 
     fn errors(src: &str) -> Vec<String> {
         parse_plan(src, "p.yaml")
-            .err()
-            .expect("plan should fail")
+            .expect_err("plan should fail")
             .iter()
             .map(|d| d.to_string())
             .collect()

@@ -74,7 +74,10 @@ impl Context {
                 ),
             )
         })?;
-        RepoSpec::from_plan(name, repo, &self.base)
+        let mut spec = RepoSpec::from_plan(name, repo, &self.base)?;
+        // Keep rustic_core's cache with the rest of Lifeboat's state, not in $HOME.
+        spec.cache_dir = Some(self.state_dir.join("cache"));
+        Ok(spec)
     }
 
     pub fn open_repo(&self, name: &str) -> Result<Store, StoreError> {

@@ -31,6 +31,8 @@ pub struct RepoSpec {
     password: String,
     pub compression: Option<i32>,
     s3_keys: Option<(String, String)>,
+    /// Where rustic_core may cache index and tree packs (default: no cache).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RepoSpec {
@@ -128,6 +130,7 @@ impl RepoSpec {
             password,
             compression: repo.compression,
             s3_keys,
+            cache_dir: None,
         })
     }
 
@@ -312,7 +315,10 @@ impl Store {
 
     fn new_repo(spec: &RepoSpec) -> Result<(Repository<()>, Arc<dyn ObjectStore>)> {
         let (backends, objects) = spec.backends()?;
-        let opts = RepositoryOptions::default();
+        let opts = match &spec.cache_dir {
+            Some(dir) => RepositoryOptions::default().cache_dir(dir.clone()),
+            None => RepositoryOptions::default().no_cache(true),
+        };
         let repo = Repository::new_with_progress(&opts, &backends, Self::progress())
             .map_err(|e| rustic(e, &format!("opening repository {}", spec.name)))?;
         Ok((repo, objects))
