@@ -50,18 +50,41 @@ fn flipped_byte_is_detected_and_restore_refuses() {
     assert_eq!(ev.last().unwrap()["outcome"], "failed");
 
     let r = lab.run(&["restore", &snap, "--target", "out"]);
-    assert_ne!(r.code, 0, "restore of damaged data succeeded:\n{}", r.all());
-    let target = restored(&lab.p("out"), &lab.p("data/bin/random.bin"));
-    if let Ok(got) = std::fs::read(&target) {
-        assert!(
-            got != noise(2 << 20, 7) || got.is_empty(),
-            "wrong data was written silently"
-        );
-        assert_ne!(
-            got,
-            std::fs::read(lab.p("data/bin/random.bin")).unwrap(),
-            "restore wrote the file although its data is damaged"
-        );
-    }
+    assert_eq!(
+        r.code,
+        1,
+        "restore of damaged data did not fail cleanly:\n{}",
+        r.all()
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("1 file(s) could not be restored and were not written")
+            && r.stderr.contains("random.bin"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("failed its authentication (MAC) check"),
+        "{}",
+        r.stderr
+    );
+    // the damaged file is not there under its name, no temporary file is left behind,
+    // and every undamaged file was restored
+    let out = restored(&lab.p("out"), &lab.p("data"));
+    assert!(
+        !out.join("bin/random.bin").exists(),
+        "a damaged file was written"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(out.join("bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec![std::ffi::OsString::from("run.sh")],
+        "{leftovers:?}"
+    );
+    assert_eq!(std::fs::read_dir(out.join("text")).unwrap().count(), 21);
     assert_eq!(lab.events().last().unwrap()["outcome"], "failed");
 }

@@ -7,6 +7,7 @@ pub mod lock;
 pub mod objects;
 pub mod progress;
 pub mod repo;
+pub mod restore;
 pub mod spool;
 
 pub use error::{Kind, StoreError};

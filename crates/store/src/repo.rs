@@ -10,9 +10,8 @@ use lifeboat_core::repo_url::RepoUrl;
 use rustic_backend::BackendOptions;
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, IndexedFull, KeyOptions,
-    LocalDestination, LsOptions, OpenStatus, PathList, PruneOptions, ReadSubsetOption, Repository,
-    RepositoryOptions, RestoreOptions, SnapshotOptions,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, IndexedFull, KeyOptions, OpenStatus,
+    PathList, PruneOptions, ReadSubsetOption, Repository, RepositoryOptions, SnapshotOptions,
 };
 use serde::Serialize;
 
@@ -590,23 +589,13 @@ impl Store {
         let node = repo
             .node_from_snapshot_path(snapshot_id, |_| true)
             .map_err(|e| rustic(e, "finding the snapshot"))?;
-        let ls = repo
-            .ls(&node, &LsOptions::default())
-            .map_err(|e| rustic(e, "reading the snapshot's trees"))?;
-        std::fs::create_dir_all(target).map_err(|e| {
-            StoreError::new(Kind::Io, format!("cannot create {}: {e}", target.display()))
-        })?;
-        let dest = LocalDestination::new(&format!("{}/", target.display()), true, !node.is_dir())
-            .map_err(|e| rustic(e, "preparing the restore target"))?;
-        let opts = RestoreOptions::default();
-        let plan = repo
-            .prepare_restore(&opts, ls.clone(), &dest, false)
-            .map_err(|e| rustic(e, "planning the restore"))?;
-        let files = plan.stats.files.restore;
-        let bytes = plan.restore_size;
-        repo.restore(plan, &opts, ls, &dest)
-            .map_err(|e| rustic(e, "restoring").context(format!("snapshot {snapshot_id}")))?;
-        Ok(RestoreSummary { files, bytes })
+        let progress = repo.progress_bytes("restoring...");
+        crate::restore::restore_tree(repo, &node, target, progress).map_err(|e| {
+            e.context(format!(
+                "restoring snapshot {}",
+                &snapshot_id[..8.min(snapshot_id.len())]
+            ))
+        })
     }
 
     /// Delete snapshots (by full id). Data is freed by [`Store::prune`].
@@ -818,11 +807,7 @@ fn backend_err(spec: &RepoSpec, e: Box<rustic_core::RusticError>) -> StoreError 
     out.hint("check that the storage is reachable (endpoint, network, credentials) and run again")
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct RestoreSummary {
-    pub files: u64,
-    pub bytes: u64,
-}
+pub use crate::restore::RestoreSummary;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CopySummary {
