@@ -203,6 +203,9 @@ fn forget_applies_retention_and_prunes() {
     assert_eq!(r[0]["untouched"], 1);
     assert_eq!(lab.snapshot_count("main"), 3);
     let after = dir_size(&lab.p("repo/data"));
+    let last = lab.events().last().unwrap().clone();
+    assert_eq!(last["command"], "forget");
+    assert_eq!(last["figures"]["removed"], 2);
     assert!(
         after < before - (1 << 20),
         "prune freed too little: {before} -> {after}"
@@ -247,6 +250,9 @@ fn copy_uploads_only_what_is_missing() {
         .json();
     assert_eq!(again["copied"], 0);
     assert_eq!(again["already_there"], 1);
+    let last = lab.events().last().unwrap().clone();
+    assert_eq!(last["command"], "copy");
+    assert_eq!(last["target"], "main -> dr");
     // a new snapshot with one changed file uploads little
     lab.write("data/text/f2.txt", "new\n");
     lab.ok(&["backup", "files"]);
@@ -305,4 +311,47 @@ fn verify_checks_freshness_count_and_data() {
     let r = lab.run(&["verify", "files"]);
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains("older than 1s (max_age)"), "{}", r.stdout);
+}
+
+#[test]
+fn snapshots_table_lists_jobs() {
+    let lab = setup("echo x");
+    lab.ok(&["backup"]);
+    let t = lab.ok(&["snapshots"]).stdout;
+    let header = t.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("JOB") && header.contains("KIND"),
+        "{t}"
+    );
+    assert!(
+        t.lines().any(|l| l.contains(" files ") && l.contains("24")),
+        "{t}"
+    );
+    assert!(t.contains("2 snapshot(s) in repository main"), "{t}");
+}
+
+#[test]
+fn progress_bar_only_on_a_terminal() {
+    let lab = setup("echo x");
+    // no terminal: no bar
+    let r = lab
+        .cmd(&["backup", "files"])
+        .env_remove("LIFEBOAT_PROGRESS")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&r.stderr).contains("backing up"));
+    // a pseudo-terminal (util-linux `script`): the bar is drawn
+    let cmd = format!("{} backup files", bin().display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(lab.path())
+        .env_remove("LIFEBOAT_PROGRESS")
+        .output()
+        .expect("script (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("backing up"),
+        "no progress bar on a TTY: {text}"
+    );
 }

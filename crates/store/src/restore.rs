@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use rustic_core::repofile::{BlobType, Node, NodeType};
-use rustic_core::{BlobId, IndexedFull, LsOptions, Progress, Repository};
+use rustic_core::{IndexedFull, LsOptions, Progress, Repository};
 
 use crate::error::{rustic, Kind, Result, StoreError};
 
@@ -114,7 +114,7 @@ fn restore_file<S: IndexedFull + Sync>(
         let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
         for id in job.node.content.iter().flatten() {
             let data = repo
-                .get_blob_cached(&BlobId::from(*id), BlobType::Data)
+                .cat_blob(BlobType::Data, &id.to_hex())
                 .map_err(|e| {
                     let mut err = rustic(e, "reading data");
                     err.kind = Kind::Integrity;
