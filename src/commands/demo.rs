@@ -160,6 +160,29 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     step("6. verify: fresh within the tier RPO, retained, and every byte decrypts and matches");
     must(dir, &["verify", "--read-data"])?;
 
+    if let Ok(out) = Command::new("restic")
+        .args([
+            "--repo",
+            "repo-main",
+            "--password-file",
+            "demo.key",
+            "--no-cache",
+            "check",
+        ])
+        .current_dir(dir)
+        .output()
+    {
+        step("6b. the same repository, checked by restic itself (restic format, not a lookalike)");
+        println!("$ restic --repo repo-main check");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!(
+                "restic check failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     step("7. restore the latest config snapshot and compare byte for byte");
     must(
         dir,
@@ -185,6 +208,6 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     step("9. the evidence log: every act, hash-chained");
     must(dir, &["audit", "list"])?;
     must(dir, &["audit", "verify"])?;
-    println!("\nDone. Every figure above was measured just now; the repositories are readable by restic itself.");
+    println!("\nDone. Every figure above was measured just now.");
     Ok(())
 }
