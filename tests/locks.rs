@@ -6,8 +6,9 @@ use common::*;
 
 use std::time::{Duration, Instant};
 
+/// The `dump` command runs until the test creates the file `release` (no timing races).
 fn slow_plan() -> String {
-    basic_plan("sleep 4; echo done")
+    basic_plan("while [ ! -e release ]; do sleep 0.05; done; echo done")
 }
 
 fn wait_for_lock(lab: &Lab) {
@@ -24,14 +25,20 @@ fn wait_for_lock(lab: &Lab) {
     panic!("no lock appeared");
 }
 
-#[test]
-fn concurrent_runs_of_one_job_are_refused() {
+/// A repository with a `dump` backup running (and holding its lock) for a few seconds.
+fn start_slow_backup() -> (Lab, std::process::Child) {
     let lab = Lab::new();
     lab.plan(&slow_plan());
     make_data(&lab);
     lab.ok(&["repo", "init"]);
-    let mut first = lab.cmd(&["backup", "dump"]).spawn().unwrap();
+    let first = lab.cmd(&["backup", "dump"]).spawn().unwrap();
     wait_for_lock(&lab);
+    (lab, first)
+}
+
+#[test]
+fn concurrent_runs_of_one_job_are_refused() {
+    let (lab, mut first) = start_slow_backup();
     let second = lab.run(&["backup", "dump"]);
     assert_eq!(second.code, 3, "{}", second.all());
     assert!(
@@ -66,6 +73,7 @@ fn concurrent_runs_of_one_job_are_refused() {
         !out.status.success() && text.contains("locked"),
         "restic ignored the lock: {text}"
     );
+    lab.write("release", "");
     assert!(first.wait().unwrap().success());
     assert_eq!(lab.snapshot_count("main"), 2);
     // released: nothing left
@@ -74,12 +82,7 @@ fn concurrent_runs_of_one_job_are_refused() {
 
 #[test]
 fn stale_lock_from_a_killed_run_is_reported_and_cleared() {
-    let lab = Lab::new();
-    lab.plan(&slow_plan());
-    make_data(&lab);
-    lab.ok(&["repo", "init"]);
-    let mut first = lab.cmd(&["backup", "dump"]).spawn().unwrap();
-    wait_for_lock(&lab);
+    let (lab, mut first) = start_slow_backup();
     // SIGKILL: no chance to clean up
     unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
     first.wait().unwrap();

@@ -517,18 +517,25 @@ impl Store {
         f(repo)
     }
 
+    /// Load an index into the repository handle, run `f`, and put the handle back.
+    fn with_index<S: rustic_core::IndexedTree, T>(
+        &self,
+        load: impl FnOnce(Repository<OpenStatus>) -> rustic_core::RusticResult<Repository<S>>,
+        f: impl FnOnce(&Repository<S>) -> Result<T>,
+    ) -> Result<T> {
+        let repo = load(self.take()?)
+            .map_err(|e| rustic(e, &format!("reading the index of {}", self.spec.name)))?;
+        let out = f(&repo);
+        self.put(repo.drop_index());
+        out
+    }
+
     /// Run `f` with the index of blob ids loaded (enough for writing).
     fn with_ids<T>(
         &self,
         f: impl FnOnce(&Repository<rustic_core::IndexedIdsStatus>) -> Result<T>,
     ) -> Result<T> {
-        let repo = self
-            .take()?
-            .to_indexed_ids()
-            .map_err(|e| rustic(e, &format!("reading the index of {}", self.spec.name)))?;
-        let out = f(&repo);
-        self.put(repo.drop_index());
-        out
+        self.with_index(Repository::to_indexed_ids, f)
     }
 
     /// Run `f` with the full index loaded (for reading data).
@@ -536,13 +543,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Repository<rustic_core::IndexedFullStatus>) -> Result<T>,
     ) -> Result<T> {
-        let repo = self
-            .take()?
-            .to_indexed()
-            .map_err(|e| rustic(e, &format!("reading the index of {}", self.spec.name)))?;
-        let out = f(&repo);
-        self.put(repo.drop_index());
-        out
+        self.with_index(Repository::to_indexed, f)
     }
 
     /// Find one snapshot by id prefix or `latest` (optionally only a job's).
