@@ -355,3 +355,40 @@ fn progress_bar_only_on_a_terminal() {
         "no progress bar on a TTY: {text}"
     );
 }
+
+#[test]
+fn excludes_match_names_anywhere_and_anchored_paths_relative_to_the_plan() {
+    let lab = Lab::new();
+    lab.plan(&basic_plan("echo x").replace(
+        "paths: [data] }",
+        "paths: [data], exclude: [\"*.tmp\", \"data/cache/\", \"**/logs/old.log\"] }",
+    ));
+    lab.write("data/keep.txt", "k");
+    lab.write("data/x.tmp", "t");
+    lab.write("data/sub/y.tmp", "t");
+    lab.write("data/cache/big.bin", "c");
+    lab.write("data/sub/cache/kept.bin", "k"); // only data/cache is anchored
+    lab.write("data/sub/logs/old.log", "o");
+    lab.write("data/sub/logs/new.log", "n");
+    lab.ok(&["repo", "init"]);
+    lab.ok(&["backup", "files"]);
+    lab.ok(&["restore", "latest", "--job", "files", "--target", "out"]);
+    let root = restored(&lab.p("out"), &lab.p("data"));
+    let mut found = Vec::new();
+    fn walk(d: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    walk(&root, &root, &mut found);
+    found.sort();
+    assert_eq!(
+        found,
+        ["keep.txt", "sub/cache/kept.bin", "sub/logs/new.log"]
+    );
+}

@@ -70,7 +70,8 @@ pub enum Service {
         depends_on: Vec<String>,
         /// Absolute paths to back up.
         paths: Vec<String>,
-        /// Glob patterns to exclude (gitignore syntax).
+        /// Patterns to exclude, gitignore style: without `/` (`*.tmp`, `cache`) they match a name
+        /// anywhere; with `/` they are anchored, relative paths to the plan file (`data/cache/`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         exclude: Vec<String>,
     },

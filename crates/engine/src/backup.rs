@@ -162,7 +162,7 @@ fn backup_service(
     match svc {
         Service::Paths { paths, exclude, .. } => {
             let abs: Vec<PathBuf> = paths.iter().map(|p| ctx.base.join(p)).collect();
-            store.backup_paths(&abs, exclude, tags)
+            store.backup_paths(&abs, &anchor_excludes(exclude, &ctx.base), tags)
         }
         Service::Command {
             command,
@@ -186,6 +186,27 @@ fn backup_service(
             format!("service {service} is an http service: there is nothing to back up"),
         )),
     }
+}
+
+/// Exclude patterns follow gitignore rules: one without `/` (`*.tmp`, `cache`) matches a name
+/// anywhere; one with `/` is anchored. Anchored relative patterns (`data/cache`) are relative to
+/// the plan file, like `paths`; absolute ones and `**/…` are kept as written.
+fn anchor_excludes(patterns: &[String], base: &std::path::Path) -> Vec<String> {
+    patterns
+        .iter()
+        .map(|p| {
+            let body = p.trim_end_matches('/');
+            if body.contains('/') && !p.starts_with('/') && !p.starts_with("**") {
+                format!(
+                    "{}/{}",
+                    base.display().to_string().trim_end_matches('/'),
+                    p.trim_start_matches("./")
+                )
+            } else {
+                p.clone()
+            }
+        })
+        .collect()
 }
 
 /// Run `sh -c command` with stdout to a private spool file; fail on non-zero exit or timeout.
