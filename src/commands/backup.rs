@@ -23,6 +23,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                 Some("locked") => crate::exit::LOCKED,
                 Some("key") => crate::exit::KEY,
                 Some("backend") => crate::exit::BACKEND,
+                Some("input") => crate::exit::USAGE,
                 _ => crate::exit::FAILED,
             });
         }

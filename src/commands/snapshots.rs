@@ -28,7 +28,11 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         .map(|s| {
             vec![
                 s.short_id.clone(),
-                s.time.clone(),
+                s.time
+                    .chars()
+                    .take(19)
+                    .collect::<String>()
+                    .replace('T', " "),
                 s.job.clone().unwrap_or_default(),
                 s.service.clone().unwrap_or_default(),
                 s.kind.clone().unwrap_or_default(),

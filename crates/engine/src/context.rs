@@ -11,7 +11,7 @@ use crate::evidence::{default_actor, Draft, Event, Evidence, EvidenceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("cannot read plan {path}: {source}")]
+    #[error("cannot read plan {path} (create one with `lifeboat init`, or point --plan at yours)")]
     Read {
         path: String,
         source: std::io::Error,

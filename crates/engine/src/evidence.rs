@@ -13,16 +13,13 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
-    #[error("evidence log {path}: {source}")]
+    #[error("evidence log {path}: {cause}")]
     Db {
         path: String,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
-    #[error("evidence log head {path}: {source}")]
-    Head {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("evidence log head {path}: {cause}")]
+    Head { path: String, cause: std::io::Error },
 }
 
 /// What a command reports about what it did.
@@ -100,13 +97,13 @@ pub struct ChainReport {
 impl Evidence {
     pub fn open(state_dir: &Path) -> Result<Self, EvidenceError> {
         let path = state_dir.join("evidence.db");
-        let db = |source| EvidenceError::Db {
+        let db = |cause| EvidenceError::Db {
             path: path.display().to_string(),
-            source,
+            cause,
         };
-        std::fs::create_dir_all(state_dir).map_err(|source| EvidenceError::Head {
+        std::fs::create_dir_all(state_dir).map_err(|cause| EvidenceError::Head {
             path: state_dir.display().to_string(),
-            source,
+            cause,
         })?;
         let conn = Connection::open(&path).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -136,10 +133,10 @@ impl Evidence {
         })
     }
 
-    fn db(&self, source: rusqlite::Error) -> EvidenceError {
+    fn db(&self, cause: rusqlite::Error) -> EvidenceError {
         EvidenceError::Db {
             path: self.path.display().to_string(),
-            source,
+            cause,
         }
     }
 
@@ -149,7 +146,7 @@ impl Evidence {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| EvidenceError::Db {
                 path: self.path.display().to_string(),
-                source: e,
+                cause: e,
             })?;
         let last: Option<(i64, String)> = tx
             .query_row(
@@ -195,10 +192,10 @@ impl Evidence {
         )
         .map_err(|err| self_db(&self.path, err))?;
         tx.commit().map_err(|err| self_db(&self.path, err))?;
-        std::fs::write(&self.head, format!("{} {}\n", e.seq, e.hash)).map_err(|source| {
+        std::fs::write(&self.head, format!("{} {}\n", e.seq, e.hash)).map_err(|cause| {
             EvidenceError::Head {
                 path: self.head.display().to_string(),
-                source,
+                cause,
             }
         })?;
         Ok(e)
@@ -299,10 +296,10 @@ impl Evidence {
     }
 }
 
-fn self_db(path: &Path, source: rusqlite::Error) -> EvidenceError {
+fn self_db(path: &Path, cause: rusqlite::Error) -> EvidenceError {
     EvidenceError::Db {
         path: path.display().to_string(),
-        source,
+        cause,
     }
 }
 
