@@ -107,3 +107,17 @@ fn unreachable_endpoint_is_a_clear_error_and_records_nothing() {
     assert_eq!(r.code, 5, "{}", r.all());
     assert!(r.stderr.contains("hint:"), "{}", r.stderr);
 }
+
+#[test]
+fn missing_bucket_says_so() {
+    let m = moto();
+    let lab = Lab::new();
+    lab.plan(&s3_plan(m.port).replace("s3://lifeboat-test/", "s3://no-such-bucket/"));
+    let r = lab.run(&["repo", "init"]);
+    assert_eq!(r.code, 5, "{}", r.all());
+    assert!(
+        r.stderr.contains("NoSuchBucket") && r.stderr.contains("create it"),
+        "{}",
+        r.stderr
+    );
+}

@@ -124,7 +124,7 @@ pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> StoreErro
     let guidance = summary(&log);
     let mut message = format!("{doing} failed: {guidance}");
     if let Some(r) = &root {
-        let r = r.rsplit(": ").next().unwrap_or(r).trim().to_string();
+        let r = root_summary(r);
         if !guidance.contains(&r) {
             message = format!("{message}: {r}");
         }
@@ -132,12 +132,51 @@ pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> StoreErro
     let mut err = StoreError::new(kind, message);
     err.root_cause = root;
     let all = format!("{log} {}", err.root_cause.clone().unwrap_or_default());
+    if all.contains("NoSuchBucket") {
+        err.kind = Kind::Backend;
+        err.hint = Some(
+            "the S3 bucket does not exist: create it (e.g. `aws s3 mb s3://BUCKET`) and run again"
+                .into(),
+        );
+    } else if all.contains("AccessDenied")
+        || all.contains("InvalidAccessKeyId")
+        || all.contains("SignatureDoesNotMatch")
+    {
+        err.kind = Kind::Backend;
+        err.hint = Some("the S3 server refused the credentials: check access_key_id / secret_access_key (or AWS_* variables)".into());
+    }
     if all.contains("No space left on device") || all.contains("os error 28") {
         err.kind = Kind::Io;
         err.hint =
             Some("the disk is full: free space and run again; no snapshot was recorded".into());
     }
     err
+}
+
+/// The useful tail of a (possibly long, nested) root-cause message: an S3 error code when there
+/// is one, else the last `: `-separated part if it is plain text, else the whole, capped.
+pub(crate) fn root_summary(r: &str) -> String {
+    for code in [
+        "NoSuchBucket",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    ] {
+        if r.contains(code) {
+            return format!("S3 error {code}");
+        }
+    }
+    let tail = r.rsplit(": ").next().unwrap_or(r).trim();
+    let text = if tail.len() >= 12 && !tail.contains('"') && !tail.contains('}') {
+        tail
+    } else {
+        r.trim()
+    };
+    let mut out: String = text.chars().take(300).collect();
+    if text.chars().count() > 300 {
+        out.push('…');
+    }
+    out
 }
 
 /// rustic's log line without its decoration ("Error: …  (kind: related to …)").

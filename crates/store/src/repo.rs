@@ -795,7 +795,7 @@ fn backend_err(spec: &RepoSpec, e: Box<rustic_core::RusticError>) -> StoreError 
     let cause = err
         .root_cause
         .as_deref()
-        .map(|r| r.rsplit(": ").next().unwrap_or(r).trim().to_string())
+        .map(crate::error::root_summary)
         .unwrap_or_else(|| err.message.trim_start_matches("x failed: ").to_string());
     let mut out = StoreError::new(
         Kind::Backend,
