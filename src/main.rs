@@ -78,9 +78,14 @@ fn main() {
         Err(e) => {
             let code = exit::code_for(&e);
             if json {
+                // `retryable`: whether running the same command later may succeed (a lock, an
+                // unreachable backend): for schedulers deciding whether to retry.
+                let retryable = e
+                    .downcast_ref::<lifeboat_store::StoreError>()
+                    .is_some_and(|s| s.retryable);
                 println!(
                     "{}",
-                    serde_json::json!({"error": format!("{e:#}"), "exit_code": code})
+                    serde_json::json!({"error": format!("{e:#}"), "exit_code": code, "retryable": retryable})
                 );
             } else {
                 eprintln!("error: {e:#}");

@@ -103,6 +103,9 @@ fn unreachable_endpoint_is_a_clear_error_and_records_nothing() {
     assert!(r.stderr.contains("Connection refused"), "{}", r.stderr);
     let ev = lab.events();
     assert_eq!(ev.last().unwrap()["outcome"], "failed");
+    let r = lab.run(&["--json", "snapshots"]);
+    assert_eq!(r.code, 5, "{}", r.all());
+    assert_eq!(r.json()["retryable"], true);
     let r = lab.run(&["snapshots"]);
     assert_eq!(r.code, 5, "{}", r.all());
     assert!(r.stderr.contains("hint:"), "{}", r.stderr);
