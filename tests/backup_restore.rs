@@ -392,3 +392,50 @@ fn excludes_match_names_anywhere_and_anchored_paths_relative_to_the_plan() {
         ["keep.txt", "sub/cache/kept.bin", "sub/logs/new.log"]
     );
 }
+
+#[test]
+fn restore_one_file_or_directory_of_a_snapshot() {
+    let lab = setup("echo x");
+    lab.ok(&["backup", "files"]);
+    let file = lab.p("data/text/secret.conf");
+    let file = file.to_str().unwrap();
+    lab.ok(&[
+        "restore", "latest", "--job", "files", "--path", file, "--target", "one",
+    ]);
+    let got = lab.p("one/secret.conf");
+    assert_eq!(std::fs::read(&got).unwrap(), b"password=x\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&got).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let dir = lab.p("data/text");
+    lab.ok(&[
+        "restore",
+        "latest",
+        "--job",
+        "files",
+        "--path",
+        dir.to_str().unwrap(),
+        "--target",
+        "dir",
+    ]);
+    // a directory's contents go into the target
+    assert_eq!(assert_same_tree(&dir, &lab.p("dir")), 21);
+    let r = lab.run(&[
+        "restore",
+        "latest",
+        "--job",
+        "files",
+        "--path",
+        "/no/such/file",
+        "--target",
+        "x",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("finding /no/such/file in snapshot"),
+        "{}",
+        r.stderr
+    );
+}

@@ -49,6 +49,15 @@ fn flipped_byte_is_detected_and_restore_refuses() {
     assert_eq!(ev.last().unwrap()["command"], "verify");
     assert_eq!(ev.last().unwrap()["outcome"], "failed");
 
+    let r = lab.run(&["repo", "check", "--read-data"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains(&format!("DAMAGED snapshot {snap} (job files)")),
+        "{}",
+        r.stdout
+    );
+
     let r = lab.run(&["restore", &snap, "--target", "out"]);
     assert_eq!(
         r.code,

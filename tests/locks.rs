@@ -107,5 +107,14 @@ fn stale_lock_from_a_killed_run_is_reported_and_cleared() {
     );
     let u = lab.ok(&["repo", "unlock"]);
     assert!(u.stdout.contains("removed 1 lock"), "{}", u.stdout);
+    let last = lab.events().last().unwrap().clone();
+    assert_eq!(last["command"], "repo unlock");
+    assert!(
+        last["figures"]["removed"][0]
+            .as_str()
+            .unwrap()
+            .contains("pid"),
+        "{last}"
+    );
     assert_eq!(std::fs::read_dir(lab.p("repo/locks")).unwrap().count(), 0);
 }

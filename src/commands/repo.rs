@@ -15,6 +15,18 @@ pub enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// Check a repository's integrity (structure; with --read-data every blob), naming damaged
+    /// snapshots.
+    Check {
+        #[arg(long)]
+        repo: Option<String>,
+        /// Read all data back: decrypt and check every blob.
+        #[arg(long)]
+        read_data: bool,
+        /// Read a subset: `10%`, `1/5`, or a size like `500MiB`.
+        #[arg(long, value_name = "SUBSET")]
+        read_data_subset: Option<String>,
+    },
     /// List locks in a repository.
     Locks {
         #[arg(long)]
@@ -83,6 +95,39 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Check {
+            repo,
+            read_data,
+            read_data_subset,
+        } => {
+            let repo = repo.clone().map_or_else(|| ctx.default_repo(), Ok)?;
+            let r = ops::check(&ctx, &repo, *read_data, read_data_subset.as_deref())?;
+            if cli.json {
+                crate::output::json(&r);
+            } else {
+                for e in &r.errors {
+                    println!("ERROR  {e}");
+                }
+                for w in &r.warnings {
+                    println!("warn   {w}");
+                }
+                for (id, job) in &r.damaged_snapshots {
+                    println!(
+                        "DAMAGED snapshot {} (job {})",
+                        &id[..8],
+                        job.as_deref().unwrap_or("-")
+                    );
+                }
+                if r.errors.is_empty() {
+                    println!("repository {repo}: no errors found");
+                }
+            }
+            Ok(if r.errors.is_empty() {
+                0
+            } else {
+                crate::exit::FAILED
+            })
+        }
         Cmd::Locks { repo } => {
             let repo = repo.clone().map_or_else(|| ctx.default_repo(), Ok)?;
             let store = ctx.open_repo(&repo)?;
@@ -107,7 +152,7 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
         Cmd::Unlock { repo, all } => {
             let repo = repo.clone().map_or_else(|| ctx.default_repo(), Ok)?;
             let store = ctx.open_repo(&repo)?;
-            let removed = store.unlock(*all)?;
+            let removed = ops::unlock(&ctx, &store, *all)?;
             if cli.json {
                 crate::output::json(&removed);
             } else {

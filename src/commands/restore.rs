@@ -15,12 +15,23 @@ pub struct Args {
     /// With `latest`: the latest snapshot of this job.
     #[arg(long)]
     job: Option<String>,
+    /// Only this file or directory of the snapshot, as it was backed up (`/etc/app/app.conf`):
+    /// a file is restored as DIR/NAME, a directory's contents into DIR.
+    #[arg(long)]
+    path: Option<String>,
 }
 
 pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
     let repo = a.repo.clone().map_or_else(|| ctx.default_repo(), Ok)?;
-    let r = lifeboat_engine::ops::restore(&ctx, &repo, &a.snapshot, a.job.as_deref(), &a.target)?;
+    let r = lifeboat_engine::ops::restore(
+        &ctx,
+        &repo,
+        &a.snapshot,
+        a.job.as_deref(),
+        a.path.as_deref(),
+        &a.target,
+    )?;
     if cli.json {
         crate::output::json(&r);
     } else {

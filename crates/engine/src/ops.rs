@@ -245,13 +245,14 @@ pub fn restore(
     repo: &str,
     snapshot: &str,
     job: Option<&str>,
+    path: Option<&str>,
     target: &Path,
 ) -> Result<RestoreReport, StoreError> {
     let started = Instant::now();
     let result = (|| -> Result<_, StoreError> {
         let store = ctx.open_repo(repo)?;
         let snap = store.find_snapshot(snapshot, job)?;
-        let s = store.restore(&snap.id, target)?;
+        let s = store.restore(&snap.id, path, target)?;
         Ok(RestoreReport {
             snapshot: snap.id,
             repository: repo.into(),
@@ -330,4 +331,47 @@ pub fn init_repo(ctx: &Context, repo: &str) -> Result<String, StoreError> {
     ctx.record("repo init", repo, outcome, started, figures)
         .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
     r
+}
+
+/// Check a repository's integrity, recorded in the evidence log.
+pub fn check(
+    ctx: &Context,
+    repo: &str,
+    read_data: bool,
+    subset: Option<&str>,
+) -> Result<lifeboat_store::CheckReport, StoreError> {
+    let started = Instant::now();
+    let store = ctx.open_repo(repo)?;
+    let report = store.check(read_data || subset.is_some(), subset)?;
+    let outcome = if report.errors.is_empty() {
+        "ok"
+    } else {
+        "failed"
+    };
+    ctx.record(
+        "repo check",
+        repo,
+        outcome,
+        started,
+        serde_json::to_value(&report).unwrap_or_default(),
+    )
+    .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+    Ok(report)
+}
+
+/// Remove stale (or all) locks, recorded in the evidence log: removing a lock is a decision.
+pub fn unlock(
+    ctx: &Context,
+    store: &lifeboat_store::Store,
+    all: bool,
+) -> Result<Vec<lifeboat_store::lock::FoundLock>, StoreError> {
+    let started = Instant::now();
+    let removed = store.unlock(all)?;
+    let figures = serde_json::json!({
+        "all": all,
+        "removed": removed.iter().map(|l| l.describe()).collect::<Vec<_>>(),
+    });
+    ctx.record("repo unlock", &store.spec.name, "ok", started, figures)
+        .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+    Ok(removed)
 }

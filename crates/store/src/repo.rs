@@ -578,8 +578,19 @@ impl Store {
 
     /// Restore a snapshot into `target` with permissions and times. Data is checked as it is
     /// read (MAC and hash); a damaged blob fails the restore.
-    pub fn restore(&self, snapshot_id: &str, target: &Path) -> Result<RestoreSummary> {
-        self.with_full(|repo| Self::restore_in(repo, snapshot_id, target))
+    /// `path` restores only that file or directory of the snapshot (as it was backed up,
+    /// e.g. `/etc/app/app.conf`).
+    pub fn restore(
+        &self,
+        snapshot_id: &str,
+        path: Option<&str>,
+        target: &Path,
+    ) -> Result<RestoreSummary> {
+        let spec = match path {
+            Some(p) => format!("{snapshot_id}:{}", p.trim_end_matches('/')),
+            None => snapshot_id.to_string(),
+        };
+        self.with_full(|repo| Self::restore_in(repo, &spec, target))
     }
 
     fn restore_in(
@@ -589,7 +600,17 @@ impl Store {
     ) -> Result<RestoreSummary> {
         let node = repo
             .node_from_snapshot_path(snapshot_id, |_| true)
-            .map_err(|e| rustic(e, "finding the snapshot"))?;
+            .map_err(|e| {
+                let what = match snapshot_id.split_once(':') {
+                    Some((id, path)) => {
+                        format!("finding {path} in snapshot {}", &id[..8.min(id.len())])
+                    }
+                    None => format!("finding snapshot {snapshot_id}"),
+                };
+                let mut err = rustic(e, &what);
+                err.kind = Kind::Input;
+                err.hint("`lifeboat snapshots` lists snapshots and the paths they hold")
+            })?;
         let progress = repo.progress_bytes("restoring...");
         crate::restore::restore_tree(repo, &node, target, progress).map_err(|e| {
             e.context(format!(

@@ -160,9 +160,19 @@ pub fn restore_tree<S: IndexedFull + Sync>(
     let mut files: Vec<FileJob> = Vec::new();
     let mut total: u64 = 0;
     std::fs::create_dir_all(target).map_err(|e| io_err("creating", target, e))?;
-    let entries = repo
-        .ls(root, &LsOptions::default())
-        .map_err(|e| rustic(e, "reading the snapshot's trees"))?;
+    // A single file (or symlink) restores as itself into `target`; a directory restores its tree.
+    let entries: Box<dyn Iterator<Item = rustic_core::RusticResult<(PathBuf, Node)>>> =
+        if matches!(root.node_type, NodeType::Dir) {
+            Box::new(
+                repo.ls(root, &LsOptions::default())
+                    .map_err(|e| rustic(e, "reading the snapshot's trees"))?,
+            )
+        } else {
+            Box::new(std::iter::once(Ok((
+                PathBuf::from(root.name().into_owned()),
+                root.clone(),
+            ))))
+        };
     for entry in entries {
         let (rel, node) = entry.map_err(|e| {
             let mut err = rustic(e, "reading the snapshot's trees");
