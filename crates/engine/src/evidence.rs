@@ -191,13 +191,16 @@ impl Evidence {
             ],
         )
         .map_err(|err| self_db(&self.path, err))?;
+        // The head is written while the write transaction still serialises appenders, so two
+        // processes cannot leave it pointing at an older event. Written by rename: never torn.
+        let head_err = |cause| EvidenceError::Head {
+            path: self.head.display().to_string(),
+            cause,
+        };
+        let tmp = self.head.with_extension("head.tmp");
+        std::fs::write(&tmp, format!("{} {}\n", e.seq, e.hash)).map_err(head_err)?;
+        std::fs::rename(&tmp, &self.head).map_err(head_err)?;
         tx.commit().map_err(|err| self_db(&self.path, err))?;
-        std::fs::write(&self.head, format!("{} {}\n", e.seq, e.hash)).map_err(|cause| {
-            EvidenceError::Head {
-                path: self.head.display().to_string(),
-                cause,
-            }
-        })?;
         Ok(e)
     }
 
@@ -316,6 +319,29 @@ mod tests {
             duration_ms: 5,
             figures: serde_json::json!({"files": 3}),
         }
+    }
+
+    #[test]
+    fn concurrent_appenders_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let path = dir.path().to_path_buf();
+                s.spawn(move || {
+                    let mut ev = Evidence::open(&path).unwrap();
+                    for i in 0..10 {
+                        ev.append("tester", &draft(&format!("{t}-{i}"))).unwrap();
+                    }
+                });
+            }
+        });
+        let ev = Evidence::open(dir.path()).unwrap();
+        let r = ev.verify().unwrap();
+        assert_eq!(r.events, 40);
+        assert!(r.problems.is_empty(), "{r:?}");
+        let last = ev.list(Some(1)).unwrap().pop().unwrap();
+        let head = std::fs::read_to_string(dir.path().join("evidence.head")).unwrap();
+        assert_eq!(head.trim(), format!("{} {}", last.seq, last.hash));
     }
 
     #[test]
