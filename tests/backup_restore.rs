@@ -439,3 +439,36 @@ fn restore_one_file_or_directory_of_a_snapshot() {
         r.stderr
     );
 }
+
+#[test]
+fn symlinks_fifos_empty_and_sticky_dirs_round_trip() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let lab = setup("echo x");
+    std::os::unix::fs::symlink("text/f1.txt", lab.p("data/link")).unwrap();
+    std::os::unix::fs::symlink("/no/such/target", lab.p("data/dangling")).unwrap();
+    let fifo = std::ffi::CString::new(lab.p("data/pipe").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    std::fs::create_dir(lab.p("data/shared")).unwrap();
+    std::fs::set_permissions(
+        lab.p("data/shared"),
+        std::fs::Permissions::from_mode(0o1777),
+    )
+    .unwrap();
+    lab.ok(&["backup", "files"]);
+    lab.ok(&["restore", "latest", "--job", "files", "--target", "out"]);
+    let out = restored(&lab.p("out"), &lab.p("data"));
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        std::path::Path::new("text/f1.txt")
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("dangling")).unwrap(),
+        std::path::Path::new("/no/such/target")
+    );
+    let pipe = std::fs::symlink_metadata(out.join("pipe")).unwrap();
+    assert!(pipe.file_type().is_fifo());
+    assert_eq!(pipe.permissions().mode() & 0o7777, 0o640);
+    let shared = std::fs::metadata(out.join("shared")).unwrap();
+    assert_eq!(shared.permissions().mode() & 0o7777, 0o1777);
+    assert_eq!(std::fs::read_dir(out.join("shared")).unwrap().count(), 0);
+}

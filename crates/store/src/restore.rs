@@ -14,7 +14,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use rustic_core::repofile::{BlobType, Node, NodeType};
 use rustic_core::{IndexedFull, LsOptions, Progress, Repository};
@@ -27,7 +26,9 @@ pub struct RestoreSummary {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
-    /// Special files (devices, fifos, sockets) not restored.
+    /// FIFOs and (as root) device nodes recreated.
+    pub specials: u64,
+    /// Entries not restored: sockets, and device nodes when not root.
     pub skipped: u64,
 }
 
@@ -84,15 +85,50 @@ fn set_meta(path: &Path, node: &Node, is_root: bool) -> Result<()> {
             .map_err(|e| io_err("setting the mode of", path, e))?;
     }
     if let Some(mtime) = meta.mtime {
-        let mut times = std::fs::FileTimes::new().set_modified(SystemTime::from(mtime));
-        if let Some(a) = meta.atime {
-            times = times.set_accessed(SystemTime::from(a));
+        // utimensat by path: opening a FIFO or device to set its times would block or act on
+        // the device.
+        let ts = |t: jiff::Timestamp| libc::timespec {
+            tv_sec: t.as_second() as libc::time_t,
+            tv_nsec: t.subsec_nanosecond() as libc::c_long,
+        };
+        let atime = meta.atime.map(ts).unwrap_or(libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        });
+        let times = [atime, ts(mtime)];
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
+        // SAFETY: valid C string and a two-element timespec array, as utimensat requires.
+        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } != 0 {
+            return Err(io_err(
+                "setting the times of",
+                path,
+                std::io::Error::last_os_error(),
+            ));
         }
-        let f = std::fs::File::open(path).map_err(|e| io_err("opening", path, e))?;
-        f.set_times(times)
-            .map_err(|e| io_err("setting the times of", path, e))?;
     }
     Ok(())
+}
+
+/// Recreate a FIFO or device node; false when that is not possible here (devices need root).
+fn make_special(dest: &Path, t: &NodeType) -> bool {
+    let _ = std::fs::remove_file(dest);
+    let Ok(c) = std::ffi::CString::new(dest.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: mkfifo/mknod on a valid C string; the result is checked.
+    let r = unsafe {
+        match t {
+            NodeType::Fifo => libc::mkfifo(c.as_ptr(), 0o600),
+            NodeType::Dev { device } => {
+                libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, *device as libc::dev_t)
+            }
+            NodeType::Chardev { device } => {
+                libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, *device as libc::dev_t)
+            }
+            _ => -1,
+        }
+    };
+    r == 0
 }
 
 fn tmp_name(dest: &Path) -> PathBuf {
@@ -201,6 +237,17 @@ pub fn restore_tree<S: IndexedFull + Sync>(
                     .map_err(|e| io_err("creating symlink", &dest, e))?;
                 set_meta(&dest, &node, is_root)?;
                 summary.symlinks += 1;
+            }
+            NodeType::Fifo | NodeType::Dev { .. } | NodeType::Chardev { .. } => {
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| io_err("creating", parent, e))?;
+                }
+                if make_special(&dest, &node.node_type) {
+                    set_meta(&dest, &node, is_root)?;
+                    summary.specials += 1;
+                } else {
+                    summary.skipped += 1;
+                }
             }
             _ => summary.skipped += 1,
         }
