@@ -105,6 +105,13 @@ fn stale_lock_from_a_killed_run_is_reported_and_cleared() {
         "{}",
         r.stderr
     );
+    // the killed run's spool file was cleaned up by the next run of a command job
+    lab.write("release", "");
+    lab.ok(&["backup", "dump"]);
+    assert_eq!(
+        std::fs::read_dir(lab.p(".lifeboat/spool")).unwrap().count(),
+        0
+    );
     let u = lab.ok(&["repo", "unlock"]);
     assert!(u.stdout.contains("removed 1 lock"), "{}", u.stdout);
     let last = lab.events().last().unwrap().clone();

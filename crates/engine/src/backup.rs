@@ -217,6 +217,7 @@ fn run_to_spool(
     let dir = ctx.state_dir.join("spool");
     std::fs::create_dir_all(&dir)
         .map_err(|e| StoreError::new(Kind::Io, format!("cannot create {}: {e}", dir.display())))?;
+    clean_spool(&dir);
     let path = dir.join(format!("{job}-{}.out", std::process::id()));
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -292,6 +293,28 @@ fn run_to_spool(
         Ok(s) if s.success() => Ok(path),
         Ok(s) => fail(format!("failed ({s})")),
         Err(why) => fail(why),
+    }
+}
+
+/// Remove spool files left by runs that were killed (their process is gone).
+fn clean_spool(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_suffix(".out")
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(pid) = pid {
+            // SAFETY: kill(pid, 0) only checks whether the process exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            if !alive {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 
