@@ -58,11 +58,16 @@ pub fn judge_job(o: &JobObservation) -> Vec<Finding> {
                 true,
                 format!("job {}: latest snapshot is {} old", o.job, age_str(age)),
             );
-            let fresh = age <= o.max_age.std() || o.max_age.std().is_zero() && age.is_zero();
+            let fresh = age <= o.max_age.std();
             push(
                 "fresh",
                 fresh,
-                if fresh {
+                if o.max_age.std().is_zero() && !fresh {
+                    format!(
+                        "job {}: {} is 0s, which periodic backups cannot meet (that tier needs replication); set `verify: {{ max_age: … }}` on this job to the backup interval you accept",
+                        o.job, o.max_age_source
+                    )
+                } else if fresh {
                     format!(
                         "job {}: latest snapshot {} old is within {} ({})",
                         o.job,
@@ -130,6 +135,21 @@ mod tests {
             stale.message.contains("2h old, older than 1h"),
             "{}",
             stale.message
+        );
+    }
+
+    #[test]
+    fn zero_rpo_explains_itself() {
+        let mut o = obs(Some(30), 3);
+        o.max_age = Duration::from_secs(0);
+        o.max_age_source = "tier critical RPO".into();
+        let f = judge_job(&o);
+        let fresh = f.iter().find(|f| f.check == "fresh").unwrap();
+        assert!(!fresh.ok);
+        assert!(
+            fresh.message.contains("periodic backups cannot meet"),
+            "{}",
+            fresh.message
         );
     }
 
