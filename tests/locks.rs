@@ -125,3 +125,44 @@ fn stale_lock_from_a_killed_run_is_reported_and_cleared() {
     );
     assert_eq!(std::fs::read_dir(lab.p("repo/locks")).unwrap().count(), 0);
 }
+
+#[test]
+fn lifeboat_honours_a_lock_held_by_restic() {
+    use std::io::Write;
+    let lab = Lab::new();
+    lab.plan(&basic_plan("echo x"));
+    make_data(&lab);
+    lab.ok(&["repo", "init"]);
+    // `restic backup --stdin` holds its (zstd-compressed, v2) lock while it waits for input
+    let mut restic = std::process::Command::new("restic")
+        .args([
+            "--repo",
+            lab.p("repo").to_str().unwrap(),
+            "--password-file",
+            lab.p("test.key").to_str().unwrap(),
+            "--no-cache",
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "x",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_lock(&lab);
+    let locks = lab.ok(&["repo", "locks"]);
+    assert!(
+        locks.stdout.contains("held by another restic client"),
+        "{}",
+        locks.stdout
+    );
+    let f = lab.run(&["forget"]);
+    assert_eq!(f.code, 3, "forget ran under restic's lock: {}", f.all());
+    // a shared backup lock may coexist with restic's shared lock
+    lab.ok(&["backup", "files"]);
+    restic.stdin.take().unwrap().write_all(b"data").unwrap();
+    assert!(restic.wait().unwrap().success());
+    lab.ok(&["forget"]);
+}

@@ -162,9 +162,13 @@ pub fn list_locks(objects: &dyn ObjectStore, key: &LockKey) -> Result<Vec<FoundL
             continue; // removed meanwhile
         };
         let info = key.decrypt(&data).and_then(|plain| {
-            // Repository v2 may compress unpacked files: a leading 2 means zstd follows.
-            // Locks are tiny, so Lifeboat and restic write them plain.
-            serde_json::from_slice::<LockInfo>(&plain).ok()
+            // Repository v2 compresses unpacked files: a leading byte 2 means zstd follows
+            // (restic writes its locks that way); `{` is plain JSON (Lifeboat's own).
+            let json = match plain.first() {
+                Some(2) => zstd::decode_all(&plain[1..]).ok()?,
+                _ => plain,
+            };
+            serde_json::from_slice::<LockInfo>(&json).ok()
         });
         let stale = info.as_ref().and_then(|i| staleness(i, now));
         out.push(FoundLock { id, info, stale });
@@ -204,7 +208,8 @@ pub fn acquire(
             .iter()
             .filter(|l| Some(l.id.as_str()) != own && l.stale.is_none())
             .find(|l| match &l.info {
-                None => false,
+                // A lock we cannot read may be anyone's: prune/forget must not run past it.
+                None => exclusive,
                 Some(i) => {
                     exclusive
                         || i.exclusive
