@@ -14,10 +14,11 @@ fn slow_plan() -> String {
 fn wait_for_lock(lab: &Lab) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if std::fs::read_dir(lab.p("repo/locks"))
-            .map(|d| d.count() > 0)
-            .unwrap_or(false)
-        {
+        // a finished lock file: 64 hex characters, not a temporary file still being written
+        let done = std::fs::read_dir(lab.p("repo/locks"))
+            .map(|d| d.flatten().any(|e| e.file_name().len() == 64))
+            .unwrap_or(false);
+        if done {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
