@@ -58,17 +58,7 @@ fn concurrent_runs_of_one_job_are_refused() {
     let f = lab.run(&["forget"]);
     assert_eq!(f.code, 3, "{}", f.all());
     // restic honours the lock, and can read it
-    let out = std::process::Command::new("restic")
-        .args([
-            "--repo",
-            lab.p("repo").to_str().unwrap(),
-            "--password-file",
-            lab.p("test.key").to_str().unwrap(),
-            "--no-cache",
-            "prune",
-        ])
-        .output()
-        .unwrap();
+    let out = restic(&lab).arg("prune").output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && text.contains("locked"),
@@ -135,18 +125,8 @@ fn lifeboat_honours_a_lock_held_by_restic() {
     make_data(&lab);
     lab.ok(&["repo", "init"]);
     // `restic backup --stdin` holds its (zstd-compressed, v2) lock while it waits for input
-    let mut restic = std::process::Command::new("restic")
-        .args([
-            "--repo",
-            lab.p("repo").to_str().unwrap(),
-            "--password-file",
-            lab.p("test.key").to_str().unwrap(),
-            "--no-cache",
-            "backup",
-            "--stdin",
-            "--stdin-filename",
-            "x",
-        ])
+    let mut restic = restic(&lab)
+        .args(["backup", "--stdin", "--stdin-filename", "x"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

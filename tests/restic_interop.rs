@@ -15,13 +15,8 @@ fn restic_checks_and_restores_a_lifeboat_repository() {
     lab.ok(&["backup", "files"]);
 
     let restic = |args: &[&str]| {
-        let out = std::process::Command::new("restic")
+        let out = restic(&lab)
             .args(args)
-            .arg("--repo")
-            .arg(lab.p("repo"))
-            .arg("--password-file")
-            .arg(lab.p("test.key"))
-            .arg("--no-cache")
             .env("RESTIC_PROGRESS_FPS", "0.01")
             .output()
             .expect("restic is installed (Debian package `restic`; .ci/run installs it)");

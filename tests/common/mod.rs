@@ -187,3 +187,14 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The real `restic` (Debian package) pointed at the lab's local repository `repo`.
+pub fn restic(lab: &Lab) -> Command {
+    let mut c = Command::new("restic");
+    c.arg("--repo")
+        .arg(lab.p("repo"))
+        .arg("--password-file")
+        .arg(lab.p("test.key"))
+        .arg("--no-cache");
+    c
+}

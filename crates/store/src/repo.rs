@@ -323,6 +323,20 @@ impl Store {
         Ok((repo, objects))
     }
 
+    fn from_open(
+        spec: &RepoSpec,
+        repo: Repository<OpenStatus>,
+        objects: Arc<dyn ObjectStore>,
+    ) -> Result<Store> {
+        let key = LockKey::from_master(&repo.key())?;
+        Ok(Store {
+            spec: spec.clone(),
+            repo: Mutex::new(Some(repo)),
+            objects,
+            key,
+        })
+    }
+
     /// Create a new repository. Refuses to touch an existing one.
     pub fn init(spec: &RepoSpec) -> Result<Store> {
         let (repo, objects) = Self::new_repo(spec)?;
@@ -344,13 +358,7 @@ impl Store {
         let repo = repo
             .init(&spec.credentials(), &KeyOptions::default(), &config)
             .map_err(|e| rustic(e, &format!("initialising repository {}", spec.name)))?;
-        let key = LockKey::from_master(&repo.key())?;
-        Ok(Store {
-            spec: spec.clone(),
-            repo: Mutex::new(Some(repo)),
-            objects,
-            key,
-        })
+        Self::from_open(spec, repo, objects)
     }
 
     /// Open an existing repository with its key.
@@ -381,13 +389,7 @@ impl Store {
                 rustic(e, &format!("opening repository {}", spec.name))
             }
         })?;
-        let key = LockKey::from_master(&repo.key())?;
-        Ok(Store {
-            spec: spec.clone(),
-            repo: Mutex::new(Some(repo)),
-            objects,
-            key,
-        })
+        Self::from_open(spec, repo, objects)
     }
 
     pub fn lock(&self, exclusive: bool, command: &str, job: Option<&str>) -> Result<LockGuard> {
