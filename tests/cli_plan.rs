@@ -88,3 +88,19 @@ fn plan_show_never_prints_inline_secrets() {
         r.stdout
     );
 }
+
+#[test]
+fn check_warns_about_unprotected_services_without_failing() {
+    let lab = Lab::new();
+    lab.plan(&basic_plan("echo x").replace("  dump: { service: dump }\n", ""));
+    let r = lab.ok(&["plan", "check"]);
+    assert!(
+        r.stderr
+            .contains("warning: services.dump: no backup job backs this service up"),
+        "{}",
+        r.stderr
+    );
+    let v = lab.ok(&["--json", "plan", "check"]).json();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["warnings"][0]["path"], "services.dump");
+}

@@ -18,40 +18,52 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             crate::output::json(&lifeboat_core::plan_schema());
             Ok(0)
         }
-        Cmd::Check => match load_plan(&cli.plan) {
-            Ok(plan) => {
-                if cli.json {
-                    crate::output::json(&serde_json::json!({"ok": true, "errors": []}));
-                } else {
-                    println!(
-                        "{}: ok — {} tier(s), {} service(s), {} repositor{}, {} backup job(s)",
-                        cli.plan.display(),
-                        plan.tiers.len(),
-                        plan.services.len(),
-                        plan.repositories.len(),
-                        if plan.repositories.len() == 1 {
-                            "y"
-                        } else {
-                            "ies"
-                        },
-                        plan.backups.len()
-                    );
-                }
-                Ok(0)
-            }
-            Err(PlanError::Invalid(diags)) => {
-                if cli.json {
-                    crate::output::json(&serde_json::json!({"ok": false, "errors": diags}));
-                } else {
-                    for d in &diags {
-                        eprintln!("{d}");
+        Cmd::Check => {
+            match load_plan(&cli.plan) {
+                Ok(plan) => {
+                    let warnings = lifeboat_core::validate::warnings(&plan);
+                    if cli.json {
+                        let w: Vec<_> = warnings
+                        .iter()
+                        .map(|(path, message)| serde_json::json!({"path": path, "message": message}))
+                        .collect();
+                        crate::output::json(
+                            &serde_json::json!({"ok": true, "errors": [], "warnings": w}),
+                        );
+                    } else {
+                        for (path, message) in &warnings {
+                            eprintln!("warning: {path}: {message}");
+                        }
+                        println!(
+                            "{}: ok — {} tier(s), {} service(s), {} repositor{}, {} backup job(s)",
+                            cli.plan.display(),
+                            plan.tiers.len(),
+                            plan.services.len(),
+                            plan.repositories.len(),
+                            if plan.repositories.len() == 1 {
+                                "y"
+                            } else {
+                                "ies"
+                            },
+                            plan.backups.len()
+                        );
                     }
-                    eprintln!("{} error(s) in {}", diags.len(), cli.plan.display());
+                    Ok(0)
                 }
-                Ok(crate::exit::USAGE)
+                Err(PlanError::Invalid(diags)) => {
+                    if cli.json {
+                        crate::output::json(&serde_json::json!({"ok": false, "errors": diags}));
+                    } else {
+                        for d in &diags {
+                            eprintln!("{d}");
+                        }
+                        eprintln!("{} error(s) in {}", diags.len(), cli.plan.display());
+                    }
+                    Ok(crate::exit::USAGE)
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        },
+        }
         Cmd::Show => {
             let plan = load_plan(&cli.plan)?;
             crate::output::json(&plan);

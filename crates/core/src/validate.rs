@@ -430,3 +430,49 @@ mod tests {
         assert!(check_schedule("@sometimes").is_err());
     }
 }
+
+/// Things that are valid but probably not what the author wants, as (field path, message).
+pub fn warnings(plan: &Plan) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, job) in &plan.backups {
+        if job.retention.is_none() {
+            out.push((
+                format!("backups.{name}"),
+                "no retention: its snapshots are kept forever (add e.g. `retention: { daily: 30 }`)"
+                    .to_string(),
+            ));
+        }
+    }
+    for (name, svc) in &plan.services {
+        let backed_up = plan.backups.values().any(|j| &j.service == name);
+        if !backed_up && matches!(svc, Service::Paths { .. } | Service::Command { .. }) {
+            out.push((
+                format!("services.{name}"),
+                "no backup job backs this service up".to_string(),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod warning_tests {
+    use super::*;
+
+    #[test]
+    fn unprotected_services_and_endless_retention_are_flagged() {
+        let plan = crate::parse_plan(
+            "name: t\ntiers: { s: { rpo: 1h, rto: 1h } }\nservices:\n  a: { kind: paths, tier: s, paths: [/a] }\n  b: { kind: paths, tier: s, paths: [/b] }\nrepositories: { r: { url: /r, key_env: K } }\nbackups: { a: { service: a } }\n",
+            "p.yaml",
+        )
+        .unwrap();
+        let w = warnings(&plan);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w
+            .iter()
+            .any(|(p, m)| p == "backups.a" && m.contains("kept forever")));
+        assert!(w
+            .iter()
+            .any(|(p, m)| p == "services.b" && m.contains("no backup job")));
+    }
+}
