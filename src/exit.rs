@@ -18,16 +18,21 @@ pub const BACKEND: i32 = 5;
 
 pub fn code_for(e: &anyhow::Error) -> i32 {
     if let Some(s) = e.downcast_ref::<StoreError>() {
-        return match s.kind {
-            Kind::Input => USAGE,
-            Kind::Locked => LOCKED,
-            Kind::Key => KEY,
-            Kind::Backend => BACKEND,
-            _ => FAILED,
-        };
+        return for_kind(s.kind);
     }
     if e.downcast_ref::<PlanError>().is_some() {
         return USAGE;
     }
     FAILED
+}
+
+/// The exit code for a kind of storage/engine failure.
+pub fn for_kind(kind: Kind) -> i32 {
+    match kind {
+        Kind::Input => USAGE,
+        Kind::Locked => LOCKED,
+        Kind::Key => KEY,
+        Kind::Backend => BACKEND,
+        _ => FAILED,
+    }
 }

@@ -4,17 +4,9 @@
 mod common;
 use common::*;
 
-fn setup(command: &str) -> Lab {
-    let lab = Lab::new();
-    lab.plan(&basic_plan(command));
-    make_data(&lab);
-    lab.ok(&["repo", "init"]);
-    lab
-}
-
 #[test]
 fn backup_and_restore_are_byte_identical_with_modes_and_mtimes() {
-    let lab = setup("printf 'kind: List\\\\nitems: []\\\\n'");
+    let lab = ready_lab("printf 'kind: List\\\\nitems: []\\\\n'");
     let r = lab.ok(&["--json", "backup"]);
     let v = r.json();
     let files = v
@@ -66,7 +58,7 @@ fn backup_and_restore_are_byte_identical_with_modes_and_mtimes() {
 
 #[test]
 fn second_backup_deduplicates() {
-    let lab = setup("echo x");
+    let lab = ready_lab("echo x");
     lab.ok(&["backup", "files"]);
     lab.write("data/text/f1.txt", "changed\n");
     let v = lab.ok(&["--json", "backup", "files"]).json();
@@ -76,7 +68,7 @@ fn second_backup_deduplicates() {
 
 #[test]
 fn failing_command_fails_the_backup_and_records_no_snapshot() {
-    let lab = setup("echo partial; echo 'connection refused' >&2; exit 3");
+    let lab = ready_lab("echo partial; echo 'connection refused' >&2; exit 3");
     let r = lab.run(&["backup", "dump"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("failed (exit status: 3)"), "{}", r.stderr);
@@ -111,7 +103,7 @@ fn command_timeout_kills_and_fails() {
 
 #[test]
 fn missing_backup_path_fails_before_writing() {
-    let lab = setup("echo x");
+    let lab = ready_lab("echo x");
     std::fs::remove_dir_all(lab.p("data")).unwrap();
     let r = lab.run(&["backup", "files"]);
     assert_eq!(r.code, 1);
@@ -125,7 +117,7 @@ fn missing_backup_path_fails_before_writing() {
 
 #[test]
 fn wrong_or_missing_key_is_a_clear_error() {
-    let lab = setup("echo x");
+    let lab = ready_lab("echo x");
     lab.write("test.key", "not the key\n");
     let r = lab.run(&["backup", "files"]);
     assert_eq!(r.code, 4, "{}", r.all());
@@ -175,7 +167,7 @@ fn wrong_or_missing_key_is_a_clear_error() {
 
 #[test]
 fn forget_applies_retention_and_prunes() {
-    let lab = setup("echo x");
+    let lab = ready_lab("echo x");
     for i in 0..4 {
         lab.write("data/bin/random.bin", noise(1 << 20, 1000 + 2 * i));
         lab.ok(&["backup", "files"]);
@@ -315,7 +307,7 @@ fn verify_checks_freshness_count_and_data() {
 
 #[test]
 fn snapshots_table_lists_jobs() {
-    let lab = setup("echo x");
+    let lab = ready_lab("echo x");
     lab.ok(&["backup"]);
     let t = lab.ok(&["snapshots"]).stdout;
     let header = t.lines().next().unwrap();
@@ -332,7 +324,7 @@ fn snapshots_table_lists_jobs() {
 
 #[test]
 fn progress_bar_only_on_a_terminal() {
-    let lab = setup("echo x");
+    let lab = ready_lab("echo x");
     // no terminal: no bar
     let r = lab
         .cmd(&["backup", "files"])
@@ -395,7 +387,7 @@ fn excludes_match_names_anywhere_and_anchored_paths_relative_to_the_plan() {
 
 #[test]
 fn restore_one_file_or_directory_of_a_snapshot() {
-    let lab = setup("echo x");
+    let lab = ready_lab("echo x");
     lab.ok(&["backup", "files"]);
     let file = lab.p("data/text/secret.conf");
     let file = file.to_str().unwrap();
@@ -443,7 +435,7 @@ fn restore_one_file_or_directory_of_a_snapshot() {
 #[test]
 fn symlinks_fifos_empty_and_sticky_dirs_round_trip() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let lab = setup("echo x");
+    let lab = ready_lab("echo x");
     std::os::unix::fs::symlink("text/f1.txt", lab.p("data/link")).unwrap();
     std::os::unix::fs::symlink("/no/such/target", lab.p("data/dangling")).unwrap();
     let fifo = std::ffi::CString::new(lab.p("data/pipe").to_str().unwrap()).unwrap();

@@ -6,10 +6,7 @@ use common::*;
 
 #[test]
 fn flipped_byte_is_detected_and_restore_refuses() {
-    let lab = Lab::new();
-    lab.plan(&basic_plan("echo x"));
-    make_data(&lab);
-    lab.ok(&["repo", "init"]);
+    let lab = ready_lab("echo x");
     lab.ok(&["backup", "files"]);
     let good = lab.ok(&["verify", "files", "--read-data"]);
     assert!(

@@ -57,10 +57,7 @@ fn disk_full_during_backup_fails_clearly_and_records_no_snapshot() {
 
 #[test]
 fn audit_verify_detects_edited_and_deleted_events() {
-    let lab = Lab::new();
-    lab.plan(&basic_plan("echo x"));
-    make_data(&lab);
-    lab.ok(&["repo", "init"]);
+    let lab = ready_lab("echo x");
     lab.ok(&["backup"]);
     lab.ok(&["verify"]);
     let ev = lab.events();

@@ -7,9 +7,7 @@ use common::*;
 use std::time::{Duration, Instant};
 
 /// The `dump` command runs until the test creates the file `release` (no timing races).
-fn slow_plan() -> String {
-    basic_plan("while [ ! -e release ]; do sleep 0.05; done; echo done")
-}
+const SLOW_DUMP: &str = "while [ ! -e release ]; do sleep 0.05; done; echo done";
 
 fn wait_for_lock(lab: &Lab) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -28,10 +26,7 @@ fn wait_for_lock(lab: &Lab) {
 
 /// A repository with a `dump` backup running (and holding its lock) for a few seconds.
 fn start_slow_backup() -> (Lab, std::process::Child) {
-    let lab = Lab::new();
-    lab.plan(&slow_plan());
-    make_data(&lab);
-    lab.ok(&["repo", "init"]);
+    let lab = ready_lab(SLOW_DUMP);
     let first = lab.cmd(&["backup", "dump"]).spawn().unwrap();
     wait_for_lock(&lab);
     (lab, first)
@@ -120,10 +115,7 @@ fn stale_lock_from_a_killed_run_is_reported_and_cleared() {
 #[test]
 fn lifeboat_honours_a_lock_held_by_restic() {
     use std::io::Write;
-    let lab = Lab::new();
-    lab.plan(&basic_plan("echo x"));
-    make_data(&lab);
-    lab.ok(&["repo", "init"]);
+    let lab = ready_lab("echo x");
     // `restic backup --stdin` holds its (zstd-compressed, v2) lock while it waits for input
     let mut restic = restic(&lab)
         .args(["backup", "--stdin", "--stdin-filename", "x"])

@@ -6,10 +6,7 @@ use common::*;
 
 #[test]
 fn restic_checks_and_restores_a_lifeboat_repository() {
-    let lab = Lab::new();
-    lab.plan(&basic_plan("printf 'terraform state'"));
-    make_data(&lab);
-    lab.ok(&["repo", "init"]);
+    let lab = ready_lab("printf 'terraform state'");
     lab.ok(&["backup"]);
     lab.write("data/text/f5.txt", "edited\n");
     lab.ok(&["backup", "files"]);

@@ -19,13 +19,10 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     for job in jobs {
         let o = run_job(&ctx, &job);
         if !o.ok {
-            worst = worst.max(match o.error_kind.as_deref() {
-                Some("locked") => crate::exit::LOCKED,
-                Some("key") => crate::exit::KEY,
-                Some("backend") => crate::exit::BACKEND,
-                Some("input") => crate::exit::USAGE,
-                _ => crate::exit::FAILED,
-            });
+            worst = worst.max(
+                o.error_kind
+                    .map_or(crate::exit::FAILED, crate::exit::for_kind),
+            );
         }
         if !cli.json {
             for s in &o.stale_locks {

@@ -198,3 +198,12 @@ pub fn restic(lab: &Lab) -> Command {
         .arg("--no-cache");
     c
 }
+
+/// A lab with `basic_plan(command)`, sample data and an initialised repository.
+pub fn ready_lab(command: &str) -> Lab {
+    let lab = Lab::new();
+    lab.plan(&basic_plan(command));
+    make_data(&lab);
+    lab.ok(&["repo", "init"]);
+    lab
+}

@@ -15,9 +15,6 @@ impl Duration {
     pub fn from_secs(s: u64) -> Self {
         Self(std::time::Duration::from_secs(s))
     }
-    pub fn as_secs_f64(&self) -> f64 {
-        self.0.as_secs_f64()
-    }
     pub fn std(&self) -> std::time::Duration {
         self.0
     }

@@ -22,13 +22,6 @@ impl Declared {
             repositories: names("repositories"),
         }
     }
-    pub fn from_plan(plan: &Plan) -> Self {
-        Self {
-            tiers: plan.tiers.keys().cloned().collect(),
-            services: plan.services.keys().cloned().collect(),
-            repositories: plan.repositories.keys().cloned().collect(),
-        }
-    }
 }
 
 fn list(names: &BTreeSet<String>) -> String {

@@ -21,7 +21,7 @@ pub struct JobOutcome {
     pub ok: bool,
     pub error: Option<String>,
     /// What kind of failure (`locked`, `key`, `backend`, `source`, …), for exit codes.
-    pub error_kind: Option<String>,
+    pub error_kind: Option<Kind>,
     pub summary: Option<BackupSummary>,
     pub copies: Vec<CopyOutcome>,
     pub duration_ms: u64,
@@ -109,7 +109,7 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
     match result {
         Ok(()) => out.ok = out.copies.iter().all(|c| c.ok),
         Err(e) => {
-            out.error_kind = Some(format!("{:?}", e.kind).to_lowercase());
+            out.error_kind = Some(e.kind);
             out.error = Some(e.to_string());
         }
     }

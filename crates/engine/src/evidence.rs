@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
+    // Displayed with their cause inline (not as `source`), so a chain printer shows it once.
     #[error("evidence log {path}: {cause}")]
     Db {
         path: String,
@@ -97,10 +98,7 @@ pub struct ChainReport {
 impl Evidence {
     pub fn open(state_dir: &Path) -> Result<Self, EvidenceError> {
         let path = state_dir.join("evidence.db");
-        let db = |cause| EvidenceError::Db {
-            path: path.display().to_string(),
-            cause,
-        };
+        let db = |cause| db_err(&path, cause);
         std::fs::create_dir_all(state_dir).map_err(|cause| EvidenceError::Head {
             path: state_dir.display().to_string(),
             cause,
@@ -134,20 +132,14 @@ impl Evidence {
     }
 
     fn db(&self, cause: rusqlite::Error) -> EvidenceError {
-        EvidenceError::Db {
-            path: self.path.display().to_string(),
-            cause,
-        }
+        db_err(&self.path, cause)
     }
 
     pub fn append(&mut self, actor: &str, d: &Draft) -> Result<Event, EvidenceError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| EvidenceError::Db {
-                path: self.path.display().to_string(),
-                cause: e,
-            })?;
+            .map_err(|e| db_err(&self.path, e))?;
         let last: Option<(i64, String)> = tx
             .query_row(
                 "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
@@ -190,7 +182,7 @@ impl Evidence {
                 e.hash
             ],
         )
-        .map_err(|err| self_db(&self.path, err))?;
+        .map_err(|err| db_err(&self.path, err))?;
         // The head is written while the write transaction still serialises appenders, so two
         // processes cannot leave it pointing at an older event. Written by rename: never torn.
         let head_err = |cause| EvidenceError::Head {
@@ -200,7 +192,7 @@ impl Evidence {
         let tmp = self.head.with_extension("head.tmp");
         std::fs::write(&tmp, format!("{} {}\n", e.seq, e.hash)).map_err(head_err)?;
         std::fs::rename(&tmp, &self.head).map_err(head_err)?;
-        tx.commit().map_err(|err| self_db(&self.path, err))?;
+        tx.commit().map_err(|err| db_err(&self.path, err))?;
         Ok(e)
     }
 
@@ -299,10 +291,21 @@ impl Evidence {
     }
 }
 
-fn self_db(path: &Path, cause: rusqlite::Error) -> EvidenceError {
+fn db_err(path: &Path, cause: rusqlite::Error) -> EvidenceError {
     EvidenceError::Db {
         path: path.display().to_string(),
         cause,
+    }
+}
+
+/// Commands report evidence failures like storage failures: what failed, and what to check.
+impl From<EvidenceError> for lifeboat_store::StoreError {
+    fn from(e: EvidenceError) -> Self {
+        lifeboat_store::StoreError::new(
+            lifeboat_store::Kind::Io,
+            format!("recording in the evidence log failed: {e}"),
+        )
+        .hint("check the state directory (free space, permissions), or set state_dir / LIFEBOAT_STATE_DIR")
     }
 }
 

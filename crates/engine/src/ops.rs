@@ -86,8 +86,7 @@ pub fn forget(ctx: &Context, repo: &str, dry_run: bool) -> Result<ForgetReport, 
             "removed": report.removed, "kept": snaps.len() - report.removed,
             "removed_ids": to_delete, "packs_removed": packs, "bytes_freed": bytes,
         });
-        ctx.record("forget", repo, "ok", started, figures)
-            .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+        ctx.record("forget", repo, "ok", started, figures)?;
     }
     Ok(report)
 }
@@ -136,9 +135,14 @@ pub fn verify(
                         job: j.clone(),
                         check: "repository",
                         ok: false,
+                        // One line per finding: the hint follows after `;`.
                         message: format!(
-                            "job {j}: repository {repo} cannot be opened: {}",
-                            e.message
+                            "job {j}: repository {repo} cannot be opened: {}{}",
+                            e.message,
+                            e.hint
+                                .as_deref()
+                                .map(|h| format!("; {h}"))
+                                .unwrap_or_default()
                         ),
                     });
                 }
@@ -225,8 +229,7 @@ pub fn verify(
         if ok { "ok" } else { "failed" },
         started,
         serde_json::to_value(&report).unwrap_or_default(),
-    )
-    .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+    )?;
     Ok(report)
 }
 
@@ -268,8 +271,7 @@ pub fn restore(
             serde_json::json!({"error": e.message, "snapshot": snapshot, "target": target.display().to_string()}),
         ),
     };
-    ctx.record("restore", snapshot, outcome, started, figures)
-        .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+    ctx.record("restore", snapshot, outcome, started, figures)?;
     result
 }
 
@@ -314,8 +316,7 @@ pub fn copy(ctx: &Context, from: &str, to: &str) -> Result<CopyReport, StoreErro
         outcome,
         started,
         figures,
-    )
-    .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+    )?;
     result
 }
 
@@ -328,8 +329,7 @@ pub fn init_repo(ctx: &Context, repo: &str) -> Result<String, StoreError> {
         Ok(d) => ("ok", serde_json::json!({"url": d})),
         Err(e) => ("failed", serde_json::json!({"error": e.message})),
     };
-    ctx.record("repo init", repo, outcome, started, figures)
-        .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+    ctx.record("repo init", repo, outcome, started, figures)?;
     r
 }
 
@@ -354,8 +354,7 @@ pub fn check(
         outcome,
         started,
         serde_json::to_value(&report).unwrap_or_default(),
-    )
-    .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+    )?;
     Ok(report)
 }
 
@@ -371,7 +370,6 @@ pub fn unlock(
         "all": all,
         "removed": removed.iter().map(|l| l.describe()).collect::<Vec<_>>(),
     });
-    ctx.record("repo unlock", &store.spec.name, "ok", started, figures)
-        .map_err(|e| StoreError::new(Kind::Io, e.to_string()))?;
+    ctx.record("repo unlock", &store.spec.name, "ok", started, figures)?;
     Ok(removed)
 }

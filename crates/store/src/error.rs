@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// The plan or the command line asked for something impossible.
     Input,
@@ -93,13 +94,32 @@ impl std::error::Error for StoreError {}
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Turn a rustic_core error into ours, classifying it by kind.
+/// What a rustic_core error says, taken apart once for every caller.
+pub(crate) struct Parsed {
+    pub kind: Kind,
+    /// rustic's own sentence, without its decoration.
+    pub guidance: String,
+    /// The innermost cause ("Connection refused", "No space left on device").
+    pub root: Option<String>,
+    /// A hint specific to the cause, when one is known (missing bucket, bad credentials, full
+    /// disk); callers add a generic one only when this is empty.
+    pub hint: Option<String>,
+}
+
+impl Parsed {
+    /// The most specific short text about the cause.
+    pub fn cause(&self) -> String {
+        self.root
+            .as_deref()
+            .map(root_summary)
+            .unwrap_or_else(|| self.guidance.clone())
+    }
+}
+
 #[allow(clippy::boxed_local)] // rustic_core hands its errors out boxed
-pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> StoreError {
+pub(crate) fn parse(e: Box<rustic_core::RusticError>) -> Parsed {
     use rustic_core::ErrorKind as K;
     let log = e.display_log();
-    // The root cause is the most specific thing to tell a person ("Connection refused",
-    // "No space left on device"); rustic's guidance says what it was doing.
     let mut root: Option<String> = None;
     let mut src = std::error::Error::source(&*e);
     while let Some(s) = src {
@@ -108,7 +128,7 @@ pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> StoreErro
     }
     // rustic_core exposes the kind only through its log line: "(kind: related to Backend".
     let kind_of = |k: K| log.contains(&format!("kind: related to {k}"));
-    let kind = if e.is_incorrect_password() || kind_of(K::Credentials) || kind_of(K::Key) {
+    let mut kind = if e.is_incorrect_password() || kind_of(K::Credentials) || kind_of(K::Key) {
         Kind::Key
     } else if kind_of(K::Backend) {
         Kind::Backend
@@ -121,35 +141,49 @@ pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> StoreErro
     } else {
         Kind::Internal
     };
-    let guidance = summary(&log);
-    let mut message = format!("{doing} failed: {guidance}");
-    if let Some(r) = &root {
-        let r = root_summary(r);
-        if !guidance.contains(&r) {
-            message = format!("{message}: {r}");
-        }
-    }
-    let mut err = StoreError::new(kind, message);
-    err.root_cause = root;
-    let all = format!("{log} {}", err.root_cause.clone().unwrap_or_default());
-    if all.contains("NoSuchBucket") {
-        err.kind = Kind::Backend;
-        err.hint = Some(
+    let all = format!("{log} {}", root.clone().unwrap_or_default());
+    let mut hint = None;
+    if all.contains("No space left on device") || all.contains("os error 28") {
+        kind = Kind::Io;
+        hint = Some("the disk is full: free space and run again; no snapshot was recorded".into());
+    } else if all.contains("NoSuchBucket") {
+        kind = Kind::Backend;
+        hint = Some(
             "the S3 bucket does not exist: create it (e.g. `aws s3 mb s3://BUCKET`) and run again"
                 .into(),
         );
-    } else if all.contains("AccessDenied")
-        || all.contains("InvalidAccessKeyId")
-        || all.contains("SignatureDoesNotMatch")
+    } else if [
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    ]
+    .iter()
+    .any(|c| all.contains(c))
     {
-        err.kind = Kind::Backend;
-        err.hint = Some("the S3 server refused the credentials: check access_key_id / secret_access_key (or AWS_* variables)".into());
+        kind = Kind::Backend;
+        hint = Some("the S3 server refused the credentials: check access_key_id / secret_access_key (or AWS_* variables)".into());
     }
-    if all.contains("No space left on device") || all.contains("os error 28") {
-        err.kind = Kind::Io;
-        err.hint =
-            Some("the disk is full: free space and run again; no snapshot was recorded".into());
+    Parsed {
+        kind,
+        guidance: summary(&log),
+        root,
+        hint,
     }
+}
+
+/// Turn a rustic_core error into ours: "{doing} failed: {guidance}: {cause}".
+pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> StoreError {
+    let p = parse(e);
+    let mut message = format!("{doing} failed: {}", p.guidance);
+    if p.root.is_some() {
+        let cause = p.cause();
+        if !p.guidance.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    let mut err = StoreError::new(p.kind, message);
+    err.root_cause = p.root;
+    err.hint = p.hint;
     err
 }
 

@@ -337,11 +337,20 @@ impl Store {
         })
     }
 
+    /// Connect to the backend and learn whether a repository is there.
+    fn connect(spec: &RepoSpec) -> Result<(Repository<()>, Arc<dyn ObjectStore>, bool)> {
+        let (repo, objects) = Self::new_repo(spec)?;
+        let exists = repo
+            .config_id()
+            .map_err(|e| backend_err(spec, e))?
+            .is_some();
+        Ok((repo, objects, exists))
+    }
+
     /// Create a new repository. Refuses to touch an existing one.
     pub fn init(spec: &RepoSpec) -> Result<Store> {
-        let (repo, objects) = Self::new_repo(spec)?;
-        let exists = repo.config_id().map_err(|e| backend_err(spec, e))?;
-        if exists.is_some() {
+        let (repo, objects, exists) = Self::connect(spec)?;
+        if exists {
             return Err(StoreError::new(
                 Kind::Input,
                 format!(
@@ -363,9 +372,8 @@ impl Store {
 
     /// Open an existing repository with its key.
     pub fn open(spec: &RepoSpec) -> Result<Store> {
-        let (repo, objects) = Self::new_repo(spec)?;
-        let exists = repo.config_id().map_err(|e| backend_err(spec, e))?;
-        if exists.is_none() {
+        let (repo, objects, exists) = Self::connect(spec)?;
+        if !exists {
             return Err(StoreError::new(
                 Kind::NotARepository,
                 format!(
@@ -403,10 +411,6 @@ impl Store {
 
     pub fn unlock(&self, all: bool) -> Result<Vec<FoundLock>> {
         lock::unlock(&*self.objects, &self.key, all)
-    }
-
-    pub fn objects(&self) -> Arc<dyn ObjectStore> {
-        self.objects.clone()
     }
 
     fn all_snapshot_files(&self) -> Result<Vec<SnapshotFile>> {
@@ -814,21 +818,27 @@ fn compact(text: &str) -> String {
 }
 
 fn backend_err(spec: &RepoSpec, e: Box<rustic_core::RusticError>) -> StoreError {
-    let err = rustic(e, "x");
-    let cause = err
-        .root_cause
-        .as_deref()
-        .map(crate::error::root_summary)
-        .unwrap_or_else(|| err.message.trim_start_matches("x failed: ").to_string());
-    let mut out = StoreError::new(
-        Kind::Backend,
-        format!(
-            "cannot reach repository {} at {} (gave up after retries): {cause}",
-            spec.name, spec.display
-        ),
-    );
-    out.root_cause = err.root_cause;
-    out.hint("check that the storage is reachable (endpoint, network, credentials) and run again")
+    let p = crate::error::parse(e);
+    let cause = p.cause();
+    // A known cause (missing bucket, refused credentials) is named as such; anything else is
+    // "cannot reach".
+    let mut out = match p.hint {
+        Some(hint) => StoreError::new(
+            Kind::Backend,
+            format!("repository {} at {}: {cause}", spec.name, spec.display),
+        )
+        .hint(hint),
+        None => StoreError::new(
+            Kind::Backend,
+            format!(
+                "cannot reach repository {} at {} (gave up after retries): {cause}",
+                spec.name, spec.display
+            ),
+        )
+        .hint("check that the storage is reachable (endpoint, network, credentials) and run again"),
+    };
+    out.root_cause = p.root;
+    out
 }
 
 pub use crate::restore::RestoreSummary;
@@ -842,9 +852,5 @@ pub struct CopySummary {
 
 /// Used by tests and `repo init`: is there a repository at all?
 pub fn exists(spec: &RepoSpec) -> Result<bool> {
-    let (repo, _) = Store::new_repo(spec)?;
-    Ok(repo
-        .config_id()
-        .map_err(|e| backend_err(spec, e))?
-        .is_some())
+    Store::connect(spec).map(|(_, _, exists)| exists)
 }
