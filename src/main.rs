@@ -51,6 +51,9 @@ pub enum Command {
     Forget(commands::forget::Args),
     /// Check that backups exist, are fresh, are retained, and (with --read-data) are intact.
     Verify(commands::verify::Args),
+    /// PostgreSQL WAL archive: archive_command, restore_command, and the recoverable window.
+    #[command(subcommand)]
+    Wal(commands::wal::Cmd),
     /// The evidence log.
     #[command(subcommand)]
     Audit(commands::audit::Cmd),
@@ -71,6 +74,7 @@ fn main() {
         Command::Forget(a) => commands::forget::run(&cli, a),
         Command::Verify(a) => commands::verify::run(&cli, a),
         Command::Audit(c) => commands::audit::run(&cli, c),
+        Command::Wal(c) => commands::wal::run(&cli, c),
         Command::Demo(a) => commands::demo::run(&cli, a),
     };
     match result {

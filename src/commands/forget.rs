@@ -38,6 +38,15 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                     );
                 }
             }
+            for (svc, names) in &r.wal_removed {
+                println!(
+                    "{} {} WAL file(s) of {svc} no retained base backup needs ({} .. {})",
+                    if r.dry_run { "would remove" } else { "removed" },
+                    names.len(),
+                    names.first().map(String::as_str).unwrap_or(""),
+                    names.last().map(String::as_str).unwrap_or("")
+                );
+            }
             if r.dry_run {
                 let n: usize = r.jobs.values().flatten().filter(|v| !v.keep).count();
                 println!("repository {repo}: dry run — {n} snapshot(s) would be removed, {} without a policy kept", r.untouched);

@@ -10,6 +10,7 @@ pub mod repo;
 pub mod restore;
 pub mod snapshots;
 pub mod verify;
+pub mod wal;
 
 use lifeboat_engine::Context;
 

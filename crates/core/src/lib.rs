@@ -10,6 +10,7 @@ pub mod secret;
 pub mod units;
 pub mod validate;
 pub mod verdict;
+pub mod wal;
 
 pub use load::{parse_plan, Diagnostic};
 pub use plan::Plan;

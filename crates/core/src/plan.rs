@@ -109,9 +109,14 @@ pub enum Service {
         databases: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replication: Option<Replication>,
-        /// SQL checks run after a test restore, each must return true.
+        /// SQL checks run after a test restore (`lifeboat verify --restore`), each must return
+        /// true, e.g. `SELECT count(*) > 0 FROM users`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         checks: Vec<String>,
+        /// Repository whose WAL archive holds this cluster's WAL (`lifeboat wal push`).
+        /// Default: the repository of the service's base-backup job, or the only repository.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wal_repository: Option<String>,
     },
     /// An HTTP service with a health URL per site (health checks arrive in a later release).
     Http {
@@ -154,7 +159,7 @@ impl Service {
         match self {
             Service::Paths { .. } => "files",
             Service::Command { .. } => "command",
-            Service::Postgres { .. } => "base",
+            Service::Postgres { .. } => "base", // or "dump": see BackupJob::snapshot_kind
             Service::Http { .. } => "none",
         }
     }
@@ -164,14 +169,21 @@ impl Service {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PgMember {
+    /// Host name, IP address, or a Unix-socket directory (`/var/run/postgresql`).
     pub host: String,
     pub port: u16,
+    /// Role to connect as (needs the REPLICATION attribute for base backups). Default: `postgres`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Password (`${PGPASSWORD}`, `file:/path`); none for trust/peer authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// Data directory on this host (for restores and rejoin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
+    /// Database to connect to for checks. Default: `postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dbname: Option<String>,
 }
 
 /// Replication settings of a PostgreSQL service.
@@ -240,6 +252,22 @@ pub struct BackupJob {
     /// What `lifeboat verify` checks for this job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyPolicy>,
+    /// For postgres services: `base` (physical base backup, the default) or `dump`
+    /// (`pg_dump -Fc` of each of the service's `databases`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<BackupMethod>,
+    /// For postgres services: the site of the member to back up (a standby spares the
+    /// primary). Default: the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMethod {
+    #[default]
+    Base,
+    Dump,
 }
 
 /// Retention policy. Each rule keeps the newest snapshot of that many periods; a snapshot kept
@@ -327,7 +355,38 @@ pub enum Severity {
     P4,
 }
 
+impl BackupJob {
+    /// The snapshot kind this job produces from `svc`.
+    pub fn snapshot_kind(&self, svc: &Service) -> &'static str {
+        match (svc, self.method) {
+            (Service::Postgres { .. }, Some(BackupMethod::Dump)) => "dump",
+            _ => svc.snapshot_kind(),
+        }
+    }
+}
+
 impl Plan {
+    /// The repository holding a postgres service's WAL archive.
+    pub fn wal_repository(&self, service: &str) -> Option<&str> {
+        if let Some(Service::Postgres {
+            wal_repository: Some(r),
+            ..
+        }) = self.services.get(service)
+        {
+            return Some(r);
+        }
+        let from_job = self
+            .backups
+            .values()
+            .filter(|j| j.service == service && j.method.unwrap_or_default() == BackupMethod::Base)
+            .find_map(|j| self.job_repository(j));
+        from_job.or_else(|| {
+            (self.repositories.len() == 1)
+                .then(|| self.repositories.keys().next().map(String::as_str))
+                .flatten()
+        })
+    }
+
     /// The repository a job writes to: its own, or the plan's only repository.
     pub fn job_repository<'a>(&'a self, job: &'a BackupJob) -> Option<&'a str> {
         match &job.repository {

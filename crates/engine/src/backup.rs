@@ -83,7 +83,7 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
                 format!("job {name}: no service `{}`", job.service),
             )
         })?;
-        out.kind = svc.snapshot_kind().into();
+        out.kind = job.snapshot_kind(svc).into();
         let store = ctx.open_repo(&repo_name)?;
         let lock = store.lock(false, "backup", Some(name))?;
         out.stale_locks = lock
@@ -95,9 +95,10 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
             plan: ctx.plan.name.clone(),
             job: name.into(),
             service: job.service.clone(),
-            kind: svc.snapshot_kind().into(),
+            kind: job.snapshot_kind(svc).into(),
+            extra: Vec::new(),
         };
-        let summary = backup_service(ctx, &store, name, &job.service, svc, &tags)?;
+        let summary = backup_service(ctx, &store, name, &job, svc, tags)?;
         drop(lock);
         let snapshot_id = summary.snapshot.clone();
         out.summary = Some(summary);
@@ -151,11 +152,13 @@ fn copy_one(store: &Store, ctx: &Context, target: &str, snapshot: &str) -> CopyO
 fn backup_service(
     ctx: &Context,
     store: &Store,
-    job: &str,
-    service: &str,
+    job_name: &str,
+    job: &BackupJob,
     svc: &Service,
-    tags: &SnapshotTags,
+    tags: SnapshotTags,
 ) -> Result<BackupSummary, StoreError> {
+    let job_def = job;
+    let (job, service, tags) = (job_name, job.service.as_str(), &tags);
     match svc {
         Service::Paths { paths, exclude, .. } => {
             let abs: Vec<PathBuf> = paths.iter().map(|p| ctx.base.join(p)).collect();
@@ -168,16 +171,17 @@ fn backup_service(
             ..
         } => {
             let name = filename.clone().unwrap_or_else(|| format!("{service}.out"));
-            let limit = timeout.map(|t| t.std()).unwrap_or(Duration::from_secs(3600));
+            let limit = timeout
+                .map(|t| t.std())
+                .unwrap_or(Duration::from_secs(3600));
             let spool = run_to_spool(ctx, job, command, limit)?;
             let r = store.backup_file_as(&spool, &name, tags);
             let _ = std::fs::remove_file(&spool);
             r
         }
-        Service::Postgres { .. } => Err(StoreError::new(
-            Kind::Input,
-            format!("service {service} is a postgres service: base backups and WAL archiving are not implemented yet"),
-        )),
+        Service::Postgres { .. } => {
+            crate::pgbackup::run(ctx, store, job_name, job_def, svc, tags.clone())
+        }
         Service::Http { .. } => Err(StoreError::new(
             Kind::Input,
             format!("service {service} is an http service: there is nothing to back up"),
@@ -207,7 +211,7 @@ fn anchor_excludes(patterns: &[String], base: &std::path::Path) -> Vec<String> {
 }
 
 /// Run `sh -c command` with stdout to a private spool file; fail on non-zero exit or timeout.
-fn run_to_spool(
+pub(crate) fn run_to_spool(
     ctx: &Context,
     job: &str,
     command: &str,
@@ -297,7 +301,7 @@ fn run_to_spool(
 }
 
 /// Remove spool files left by runs that were killed (their process is gone).
-fn clean_spool(dir: &std::path::Path) {
+pub(crate) fn clean_spool(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

@@ -5,5 +5,9 @@ pub mod backup;
 pub mod context;
 pub mod evidence;
 pub mod ops;
+pub mod pg;
+pub mod pgbackup;
+pub mod pitr;
+pub mod wal;
 
 pub use context::{Context, PlanError};

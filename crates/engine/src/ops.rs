@@ -13,6 +13,8 @@ use crate::context::Context;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ForgetReport {
+    /// WAL files removed (or to remove) per service: no retained base backup needs them.
+    pub wal_removed: BTreeMap<String, Vec<String>>,
     pub repository: String,
     pub dry_run: bool,
     /// Per job: each snapshot's verdict with its reasons.
@@ -65,6 +67,24 @@ pub fn forget(ctx: &Context, repo: &str, dry_run: bool) -> Result<ForgetReport, 
         to_delete.extend(verdicts.iter().filter(|v| !v.keep).map(|v| v.id.clone()));
         jobs.insert(job, verdicts);
     }
+    // WAL no retained base backup needs, per postgres service archiving into this repository.
+    let mut wal = BTreeMap::new();
+    for (name, svc) in &ctx.plan.services {
+        if !matches!(svc, lifeboat_core::plan::Service::Postgres { .. })
+            || ctx.plan.wal_repository(name) != Some(repo)
+        {
+            continue;
+        }
+        let retained: Vec<crate::pgbackup::BaseBackup> = snaps
+            .iter()
+            .filter(|s| s.service.as_deref() == Some(name.as_str()) && !to_delete.contains(&s.id))
+            .filter_map(crate::pgbackup::BaseBackup::from_snapshot)
+            .collect();
+        let gone = crate::wal::retain(ctx, name, &retained, true)?;
+        if !gone.is_empty() {
+            wal.insert(name.clone(), gone);
+        }
+    }
     let mut report = ForgetReport {
         repository: repo.into(),
         dry_run,
@@ -73,11 +93,22 @@ pub fn forget(ctx: &Context, repo: &str, dry_run: bool) -> Result<ForgetReport, 
         removed: 0,
         packs_removed: 0,
         bytes_freed: 0,
+        wal_removed: wal.clone(),
     };
     if !dry_run {
         if !to_delete.is_empty() {
             store.delete_snapshots(&to_delete)?;
             report.removed = to_delete.len();
+        }
+        for svc in wal.keys() {
+            let retained: Vec<crate::pgbackup::BaseBackup> = snaps
+                .iter()
+                .filter(|s| {
+                    s.service.as_deref() == Some(svc.as_str()) && !to_delete.contains(&s.id)
+                })
+                .filter_map(crate::pgbackup::BaseBackup::from_snapshot)
+                .collect();
+            crate::wal::retain(ctx, svc, &retained, false)?;
         }
         let (packs, bytes) = store.prune()?;
         report.packs_removed = packs;
@@ -85,6 +116,7 @@ pub fn forget(ctx: &Context, repo: &str, dry_run: bool) -> Result<ForgetReport, 
         let figures = serde_json::json!({
             "removed": report.removed, "kept": snaps.len() - report.removed,
             "removed_ids": to_delete, "packs_removed": packs, "bytes_freed": bytes,
+            "wal_removed": report.wal_removed.iter().map(|(k, v)| (k.clone(), v.len())).collect::<BTreeMap<_, _>>(),
         });
         ctx.record("forget", repo, "ok", started, figures)?;
     }

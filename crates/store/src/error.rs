@@ -23,6 +23,8 @@ pub enum Kind {
     Integrity,
     /// A source (path, command) could not be read.
     Source,
+    /// Different content already stored under the same name (a WAL segment archived twice).
+    Conflict,
     /// Local disk I/O (full disk, permissions).
     Io,
     Internal,

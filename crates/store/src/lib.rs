@@ -9,6 +9,8 @@ pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod spool;
+pub mod walarchive;
 
 pub use error::{Kind, StoreError};
+pub use lock::RepoKey;
 pub use repo::{BackupSummary, CheckReport, RepoSpec, SnapshotInfo, SnapshotTags, Store};

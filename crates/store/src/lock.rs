@@ -48,9 +48,9 @@ pub struct LifeboatLock {
 
 /// The 64-byte restic master key (AES-256 key, then Poly1305 k and r).
 #[derive(Clone)]
-pub struct LockKey([u8; 64]);
+pub struct RepoKey([u8; 64]);
 
-impl LockKey {
+impl RepoKey {
     pub fn from_master(key: &rustic_core::repofile::MasterKey) -> Result<Self> {
         let mut k = [0u8; 64];
         if key.encrypt.len() != 32 || key.mac.k.len() != 16 || key.mac.r.len() != 16 {
@@ -86,6 +86,35 @@ impl LockKey {
             return None;
         }
         self.cipher().decrypt(data[..16].into(), &data[16..]).ok()
+    }
+
+    /// HMAC-SHA256 of `data` under this key.
+    pub fn mac(&self, label: &str, data: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("any key length");
+        m.update(label.as_bytes());
+        m.update(&[0]);
+        m.update(data);
+        m.finalize().into_bytes().into()
+    }
+
+    /// A key for another purpose, derived from this one (HMAC-SHA256 with a label): the WAL
+    /// archive's key is the repository's key material under another name, never a second
+    /// secret to keep.
+    pub fn derive(&self, label: &str) -> RepoKey {
+        let mut k = [0u8; 64];
+        k[..32].copy_from_slice(&self.mac(label, b"encryption"));
+        k[32..].copy_from_slice(&self.mac(label, b"authentication"));
+        RepoKey(k)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<RepoKey> {
+        let v = hex::decode(s.trim()).ok()?;
+        Some(RepoKey(v.try_into().ok()?))
     }
 }
 
@@ -154,7 +183,7 @@ fn staleness(info: &LockInfo, now: jiff::Timestamp) -> Option<String> {
 }
 
 /// Read and judge every lock in the repository.
-pub fn list_locks(objects: &dyn ObjectStore, key: &LockKey) -> Result<Vec<FoundLock>> {
+pub fn list_locks(objects: &dyn ObjectStore, key: &RepoKey) -> Result<Vec<FoundLock>> {
     let now = jiff::Timestamp::now();
     let mut out = Vec::new();
     for id in objects.list("locks")? {
@@ -186,7 +215,7 @@ pub struct LockGuard {
     pub stale_seen: Vec<FoundLock>,
 }
 
-fn write_lock(objects: &dyn ObjectStore, key: &LockKey, info: &LockInfo) -> Result<String> {
+fn write_lock(objects: &dyn ObjectStore, key: &RepoKey, info: &LockInfo) -> Result<String> {
     let plain = serde_json::to_vec(info).expect("lock serializes");
     let data = key.encrypt(&plain);
     let id = hex::encode(sha2::Sha256::digest(&data));
@@ -198,7 +227,7 @@ fn write_lock(objects: &dyn ObjectStore, key: &LockKey, info: &LockInfo) -> Resu
 /// lock of the same job.
 pub fn acquire(
     objects: Arc<dyn ObjectStore>,
-    key: &LockKey,
+    key: &RepoKey,
     exclusive: bool,
     command: &str,
     job: Option<&str>,
@@ -298,7 +327,7 @@ impl Drop for LockGuard {
 }
 
 /// Remove stale locks (or all locks with `all`). Returns what was removed.
-pub fn unlock(objects: &dyn ObjectStore, key: &LockKey, all: bool) -> Result<Vec<FoundLock>> {
+pub fn unlock(objects: &dyn ObjectStore, key: &RepoKey, all: bool) -> Result<Vec<FoundLock>> {
     let mut removed = Vec::new();
     for l in list_locks(objects, key)? {
         if all || l.stale.is_some() {
@@ -314,8 +343,8 @@ mod tests {
     use super::*;
     use crate::objects::LocalObjects;
 
-    fn key() -> LockKey {
-        LockKey([7u8; 64])
+    fn key() -> RepoKey {
+        RepoKey([7u8; 64])
     }
 
     #[test]

@@ -13,6 +13,13 @@ use crate::error::{Kind, Result, StoreError};
 pub trait ObjectStore: Send + Sync {
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// At most the first `n` bytes of an object.
+    fn get_head(&self, key: &str, n: usize) -> Result<Option<Vec<u8>>> {
+        Ok(self.get(key)?.map(|mut b| {
+            b.truncate(n);
+            b
+        }))
+    }
     /// Keys directly below `prefix` (a "directory" such as `locks`), without the prefix.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     fn delete(&self, key: &str) -> Result<()>;
@@ -45,13 +52,40 @@ impl ObjectStore for LocalObjects {
             std::fs::create_dir_all(dir)
                 .map_err(|e| io(e, &format!("creating {}", dir.display())))?;
         }
-        // Write to a temporary name and rename, so a reader never sees half an object.
-        let tmp = path.with_extension("tmp-lifeboat");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io(e, &format!("writing {key}")))?;
-        f.write_all(data)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io(e, &format!("writing {key}")))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io(e, &format!("writing {key}")))
+        // Write to a temporary name, fsync, rename, fsync the directory: a reader never sees
+        // half an object, and once put returns the object survives a crash.
+        let tmp = PathBuf::from(format!(
+            "{}.{}.tmp-lifeboat",
+            path.display(),
+            std::process::id()
+        ));
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e, &format!("writing {key}"))
+        })
+    }
+    fn get_head(&self, key: &str, n: usize) -> Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let f = match std::fs::File::open(self.root.join(key)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e, &format!("reading {key}"))),
+        };
+        let mut buf = Vec::with_capacity(n.min(1 << 20));
+        f.take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| io(e, &format!("reading {key}")))?;
+        Ok(Some(buf))
     }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match std::fs::read(self.root.join(key)) {
@@ -71,7 +105,7 @@ impl ObjectStore for LocalObjects {
         for entry in rd {
             let entry = entry.map_err(|e| io(e, &format!("listing {prefix}")))?;
             if let Some(name) = entry.file_name().to_str() {
-                if !name.ends_with(".tmp-lifeboat") {
+                if !name.ends_with(".tmp-lifeboat") && entry.path().is_file() {
                     out.push(name.to_string());
                 }
             }
@@ -132,6 +166,19 @@ impl ObjectStore for S3Objects {
         match self.op.read(key) {
             Ok(b) => Ok(Some(b.to_vec())),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(s3err(e, &format!("reading {key}"))),
+        }
+    }
+    fn get_head(&self, key: &str, n: usize) -> Result<Option<Vec<u8>>> {
+        let opts = opendal::options::ReadOptions {
+            range: (0..n as u64).into(),
+            ..Default::default()
+        };
+        match self.op.read_options(key, opts) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            // Asking past the end of a short object.
+            Err(e) if e.kind() == opendal::ErrorKind::RangeNotSatisfied => self.get(key),
             Err(e) => Err(s3err(e, &format!("reading {key}"))),
         }
     }

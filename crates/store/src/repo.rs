@@ -16,7 +16,7 @@ use rustic_core::{
 use serde::Serialize;
 
 use crate::error::{rustic, Kind, Result, StoreError};
-use crate::lock::{self, FoundLock, LockGuard, LockKey};
+use crate::lock::{self, FoundLock, LockGuard, RepoKey};
 use crate::objects::{LocalObjects, ObjectStore, S3Objects};
 use crate::progress::Bars;
 
@@ -63,6 +63,14 @@ impl RepoSpec {
     /// Resolve a plan repository: make local paths absolute (relative to the plan's directory)
     /// and read the password from its file, variable or command.
     pub fn from_plan(name: &str, repo: &plan::Repository, base: &Path) -> Result<Self> {
+        let mut spec = Self::locate(name, repo, base)?;
+        spec.password = Self::resolve_password(name, repo, base)?;
+        Ok(spec)
+    }
+
+    /// Where a repository is and how to reach its storage, without its key: enough to read
+    /// and write raw objects ([`RepoSpec::objects`]), not to open it.
+    pub fn locate(name: &str, repo: &plan::Repository, base: &Path) -> Result<Self> {
         let url = RepoUrl::parse(&repo.url).map_err(|e| StoreError::new(Kind::Input, e))?;
         let (url, display) = match url {
             RepoUrl::Local(p) => {
@@ -72,6 +80,35 @@ impl RepoSpec {
             }
             other => (other, repo.url.split('?').next().unwrap_or("").to_string()),
         };
+        let resolve =
+            |s: &Option<lifeboat_core::secret::Secret>, env: &str| -> Result<Option<String>> {
+                match s {
+                    Some(s) => s
+                        .resolve()
+                        .map(Some)
+                        .map_err(|e| StoreError::new(Kind::Key, format!("repository {name}: {e}"))),
+                    None => Ok(std::env::var(env).ok()),
+                }
+            };
+        let s3_keys = match (
+            resolve(&repo.access_key_id, "AWS_ACCESS_KEY_ID")?,
+            resolve(&repo.secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
+        ) {
+            (Some(a), Some(s)) => Some((a, s)),
+            _ => None,
+        };
+        Ok(Self {
+            name: name.to_string(),
+            url,
+            display,
+            password: String::new(),
+            compression: repo.compression,
+            s3_keys,
+            cache_dir: None,
+        })
+    }
+
+    fn resolve_password(name: &str, repo: &plan::Repository, base: &Path) -> Result<String> {
         let password = if let Some(f) = &repo.key_file {
             let path = base.join(f);
             std::fs::read_to_string(&path)
@@ -105,31 +142,18 @@ impl RepoSpec {
                 format!("the key of repository {name} is empty"),
             ));
         }
-        let resolve =
-            |s: &Option<lifeboat_core::secret::Secret>, env: &str| -> Result<Option<String>> {
-                match s {
-                    Some(s) => s
-                        .resolve()
-                        .map(Some)
-                        .map_err(|e| StoreError::new(Kind::Key, format!("repository {name}: {e}"))),
-                    None => Ok(std::env::var(env).ok()),
-                }
-            };
-        let s3_keys = match (
-            resolve(&repo.access_key_id, "AWS_ACCESS_KEY_ID")?,
-            resolve(&repo.secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
-        ) {
-            (Some(a), Some(s)) => Some((a, s)),
-            _ => None,
-        };
-        Ok(Self {
-            name: name.to_string(),
-            url,
-            display,
-            password,
-            compression: repo.compression,
-            s3_keys,
-            cache_dir: None,
+        Ok(password)
+    }
+
+    /// Raw object access to the repository's storage (no key needed).
+    pub fn objects(&self) -> Result<Arc<dyn ObjectStore>> {
+        Ok(match &self.url {
+            RepoUrl::Local(p) => Arc::new(LocalObjects::new(p)),
+            RepoUrl::S3 { .. } => {
+                let mut o = self.s3_options().expect("s3");
+                o.insert("retry".into(), "4".into());
+                Arc::new(S3Objects::new(&o)?)
+            }
         })
     }
 
@@ -155,21 +179,15 @@ impl RepoSpec {
     }
 
     fn backends(&self) -> Result<(rustic_core::RepositoryBackends, Arc<dyn ObjectStore>)> {
-        let (opts, objects): (BackendOptions, Arc<dyn ObjectStore>) = match &self.url {
-            RepoUrl::Local(p) => (
-                BackendOptions::default().repository(format!("local:{p}")),
-                Arc::new(LocalObjects::new(p)),
-            ),
+        let objects = self.objects()?;
+        let opts = match &self.url {
+            RepoUrl::Local(p) => BackendOptions::default().repository(format!("local:{p}")),
             RepoUrl::S3 { .. } => {
                 let mut o = self.s3_options().expect("s3");
                 o.insert("retry".into(), "4".into());
-                let objects = Arc::new(S3Objects::new(&o)?);
-                (
-                    BackendOptions::default()
-                        .repository("opendal:s3")
-                        .options(o),
-                    objects,
-                )
+                BackendOptions::default()
+                    .repository("opendal:s3")
+                    .options(o)
             }
         };
         let b = opts
@@ -189,7 +207,7 @@ pub struct Store {
     /// rustic_core's index states consume the handle; it is put back after each use.
     repo: Mutex<Option<Repository<OpenStatus>>>,
     objects: Arc<dyn ObjectStore>,
-    key: LockKey,
+    key: RepoKey,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -270,14 +288,19 @@ pub struct SnapshotTags {
     pub job: String,
     pub service: String,
     pub kind: String,
+    /// More `key=value` tags (a base backup's LSNs and timeline). Values hold no commas.
+    pub extra: Vec<(String, String)>,
 }
 
 impl SnapshotTags {
     fn to_options(&self) -> Result<SnapshotOptions> {
-        let tags = format!(
+        let mut tags = format!(
             "plan={},job={},service={},kind={}",
             self.plan, self.job, self.service, self.kind
         );
+        for (k, v) in &self.extra {
+            tags.push_str(&format!(",{k}={}", v.replace(',', ";")));
+        }
         SnapshotOptions::default()
             .label(self.job.clone())
             .add_tags(&tags)
@@ -328,7 +351,7 @@ impl Store {
         repo: Repository<OpenStatus>,
         objects: Arc<dyn ObjectStore>,
     ) -> Result<Store> {
-        let key = LockKey::from_master(&repo.key())?;
+        let key = RepoKey::from_master(&repo.key())?;
         Ok(Store {
             spec: spec.clone(),
             repo: Mutex::new(Some(repo)),
@@ -405,6 +428,20 @@ impl Store {
             .map_err(|e| e.context(format!("repository {}", self.spec.name)))
     }
 
+    /// The repository's master key (for deriving keys of Lifeboat's own objects).
+    pub fn key(&self) -> &RepoKey {
+        &self.key
+    }
+
+    /// The WAL archive of a service, beside this repository's data.
+    pub fn wal_archive(&self, service: &str) -> crate::walarchive::WalArchive {
+        crate::walarchive::WalArchive::new(
+            self.objects.clone(),
+            service,
+            crate::walarchive::wal_key(&self.key),
+        )
+    }
+
     pub fn locks(&self) -> Result<Vec<FoundLock>> {
         lock::list_locks(&*self.objects, &self.key)
     }
@@ -460,6 +497,31 @@ impl Store {
             ex.globs = excludes.iter().map(|g| format!("!{g}")).collect();
             opts = opts.excludes(ex);
         }
+        let snap = tags
+            .to_options()?
+            .to_snapshot()
+            .map_err(|e| rustic(e, "creating snapshot"))?;
+        let snap = self.with_ids(|repo| {
+            repo.backup(&opts, &source, snap)
+                .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
+        })?;
+        Ok(summary(&snap))
+    }
+
+    /// Back up a directory's contents as the snapshot path `as_path` (a staged base backup as
+    /// `/pgdata`). Every file is read (no parent shortcut): staged files are new every time, and
+    /// deduplication still stores only changed chunks.
+    pub fn backup_dir_as(
+        &self,
+        dir: &Path,
+        as_path: &str,
+        tags: &SnapshotTags,
+    ) -> Result<BackupSummary> {
+        let source = PathList::from_iter([dir.to_path_buf()])
+            .sanitize()
+            .map_err(|e| StoreError::new(Kind::Input, format!("bad backup path: {e}")))?;
+        let mut opts = BackupOptions::default().as_path(PathBuf::from(as_path));
+        opts.parent_opts = opts.parent_opts.force(true);
         let snap = tags
             .to_options()?
             .to_snapshot()

@@ -1,0 +1,210 @@
+//! PostgreSQL backups: physical base backups (`pg_basebackup`, streamed, with a fast
+//! checkpoint) and logical dumps (`pg_dump -Fc`), each written as one tagged snapshot.
+//!
+//! A base backup is staged in the state directory and then archived as `/pgdata`; it carries
+//! its own WAL (`-X stream`), so it restores even without the WAL archive, and its tags record
+//! where it starts and ends (`pg.start_lsn`, `pg.stop_lsn`, `pg.timeline`, `pg.stop_time`,
+//! `pg.system_id`) so recovery can pick the right one for a target.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use lifeboat_core::plan::{BackupJob, BackupMethod, Service};
+use lifeboat_store::{BackupSummary, Kind, SnapshotTags, Store, StoreError};
+
+use crate::context::Context;
+use crate::pg::{manifest_end_lsn, parse_backup_label, PgService};
+
+/// Removes a staging directory however the backup ends.
+pub(crate) struct Staging(pub PathBuf);
+
+impl Staging {
+    pub fn new(ctx: &Context, name: &str) -> Result<Self, StoreError> {
+        let dir = ctx
+            .state_dir
+            .join("spool")
+            .join(format!("{name}-{}", std::process::id()));
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::new(Kind::Io, format!("cannot create {}: {e}", dir.display()))
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run a PostgreSQL program; its stderr (last lines) goes into the error.
+pub(crate) fn run_tool(mut cmd: Command, what: &str) -> Result<(), StoreError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        StoreError::new(
+            Kind::Source,
+            format!("cannot run {}: {e}", cmd.get_program().to_string_lossy()),
+        )
+        .hint("set bin_dir of the service in the plan to the directory holding the PostgreSQL programs")
+    })?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| StoreError::new(Kind::Source, format!("{what}: {e}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    let tail: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = tail[tail.len().saturating_sub(4)..].join(" | ");
+    let hint = if tail.contains("password authentication failed") || tail.contains("no password") {
+        "check the member's user and password in the plan"
+    } else if tail.contains("replication connection") || tail.contains("pg_hba.conf") {
+        "the role needs the REPLICATION attribute and a `replication` line in pg_hba.conf"
+    } else {
+        "no snapshot was recorded; fix the cause and run the backup again"
+    };
+    Err(StoreError::new(Kind::Source, format!("{what} failed ({status}): {tail}")).hint(hint))
+}
+
+pub fn run(
+    ctx: &Context,
+    store: &Store,
+    job_name: &str,
+    job: &BackupJob,
+    svc: &Service,
+    mut tags: SnapshotTags,
+) -> Result<BackupSummary, StoreError> {
+    let pg = PgService::from_plan(&job.service, svc, &ctx.base)?;
+    let (member, info) = pg.pick(job.from.as_deref())?;
+    tags.extra.push(("pg.member".into(), member.site.clone()));
+    tags.extra
+        .push(("pg.system_id".into(), info.system_id.clone()));
+    tags.extra
+        .push(("pg.version".into(), info.version_num.to_string()));
+    let staging = Staging::new(ctx, job_name)?;
+    match job.method.unwrap_or_default() {
+        BackupMethod::Base => {
+            let data = staging.0.join("pgdata");
+            let mut cmd = Command::new(pg.tool("pg_basebackup"));
+            member.libpq_env(&mut cmd);
+            cmd.arg("-D")
+                .arg(&data)
+                .args([
+                    "-F",
+                    "p",
+                    "-X",
+                    "stream",
+                    "--checkpoint=fast",
+                    "--no-password",
+                ])
+                .args(["--manifest-checksums=NONE", "-l"])
+                .arg(format!("lifeboat {job_name}"));
+            run_tool(cmd, &format!("pg_basebackup of {}", member.describe()))?;
+            let stop_time = jiff::Timestamp::now();
+            let label = std::fs::read_to_string(data.join("backup_label")).unwrap_or_default();
+            let (start, tli) = parse_backup_label(&label).ok_or_else(|| {
+                StoreError::new(Kind::Source, "pg_basebackup wrote no readable backup_label")
+            })?;
+            let manifest =
+                std::fs::read_to_string(data.join("backup_manifest")).unwrap_or_default();
+            let stop = manifest_end_lsn(&manifest).ok_or_else(|| {
+                StoreError::new(
+                    Kind::Source,
+                    "pg_basebackup wrote no backup_manifest with WAL ranges",
+                )
+            })?;
+            tags.extra.extend([
+                ("pg.start_lsn".into(), start.to_string()),
+                ("pg.stop_lsn".into(), stop.to_string()),
+                ("pg.timeline".into(), tli.to_string()),
+                (
+                    "pg.stop_time".into(),
+                    stop_time.as_microsecond().to_string(),
+                ),
+            ]);
+            // Never archive a lock file or a stale pid as part of the backup.
+            let _ = std::fs::remove_file(data.join("postmaster.pid"));
+            store.backup_dir_as(&data, "/pgdata", &tags)
+        }
+        BackupMethod::Dump => {
+            if pg.databases.is_empty() {
+                return Err(StoreError::new(
+                    Kind::Input,
+                    format!(
+                        "job {job_name} dumps service {} but the service lists no `databases`",
+                        job.service
+                    ),
+                ));
+            }
+            for db in pg.databases {
+                let mut cmd = Command::new(pg.tool("pg_dump"));
+                member.libpq_env(&mut cmd);
+                cmd.env("PGDATABASE", db)
+                    .args(["-F", "c", "--no-password", "-f"])
+                    .arg(staging.0.join(format!("{db}.dump")));
+                run_tool(
+                    cmd,
+                    &format!("pg_dump of database {db} on {}", member.describe()),
+                )?;
+            }
+            store.backup_dir_as(&staging.0, "/dumps", &tags)
+        }
+    }
+}
+
+/// The base backup's recorded facts, from a snapshot's tags.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BaseBackup {
+    pub snapshot: String,
+    pub job: Option<String>,
+    pub start_lsn: lifeboat_core::wal::Lsn,
+    pub stop_lsn: lifeboat_core::wal::Lsn,
+    pub timeline: u32,
+    /// Unix microseconds: the backup is consistent for any target after this.
+    pub stop_time: i64,
+    pub system_id: String,
+}
+
+impl BaseBackup {
+    pub fn from_snapshot(s: &lifeboat_store::SnapshotInfo) -> Option<Self> {
+        if s.kind.as_deref() != Some("base") {
+            return None;
+        }
+        let tag = |k: &str| {
+            let p = format!("{k}=");
+            s.tags
+                .iter()
+                .find_map(|t| t.strip_prefix(&p).map(str::to_string))
+        };
+        Some(Self {
+            snapshot: s.id.clone(),
+            job: s.job.clone(),
+            start_lsn: tag("pg.start_lsn")?.parse().ok()?,
+            stop_lsn: tag("pg.stop_lsn")?.parse().ok()?,
+            timeline: tag("pg.timeline")?.parse().ok()?,
+            stop_time: tag("pg.stop_time")?.parse().ok()?,
+            system_id: tag("pg.system_id").unwrap_or_default(),
+        })
+    }
+}
+
+/// Base backups of a service in a repository, oldest first.
+pub fn base_backups(store: &Store, service: &str) -> Result<Vec<BaseBackup>, StoreError> {
+    Ok(store
+        .snapshots()?
+        .iter()
+        .filter(|s| s.service.as_deref() == Some(service))
+        .filter_map(BaseBackup::from_snapshot)
+        .collect())
+}

@@ -1,0 +1,303 @@
+//! The WAL archive: PostgreSQL's archived WAL files beside the restic data of a repository,
+//! under `lifeboat/wal/<service>/`, on the same backend (local directory or S3).
+//!
+//! Each object is compressed (zstd) and encrypted with restic's scheme (AES-256-CTR +
+//! Poly1305-AES) under a key derived from the repository's master key. Layout:
+//!
+//! ```text
+//! "LBWAL\x01\0\0" | u32 LE meta length | encrypted meta (JSON) | encrypted zstd(WAL bytes)
+//! ```
+//!
+//! The meta holds a keyed hash of the plaintext (so a retried push of the same segment is
+//! recognised without downloading it) and what the segment holds for recovery targets (commit
+//! times, restore points), read by [`lifeboat_core::wal::scan_segment`] at push time.
+//! `archive.json` (encrypted too) pins the archive to one cluster's system identifier.
+
+use std::sync::Arc;
+
+use lifeboat_core::wal::{scan_segment, SegmentSummary, WalFile, DEFAULT_SEGMENT_SIZE};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Kind, Result, StoreError};
+use crate::lock::RepoKey;
+use crate::objects::ObjectStore;
+
+const MAGIC: &[u8; 8] = b"LBWAL\x01\0\0";
+const HEAD_READ: usize = 64 * 1024;
+
+/// The archive's identity, written by the first segment pushed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchiveMeta {
+    pub version: u32,
+    /// PostgreSQL's system identifier (as a string: JSON numbers lose u64 precision).
+    pub system_id: String,
+    pub seg_size: u64,
+    /// Proves which key wrote the archive without revealing it.
+    pub key_check: String,
+    pub created: String,
+}
+
+/// What the archive knows about one stored file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub name: String,
+    pub size: u64,
+    /// Keyed hash of the plaintext.
+    pub mac: String,
+    /// Unix microseconds.
+    pub pushed_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<SegmentSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    Stored {
+        bytes: u64,
+    },
+    /// The same content was archived before (a retried `archive_command`).
+    AlreadyArchived,
+}
+
+pub struct WalArchive {
+    objects: Arc<dyn ObjectStore>,
+    prefix: String,
+    key: RepoKey,
+    pub service: String,
+    pub compression: i32,
+}
+
+/// The WAL key for a repository key.
+pub fn wal_key(repo_key: &RepoKey) -> RepoKey {
+    repo_key.derive("lifeboat-wal-archive-v1")
+}
+
+fn now_micros() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+impl WalArchive {
+    pub fn new(objects: Arc<dyn ObjectStore>, service: &str, key: RepoKey) -> Self {
+        Self {
+            objects,
+            prefix: format!("lifeboat/wal/{service}"),
+            key,
+            service: service.into(),
+            compression: 1,
+        }
+    }
+
+    fn object(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+
+    pub fn key_check(&self) -> String {
+        hex::encode(&self.key.mac("key-check", b"")[..16])
+    }
+
+    fn corrupt(&self, name: &str, why: &str) -> StoreError {
+        StoreError::new(
+            Kind::Integrity,
+            format!(
+                "archived WAL file {name} of service {} is unreadable: {why}",
+                self.service
+            ),
+        )
+        .hint("if the repository key is right, the object is damaged: take a new base backup so recovery no longer needs it, and run `lifeboat wal verify` to see the recoverable window")
+    }
+
+    /// The archive's identity, if any segment was pushed yet.
+    pub fn meta(&self) -> Result<Option<ArchiveMeta>> {
+        let Some(raw) = self.objects.get(&self.object("archive.json"))? else {
+            return Ok(None);
+        };
+        let plain = self.key.decrypt(&raw).ok_or_else(|| {
+            StoreError::new(
+                Kind::Key,
+                format!(
+                    "the WAL archive of service {} was written with another repository key",
+                    self.service
+                ),
+            )
+            .hint("use the key of the repository the archive belongs to")
+        })?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| self.corrupt("archive.json", &e.to_string()))
+    }
+
+    fn write_meta(&self, m: &ArchiveMeta) -> Result<()> {
+        let plain = serde_json::to_vec(m).expect("serialisable");
+        self.objects
+            .put(&self.object("archive.json"), &self.key.encrypt(&plain))
+    }
+
+    /// The stored meta of one file (reads only the object's head).
+    pub fn entry(&self, name: &str) -> Result<Option<EntryMeta>> {
+        let Some(head) = self.objects.get_head(&self.object(name), HEAD_READ)? else {
+            return Ok(None);
+        };
+        self.parse_head(name, &head).map(|(m, _)| Some(m))
+    }
+
+    fn parse_head(&self, name: &str, data: &[u8]) -> Result<(EntryMeta, usize)> {
+        if data.len() < 12 || &data[..8] != MAGIC {
+            return Err(self.corrupt(name, "not a Lifeboat WAL object"));
+        }
+        let len = u32::from_le_bytes(data[8..12].try_into().expect("4")) as usize;
+        let end = 12 + len;
+        if data.len() < end {
+            return Err(self.corrupt(name, "truncated header"));
+        }
+        let plain = self.key.decrypt(&data[12..end]).ok_or_else(|| {
+            self.corrupt(
+                name,
+                "authentication failed (wrong repository key, or damaged)",
+            )
+        })?;
+        let meta: EntryMeta =
+            serde_json::from_slice(&plain).map_err(|e| self.corrupt(name, &e.to_string()))?;
+        if meta.name != name {
+            return Err(self.corrupt(name, &format!("it holds {} instead", meta.name)));
+        }
+        Ok((meta, end))
+    }
+
+    /// Archive one file. Returns only once the object is durable. The same name with the same
+    /// content is a no-op; with different content it is refused and the stored one kept.
+    pub fn push(&self, name: &str, data: &[u8]) -> Result<PushOutcome> {
+        let archive = self.meta()?;
+        let seg_size = archive
+            .as_ref()
+            .map_or(DEFAULT_SEGMENT_SIZE, |m| m.seg_size);
+        let file = WalFile::parse(name, seg_size).ok_or_else(|| {
+            StoreError::new(
+                Kind::Input,
+                format!("`{name}` is not a WAL file name PostgreSQL archives"),
+            )
+            .hint("archive_command must pass %p (the path of the file to archive)")
+        })?;
+        let mac = hex::encode(self.key.mac("wal-content", data));
+        if let Some(existing) = self.entry(name)? {
+            if existing.mac == mac {
+                return Ok(PushOutcome::AlreadyArchived);
+            }
+            return Err(StoreError::new(
+                Kind::Conflict,
+                format!(
+                    "WAL file {name} of service {} is already archived with different content ({} bytes stored at {}, {} bytes offered): refusing to overwrite it",
+                    self.service,
+                    existing.size,
+                    jiff::Timestamp::from_microsecond(existing.pushed_at)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default(),
+                    data.len()
+                ),
+            )
+            .hint("two clusters may be archiving into one service's archive, or a restored cluster re-used its timeline: give each cluster its own service, and check archive_command on every member"));
+        }
+        let summary = match file {
+            WalFile::Segment { .. } | WalFile::Partial { .. } => {
+                let s = scan_segment(data).map_err(|e| {
+                    StoreError::new(Kind::Input, format!("{name} is not a WAL segment: {e}"))
+                })?;
+                self.check_cluster(archive.as_ref(), &s)?;
+                Some(s)
+            }
+            _ => None,
+        };
+        let meta = EntryMeta {
+            name: name.into(),
+            size: data.len() as u64,
+            mac,
+            pushed_at: now_micros(),
+            summary,
+        };
+        let compressed = zstd::bulk::compress(data, self.compression)
+            .map_err(|e| StoreError::new(Kind::Internal, format!("compressing {name}: {e}")))?;
+        let meta_ct = self
+            .key
+            .encrypt(&serde_json::to_vec(&meta).expect("serialisable"));
+        let body = self.key.encrypt(&compressed);
+        let mut obj = Vec::with_capacity(12 + meta_ct.len() + body.len());
+        obj.extend_from_slice(MAGIC);
+        obj.extend_from_slice(&(meta_ct.len() as u32).to_le_bytes());
+        obj.extend_from_slice(&meta_ct);
+        obj.extend_from_slice(&body);
+        self.objects.put(&self.object(name), &obj)?;
+        Ok(PushOutcome::Stored {
+            bytes: obj.len() as u64,
+        })
+    }
+
+    /// A segment must come from the cluster the archive belongs to.
+    fn check_cluster(&self, archive: Option<&ArchiveMeta>, s: &SegmentSummary) -> Result<()> {
+        match archive {
+            Some(m) => {
+                if m.key_check != self.key_check() {
+                    return Err(StoreError::new(
+                        Kind::Key,
+                        format!(
+                            "the WAL archive of service {} was written with another repository key",
+                            self.service
+                        ),
+                    ));
+                }
+                if m.system_id != s.system_id.to_string() {
+                    return Err(StoreError::new(
+                        Kind::Conflict,
+                        format!(
+                            "this segment comes from cluster {} but the WAL archive of service {} belongs to cluster {}: refusing to mix them",
+                            s.system_id, self.service, m.system_id
+                        ),
+                    )
+                    .hint("each cluster needs its own service (and archive); a cluster re-created with initdb is a new cluster"));
+                }
+                Ok(())
+            }
+            None => self.write_meta(&ArchiveMeta {
+                version: 1,
+                system_id: s.system_id.to_string(),
+                seg_size: s.seg_size,
+                key_check: self.key_check(),
+                created: jiff::Timestamp::now().to_string(),
+            }),
+        }
+    }
+
+    /// Fetch and check one file: `None` when it is not archived.
+    pub fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(obj) = self.objects.get(&self.object(name))? else {
+            return Ok(None);
+        };
+        let (meta, body_at) = self.parse_head(name, &obj)?;
+        let compressed = self
+            .key
+            .decrypt(&obj[body_at..])
+            .ok_or_else(|| self.corrupt(name, "authentication failed (damaged data)"))?;
+        let plain = zstd::bulk::decompress(&compressed, meta.size as usize + 1)
+            .map_err(|e| self.corrupt(name, &format!("decompression failed: {e}")))?;
+        if plain.len() as u64 != meta.size
+            || hex::encode(self.key.mac("wal-content", &plain)) != meta.mac
+        {
+            return Err(self.corrupt(name, "content does not match its recorded hash"));
+        }
+        Ok(Some(plain))
+    }
+
+    /// Names of everything archived (not `archive.json`).
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut v: Vec<String> = self
+            .objects
+            .list(&self.prefix)?
+            .into_iter()
+            .filter(|n| n != "archive.json")
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    pub fn delete(&self, name: &str) -> Result<()> {
+        self.objects.delete(&self.object(name))
+    }
+}

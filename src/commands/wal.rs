@@ -1,0 +1,144 @@
+//! `lifeboat wal push|fetch|verify`: PostgreSQL's archive_command and restore_command, and the
+//! archive's recoverable window.
+//!
+//! ```text
+//! archive_command = 'lifeboat --plan /etc/lifeboat/lifeboat.yaml wal push db %p'
+//! restore_command = 'lifeboat --plan /etc/lifeboat/lifeboat.yaml wal fetch db %f %p'
+//! ```
+
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// Archive one WAL file (for archive_command): exit 0 only once it is durable.
+    Push {
+        /// The postgres service the WAL belongs to.
+        service: String,
+        /// Path of the file (%p).
+        path: PathBuf,
+    },
+    /// Fetch one WAL file (for restore_command): exit 0 when written, 1 when the archive does
+    /// not have it, 126 on any other failure (PostgreSQL then stops recovery instead of ending
+    /// it early at a wrong point).
+    Fetch {
+        service: String,
+        /// File name (%f).
+        name: String,
+        /// Where to write it (%p).
+        dest: PathBuf,
+        /// Segments to fetch ahead in parallel.
+        #[arg(long, default_value_t = 8)]
+        prefetch: usize,
+    },
+    /// Walk the archive: timelines, gaps, and the recoverable window per base backup.
+    Verify {
+        /// Only this service (default: every postgres service).
+        service: Option<String>,
+    },
+}
+
+pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
+    let ctx = super::context(cli)?;
+    match c {
+        Cmd::Push { service, path } => {
+            let r = lifeboat_engine::wal::push(&ctx, service, path)?;
+            if cli.json {
+                crate::output::json(&r);
+            }
+            Ok(0)
+        }
+        Cmd::Fetch {
+            service,
+            name,
+            dest,
+            prefetch,
+        } => match lifeboat_engine::wal::fetch(&ctx, service, name, dest, *prefetch) {
+            Ok(true) => Ok(0),
+            Ok(false) => Ok(1),
+            Err(e) => {
+                eprintln!("lifeboat wal fetch {name}: {e:#}");
+                if let Some(h) = &e.hint {
+                    eprintln!("hint: {h}");
+                }
+                Ok(126)
+            }
+        },
+        Cmd::Verify { service } => {
+            let services: Vec<String> = match service {
+                Some(s) => vec![s.clone()],
+                None => ctx
+                    .plan
+                    .services
+                    .iter()
+                    .filter(|(_, s)| s.kind() == "postgres")
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+            };
+            let mut ok = true;
+            let mut reports = Vec::new();
+            for s in services {
+                let r = lifeboat_engine::wal::verify(&ctx, &s)?;
+                ok &= r.ok;
+                if !cli.json {
+                    print_report(&r);
+                }
+                reports.push(r);
+            }
+            if cli.json {
+                crate::output::json(&reports);
+            }
+            Ok(if ok { 0 } else { crate::exit::FAILED })
+        }
+    }
+}
+
+fn print_report(r: &lifeboat_engine::wal::WalReport) {
+    use lifeboat_engine::wal::fmt_micros;
+    println!(
+        "service {} (WAL archive in repository {}, cluster {})",
+        r.service,
+        r.repository,
+        r.system_id.as_deref().unwrap_or("unknown")
+    );
+    println!(
+        "  {} segment(s) on timeline(s) {:?}: {} .. {}",
+        r.segments,
+        r.timelines,
+        r.first_segment.as_deref().unwrap_or("-"),
+        r.last_segment.as_deref().unwrap_or("-")
+    );
+    for b in &r.backups {
+        let end = b
+            .reach
+            .last_xact_time
+            .map(fmt_micros)
+            .unwrap_or_else(|| "the backup's end (no later transaction archived)".into());
+        println!(
+            "  base backup {} (start {} on timeline {}): recoverable from {} to {}{}",
+            &b.snapshot[..8],
+            b.start_lsn,
+            b.timeline,
+            fmt_micros(b.from),
+            end,
+            b.reach
+                .first_missing
+                .as_ref()
+                .map(|g| format!(" — replay stops at missing segment {g}"))
+                .unwrap_or_default()
+        );
+    }
+    match r.window {
+        Some((from, to)) => println!(
+            "  recoverable window: {} .. {}",
+            fmt_micros(from),
+            fmt_micros(to)
+        ),
+        None => println!("  recoverable window: none"),
+    }
+    for p in &r.problems {
+        println!("  FAIL  {p}");
+    }
+    if r.ok {
+        println!("  ok");
+    }
+}
