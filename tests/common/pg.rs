@@ -1,0 +1,245 @@
+//! A real PostgreSQL 15 cluster in a lab directory, archiving into the lab's repository with
+//! `lifeboat wal push`. As root, the lab belongs to `postgres` and PostgreSQL and Lifeboat run
+//! as that user (as they would on a database host); otherwise as the current user.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::{bin, free_port, Lab, Run};
+
+pub fn pg_bin() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed under /usr/lib/postgresql")
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .collect();
+    found.sort();
+    found.pop().expect("a PostgreSQL version").1
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn pg_ids() -> Option<(u32, u32)> {
+    if !is_root() {
+        return None;
+    }
+    let name = std::ffi::CString::new("postgres").unwrap();
+    // SAFETY: getpwnam returns static storage or null; read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pw.is_null(), "running as root needs a `postgres` user");
+    // SAFETY: non-null.
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+pub struct Pg {
+    pub lab: Lab,
+    pub port: u16,
+    pub data: PathBuf,
+    pub bin: PathBuf,
+}
+
+impl Pg {
+    /// A lab with a plan for service `db`, a repository, and a running cluster that archives
+    /// with `lifeboat wal push db %p`. `extra` is appended to the plan's `backups:` section.
+    pub fn start(extra_jobs: &str, checks: &[&str]) -> Pg {
+        let lab = Lab::new();
+        let port = free_port();
+        let data = lab.p("pgdata");
+        let checks: Vec<String> = checks.iter().map(|c| format!("\"{c}\"")).collect();
+        lab.plan(&format!(
+            r#"name: pgtest
+tiers:
+  gold: {{ rpo: 5m, rto: 15m }}
+sites: [a]
+services:
+  db:
+    kind: postgres
+    tier: gold
+    members:
+      a: {{ host: 127.0.0.1, port: {port}, user: postgres, data_dir: pgdata }}
+    databases: [app]
+    checks: [{checks}]
+repositories:
+  main: {{ url: repo, key_file: test.key }}
+backups:
+  db-base: {{ service: db }}
+{extra_jobs}"#,
+            checks = checks.join(", ")
+        ));
+        let pg = Pg {
+            lab,
+            port,
+            data,
+            bin: pg_bin(),
+        };
+        pg.chown();
+        let r = pg.tool("initdb", &["-D", "pgdata", "-A", "trust", "-U", "postgres"]);
+        assert!(
+            r.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let archive = format!(
+            "{} --plan {} wal push db %p",
+            bin().display(),
+            pg.lab.p("lifeboat.yaml").display()
+        );
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
+             wal_level = replica\narchive_mode = on\narchive_command = '{archive}'\n\
+             fsync = off\nshared_buffers = 32MB\nmax_wal_senders = 4\n"
+        );
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(pg.data.join("postgresql.conf"))
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        pg.ok(&["repo", "init"]);
+        pg.pg_ctl(&["start", "-w", "-t", "60", "-l", "pg.log"]);
+        pg.sql("CREATE DATABASE app");
+        pg
+    }
+
+    pub fn chown(&self) {
+        if let Some((uid, gid)) = pg_ids() {
+            let st = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{gid}"))
+                .arg(self.lab.path())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+    }
+
+    fn as_pg(&self, c: &mut Command) {
+        c.current_dir(self.lab.path())
+            .env("HOME", self.lab.path())
+            .env("LIFEBOAT_PROGRESS", "0")
+            .env("LIFEBOAT_ACTOR", "test")
+            .env_remove("LIFEBOAT_PLAN")
+            .env_remove("LIFEBOAT_STATE_DIR")
+            .env_remove("PGPASSWORD");
+        if let Some((uid, gid)) = pg_ids() {
+            c.uid(uid).gid(gid);
+        }
+    }
+
+    pub fn tool(&self, name: &str, args: &[&str]) -> std::process::Output {
+        let mut c = Command::new(self.bin.join(name));
+        c.args(args);
+        self.as_pg(&mut c);
+        c.output().unwrap()
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let mut a = vec!["-D", "pgdata"];
+        a.extend_from_slice(args);
+        let o = self.tool("pg_ctl", &a);
+        assert!(
+            o.status.success(),
+            "pg_ctl {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Run SQL on the cluster (or on `port`), return trimmed output.
+    pub fn sql_on(&self, port: u16, db: &str, q: &str) -> String {
+        let o = self.tool(
+            "psql",
+            &[
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-Atq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                q,
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "psql {q}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    pub fn sql(&self, q: &str) -> String {
+        self.sql_on(self.port, "postgres", q)
+    }
+
+    /// Force the current segment into the archive and wait until it is there.
+    pub fn switch_wal(&self) {
+        let name = self.sql("SELECT pg_walfile_name(pg_switch_wal())");
+        for _ in 0..300 {
+            let done = self.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+            if done.as_str() >= name.as_str() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "segment {name} was not archived: {}",
+            std::fs::read_to_string(self.lab.p("pg.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args);
+        self.as_pg(&mut c);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().unwrap().into()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "lifeboat {args:?} failed:\n{}", r.all());
+        r
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.ok(&["--json", "audit", "list"])
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Stop a server started by `lifeboat restore --start` in `dir`.
+    pub fn stop_dir(&self, dir: &str) {
+        let _ = self.tool("pg_ctl", &["-D", dir, "stop", "-m", "immediate", "-w"]);
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = self.tool("pg_ctl", &["-D", "pgdata", "stop", "-m", "immediate", "-w"]);
+        for d in ["r1", "r2", "r3"] {
+            if self.lab.p(d).join("postmaster.pid").exists() {
+                self.stop_dir(d);
+            }
+        }
+    }
+}

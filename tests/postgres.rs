@@ -1,0 +1,568 @@
+//! PostgreSQL continuous protection against a real PostgreSQL 15: base backups, the WAL
+//! archive (`archive_command = lifeboat wal push`), point-in-time recovery that lands exactly
+//! between two commits, restores that prove themselves, retention, and the bad inputs.
+
+mod common;
+use common::pg::Pg;
+use common::*;
+
+fn json_of(r: &Run) -> serde_json::Value {
+    r.json()
+}
+
+/// Insert a row and return its commit's timestamp as the server saw it.
+fn insert(pg: &Pg, v: &str) -> String {
+    pg.sql(&format!(
+        "INSERT INTO t(v) VALUES ('{v}') RETURNING to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+    ))
+}
+
+fn rows(pg: &Pg, port: u16) -> Vec<String> {
+    pg.sql_on(port, "postgres", "SELECT v FROM t ORDER BY id")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn pitr_lands_between_two_commits_and_the_window_is_reported() {
+    let pg = Pg::start("", &["SELECT count(*) > 0 FROM t"]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    insert(&pg, "before-backup");
+    let first = json_of(&pg.ok(&["--json", "backup", "db-base"]));
+    assert!(first[0]["files"].as_u64().unwrap() > 500, "{first}");
+
+    insert(&pg, "a");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let b_at = insert(&pg, "b");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    insert(&pg, "c");
+    pg.sql("SELECT pg_create_restore_point('after-c')");
+    insert(&pg, "d");
+    pg.switch_wal();
+
+    // The archive holds everything from the backup on, no gaps.
+    let v = pg.ok(&["wal", "verify"]);
+    assert!(v.stdout.contains("recoverable window: "), "{}", v.stdout);
+    assert!(v.stdout.contains("  ok"), "{}", v.stdout);
+    let vj = json_of(&pg.ok(&["--json", "wal", "verify", "db"]));
+    assert_eq!(vj[0]["gaps"].as_array().unwrap().len(), 0);
+    assert!(vj[0]["segments"].as_u64().unwrap() >= 2);
+
+    // 150 ms after b committed, well before c.
+    let b_micros: String = pg.sql(&format!(
+        "SELECT to_char(('{b_at}'::timestamptz + interval '150 ms') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+    ));
+    let port = free_port();
+    let r = pg.ok(&[
+        "--json",
+        "restore",
+        "db",
+        "--to",
+        &b_micros,
+        "--target",
+        "r1",
+        "--start",
+        &port.to_string(),
+    ]);
+    let rep = json_of(&r);
+    assert_eq!(rep["started"], true);
+    assert_eq!(rows(&pg, port), vec!["before-backup", "a", "b"]);
+    // The restored server accepts writes, and says where it stopped.
+    pg.sql_on(
+        port,
+        "postgres",
+        "INSERT INTO t(v) VALUES ('written-after-restore')",
+    );
+    let stop = rep["reached"]["stop_line"].as_str().unwrap_or_default();
+    assert!(stop.contains("recovery stopping before commit"), "{rep}");
+    pg.stop_dir("r1");
+
+    // A restore point, and --latest.
+    let port2 = free_port();
+    pg.ok(&[
+        "restore",
+        "db",
+        "--to-name",
+        "after-c",
+        "--target",
+        "r2",
+        "--start",
+        &port2.to_string(),
+    ]);
+    assert_eq!(rows(&pg, port2), vec!["before-backup", "a", "b", "c"]);
+    pg.stop_dir("r2");
+    let port3 = free_port();
+    let r = pg.ok(&[
+        "restore",
+        "db",
+        "--latest",
+        "--target",
+        "r3",
+        "--start",
+        &port3.to_string(),
+    ]);
+    assert!(r.stdout.contains("accepts writes"), "{}", r.stdout);
+    assert_eq!(rows(&pg, port3), vec!["before-backup", "a", "b", "c", "d"]);
+    pg.stop_dir("r3");
+
+    // A non-empty target is refused, nothing touched; --force replaces it.
+    let r = pg.run(&["restore", "db", "--latest", "--target", "r3"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("is not empty"), "{}", r.stderr);
+    assert!(pg.lab.p("r3/PG_VERSION").exists());
+    pg.ok(&["restore", "db", "--latest", "--target", "r3", "--force"]);
+    assert!(pg.lab.p("r3/recovery.signal").exists());
+    let auto = std::fs::read_to_string(pg.lab.p("r3/postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("wal fetch"), "{auto}");
+    assert!(auto.contains("archive_mode = 'off'"), "{auto}");
+
+    // A target before the oldest backup is refused, with the window.
+    let r = pg.run(&[
+        "restore",
+        "db",
+        "--to",
+        "2020-01-01 00:00:00+00",
+        "--target",
+        "r9",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("before the oldest base backup"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("recoverable window"), "{}", r.stderr);
+    assert!(!pg.lab.p("r9").exists());
+    // A target after the last archived commit is refused with the reachable maximum.
+    let r = pg.run(&[
+        "restore",
+        "db",
+        "--to",
+        "2099-01-01 00:00:00+00",
+        "--target",
+        "r9",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("the last transaction it reaches was at"),
+        "{}",
+        r.stderr
+    );
+
+    // The second base backup stores only what changed.
+    let second = json_of(&pg.ok(&["--json", "backup", "db-base"]));
+    let s1 = first[0]["bytes_stored"].as_u64().unwrap();
+    let s2 = second[0]["bytes_stored"].as_u64().unwrap();
+    assert!(
+        s2 * 2 < s1,
+        "second base backup stored {s2} bytes, the first {s1}"
+    );
+    let snaps = json_of(&pg.ok(&["--json", "snapshots"]));
+    let tags: Vec<String> = snaps[1]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    for k in [
+        "pg.start_lsn=",
+        "pg.stop_lsn=",
+        "pg.timeline=1",
+        "pg.stop_time=",
+        "pg.system_id=",
+    ] {
+        assert!(
+            tags.iter().any(|t| t.starts_with(k)),
+            "{k} missing in {tags:?}"
+        );
+    }
+
+    // Every restore is in the evidence log.
+    let ev = pg.events();
+    assert!(
+        ev.iter()
+            .filter(|e| e["command"] == "restore" && e["outcome"] == "ok")
+            .count()
+            >= 3
+    );
+    assert!(ev
+        .iter()
+        .any(|e| e["command"] == "restore" && e["outcome"] == "failed"));
+}
+
+#[test]
+fn verify_restore_proves_the_backup_in_a_sandbox_and_cleans_up() {
+    let pg = Pg::start("", &["SELECT count(*) = 2 FROM t", "SELECT true"]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    insert(&pg, "x");
+    pg.ok(&["backup", "db-base"]);
+    insert(&pg, "y");
+    pg.switch_wal();
+    let r = pg.ok(&["verify", "--restore", "db"]);
+    assert!(r.stdout.contains("ok    db: restore of"), "{}", r.stdout);
+    assert!(r.stdout.contains("RTO objective 900.0s"), "{}", r.stdout);
+    let ev = pg.events();
+    let last = ev.last().unwrap();
+    assert_eq!(last["command"], "verify restore");
+    assert_eq!(last["outcome"], "ok");
+    assert!(last["figures"]["restore_ms"].as_u64().unwrap() > 0);
+    assert!(last["figures"]["data_age_ms"].is_u64(), "{last}");
+    assert_eq!(last["figures"]["checks"].as_array().unwrap().len(), 2);
+    // Nothing left behind.
+    let sandbox = pg.lab.p(".lifeboat/sandbox");
+    assert_eq!(std::fs::read_dir(&sandbox).unwrap().count(), 0);
+
+    // A check that fails makes the verification fail (the WAL with y is replayed: count is 2;
+    // a third row that is never archived must not be seen).
+    insert(&pg, "z-not-archived");
+    let mut plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    plan = plan.replace("SELECT true", "SELECT count(*) = 3 FROM t");
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
+    pg.chown();
+    let r = pg.run(&["verify", "--restore", "db"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout.contains("FAIL SELECT count(*) = 3 FROM t"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(std::fs::read_dir(&sandbox).unwrap().count(), 0);
+}
+
+#[test]
+fn archive_is_idempotent_refuses_conflicts_and_names_gaps() {
+    let pg = Pg::start("", &[]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    pg.ok(&["backup", "db-base"]);
+    for i in 0..4 {
+        insert(&pg, &format!("r{i}"));
+        pg.switch_wal();
+    }
+    let wal_dir = pg.lab.p("repo/lifeboat/wal/db");
+    let mut names: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    names.sort();
+    assert!(names.len() >= 5, "{names:?}");
+
+    // archive_command retried with the same segment: success, nothing rewritten.
+    let seg = names[names.len() - 1].clone();
+    let local = pg.lab.p(&format!("pgdata/pg_wal/{seg}"));
+    let stored_before = std::fs::read(wal_dir.join(&seg)).unwrap();
+    let r = pg.ok(&["--json", "wal", "push", "db", local.to_str().unwrap()]);
+    assert_eq!(json_of(&r)["outcome"], "already archived");
+    assert_eq!(std::fs::read(wal_dir.join(&seg)).unwrap(), stored_before);
+
+    // The same name with other content: refused, the stored one kept, recorded.
+    let mut other = std::fs::read(&local).unwrap();
+    let n = other.len();
+    other[n - 10] ^= 0xFF;
+    let fake = pg.lab.p(&seg);
+    std::fs::write(&fake, &other).unwrap();
+    pg.chown();
+    let r = pg.run(&["wal", "push", "db", fake.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("already archived with different content"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(wal_dir.join(&seg)).unwrap(), stored_before);
+    assert!(pg
+        .events()
+        .iter()
+        .any(|e| e["command"] == "wal push" && e["outcome"] == "conflict"));
+
+    // fetch gives back exactly the original bytes; a name not archived is exit 1.
+    let r = pg.run(&["wal", "fetch", "db", &seg, "fetched", "--prefetch", "2"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        std::fs::read(pg.lab.p("fetched")).unwrap(),
+        std::fs::read(&local).unwrap()
+    );
+    let r = pg.run(&["wal", "fetch", "db", "0000000100000000000000F0", "nothere"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+
+    // A segment missing in the middle: verify names it, recovery past it is refused.
+    let last_commit = pg.sql(
+        "SELECT to_char(max(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' FROM t",
+    );
+    let hole = names[names.len() - 3].clone();
+    std::fs::remove_file(wal_dir.join(&hole)).unwrap();
+    let r = pg.run(&["wal", "verify", "db"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains(&format!("1 segment(s) missing: {hole}..{hole}")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("replay stops at missing segment {hole}")),
+        "{}",
+        r.stdout
+    );
+    let r = pg.run(&["restore", "db", "--to", &last_commit, "--target", "r1"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains(&format!("cannot pass missing segment {hole}")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("the last transaction it reaches was at"),
+        "{}",
+        r.stderr
+    );
+
+    // A WAL object damaged in storage is detected on fetch (exit 126: recovery must stop).
+    let victim = names[names.len() - 1].clone();
+    let mut obj = std::fs::read(wal_dir.join(&victim)).unwrap();
+    let len = obj.len();
+    obj[len - 20] ^= 0x01;
+    std::fs::write(wal_dir.join(&victim), obj).unwrap();
+    let r = pg.run(&["wal", "fetch", "db", &victim, "damaged", "--prefetch", "0"]);
+    assert_eq!(r.code, 126, "{}", r.all());
+    assert!(r.stderr.contains("unreadable"), "{}", r.stderr);
+    assert!(!pg.lab.p("damaged").exists());
+}
+
+#[test]
+fn wal_fetch_without_the_key_fails_loudly() {
+    let pg = Pg::start("", &[]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    insert(&pg, "x");
+    pg.switch_wal();
+    let name = pg.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    // Neither the key file nor a cached WAL key.
+    std::fs::remove_file(pg.lab.p("test.key")).unwrap();
+    let _ = std::fs::remove_dir_all(pg.lab.p(".lifeboat/keys"));
+    let r = pg.run(&["wal", "fetch", "db", &name, "out", "--prefetch", "0"]);
+    assert_eq!(r.code, 126, "{}", r.all());
+    assert!(r.stderr.contains("cannot read key file"), "{}", r.stderr);
+    assert!(!pg.lab.p("out").exists());
+}
+
+#[test]
+fn bad_credentials_and_unreachable_servers_record_nothing() {
+    let pg = Pg::start("", &[]);
+    pg.sql("ALTER USER postgres PASSWORD 'right-password'");
+    let hba = pg.lab.p("pgdata/pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    pg.chown();
+    pg.pg_ctl(&["reload"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    let with_pw = plan.replace(
+        "user: postgres, data_dir",
+        "user: postgres, password: wrong-password, data_dir",
+    );
+    std::fs::write(pg.lab.p("lifeboat.yaml"), &with_pw).unwrap();
+    pg.chown();
+    let r = pg.run(&["backup", "db-base"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all().contains("password authentication failed"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        !r.all().contains("wrong-password"),
+        "secret leaked: {}",
+        r.all()
+    );
+    assert_eq!(
+        json_of(&pg.ok(&["--json", "snapshots"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // The right password (from the environment) works.
+    std::fs::write(
+        pg.lab.p("lifeboat.yaml"),
+        plan.replace(
+            "user: postgres, data_dir",
+            "user: postgres, password: \"${PGTEST_PW}\", data_dir",
+        ),
+    )
+    .unwrap();
+    pg.chown();
+    let r: Run = pg
+        .cmd(&["backup", "db-base"])
+        .env("PGTEST_PW", "right-password")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    // Unreachable: nothing listens on the port.
+    let dead = free_port();
+    std::fs::write(
+        pg.lab.p("lifeboat.yaml"),
+        plan.replace(&format!("port: {}", pg.port), &format!("port: {dead}")),
+    )
+    .unwrap();
+    pg.chown();
+    let r = pg.run(&["backup", "db-base"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.all().contains("no reachable primary"), "{}", r.all());
+    assert!(r.all().contains("cannot connect"), "{}", r.all());
+    assert_eq!(
+        json_of(&pg.ok(&["--json", "snapshots"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn corrupted_base_backup_is_never_restored_silently() {
+    let pg = Pg::start("", &["SELECT true"]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    pg.sql("INSERT INTO t(v) SELECT md5(i::text) FROM generate_series(1, 20000) i");
+    pg.ok(&["backup", "db-base"]);
+    pg.switch_wal();
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(pg.lab.p("repo/data")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            packs.push((f.metadata().unwrap().len(), f.path()));
+        }
+    }
+    packs.sort();
+    let (len, pack) = packs.last().unwrap().clone();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(len / 2) as usize] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+    let r = pg.run(&["restore", "db", "--latest", "--target", "r1"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        !pg.lab.p("r1/recovery.signal").exists(),
+        "a damaged restore was configured to start"
+    );
+    let r = pg.run(&["verify", "--restore", "db"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("FAIL  db"), "{}", r.stdout);
+}
+
+#[test]
+fn forget_drops_wal_only_no_retained_backup_needs_and_dumps_restore() {
+    let pg = Pg::start("  db-dump: { service: db, method: dump }\n", &[]);
+    std::fs::write(
+        pg.lab.p("lifeboat.yaml"),
+        std::fs::read_to_string(pg.lab.p("lifeboat.yaml"))
+            .unwrap()
+            .replace(
+                "db-base: { service: db }",
+                "db-base: { service: db, retention: { last: 1 } }",
+            ),
+    )
+    .unwrap();
+    pg.chown();
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    pg.sql_on(
+        pg.port,
+        "app",
+        "CREATE TABLE orders(id int); INSERT INTO orders VALUES (1), (2)",
+    );
+    pg.ok(&["backup", "db-base"]);
+    for i in 0..3 {
+        insert(&pg, &format!("r{i}"));
+        pg.switch_wal();
+    }
+    pg.ok(&["backup", "db-base"]);
+    insert(&pg, "after-second");
+    pg.switch_wal();
+    let snaps = json_of(&pg.ok(&["--json", "snapshots"]));
+    let second_start = snaps[1]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|t| {
+            t.as_str()
+                .unwrap()
+                .strip_prefix("pg.start_lsn=")
+                .map(str::to_string)
+        })
+        .unwrap();
+    let dry = pg.ok(&["forget", "--dry-run"]);
+    assert!(dry.stdout.contains("would remove"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("WAL file(s) of db"), "{}", dry.stdout);
+    let r = pg.ok(&["--json", "forget"]);
+    let removed = json_of(&r)[0]["wal_removed"]["db"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(removed >= 3, "{}", r.stdout);
+    // What remains starts at the retained backup's segment; recovery from it still works.
+    let seg_of = |lsn: &str| {
+        let (hi, lo) = lsn.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()) >> 24
+    };
+    let keep_from = seg_of(&second_start);
+    for e in std::fs::read_dir(pg.lab.p("repo/lifeboat/wal/db")).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        if n.len() == 24 {
+            let segno = u64::from_str_radix(&n[8..16], 16).unwrap() * 256
+                + u64::from_str_radix(&n[16..24], 16).unwrap();
+            assert!(segno >= keep_from, "{n} should have been removed");
+        }
+    }
+    let v = pg.ok(&["wal", "verify", "db"]);
+    assert!(v.stdout.contains("  ok"), "{}", v.stdout);
+    let port = free_port();
+    pg.ok(&[
+        "restore",
+        "db",
+        "--latest",
+        "--target",
+        "r1",
+        "--start",
+        &port.to_string(),
+    ]);
+    assert_eq!(rows(&pg, port).last().unwrap(), "after-second");
+    pg.stop_dir("r1");
+
+    // Logical dumps: their own snapshot kind, restorable with pg_restore.
+    pg.ok(&["backup", "db-dump"]);
+    let snaps = json_of(&pg.ok(&["--json", "snapshots"]));
+    assert!(
+        snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "dump" && s["job"] == "db-dump"),
+        "{snaps}"
+    );
+    pg.ok(&["restore", "latest", "--job", "db-dump", "--target", "dumps"]);
+    let dump = pg.lab.p("dumps/dumps/app.dump");
+    assert!(dump.exists(), "no app.dump");
+    pg.chown();
+    let o = pg.tool("pg_restore", &["--list", dump.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("orders"));
+}
