@@ -104,3 +104,31 @@ fn check_warns_about_unprotected_services_without_failing() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["warnings"][0]["path"], "services.dump");
 }
+
+#[test]
+fn postgres_jobs_are_checked_against_their_service() {
+    let lab = Lab::new();
+    lab.plan(
+        "name: t\ntiers:\n  std: { rpo: 1h, rto: 4h }\nsites: [a]\nservices:\n  db:\n    kind: postgres\n    tier: std\n    members:\n      a: { host: 127.0.0.1, port: 5432 }\n    wal_repository: nope\n  files: { kind: paths, tier: std, paths: [/x] }\nrepositories:\n  main: { url: r, key_file: k }\nbackups:\n  base: { service: db, from: b }\n  dump: { service: db, method: dump }\n  f: { service: files, method: base }\n",
+    );
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let e = r.stderr;
+    assert!(
+        e.contains("services.db.wal_repository: undeclared repository `nope`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("backups.base.from: service `db` has no member in site `b`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("backups.dump.method: method dump needs the service `db` to list `databases`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("backups.f.method: `method` applies to postgres services only"),
+        "{e}"
+    );
+    assert!(e.contains("lifeboat.yaml:16:"), "line numbers: {e}");
+}

@@ -196,12 +196,33 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                 }
                 check_site(&mut err, &base, site.as_deref(), &sites);
             }
-            Service::Postgres { members, .. } => {
+            Service::Postgres {
+                members,
+                wal_repository,
+                ..
+            } => {
+                if members.is_empty() {
+                    err(
+                        format!("{base}.members"),
+                        "a postgres service needs at least one member".into(),
+                    );
+                }
                 for site in members.keys() {
                     if !sites.contains(site) {
                         err(
                             format!("{base}.members.{site}"),
                             format!("member site `{site}` is not in `sites` ({})", list(&sites)),
+                        );
+                    }
+                }
+                if let Some(r) = wal_repository {
+                    if !declared.repositories.contains(r) {
+                        err(
+                            format!("{base}.wal_repository"),
+                            format!(
+                                "undeclared repository `{r}` ({})",
+                                list(&declared.repositories)
+                            ),
                         );
                     }
                 }
@@ -289,6 +310,47 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                         job.service
                     ),
                 );
+            }
+            match svc {
+                Service::Postgres {
+                    members, databases, ..
+                } => {
+                    if let Some(site) = &job.from {
+                        if !members.contains_key(site) {
+                            err(
+                                format!("{base}.from"),
+                                format!(
+                                    "service `{}` has no member in site `{site}` ({})",
+                                    job.service,
+                                    list(&members.keys().cloned().collect())
+                                ),
+                            );
+                        }
+                    }
+                    if job.method == Some(crate::plan::BackupMethod::Dump) && databases.is_empty() {
+                        err(
+                            format!("{base}.method"),
+                            format!(
+                                "method dump needs the service `{}` to list `databases`",
+                                job.service
+                            ),
+                        );
+                    }
+                }
+                _ => {
+                    if job.method.is_some() {
+                        err(
+                            format!("{base}.method"),
+                            "`method` applies to postgres services only".into(),
+                        );
+                    }
+                    if job.from.is_some() {
+                        err(
+                            format!("{base}.from"),
+                            "`from` applies to postgres services only".into(),
+                        );
+                    }
+                }
             }
         }
         match &job.repository {
