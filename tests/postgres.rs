@@ -566,3 +566,36 @@ fn forget_drops_wal_only_no_retained_backup_needs_and_dumps_restore() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("orders"));
 }
+
+#[test]
+fn wal_archive_and_pitr_on_s3() {
+    let m = common::moto::moto();
+    let repo = format!(
+        "{{ url: \"s3://lifeboat-test/pg?endpoint=http://127.0.0.1:{}&region=us-east-1\", key_file: test.key, access_key_id: testing, secret_access_key: testing }}",
+        m.port
+    );
+    let pg = Pg::start_with(&repo, "", &["SELECT count(*) = 2 FROM t"]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    insert(&pg, "one");
+    pg.ok(&["backup", "db-base"]);
+    insert(&pg, "two");
+    pg.switch_wal();
+    let v = json_of(&pg.ok(&["--json", "wal", "verify", "db"]));
+    assert_eq!(v[0]["ok"], true, "{v}");
+    assert!(!pg.lab.p("repo").exists());
+    let port = free_port();
+    pg.ok(&[
+        "restore",
+        "db",
+        "--latest",
+        "--target",
+        "r1",
+        "--start",
+        &port.to_string(),
+    ]);
+    assert_eq!(rows(&pg, port), vec!["one", "two"]);
+    pg.stop_dir("r1");
+    pg.ok(&["verify", "--restore", "db"]);
+}

@@ -1,5 +1,6 @@
 //! Test harness: a scratch directory with a plan, and the real `lifeboat` binary run in it.
 #![allow(dead_code)]
+pub mod moto;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

@@ -49,6 +49,11 @@ impl Pg {
     /// A lab with a plan for service `db`, a repository, and a running cluster that archives
     /// with `lifeboat wal push db %p`. `extra` is appended to the plan's `backups:` section.
     pub fn start(extra_jobs: &str, checks: &[&str]) -> Pg {
+        Self::start_with("{ url: repo, key_file: test.key }", extra_jobs, checks)
+    }
+
+    /// With the repository `main` given as a YAML flow mapping.
+    pub fn start_with(repo: &str, extra_jobs: &str, checks: &[&str]) -> Pg {
         let lab = Lab::new();
         let port = free_port();
         let data = lab.p("pgdata");
@@ -67,7 +72,7 @@ services:
     databases: [app]
     checks: [{checks}]
 repositories:
-  main: {{ url: repo, key_file: test.key }}
+  main: {repo}
 backups:
   db-base: {{ service: db }}
 {extra_jobs}"#,

@@ -170,15 +170,19 @@ impl ObjectStore for S3Objects {
         }
     }
     fn get_head(&self, key: &str, n: usize) -> Result<Option<Vec<u8>>> {
+        // A range past the end of the object is an error for OpenDAL: learn the length first.
+        let len = match self.op.stat(key) {
+            Ok(m) => m.content_length(),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(s3err(e, &format!("reading {key}"))),
+        };
         let opts = opendal::options::ReadOptions {
-            range: (0..n as u64).into(),
+            range: (0..len.min(n as u64)).into(),
             ..Default::default()
         };
         match self.op.read_options(key, opts) {
             Ok(b) => Ok(Some(b.to_vec())),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
-            // Asking past the end of a short object.
-            Err(e) if e.kind() == opendal::ErrorKind::RangeNotSatisfied => self.get(key),
             Err(e) => Err(s3err(e, &format!("reading {key}"))),
         }
     }
