@@ -285,7 +285,7 @@ pub fn scan_segment(seg: &[u8]) -> Result<SegmentSummary, SegmentError> {
     };
     if info & XLP_FIRST_IS_CONTRECORD != 0 {
         // The tail of a record that began in the previous segment.
-        let rem = u32_at(seg, 20) as usize;
+        let rem = u32_at(seg, 16) as usize;
         let mut skip = Vec::with_capacity(rem);
         if !pages.read(rem, &mut skip) {
             return Ok(sum);
@@ -457,11 +457,22 @@ mod tests {
         for p in 0..4 {
             let at = p * blck;
             seg[at..at + 2].copy_from_slice(&0xD110u16.to_le_bytes());
-            let info: u16 = if p == 0 { XLP_LONG_HEADER } else { 0 };
+            // Page 0 starts with the 100-byte tail of a record from the previous segment.
+            let info: u16 = if p == 0 {
+                XLP_LONG_HEADER | XLP_FIRST_IS_CONTRECORD
+            } else {
+                0
+            };
             seg[at + 2..at + 4].copy_from_slice(&info.to_le_bytes());
             seg[at + 4..at + 8].copy_from_slice(&1u32.to_le_bytes());
             seg[at + 8..at + 16].copy_from_slice(&(seg_start + at as u64).to_le_bytes());
         }
+        seg[16..20].copy_from_slice(&100u32.to_le_bytes());
+        // The continuation looks like a commit record header: a scanner that does not skip it
+        // would count a commit.
+        seg[LONG_PHD..LONG_PHD + 100].fill(0);
+        seg[LONG_PHD..LONG_PHD + 4].copy_from_slice(&42u32.to_le_bytes());
+        seg[LONG_PHD + 17] = RM_XACT_ID;
         seg[24..32].copy_from_slice(&7_000_000_000_000_000_001u64.to_le_bytes());
         seg[32..36].copy_from_slice(&(DEFAULT_SEGMENT_SIZE as u32).to_le_bytes());
         seg[36..40].copy_from_slice(&(blck as u32).to_le_bytes());
@@ -478,7 +489,7 @@ mod tests {
         };
         // Write records into the logical stream.
         let mut logical = Vec::new();
-        let mut padding = vec![0u8; 8150 - LONG_PHD]; // a filler record body
+        let mut padding = vec![0u8; 8150 - 144]; // a filler record body
         let filler_len = padding.len() as u32;
         padding[0..4].copy_from_slice(&filler_len.to_le_bytes());
         padding[17] = 9; // some other resource manager
@@ -492,8 +503,8 @@ mod tests {
         name.resize(64, 0);
         rp.extend_from_slice(&name);
         logical.push(record(RM_XLOG_ID, XLOG_RESTORE_POINT, &rp));
-        // Lay the records out over pages.
-        let mut pos = LONG_PHD;
+        // Lay the records out over pages, after the continuation.
+        let mut pos = LONG_PHD + 100;
         for r in logical {
             pos = maxalign(pos);
             for &b in &r {
