@@ -92,6 +92,26 @@ pub fn run(
         .push(("pg.system_id".into(), info.system_id.clone()));
     tags.extra
         .push(("pg.version".into(), info.version_num.to_string()));
+    // Tablespaces outside the data directory would be written to their original paths by a
+    // plain-format pg_basebackup: refuse them clearly instead.
+    let extra_ts: i64 = member
+        .connect()?
+        .query_one(
+            "SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')",
+            &[],
+        )
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    if extra_ts > 0 && job.method.unwrap_or_default() == BackupMethod::Base {
+        return Err(StoreError::new(
+            Kind::Source,
+            format!(
+                "{} has {extra_ts} tablespace(s) outside the data directory: base backups of those are not supported yet",
+                member.describe()
+            ),
+        )
+        .hint("use a `method: dump` job for this cluster meanwhile"));
+    }
     let staging = Staging::new(ctx, job_name)?;
     match job.method.unwrap_or_default() {
         BackupMethod::Base => {

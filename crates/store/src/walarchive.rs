@@ -177,44 +177,56 @@ impl WalArchive {
             )
             .hint("archive_command must pass %p (the path of the file to archive)")
         })?;
-        let mac = hex::encode(self.key.mac("wal-content", data));
-        if let Some(existing) = self.entry(name)? {
-            if existing.mac == mac {
-                return Ok(PushOutcome::AlreadyArchived);
+        // Compress on another core while this one hashes, checks and scans (archive_command
+        // latency is what PostgreSQL waits for).
+        let level = self.compression;
+        let prepared = std::thread::scope(|scope| -> Result<Option<(EntryMeta, Vec<u8>)>> {
+            let compressing = scope.spawn(move || zstd::bulk::compress(data, level));
+            let mac = hex::encode(self.key.mac("wal-content", data));
+            if let Some(existing) = self.entry(name)? {
+                if existing.mac == mac {
+                    return Ok(None);
+                }
+                return Err(StoreError::new(
+                    Kind::Conflict,
+                    format!(
+                        "WAL file {name} of service {} is already archived with different content ({} bytes stored at {}, {} bytes offered): refusing to overwrite it",
+                        self.service,
+                        existing.size,
+                        jiff::Timestamp::from_microsecond(existing.pushed_at)
+                            .map(|t| t.to_string())
+                            .unwrap_or_default(),
+                        data.len()
+                    ),
+                )
+                .hint("two clusters may be archiving into one service's archive, or a restored cluster re-used its timeline: give each cluster its own service, and check archive_command on every member"));
             }
-            return Err(StoreError::new(
-                Kind::Conflict,
-                format!(
-                    "WAL file {name} of service {} is already archived with different content ({} bytes stored at {}, {} bytes offered): refusing to overwrite it",
-                    self.service,
-                    existing.size,
-                    jiff::Timestamp::from_microsecond(existing.pushed_at)
-                        .map(|t| t.to_string())
-                        .unwrap_or_default(),
-                    data.len()
-                ),
-            )
-            .hint("two clusters may be archiving into one service's archive, or a restored cluster re-used its timeline: give each cluster its own service, and check archive_command on every member"));
-        }
-        let summary = match file {
-            WalFile::Segment { .. } | WalFile::Partial { .. } => {
-                let s = scan_segment(data).map_err(|e| {
-                    StoreError::new(Kind::Input, format!("{name} is not a WAL segment: {e}"))
-                })?;
-                self.check_cluster(archive.as_ref(), &s)?;
-                Some(s)
-            }
-            _ => None,
+            let summary = match file {
+                WalFile::Segment { .. } | WalFile::Partial { .. } => {
+                    let s = scan_segment(data).map_err(|e| {
+                        StoreError::new(Kind::Input, format!("{name} is not a WAL segment: {e}"))
+                    })?;
+                    self.check_cluster(archive.as_ref(), &s)?;
+                    Some(s)
+                }
+                _ => None,
+            };
+            let meta = EntryMeta {
+                name: name.into(),
+                size: data.len() as u64,
+                mac,
+                pushed_at: now_micros(),
+                summary,
+            };
+            let compressed = compressing
+                .join()
+                .map_err(|_| StoreError::new(Kind::Internal, "compression thread panicked"))?
+                .map_err(|e| StoreError::new(Kind::Internal, format!("compressing {name}: {e}")))?;
+            Ok(Some((meta, compressed)))
+        })?;
+        let Some((meta, compressed)) = prepared else {
+            return Ok(PushOutcome::AlreadyArchived);
         };
-        let meta = EntryMeta {
-            name: name.into(),
-            size: data.len() as u64,
-            mac,
-            pushed_at: now_micros(),
-            summary,
-        };
-        let compressed = zstd::bulk::compress(data, self.compression)
-            .map_err(|e| StoreError::new(Kind::Internal, format!("compressing {name}: {e}")))?;
         let meta_ct = self
             .key
             .encrypt(&serde_json::to_vec(&meta).expect("serialisable"));
