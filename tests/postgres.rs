@@ -599,3 +599,91 @@ fn wal_archive_and_pitr_on_s3() {
     pg.stop_dir("r1");
     pg.ok(&["verify", "--restore", "db"]);
 }
+
+/// After a failover the archive holds two timelines: recovery from a base backup taken on
+/// timeline 1 follows the history file onto timeline 2 (what `wal verify` and the window
+/// computation must get right).
+#[test]
+fn recovery_follows_the_timeline_of_a_promoted_standby() {
+    let pg = Pg::start("", &[]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    insert(&pg, "on-old-primary");
+    pg.ok(&["backup", "db-base"]);
+    pg.switch_wal();
+    // A streaming standby built from the backup, archiving once promoted.
+    pg.ok(&["restore", "db", "--latest", "--target", "standby"]);
+    let sport = free_port();
+    std::fs::remove_file(pg.lab.p("standby/recovery.signal")).unwrap();
+    std::fs::write(pg.lab.p("standby/standby.signal"), "").unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(pg.lab.p("standby/postgresql.auto.conf"))
+        .unwrap()
+        .write_all(
+            format!(
+                "port = {sport}\narchive_mode = 'on'\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres'\n",
+                pg.port
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    pg.chown();
+    let o = pg.tool(
+        "pg_ctl",
+        &["-D", "standby", "-l", "standby.log", "-w", "start"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    insert(&pg, "replicated");
+    let mut caught_up = false;
+    for _ in 0..200 {
+        if pg.sql_on(sport, "postgres", "SELECT count(*) FROM t") == "2" {
+            caught_up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(caught_up, "standby did not catch up");
+    // The primary dies; the standby is promoted onto timeline 2 and takes writes.
+    pg.pg_ctl(&["stop", "-m", "immediate"]);
+    let o = pg.tool("pg_ctl", &["-D", "standby", "promote", "-w"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    pg.sql_on(
+        sport,
+        "postgres",
+        "INSERT INTO t(v) VALUES ('on-new-primary')",
+    );
+    pg.switch_wal_on(sport);
+
+    let v = json_of(&pg.ok(&["--json", "wal", "verify", "db"]));
+    let tls: Vec<u64> = v[0]["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert!(tls.contains(&1) && tls.contains(&2), "{v}");
+    assert_eq!(v[0]["ok"], true, "{v}");
+    assert!(pg.lab.p("repo/lifeboat/wal/db/00000002.history").exists());
+    let reach = &v[0]["backups"][0]["reach"];
+    assert!(reach["last_segment"].as_str().unwrap().starts_with("00000002"), "{reach}");
+    assert!(reach["first_missing"].is_null(), "{reach}");
+    // From the timeline-1 base backup to the newest commit on timeline 2.
+    let port = free_port();
+    pg.ok(&[
+        "restore",
+        "db",
+        "--latest",
+        "--target",
+        "r1",
+        "--start",
+        &port.to_string(),
+    ]);
+    assert_eq!(
+        rows(&pg, port),
+        vec!["on-old-primary", "replicated", "on-new-primary"]
+    );
+    pg.stop_dir("r1");
+}

@@ -29,6 +29,12 @@ fn verify_restore(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             .map(|(n, _)| n.clone())
             .collect(),
     };
+    if services.is_empty() {
+        anyhow::bail!(lifeboat_store::StoreError::new(
+            lifeboat_store::Kind::Input,
+            "the plan has no postgres service to restore (--restore proves postgres services)",
+        ));
+    }
     lifeboat_engine::pitr::install_teardown_on_signal();
     let mut ok = true;
     let mut reports = Vec::new();

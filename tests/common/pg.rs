@@ -193,9 +193,17 @@ backups:
 
     /// Force the current segment into the archive and wait until it is there.
     pub fn switch_wal(&self) {
-        let name = self.sql("SELECT pg_walfile_name(pg_switch_wal())");
+        self.switch_wal_on(self.port)
+    }
+
+    pub fn switch_wal_on(&self, port: u16) {
+        let name = self.sql_on(port, "postgres", "SELECT pg_walfile_name(pg_switch_wal())");
         for _ in 0..300 {
-            let done = self.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+            let done = self.sql_on(
+                port,
+                "postgres",
+                "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            );
             if done.as_str() >= name.as_str() {
                 return;
             }
@@ -241,7 +249,7 @@ backups:
 impl Drop for Pg {
     fn drop(&mut self) {
         let _ = self.tool("pg_ctl", &["-D", "pgdata", "stop", "-m", "immediate", "-w"]);
-        for d in ["r1", "r2", "r3"] {
+        for d in ["r1", "r2", "r3", "standby"] {
             if self.lab.p(d).join("postmaster.pid").exists() {
                 self.stop_dir(d);
             }
