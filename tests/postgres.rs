@@ -668,7 +668,13 @@ fn recovery_follows_the_timeline_of_a_promoted_standby() {
     assert_eq!(v[0]["ok"], true, "{v}");
     assert!(pg.lab.p("repo/lifeboat/wal/db/00000002.history").exists());
     let reach = &v[0]["backups"][0]["reach"];
-    assert!(reach["last_segment"].as_str().unwrap().starts_with("00000002"), "{reach}");
+    assert!(
+        reach["last_segment"]
+            .as_str()
+            .unwrap()
+            .starts_with("00000002"),
+        "{reach}"
+    );
     assert!(reach["first_missing"].is_null(), "{reach}");
     // From the timeline-1 base backup to the newest commit on timeline 2.
     let port = free_port();
@@ -686,4 +692,48 @@ fn recovery_follows_the_timeline_of_a_promoted_standby() {
         vec!["on-old-primary", "replicated", "on-new-primary"]
     );
     pg.stop_dir("r1");
+}
+
+/// Ctrl-C in the middle of `verify --restore`: the sandbox server is stopped and its directory
+/// removed before lifeboat exits (130).
+#[test]
+fn interrupted_sandbox_is_torn_down() {
+    let pg = Pg::start("", &["SELECT true"]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    pg.sql("INSERT INTO t(v) SELECT repeat(md5(i::text), 8) FROM generate_series(1, 200000) i");
+    pg.ok(&["backup", "db-base"]);
+    pg.switch_wal();
+    let sandbox = pg.lab.p(".lifeboat/sandbox");
+    let mut child = pg.cmd(&["verify", "--restore", "db"]).spawn().unwrap();
+    // Wait until the restore has started writing the sandbox.
+    let mut seen = false;
+    for _ in 0..2000 {
+        if std::fs::read_dir(&sandbox)
+            .map(|rd| rd.flatten().any(|e| e.path().join("base").exists()))
+            .unwrap_or(false)
+        {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(seen, "the sandbox never appeared");
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert_eq!(
+        std::fs::read_dir(&sandbox).unwrap().count(),
+        0,
+        "sandbox left behind"
+    );
+    // No server from the sandbox is left running.
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.contains(sandbox.to_str().unwrap()), "{ps}");
 }

@@ -387,7 +387,7 @@ pub fn install_teardown_on_signal() {
             let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
             for (data, socket, pg_ctl, remove) in live {
                 let r = Running {
-                    data,
+                    data: data.clone(),
                     socket_dir: socket,
                     port: 0,
                     pg_ctl,
@@ -395,6 +395,13 @@ pub fn install_teardown_on_signal() {
                     keep_running: false,
                 };
                 drop(r);
+                // The main thread may still be restoring into it: make sure it stays gone.
+                for _ in 0..5 {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if data.exists() {
+                        let _ = std::fs::remove_dir_all(&data);
+                    }
+                }
             }
             std::process::exit(130);
         });
