@@ -646,6 +646,22 @@ fn recovery_follows_the_timeline_of_a_promoted_standby() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(caught_up, "standby did not catch up");
+    // A base backup taken from the standby (`from: b`) spares the primary.
+    let plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    let plan = plan
+        .replace("sites: [a]", "sites: [a, b]")
+        .replace(
+            "data_dir: pgdata }",
+            &format!("data_dir: pgdata }}\n      b: {{ host: 127.0.0.1, port: {sport}, user: postgres, data_dir: standby }}"),
+        )
+        .replace("db-base: { service: db }", "db-base: { service: db }\n  db-standby: { service: db, from: b }");
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
+    pg.chown();
+    pg.ok(&["plan", "check"]);
+    pg.ok(&["backup", "db-standby"]);
+    let snaps = json_of(&pg.ok(&["--json", "snapshots"]));
+    let tags = snaps[1]["tags"].to_string();
+    assert!(tags.contains("pg.member=b"), "{tags}");
     // The primary dies; the standby is promoted onto timeline 2 and takes writes.
     pg.pg_ctl(&["stop", "-m", "immediate"]);
     let o = pg.tool("pg_ctl", &["-D", "standby", "promote", "-w"]);
@@ -667,15 +683,17 @@ fn recovery_follows_the_timeline_of_a_promoted_standby() {
     assert!(tls.contains(&1) && tls.contains(&2), "{v}");
     assert_eq!(v[0]["ok"], true, "{v}");
     assert!(pg.lab.p("repo/lifeboat/wal/db/00000002.history").exists());
-    let reach = &v[0]["backups"][0]["reach"];
-    assert!(
-        reach["last_segment"]
-            .as_str()
-            .unwrap()
-            .starts_with("00000002"),
-        "{reach}"
-    );
-    assert!(reach["first_missing"].is_null(), "{reach}");
+    for b in v[0]["backups"].as_array().unwrap() {
+        let reach = &b["reach"];
+        assert!(
+            reach["last_segment"]
+                .as_str()
+                .unwrap()
+                .starts_with("00000002"),
+            "{reach}"
+        );
+        assert!(reach["first_missing"].is_null(), "{reach}");
+    }
     // From the timeline-1 base backup to the newest commit on timeline 2.
     let port = free_port();
     pg.ok(&[

@@ -353,6 +353,18 @@ impl Drop for Running {
     }
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// After SIGINT/SIGTERM the teardown thread owns the process: whatever the main thread was
+/// doing fails (its directory is being removed), and it must not exit first with that failure.
+fn yield_to_teardown() {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 /// Sandboxes to tear down if the process is interrupted.
 static LIVE: Mutex<Vec<(PathBuf, PathBuf, PathBuf, bool)>> = Mutex::new(Vec::new());
 
@@ -383,6 +395,7 @@ pub fn install_teardown_on_signal() {
         std::thread::spawn(move || {
             let mut sig = 0;
             libc::sigwait(&set, &mut sig);
+            INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
             eprintln!("interrupted: stopping and removing the restore sandbox");
             let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
             for (data, socket, pg_ctl, remove) in live {
@@ -461,6 +474,7 @@ pub fn restore(ctx: &Context, service: &str, o: &RestoreOpts) -> Result<PitrRepo
         }
         r
     });
+    yield_to_teardown();
     let (outcome, figures) = match &result {
         Ok(r) => ("ok", serde_json::to_value(r).unwrap_or_default()),
         Err(e) => (
@@ -838,6 +852,7 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Sto
         drop(run);
         Ok(())
     })();
+    yield_to_teardown();
     match r {
         Ok(()) => report.ok = report.checks.iter().all(|c| c.ok),
         Err(e) => report.error = Some(e.to_string()),
