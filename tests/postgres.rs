@@ -37,6 +37,7 @@ fn pitr_lands_between_two_commits_and_the_window_is_reported() {
     insert(&pg, "a");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let b_at = insert(&pg, "b");
+    let b_lsn = pg.sql("SELECT pg_current_wal_insert_lsn()");
     std::thread::sleep(std::time::Duration::from_millis(300));
     insert(&pg, "c");
     pg.sql("SELECT pg_create_restore_point('after-c')");
@@ -94,6 +95,32 @@ fn pitr_lands_between_two_commits_and_the_window_is_reported() {
     ]);
     assert_eq!(rows(&pg, port2), vec!["before-backup", "a", "b", "c"]);
     pg.stop_dir("r2");
+    // A WAL location: everything up to b's commit.
+    let r = pg.ok(&[
+        "restore",
+        "db",
+        "--to-lsn",
+        &b_lsn,
+        "--target",
+        "r2",
+        "--force",
+        "--start",
+        &port2.to_string(),
+    ]);
+    assert!(
+        r.stdout.contains("recovery stopping after WAL location"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(rows(&pg, port2), vec!["before-backup", "a", "b"]);
+    pg.stop_dir("r2");
+    let r = pg.run(&["restore", "db", "--to-lsn", "FF/0", "--target", "r9"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("beyond what the archive can replay"),
+        "{}",
+        r.stderr
+    );
     let port3 = free_port();
     let r = pg.ok(&[
         "restore",

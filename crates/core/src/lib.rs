@@ -43,6 +43,32 @@ mod tests {
         assert_eq!(plan.backups.len(), 2);
     }
 
+    #[test]
+    fn starter_plan_postgres_example_passes_check_when_uncommented() {
+        let uncommented: String = STARTER_PLAN
+            .lines()
+            .map(|l| {
+                if l.starts_with("  # db") || l.starts_with("  #   ") {
+                    l.replacen("# ", "", 1)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let plan = parse_plan(&uncommented, "lifeboat.yaml").unwrap_or_else(|d| {
+            panic!(
+                "{}\n{uncommented}",
+                d.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+        assert_eq!(plan.services["db"].kind(), "postgres");
+        assert!(plan.backups.contains_key("db-base"));
+    }
+
     fn errors(src: &str) -> Vec<String> {
         parse_plan(src, "p.yaml")
             .expect_err("plan should fail")
