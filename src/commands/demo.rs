@@ -276,7 +276,7 @@ fn pg_tool(dir: &Path, bin: &Path, tool: &str, args: &[&str]) -> anyhow::Result<
 }
 
 fn lifeboat_pg(dir: &Path, args: &[&str]) -> anyhow::Result<i32> {
-    let exe = std::env::current_exe().context("finding the lifeboat binary")?;
+    let exe = dir.join("lifeboat");
     let shown: Vec<String> = args
         .iter()
         .map(|a| {
@@ -337,13 +337,19 @@ fn postgres_tour(dir: &Path, bin: &Path) -> anyhow::Result<()> {
     if let Some((uid, gid)) = pg_user() {
         lifeboat_engine::pg::chown_tree(dir, uid, gid)?;
     }
+    // PostgreSQL runs lifeboat (archive_command, restore_command) as its own user, who may not
+    // reach the build directory: link (or copy) the binary into the demo directory.
+    let exe = dir.join("lifeboat");
+    let built = std::env::current_exe()?;
+    if std::fs::hard_link(&built, &exe).is_err() {
+        std::fs::copy(&built, &exe)?;
+    }
     pg_tool(
         dir,
         bin,
         "initdb",
         &["-D", "pgdata", "-A", "trust", "-U", "postgres"],
     )?;
-    let exe = std::env::current_exe()?;
     let conf = format!(
         "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
          wal_level = replica\narchive_mode = on\n\

@@ -39,6 +39,9 @@ fn pg_ids() -> Option<(u32, u32)> {
 }
 
 pub struct Pg {
+    /// The lifeboat binary, linked into the lab: PostgreSQL (as `postgres`) runs it for
+    /// archive_command and restore_command, and the build directory may not be reachable.
+    pub lb: PathBuf,
     pub lab: Lab,
     pub port: u16,
     pub data: PathBuf,
@@ -78,7 +81,12 @@ backups:
 {extra_jobs}"#,
             checks = checks.join(", ")
         ));
+        let lb = lab.p("lifeboat");
+        if std::fs::hard_link(bin(), &lb).is_err() {
+            std::fs::copy(bin(), &lb).unwrap();
+        }
         let pg = Pg {
+            lb,
             lab,
             port,
             data,
@@ -93,7 +101,7 @@ backups:
         );
         let archive = format!(
             "{} --plan {} wal push db %p",
-            bin().display(),
+            pg.lb.display(),
             pg.lab.p("lifeboat.yaml").display()
         );
         let conf = format!(
@@ -116,10 +124,14 @@ backups:
 
     pub fn chown(&self) {
         if let Some((uid, gid)) = pg_ids() {
-            let st = Command::new("chown")
-                .arg("-R")
-                .arg(format!("{uid}:{gid}"))
+            // Everything but the linked binary (its inode is the build's).
+            let st = Command::new("find")
                 .arg(self.lab.path())
+                .args(["-path"])
+                .arg(&self.lb)
+                .args(["-prune", "-o", "-exec", "chown", "-h"])
+                .arg(format!("{uid}:{gid}"))
+                .args(["{}", "+"])
                 .status()
                 .unwrap();
             assert!(st.success());
@@ -216,7 +228,7 @@ backups:
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = Command::new(&self.lb);
         c.args(args);
         self.as_pg(&mut c);
         c
