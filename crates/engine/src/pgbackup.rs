@@ -131,7 +131,21 @@ pub fn run(
                 .args(["--manifest-checksums=NONE", "-l"])
                 .arg(format!("lifeboat {job_name}"));
             run_tool(cmd, &format!("pg_basebackup of {}", member.describe()))?;
-            let stop_time = jiff::Timestamp::now();
+            // The end of the backup on the server's clock: recovery targets are compared with
+            // commit times the server wrote, so a skewed local clock must not pick the backup.
+            let stop_time = member
+                .connect()
+                .and_then(|mut c| {
+                    c.query_one(
+                        "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+                        &[],
+                    )
+                    .map(|r| r.get::<_, i64>(0))
+                    .map_err(|e| StoreError::new(Kind::Source, crate::pg::db_error_text(&e)))
+                })
+                .ok()
+                .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
+                .unwrap_or_else(jiff::Timestamp::now);
             let label = std::fs::read_to_string(data.join("backup_label")).unwrap_or_default();
             let (start, tli) = parse_backup_label(&label).ok_or_else(|| {
                 StoreError::new(Kind::Source, "pg_basebackup wrote no readable backup_label")
