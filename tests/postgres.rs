@@ -782,3 +782,53 @@ fn interrupted_sandbox_is_torn_down() {
     let ps = String::from_utf8_lossy(&ps.stdout);
     assert!(!ps.contains(sandbox.to_str().unwrap()), "{ps}");
 }
+
+/// Restoring as root for a server that runs as `postgres`: if `postgres` cannot read the
+/// repository key, restore_command would fail mid-recovery — it is caught before the start.
+#[test]
+fn restore_as_root_checks_the_server_user_can_fetch_wal() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let pg = Pg::start("", &[]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    pg.ok(&["backup", "db-base"]);
+    pg.switch_wal();
+    // The key readable by root only, and no cached WAL key.
+    let key = pg.lab.p("test.key");
+    std::os::unix::fs::chown(&key, Some(0), Some(0)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _ = std::fs::remove_dir_all(pg.lab.p(".lifeboat/keys"));
+    let port = free_port();
+    let r: Run = std::process::Command::new(&pg.lb)
+        .args([
+            "restore",
+            "db",
+            "--latest",
+            "--target",
+            "r1",
+            "--start",
+            &port.to_string(),
+        ])
+        .current_dir(pg.lab.path())
+        .env("LIFEBOAT_PROGRESS", "0")
+        .env_remove("LIFEBOAT_STATE_DIR")
+        .env_remove("LIFEBOAT_PLAN")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("restore_command would fail for the data directory's owner"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("cannot read key file"), "{}", r.stderr);
+    assert!(!pg.lab.p("r1/postmaster.pid").exists());
+}

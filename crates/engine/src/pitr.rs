@@ -522,6 +522,7 @@ fn restore_inner(
     };
     let mut running = None;
     if let Some(port) = o.start {
+        preflight_restore_command(ctx, service, &o.dest)?;
         let run = start_server(&pg, &o.dest, port, ids, false)?;
         let reached = wait_promoted(&run, o.wait_timeout)?;
         report.started = true;
@@ -590,6 +591,49 @@ fn configure_recovery(
         let _ = std::fs::remove_file(dest.join(f));
     }
     Ok(())
+}
+
+/// Run the configured `restore_command` once, as the user the server will run as, for a file
+/// no archive has: it must answer "not archived" (exit 1). Anything else — the binary, the plan
+/// or the key unreadable for that user — would only surface later as a failed recovery.
+fn preflight_restore_command(ctx: &Context, service: &str, data: &Path) -> Result<(), StoreError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| StoreError::new(Kind::Internal, format!("locating lifeboat: {e}")))?;
+    let mut c = Command::new(&exe);
+    c.arg("--plan")
+        .arg(&ctx.plan_path)
+        .args([
+            "wal",
+            "fetch",
+            service,
+            "FFFFFFFF.history",
+            "--prefetch",
+            "0",
+        ])
+        .arg(data.join("lifeboat-preflight"))
+        .env("LIFEBOAT_STATE_DIR", &ctx.state_dir)
+        .current_dir(data)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    as_owner_of(&mut c, data);
+    let out = c.output().map_err(|e| {
+        StoreError::new(
+            Kind::Source,
+            format!("the restored server could not run {}: {e}", exe.display()),
+        )
+        .hint("the lifeboat binary must be executable by the data directory's owner (install it in /usr/local/bin)")
+    })?;
+    match out.status.code() {
+        Some(0) | Some(1) => Ok(()),
+        _ => Err(StoreError::new(
+            Kind::Source,
+            format!(
+                "restore_command would fail for the data directory's owner: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        )
+        .hint("the owner (the user PostgreSQL runs as) must be able to run lifeboat and read the plan and the repository key (or the WAL key cache in the state directory)")),
+    }
 }
 
 /// Start a restored server on `port` with a private socket directory.
@@ -799,6 +843,7 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Sto
             // The owner must be able to reach the sandbox directory.
             let _ = std::os::unix::fs::chown(&sandbox_root, Some(uid), Some(gid));
         }
+        preflight_restore_command(ctx, service, &data)?;
         let run = start_server(&pg, &data, port, ids, true)?;
         // `run` owns the sandbox now (stop and remove on drop).
         std::mem::forget(guard);
