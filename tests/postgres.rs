@@ -381,6 +381,10 @@ fn wal_fetch_without_the_key_fails_loudly() {
     assert_eq!(r.code, 126, "{}", r.all());
     assert!(r.stderr.contains("cannot read key file"), "{}", r.stderr);
     assert!(!pg.lab.p("out").exists());
+    // A standby's restore_command reports it and falls back to streaming (exit 1).
+    let r = pg.run(&["wal", "fetch", "db", &name, "out", "--standby"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("cannot read key file"), "{}", r.stderr);
 }
 
 #[test]

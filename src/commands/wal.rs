@@ -29,6 +29,10 @@ pub enum Cmd {
         /// Segments to fetch ahead in parallel.
         #[arg(long, default_value_t = 8)]
         prefetch: usize,
+        /// For a streaming standby's restore_command: report failures (printed) as "not
+        /// archived" (exit 1), so the standby falls back to streaming instead of stopping.
+        #[arg(long)]
+        standby: bool,
     },
     /// Walk the archive: timelines, gaps, and the recoverable window per base backup.
     Verify {
@@ -52,6 +56,7 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             name,
             dest,
             prefetch,
+            standby,
         } => match lifeboat_engine::wal::fetch(&ctx, service, name, dest, *prefetch) {
             Ok(true) => Ok(0),
             Ok(false) => Ok(1),
@@ -60,7 +65,7 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 if let Some(h) = &e.hint {
                     eprintln!("hint: {h}");
                 }
-                Ok(126)
+                Ok(if *standby { 1 } else { 126 })
             }
         },
         Cmd::Verify { service } => {
