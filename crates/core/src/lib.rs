@@ -2,6 +2,7 @@
 //! verdicts. No I/O beyond reading the plan text the caller hands in, no async: every decision
 //! here is a unit test away.
 
+pub mod decide;
 pub mod load;
 pub mod plan;
 pub mod repo_url;
