@@ -451,10 +451,17 @@ fn reached_from_log(log: &str) -> Reached {
 }
 
 /// `2026-11-22 06:00:00.123456+00` → Unix microseconds.
+/// Also `…+02`, `…+0530`, `…+05:30`, `…Z`, and `T` instead of the space. A time without an
+/// offset is refused (`None`): "14:03" means different instants on different hosts.
 pub fn parse_pg_time(s: &str) -> Option<i64> {
     let s = s.trim();
-    let fixed = if s.len() > 3 && (s.ends_with("+00") || s.ends_with("-00")) {
-        format!("{}:00", s)
+    let b = s.as_bytes();
+    let sign_at = |k: usize| b.len() > k && matches!(b[b.len() - k], b'+' | b'-');
+    let digits = |k: usize| b[b.len() - k + 1..].iter().all(u8::is_ascii_digit);
+    let fixed = if sign_at(3) && digits(3) {
+        format!("{s}:00") // +HH
+    } else if sign_at(5) && digits(5) {
+        format!("{}:{}", &s[..s.len() - 2], &s[s.len() - 2..]) // +HHMM
     } else {
         s.to_string()
     };
@@ -916,6 +923,22 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Sto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_times() {
+        let utc = parse_pg_time("2026-11-20 14:03:00+00").unwrap();
+        assert_eq!(parse_pg_time("2026-11-20T14:03:00Z"), Some(utc));
+        assert_eq!(parse_pg_time("2026-11-20 16:03:00+02"), Some(utc));
+        assert_eq!(parse_pg_time("2026-11-20 19:33:00+0530"), Some(utc));
+        assert_eq!(parse_pg_time("2026-11-20 19:33:00+05:30"), Some(utc));
+        assert_eq!(parse_pg_time("2026-11-20 09:03:00-05"), Some(utc));
+        assert_eq!(
+            parse_pg_time("2026-11-20 14:03:00.25+00"),
+            Some(utc + 250_000)
+        );
+        assert_eq!(parse_pg_time("2026-11-20 14:03:00"), None);
+        assert_eq!(parse_pg_time("yesterday"), None);
+    }
 
     #[test]
     fn log_lines() {
