@@ -54,6 +54,8 @@ pub enum Command {
     /// PostgreSQL WAL archive: archive_command, restore_command, and the recoverable window.
     #[command(subcommand)]
     Wal(commands::wal::Cmd),
+    /// Probe every PostgreSQL member once: roles, health, WAL positions, and what would be decided.
+    Status(commands::status::Args),
     /// The evidence log.
     #[command(subcommand)]
     Audit(commands::audit::Cmd),
@@ -75,6 +77,7 @@ fn main() {
         Command::Verify(a) => commands::verify::run(&cli, a),
         Command::Audit(c) => commands::audit::run(&cli, c),
         Command::Wal(c) => commands::wal::run(&cli, c),
+        Command::Status(a) => commands::status::run(&cli, a),
         Command::Demo(a) => commands::demo::run(&cli, a),
     };
     match result {

@@ -836,3 +836,35 @@ fn restore_as_root_checks_the_server_user_can_fetch_wal() {
     assert!(r.stderr.contains("cannot read key file"), "{}", r.stderr);
     assert!(!pg.lab.p("r1/postmaster.pid").exists());
 }
+
+/// `status` probes members with one deadline and tells a refused connection (down) from a
+/// hung server (SIGSTOP: connections are accepted by the kernel, nothing answers).
+#[test]
+fn status_tells_a_down_server_from_a_hung_one() {
+    let pg = Pg::start("", &[]);
+    let s = json_of(&pg.ok(&["--json", "status"]));
+    let m = &s[0]["members"][0];
+    assert_eq!(m["probe"]["ok"], true, "{s}");
+    assert_eq!(m["probe"]["role"], "primary", "{s}");
+    assert_eq!(s[0]["decision"]["action"], "stay", "{s}");
+
+    let pid: i32 = std::fs::read_to_string(pg.data.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signals to the test's own postmaster.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let r = pg.run(&["--json", "status", "--timeout-ms", "400"]);
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let s = json_of(&r);
+    assert_eq!(s[0]["members"][0]["probe"]["failure"], "timeout", "{s}");
+
+    pg.pg_ctl(&["stop", "-m", "fast"]);
+    let s = json_of(&pg.ok(&["--json", "status"]));
+    assert_eq!(s[0]["members"][0]["probe"]["failure"], "refused", "{s}");
+    assert_eq!(s[0]["decision"]["action"], "hold", "{s}");
+}

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod repo;
 pub mod restore;
 pub mod snapshots;
+pub mod status;
 pub mod verify;
 pub mod wal;
 

@@ -183,7 +183,12 @@ impl Member {
     }
 
     pub fn config(&self, timeout: Duration) -> postgres::Config {
-        let mut c = postgres::Config::new();
+        postgres::Config::from(self.async_config(timeout))
+    }
+
+    /// The same connection settings for tokio-postgres (health checks).
+    pub fn async_config(&self, timeout: Duration) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
         if self.host.starts_with('/') {
             c.host_path(&self.host);
         } else {
