@@ -3,12 +3,14 @@
 
 pub mod backup;
 pub mod context;
+pub mod coord;
 pub mod evidence;
 pub mod health;
 pub mod ops;
 pub mod pg;
 pub mod pgbackup;
 pub mod pitr;
+pub mod traffic;
 pub mod wal;
 
 pub use context::{Context, PlanError};
