@@ -54,6 +54,8 @@ pub enum Command {
     /// PostgreSQL WAL archive: archive_command, restore_command, and the recoverable window.
     #[command(subcommand)]
     Wal(commands::wal::Cmd),
+    /// The daemon: health checks, automatic failover, the traffic endpoint (first cut).
+    Serve(commands::serve::Args),
     /// Probe every PostgreSQL member once: roles, health, WAL positions, and what would be decided.
     Status(commands::status::Args),
     /// The evidence log.
@@ -78,6 +80,7 @@ fn main() {
         Command::Audit(c) => commands::audit::run(&cli, c),
         Command::Wal(c) => commands::wal::run(&cli, c),
         Command::Status(a) => commands::status::run(&cli, a),
+        Command::Serve(a) => commands::serve::run(&cli, a),
         Command::Demo(a) => commands::demo::run(&cli, a),
     };
     match result {

@@ -132,3 +132,20 @@ fn postgres_jobs_are_checked_against_their_service() {
     );
     assert!(e.contains("lifeboat.yaml:16:"), "line numbers: {e}");
 }
+
+#[test]
+fn automatic_failover_needs_two_sites() {
+    let lab = Lab::new();
+    lab.plan(
+        "name: t\ntiers:\n  std: { rpo: 1h, rto: 4h }\nsites: [a]\nservices:\n  db:\n    kind: postgres\n    tier: std\n    members:\n      a: { host: 127.0.0.1, port: 5432 }\n    failover: { listen: \"not-an-address\" }\n",
+    );
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("services.db.failover: automatic failover needs members in at least two sites (this service has 1)"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("services.db.failover.listen: `not-an-address` is not an address"),
+        "{}",
+        r.stderr
+    );
+}

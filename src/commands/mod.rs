@@ -8,6 +8,7 @@ pub mod init;
 pub mod plan;
 pub mod repo;
 pub mod restore;
+pub mod serve;
 pub mod snapshots;
 pub mod status;
 pub mod verify;

@@ -113,6 +113,9 @@ pub enum Service {
         /// true, e.g. `SELECT count(*) > 0 FROM users`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         checks: Vec<String>,
+        /// Automatic failover by `lifeboat serve` (needs members in two sites).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failover: Option<FailoverSpec>,
         /// Repository whose WAL archive holds this cluster's WAL (`lifeboat wal push`).
         /// Default: the repository of the service's base-backup job, or the only repository.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +187,35 @@ pub struct PgMember {
     /// Database to connect to for checks. Default: `postgres`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dbname: Option<String>,
+}
+
+/// How `lifeboat serve` watches a postgres service and fails it over.
+///
+/// Defaults (500ms / 400ms / 3 / 2) detect a crashed primary in about 1.5 s: three failed
+/// checks half a second apart, each bounded by 400 ms so a hung server costs no more than a dead
+/// one; a stall shorter than about a second never triggers a failover, and a recovering member
+/// must pass two checks in a row before it counts as healthy again.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverSpec {
+    /// Fail over automatically (default true); false: only decide and report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<bool>,
+    /// Address of the traffic endpoint (a TCP proxy to the primary), e.g. `127.0.0.1:6432`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Time between health checks. Default 500ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Deadline of one check, connection included. Default 400ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Failed checks in a row before a member is down. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    /// Passed checks in a row before a member is healthy again. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
 }
 
 /// Replication settings of a PostgreSQL service.

@@ -199,8 +199,36 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
             Service::Postgres {
                 members,
                 wal_repository,
+                failover,
                 ..
             } => {
+                if let Some(f) = failover {
+                    if members.len() < 2 {
+                        err(
+                            format!("{base}.failover"),
+                            format!(
+                                "automatic failover needs members in at least two sites (this service has {}): with one there is nothing to fail over to",
+                                members.len()
+                            ),
+                        );
+                    }
+                    if let Some(l) = &f.listen {
+                        if l.parse::<std::net::SocketAddr>().is_err() {
+                            err(
+                                format!("{base}.failover.listen"),
+                                format!(
+                                    "`{l}` is not an address to listen on (e.g. 127.0.0.1:6432)"
+                                ),
+                            );
+                        }
+                    }
+                    if f.unhealthy_threshold == Some(0) || f.healthy_threshold == Some(0) {
+                        err(
+                            format!("{base}.failover"),
+                            "thresholds must be at least 1".into(),
+                        );
+                    }
+                }
                 if members.is_empty() {
                     err(
                         format!("{base}.members"),

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod context;
 pub mod coord;
+pub mod daemon;
 pub mod evidence;
 pub mod health;
 pub mod ops;

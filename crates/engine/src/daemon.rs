@@ -1,0 +1,560 @@
+//! `lifeboat serve` (issue 4, first cut): for every postgres service with `failover:`, probe
+//! all members every `interval`, keep consecutive pass/fail counts, build a [`World`], call
+//! [`decide`], and act — fail over (record intent, cut traffic, stop the old primary when it is
+//! reachable and local, promote, wait for writes, route, record) or fence a writable old
+//! primary. Traffic goes through a TCP proxy per service. State that must survive a restart
+//! (routed primary, epoch, failover under way) lives in [`crate::coord::StateFile`].
+//! Everything runs on one tokio runtime under one shutdown signal (SIGTERM/SIGINT).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use lifeboat_core::decide::{decide, Action, Decision, MemberView, Role, World};
+use lifeboat_core::plan::{FailoverSpec, ReplicationMode, Service};
+use lifeboat_store::{Kind, StoreError};
+use tokio::sync::watch;
+
+use crate::context::Context;
+use crate::coord::{FailoverState, StateFile};
+use crate::health::{probe, Probe};
+use crate::pg::{Member, PgService};
+use crate::traffic::{proxy, Route};
+
+struct Watched {
+    service: String,
+    members: Vec<Member>,
+    spec: FailoverSpec,
+    mode: ReplicationMode,
+    max_lag: Option<u64>,
+    bin_dir: std::path::PathBuf,
+}
+
+fn log(event: &str, service: &str, fields: serde_json::Value) {
+    let mut v = serde_json::json!({
+        "time": jiff::Timestamp::now().to_string(),
+        "event": event,
+        "service": service,
+    });
+    if let (Some(o), Some(f)) = (v.as_object_mut(), fields.as_object()) {
+        o.extend(f.clone());
+    }
+    eprintln!("{v}");
+}
+
+/// The services `serve` protects.
+fn watched(ctx: &Context) -> Result<Vec<Watched>, StoreError> {
+    let mut out = Vec::new();
+    for (name, svc) in &ctx.plan.services {
+        let Service::Postgres {
+            failover: Some(spec),
+            replication,
+            ..
+        } = svc
+        else {
+            continue;
+        };
+        let pg = PgService::from_plan(name, svc, &ctx.base)?;
+        let members = pg
+            .members
+            .keys()
+            .map(|s| pg.member(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(Watched {
+            service: name.clone(),
+            members,
+            spec: spec.clone(),
+            mode: replication
+                .as_ref()
+                .map(|r| r.mode)
+                .unwrap_or(ReplicationMode::Async),
+            max_lag: replication
+                .as_ref()
+                .and_then(|r| r.max_lag_on_failover)
+                .map(|s| s.0),
+            bin_dir: pg.bin_dir.clone(),
+        });
+    }
+    if out.is_empty() {
+        return Err(StoreError::new(
+            Kind::Input,
+            "no postgres service in the plan has `failover:`: nothing to protect",
+        )
+        .hint("add `failover: { listen: 127.0.0.1:6432 }` to a postgres service with members in two sites"));
+    }
+    Ok(out)
+}
+
+/// Run until SIGTERM/SIGINT.
+pub fn serve(ctx: &Context) -> Result<(), StoreError> {
+    let services = watched(ctx)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    {
+        // Signals: block them here, wait for them on a thread.
+        // SAFETY: the mask is set before the runtime creates its threads (they inherit it), so
+        // only the waiting thread ever receives SIGINT/SIGTERM.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            std::thread::spawn(move || {
+                let mut sig = 0;
+                libc::sigwait(&set, &mut sig);
+                let _ = stop_tx.send(true);
+            });
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::new(Kind::Internal, format!("runtime: {e}")))?;
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for w in services {
+            let state = StateFile::new(&ctx.state_dir, &w.service);
+            let st = state.load()?;
+            let (route_tx, route_rx) = watch::channel(Route {
+                epoch: st.epoch,
+                target: None,
+            });
+            if let Some(listen) = &w.spec.listen {
+                let l = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+                    StoreError::new(
+                        Kind::Io,
+                        format!("service {}: cannot listen on {listen}: {e}", w.service),
+                    )
+                })?;
+                log(
+                    "listening",
+                    &w.service,
+                    serde_json::json!({"address": listen}),
+                );
+                tasks.push(tokio::spawn(proxy(l, route_rx, stop_rx.clone())));
+            }
+            tasks.push(tokio::spawn(monitor(
+                w,
+                state,
+                route_tx,
+                stop_rx.clone(),
+                ctx.plan.name.clone(),
+                ctx.state_dir.clone(),
+            )));
+        }
+        let mut stop_rx = stop_rx;
+        while !*stop_rx.borrow() {
+            if stop_rx.changed().await.is_err() {
+                break;
+            }
+        }
+        for t in tasks {
+            t.abort();
+        }
+        Ok::<(), StoreError>(())
+    })?;
+    log("stopped", "*", serde_json::json!({}));
+    Ok(())
+}
+
+#[derive(Default, Clone)]
+struct Counts {
+    failures: u32,
+    successes: u32,
+    last: Option<Probe>,
+    last_ok: Option<Probe>,
+}
+
+async fn monitor(
+    w: Watched,
+    state: StateFile,
+    route_tx: watch::Sender<Route>,
+    stop: watch::Receiver<bool>,
+    plan: String,
+    state_dir: std::path::PathBuf,
+) {
+    let interval = w
+        .spec
+        .interval
+        .map(|d| d.std())
+        .unwrap_or(Duration::from_millis(500));
+    let timeout = w
+        .spec
+        .timeout
+        .map(|d| d.std())
+        .unwrap_or(Duration::from_millis(400));
+    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut last_reason = String::new();
+    let mut primary_last_lsn: Option<u64> = None;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if *stop.borrow() {
+            return;
+        }
+        let handles: Vec<_> = w
+            .members
+            .iter()
+            .map(|m| {
+                let m = m.clone();
+                tokio::spawn(async move { (m.site.clone(), probe(&m, timeout).await) })
+            })
+            .collect();
+        for h in handles {
+            let Ok((site, p)) = h.await else { continue };
+            let c = counts.entry(site).or_default();
+            if p.ok {
+                c.failures = 0;
+                c.successes += 1;
+                c.last_ok = Some(p.clone());
+            } else {
+                c.successes = 0;
+                c.failures += 1;
+            }
+            c.last = Some(p);
+        }
+        let mut st = match state.load() {
+            Ok(s) => s,
+            Err(e) => {
+                log(
+                    "error",
+                    &w.service,
+                    serde_json::json!({"error": e.to_string()}),
+                );
+                continue;
+            }
+        };
+        // At first start: adopt the one member that reports itself primary.
+        if st.primary.is_none() && st.in_progress.is_none() {
+            let primaries: Vec<&String> = counts
+                .iter()
+                .filter(|(_, c)| {
+                    c.failures == 0
+                        && matches!(
+                            &c.last,
+                            Some(Probe {
+                                role: Some(Role::Primary),
+                                ..
+                            })
+                        )
+                })
+                .map(|(s, _)| s)
+                .collect();
+            if let [only] = primaries.as_slice() {
+                st.primary = Some((*only).clone());
+                st.epoch = st.epoch.max(1);
+                if let Err(e) = state.store(&st) {
+                    log(
+                        "error",
+                        &w.service,
+                        serde_json::json!({"error": e.to_string()}),
+                    );
+                    continue;
+                }
+                log(
+                    "adopted",
+                    &w.service,
+                    serde_json::json!({"primary": only, "epoch": st.epoch}),
+                );
+            }
+        }
+        if let Some(p) = st.primary.as_ref().and_then(|p| counts.get(p)) {
+            if let Some(Probe {
+                ok: true,
+                role: Some(Role::Primary),
+                lsn,
+                ..
+            }) = &p.last
+            {
+                primary_last_lsn = *lsn;
+            }
+        }
+        let world = build_world(&w, &counts, &st, primary_last_lsn);
+        let d = decide(&world);
+        if d.reason != last_reason {
+            log(
+                "decision",
+                &w.service,
+                serde_json::to_value(&d).unwrap_or_default(),
+            );
+            last_reason = d.reason.clone();
+            let _ = std::fs::create_dir_all(state_dir.join("daemon"));
+            let _ = std::fs::write(
+                state_dir.join("daemon").join(format!("{}.json", w.service)),
+                serde_json::to_vec_pretty(&serde_json::json!({
+                    "decision": d, "epoch": st.epoch, "primary": st.primary,
+                    "time": jiff::Timestamp::now().to_string(),
+                }))
+                .unwrap_or_default(),
+            );
+        }
+        match d.action.clone() {
+            Action::Failover { from, to, epoch } => {
+                let started = Instant::now();
+                let r = failover(
+                    &w,
+                    &state,
+                    &route_tx,
+                    &mut st,
+                    from.clone(),
+                    &to,
+                    epoch,
+                    &counts,
+                )
+                .await;
+                let outcome = if r.is_ok() { "ok" } else { "failed" };
+                log(
+                    "failover",
+                    &w.service,
+                    serde_json::json!({"from": from, "to": to, "epoch": epoch, "outcome": outcome,
+                        "error": r.as_ref().err().map(|e| e.to_string()),
+                        "ms": started.elapsed().as_millis() as u64, "reason": d.reason}),
+                );
+                record(&plan, &state_dir, &w.service, &d, outcome, started);
+            }
+            Action::Fence { site, epoch } => {
+                let started = Instant::now();
+                let r = fence(&w, &site).await;
+                log(
+                    "fence",
+                    &w.service,
+                    serde_json::json!({"site": site, "epoch": epoch,
+                        "error": r.as_ref().err().map(|e| e.to_string())}),
+                );
+                record(
+                    &plan,
+                    &state_dir,
+                    &w.service,
+                    &d,
+                    if r.is_ok() { "ok" } else { "failed" },
+                    started,
+                );
+            }
+            _ => {}
+        }
+        // Route writes to the recorded primary while it is healthy.
+        let target = st.primary.as_ref().and_then(|p| {
+            let c = counts.get(p)?;
+            let healthy = c.failures == 0
+                && matches!(
+                    &c.last,
+                    Some(Probe {
+                        role: Some(Role::Primary),
+                        ..
+                    })
+                );
+            healthy
+                .then(|| w.members.iter().find(|m| &m.site == p))
+                .flatten()
+                .map(|m| format!("{}:{}", m.host, m.port))
+        });
+        if let Some(t) = target {
+            let want = Route {
+                epoch: st.epoch,
+                target: Some(t),
+            };
+            if *route_tx.borrow() != want {
+                log(
+                    "route",
+                    &w.service,
+                    serde_json::json!({"epoch": want.epoch, "target": want.target}),
+                );
+                let _ = route_tx.send(want);
+            }
+        }
+    }
+}
+
+fn build_world(
+    w: &Watched,
+    counts: &BTreeMap<String, Counts>,
+    st: &FailoverState,
+    primary_last_lsn: Option<u64>,
+) -> World {
+    let primary_probe = st
+        .primary
+        .as_ref()
+        .and_then(|p| counts.get(p))
+        .and_then(|c| c.last_ok.as_ref());
+    let sync_names: Vec<String> = primary_probe
+        .map(|p| {
+            p.standbys
+                .iter()
+                .filter(|s| s.sync_state == "sync" || s.sync_state == "quorum")
+                .map(|s| s.application_name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let standby_count = w.members.len().saturating_sub(1);
+    World {
+        service: w.service.clone(),
+        mode: w.mode,
+        max_lag_bytes: w.max_lag,
+        unhealthy_threshold: w.spec.unhealthy_threshold.unwrap_or(3),
+        healthy_threshold: w.spec.healthy_threshold.unwrap_or(2),
+        auto_failover: w.spec.auto.unwrap_or(true),
+        members: w
+            .members
+            .iter()
+            .map(|m| {
+                let c = counts.get(&m.site).cloned().unwrap_or_default();
+                let known = c.last_ok.as_ref();
+                MemberView {
+                    site: m.site.clone(),
+                    failures: c.failures,
+                    successes: c.successes,
+                    last_failure: c.last.as_ref().and_then(|p| p.failure.clone()),
+                    role: known.and_then(|p| p.role),
+                    system_id: known.and_then(|p| p.system_id.clone()),
+                    timeline: known.and_then(|p| p.timeline),
+                    received_lsn: known
+                        .and_then(|p| p.lsn)
+                        .filter(|_| known.and_then(|p| p.role) == Some(Role::Standby)),
+                    replayed_lsn: known.and_then(|p| p.replay_lsn),
+                    // Standbys are matched by application_name = site; with one standby and a
+                    // synchronous one listed, it is that one.
+                    was_sync: sync_names.contains(&m.site)
+                        || (standby_count == 1
+                            && !sync_names.is_empty()
+                            && Some(&m.site) != st.primary.as_ref()),
+                    clients_reach_it: None,
+                }
+            })
+            .collect(),
+        primary: st.primary.clone(),
+        epoch: st.epoch,
+        primary_last_lsn,
+        failover_in_progress: st.in_progress.clone(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn failover(
+    w: &Watched,
+    state: &StateFile,
+    route_tx: &watch::Sender<Route>,
+    st: &mut FailoverState,
+    from: Option<String>,
+    to: &str,
+    epoch: u64,
+    counts: &BTreeMap<String, Counts>,
+) -> Result<(), StoreError> {
+    // 1. Intent first: a restart resumes this exact failover.
+    st.in_progress = Some((to.to_string(), epoch));
+    st.epoch = st.epoch.max(epoch);
+    if let Some(f) = &from {
+        if !st.fenced.iter().any(|(s, e)| s == f && *e == epoch) {
+            st.fenced.push((f.clone(), epoch));
+        }
+    }
+    state.store(st)?;
+    // 2. Cut traffic: no connection goes anywhere until the new primary takes writes.
+    let _ = route_tx.send(Route {
+        epoch,
+        target: None,
+    });
+    // 3. Stop the old primary if it still answers and lives here.
+    if let Some(f) = &from {
+        if counts.get(f).is_some_and(|c| c.failures == 0) {
+            let _ = fence(w, f).await;
+        }
+    }
+    // 4. Promote (a no-op if it already is the primary: a resumed failover).
+    let target = w
+        .members
+        .iter()
+        .find(|m| m.site == to)
+        .ok_or_else(|| StoreError::new(Kind::Input, format!("no member {to}")))?
+        .clone();
+    let cfg = target.async_config(Duration::from_secs(5));
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| StoreError::new(Kind::Source, format!("connecting to {to}: {e}")))?;
+    let conn = tokio::spawn(conn);
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| StoreError::new(Kind::Source, format!("{to}: {e}")))?;
+    if in_recovery {
+        client
+            .query_one("SELECT pg_promote(true, 30)", &[])
+            .await
+            .map_err(|e| StoreError::new(Kind::Source, format!("promoting {to}: {e}")))?;
+    }
+    // 5. It takes writes.
+    client
+        .batch_execute("CREATE TEMP TABLE lifeboat_failover_probe(x int); INSERT INTO lifeboat_failover_probe VALUES (1)")
+        .await
+        .map_err(|e| StoreError::new(Kind::Source, format!("{to} refused a write after promotion: {e}")))?;
+    drop(client);
+    conn.abort();
+    // 6. Route, and close the record.
+    st.primary = Some(to.to_string());
+    st.in_progress = None;
+    state.store(st)?;
+    let _ = route_tx.send(Route {
+        epoch,
+        target: Some(format!("{}:{}", target.host, target.port)),
+    });
+    Ok(())
+}
+
+/// Stop a member that must not take writes, when its data directory is on this host.
+async fn fence(w: &Watched, site: &str) -> Result<(), StoreError> {
+    let Some(m) = w.members.iter().find(|m| m.site == site) else {
+        return Ok(());
+    };
+    let Some(data) = m.data_dir.clone() else {
+        return Err(StoreError::new(
+            Kind::Input,
+            format!("{site} has no data_dir on this host: it is refused by the endpoint only"),
+        ));
+    };
+    let pg_ctl = w.bin_dir.join("pg_ctl");
+    tokio::task::spawn_blocking(move || {
+        let mut c = std::process::Command::new(pg_ctl);
+        c.arg("-D")
+            .arg(&data)
+            .args(["stop", "-m", "fast", "-w", "-t", "10"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        crate::pg::as_owner_of(&mut c, &data);
+        c.status()
+    })
+    .await
+    .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))?
+    .map_err(|e| StoreError::new(Kind::Source, format!("pg_ctl stop: {e}")))?;
+    Ok(())
+}
+
+fn record(
+    plan: &str,
+    state_dir: &std::path::Path,
+    service: &str,
+    d: &Decision,
+    outcome: &str,
+    started: Instant,
+) {
+    let Ok(mut ev) = crate::evidence::Evidence::open(state_dir) else {
+        return;
+    };
+    let command = match d.action {
+        Action::Failover { .. } => "failover",
+        Action::Fence { .. } => "fence",
+        _ => "decision",
+    };
+    let _ = ev.append(
+        &crate::evidence::default_actor(),
+        &crate::evidence::Draft {
+            command: command.into(),
+            plan: plan.into(),
+            target: service.into(),
+            outcome: outcome.into(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            figures: serde_json::to_value(d).unwrap_or_default(),
+        },
+    );
+}
