@@ -230,6 +230,8 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
         assert!(Instant::now() < deadline, "restarted daemon does not route");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let st = pg.ok(&["--json", "status"]).json();
+    assert_eq!(st[0]["daemon"]["primary"], "b", "{st}");
     let ev = pg.events();
     let failovers = ev.iter().filter(|e| e["command"] == "failover").count();
     assert_eq!(failovers, 1, "{ev:?}");

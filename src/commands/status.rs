@@ -28,6 +28,8 @@ struct ServiceStatus {
     service: String,
     members: Vec<MemberStatus>,
     decision: lifeboat_core::decide::Decision,
+    /// What a running `lifeboat serve` last decided (its `.lifeboat/daemon/<service>.json`).
+    daemon: Option<serde_json::Value>,
 }
 
 pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
@@ -99,10 +101,14 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             primary_last_lsn: primary_lsn,
             failover_in_progress: None,
         };
+        let daemon = std::fs::read(ctx.state_dir.join("daemon").join(format!("{name}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         out.push(ServiceStatus {
             service: name.clone(),
             decision: decide(&world),
             members,
+            daemon,
         });
     }
     if cli.json {
@@ -146,6 +152,14 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             }
         }
         println!("  if this state held: {}", s.decision.reason);
+        if let Some(d) = &s.daemon {
+            println!(
+                "  daemon's last decision ({}, epoch {}): {}",
+                d["time"].as_str().unwrap_or("?"),
+                d["epoch"],
+                d["decision"]["reason"].as_str().unwrap_or("?")
+            );
+        }
     }
     Ok(0)
 }
