@@ -20,18 +20,7 @@ fn flipped_byte_is_detected_and_restore_refuses() {
         .to_string();
 
     // the largest pack holds random.bin's data
-    let mut packs = Vec::new();
-    for d in std::fs::read_dir(lab.p("repo/data")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            let f = f.unwrap();
-            packs.push((f.metadata().unwrap().len(), f.path()));
-        }
-    }
-    packs.sort();
-    let (len, pack) = packs.last().unwrap().clone();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[(len / 2) as usize] ^= 0x01;
-    std::fs::write(&pack, bytes).unwrap();
+    flip_largest_pack(&lab.p("repo"));
 
     let r = lab.run(&["verify", "files", "--read-data"]);
     assert_eq!(r.code, 1, "{}", r.all());

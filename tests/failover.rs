@@ -19,35 +19,9 @@ impl Drop for Daemon {
     }
 }
 
-fn pid_of(pg: &Pg, dir: &str) -> i32 {
-    std::fs::read_to_string(pg.lab.p(dir).join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn write_through(pg: &Pg, port: u16, v: i32) -> bool {
-    pg.tool(
-        "psql",
-        &[
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-Atq",
-            "-c",
-            &format!("INSERT INTO w VALUES ({v})"),
-        ],
-    )
-    .status
-    .success()
+    pg.try_sql_on(port, "postgres", &format!("INSERT INTO w VALUES ({v})"))
+        .is_ok()
 }
 
 #[test]
@@ -75,20 +49,13 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let sport = free_port();
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(pg.lab.p("standby/postgresql.auto.conf"))
-        .unwrap()
-        .write_all(
-            format!(
-                "port = {sport}\narchive_mode = off\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=b'\n",
-                pg.port
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-    pg.chown();
+    pg.append_conf(
+        "standby/postgresql.auto.conf",
+        &format!(
+            "port = {sport}\narchive_mode = off\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=b'\n",
+            pg.port
+        ),
+    );
     let o = pg.tool(
         "pg_ctl",
         &["-D", "standby", "-l", "standby.log", "-w", "start"],
@@ -151,7 +118,7 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
 
     eprintln!("phase at {:?}", t0.elapsed());
     // kill -9 the primary and keep writing until the endpoint accepts again.
-    unsafe { libc::kill(pid_of(&pg, "pgdata"), libc::SIGKILL) };
+    unsafe { libc::kill(pg.postmaster_pid("pgdata"), libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "no failover within 60 s");

@@ -475,18 +475,7 @@ fn corrupted_base_backup_is_never_restored_silently() {
     pg.sql("INSERT INTO t(v) SELECT md5(i::text) FROM generate_series(1, 20000) i");
     pg.ok(&["backup", "db-base"]);
     pg.switch_wal();
-    let mut packs = Vec::new();
-    for d in std::fs::read_dir(pg.lab.p("repo/data")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            let f = f.unwrap();
-            packs.push((f.metadata().unwrap().len(), f.path()));
-        }
-    }
-    packs.sort();
-    let (len, pack) = packs.last().unwrap().clone();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[(len / 2) as usize] ^= 0x01;
-    std::fs::write(&pack, bytes).unwrap();
+    flip_largest_pack(&pg.lab.p("repo"));
     let r = pg.run(&["restore", "db", "--latest", "--target", "r1"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
@@ -648,20 +637,13 @@ fn recovery_follows_the_timeline_of_a_promoted_standby() {
     let sport = free_port();
     std::fs::remove_file(pg.lab.p("standby/recovery.signal")).unwrap();
     std::fs::write(pg.lab.p("standby/standby.signal"), "").unwrap();
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(pg.lab.p("standby/postgresql.auto.conf"))
-        .unwrap()
-        .write_all(
-            format!(
-                "port = {sport}\narchive_mode = 'on'\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres'\n",
-                pg.port
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-    pg.chown();
+    pg.append_conf(
+        "standby/postgresql.auto.conf",
+        &format!(
+            "port = {sport}\narchive_mode = 'on'\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres'\n",
+            pg.port
+        ),
+    );
     let o = pg.tool(
         "pg_ctl",
         &["-D", "standby", "-l", "standby.log", "-w", "start"],
@@ -848,14 +830,7 @@ fn status_tells_a_down_server_from_a_hung_one() {
     assert_eq!(m["probe"]["role"], "primary", "{s}");
     assert_eq!(s[0]["decision"]["action"], "stay", "{s}");
 
-    let pid: i32 = std::fs::read_to_string(pg.data.join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = pg.postmaster_pid("pgdata");
     // SAFETY: signals to the test's own postmaster.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let r = pg.run(&["--json", "status", "--timeout-ms", "400"]);

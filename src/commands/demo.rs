@@ -302,12 +302,6 @@ fn must_pg(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Stops the demo's servers however the tour ends.
 struct Servers<'a>(&'a Path, &'a Path, Vec<&'static str>);
 
@@ -328,7 +322,7 @@ impl Drop for Servers<'_> {
 fn postgres_tour(dir: &Path, bin: &Path) -> anyhow::Result<()> {
     step("10. PostgreSQL: a real cluster whose archive_command is `lifeboat wal push`");
     std::fs::create_dir_all(dir)?;
-    let port = free_port()?;
+    let port = lifeboat_engine::pitr::free_port()?;
     std::fs::write(
         dir.join("lifeboat.yaml"),
         PG_PLAN.replace("PORT", &port.to_string()),
@@ -427,7 +421,7 @@ fn postgres_tour(dir: &Path, bin: &Path) -> anyhow::Result<()> {
     must_pg(dir, &["wal", "verify"])?;
 
     step("14. point-in-time recovery to just before the drop, started on a new port");
-    let port2 = free_port()?;
+    let port2 = lifeboat_engine::pitr::free_port()?;
     servers.2.push("restored");
     must_pg(
         dir,

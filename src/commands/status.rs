@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use lifeboat_core::decide::{decide, MemberView, Role, World};
-use lifeboat_core::plan::{ReplicationMode, Service};
+use std::collections::BTreeMap;
+
+use lifeboat_core::decide::{decide, Role};
+use lifeboat_engine::coord::FailoverState;
+use lifeboat_engine::daemon::{build_world, Counts, Watched};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,71 +39,33 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
     let timeout = Duration::from_millis(a.timeout_ms);
     let mut out = Vec::new();
-    for (name, svc) in &ctx.plan.services {
-        if a.service.as_ref().is_some_and(|s| s != name) {
-            continue;
-        }
-        let Service::Postgres { replication, .. } = svc else {
+    for name in ctx.postgres_services(a.service.as_deref())? {
+        let Some(mut w) = Watched::from_plan(&ctx, &name)? else {
             continue;
         };
-        let pg = lifeboat_engine::pg::PgService::from_plan(name, svc, &ctx.base)?;
+        // One probe each: judge it as if it had lasted (thresholds of 1).
+        w.spec.unhealthy_threshold = Some(1);
+        w.spec.healthy_threshold = Some(1);
+        let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
         let mut members = Vec::new();
-        for site in pg.members.keys() {
-            let m = pg.member(site)?;
-            let probe = lifeboat_engine::health::probe_blocking(&m, timeout);
+        for m in &w.members {
+            let probe = lifeboat_engine::health::probe_blocking(m, timeout);
+            counts
+                .entry(m.site.clone())
+                .or_default()
+                .observe(probe.clone());
             members.push(MemberStatus {
-                site: site.clone(),
+                site: m.site.clone(),
                 address: format!("{}:{}", m.host, m.port),
                 probe,
             });
         }
-        let primary = members
-            .iter()
-            .find(|m| m.probe.role == Some(Role::Primary))
-            .map(|m| m.site.clone());
-        let primary_lsn = members
-            .iter()
-            .find(|m| m.probe.role == Some(Role::Primary))
-            .and_then(|m| m.probe.lsn);
-        let any_sync = members
-            .iter()
-            .flat_map(|m| m.probe.standbys.iter())
-            .any(|s| s.sync_state == "sync" || s.sync_state == "quorum");
-        let world = World {
-            service: name.clone(),
-            mode: replication
-                .as_ref()
-                .map(|r| r.mode)
-                .unwrap_or(ReplicationMode::Async),
-            max_lag_bytes: replication
-                .as_ref()
-                .and_then(|r| r.max_lag_on_failover)
-                .map(|s| s.0),
-            unhealthy_threshold: 1,
-            healthy_threshold: 1,
-            auto_failover: true,
-            members: members
-                .iter()
-                .map(|m| MemberView {
-                    site: m.site.clone(),
-                    failures: u32::from(!m.probe.ok),
-                    successes: u32::from(m.probe.ok),
-                    last_failure: m.probe.failure.clone(),
-                    role: m.probe.role,
-                    system_id: m.probe.system_id.clone(),
-                    timeline: m.probe.timeline,
-                    received_lsn: m.probe.lsn.filter(|_| m.probe.role == Some(Role::Standby)),
-                    replayed_lsn: m.probe.replay_lsn,
-                    // One standby and a synchronous slot on the primary: that standby.
-                    was_sync: any_sync && m.probe.role == Some(Role::Standby),
-                    clients_reach_it: None,
-                })
-                .collect(),
-            primary,
-            epoch: 0,
-            primary_last_lsn: primary_lsn,
-            failover_in_progress: None,
+        let primary = members.iter().find(|m| m.probe.role == Some(Role::Primary));
+        let state = FailoverState {
+            primary: primary.map(|m| m.site.clone()),
+            ..Default::default()
         };
+        let world = build_world(&w, &counts, &state, primary.and_then(|m| m.probe.lsn));
         let daemon = std::fs::read(ctx.state_dir.join("daemon").join(format!("{name}.json")))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());

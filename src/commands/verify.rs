@@ -19,16 +19,7 @@ pub struct Args {
 
 fn verify_restore(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
-    let services: Vec<String> = match &a.job {
-        Some(s) => vec![s.clone()],
-        None => ctx
-            .plan
-            .services
-            .iter()
-            .filter(|(_, s)| s.kind() == "postgres")
-            .map(|(n, _)| n.clone())
-            .collect(),
-    };
+    let services = ctx.postgres_services(a.job.as_deref())?;
     if services.is_empty() {
         anyhow::bail!(lifeboat_store::StoreError::new(
             lifeboat_store::Kind::Input,

@@ -69,16 +69,7 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             }
         },
         Cmd::Verify { service } => {
-            let services: Vec<String> = match service {
-                Some(s) => vec![s.clone()],
-                None => ctx
-                    .plan
-                    .services
-                    .iter()
-                    .filter(|(_, s)| s.kind() == "postgres")
-                    .map(|(n, _)| n.clone())
-                    .collect(),
-            };
+            let services = ctx.postgres_services(service.as_deref())?;
             let mut ok = true;
             let mut reports = Vec::new();
             for s in services {

@@ -181,6 +181,22 @@ pub fn restored(target: &Path, original: &Path) -> PathBuf {
     target.join(original.strip_prefix("/").unwrap())
 }
 
+/// Flip one bit in the middle of the largest pack of a local repository (data damage).
+pub fn flip_largest_pack(repo: &Path) {
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(repo.join("data")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            packs.push((f.metadata().unwrap().len(), f.path()));
+        }
+    }
+    packs.sort();
+    let (len, pack) = packs.last().unwrap().clone();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(len / 2) as usize] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -109,17 +109,35 @@ backups:
              wal_level = replica\narchive_mode = on\narchive_command = '{archive}'\n\
              fsync = off\nshared_buffers = 32MB\nmax_wal_senders = 4\n"
         );
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(pg.data.join("postgresql.conf"))
-            .unwrap()
-            .write_all(conf.as_bytes())
-            .unwrap();
+        pg.append_conf("pgdata/postgresql.conf", &conf);
         pg.ok(&["repo", "init"]);
         pg.pg_ctl(&["start", "-w", "-t", "60", "-l", "pg.log"]);
         pg.sql("CREATE DATABASE app");
         pg
+    }
+
+    /// Append settings to a configuration file of the lab (and give the lab back to postgres).
+    pub fn append_conf(&self, rel: &str, text: &str) {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.lab.p(rel))
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        self.chown();
+    }
+
+    /// The pid of the postmaster of a data directory in the lab (from its pid file).
+    pub fn postmaster_pid(&self, dir: &str) -> i32 {
+        std::fs::read_to_string(self.lab.p(dir).join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     pub fn chown(&self) {
@@ -170,8 +188,8 @@ backups:
         );
     }
 
-    /// Run SQL on the cluster (or on `port`), return trimmed output.
-    pub fn sql_on(&self, port: u16, db: &str, q: &str) -> String {
+    /// Run SQL on `port`: the trimmed output, or psql's error.
+    pub fn try_sql_on(&self, port: u16, db: &str, q: &str) -> Result<String, String> {
         let o = self.tool(
             "psql",
             &[
@@ -191,12 +209,17 @@ backups:
                 q,
             ],
         );
-        assert!(
-            o.status.success(),
-            "psql {q}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    /// Run SQL on the cluster (or on `port`), return trimmed output.
+    pub fn sql_on(&self, port: u16, db: &str, q: &str) -> String {
+        self.try_sql_on(port, db, q)
+            .unwrap_or_else(|e| panic!("psql {q}: {e}"))
     }
 
     pub fn sql(&self, q: &str) -> String {

@@ -211,7 +211,7 @@ fn anchor_excludes(patterns: &[String], base: &std::path::Path) -> Vec<String> {
 }
 
 /// Run `sh -c command` with stdout to a private spool file; fail on non-zero exit or timeout.
-pub(crate) fn run_to_spool(
+fn run_to_spool(
     ctx: &Context,
     job: &str,
     command: &str,
@@ -268,16 +268,7 @@ pub(crate) fn run_to_spool(
         }
     };
     let stderr = err_reader.join().unwrap_or_default();
-    let tail = String::from_utf8_lossy(&stderr);
-    let tail: String = tail
-        .lines()
-        .rev()
-        .take(5)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join(" | ");
+    let tail = stderr_tail(&String::from_utf8_lossy(&stderr), 5);
     let fail = |why: String| {
         let _ = std::fs::remove_file(&path);
         Err(StoreError::new(
@@ -300,8 +291,14 @@ pub(crate) fn run_to_spool(
     }
 }
 
+/// The last `n` non-empty lines of a program's stderr, on one line (for error messages).
+pub(crate) fn stderr_tail(stderr: &str, n: usize) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 /// Remove spool files left by runs that were killed (their process is gone).
-pub(crate) fn clean_spool(dir: &std::path::Path) {
+fn clean_spool(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

@@ -20,6 +20,7 @@ pub enum PlanError {
     Invalid(Vec<Diagnostic>),
 }
 
+#[derive(Clone)]
 pub struct Context {
     pub plan: Plan,
     pub plan_path: PathBuf,
@@ -113,6 +114,32 @@ impl Context {
                 self.repo_names()
             ),
         ))
+    }
+
+    /// The plan's postgres services, or only `only` (which must be one).
+    pub fn postgres_services(&self, only: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let all: Vec<String> = self
+            .plan
+            .services
+            .iter()
+            .filter(|(_, s)| matches!(s, lifeboat_core::plan::Service::Postgres { .. }))
+            .map(|(n, _)| n.clone())
+            .collect();
+        match only {
+            None => Ok(all),
+            Some(s) if all.iter().any(|a| a == s) => Ok(vec![s.to_string()]),
+            Some(s) => Err(StoreError::new(
+                lifeboat_store::Kind::Input,
+                format!(
+                    "`{s}` is not a postgres service of the plan (postgres services: {})",
+                    if all.is_empty() {
+                        "none".into()
+                    } else {
+                        all.join(", ")
+                    }
+                ),
+            )),
+        }
     }
 
     pub fn evidence(&self) -> Result<Evidence, EvidenceError> {

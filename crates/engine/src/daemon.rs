@@ -20,13 +20,51 @@ use crate::health::{probe, Probe};
 use crate::pg::{Member, PgService};
 use crate::traffic::{proxy, Route};
 
-struct Watched {
-    service: String,
-    members: Vec<Member>,
-    spec: FailoverSpec,
+/// A postgres service as the daemon (and `status`) watch it.
+pub struct Watched {
+    pub service: String,
+    pub members: Vec<Member>,
+    pub spec: FailoverSpec,
     mode: ReplicationMode,
     max_lag: Option<u64>,
     bin_dir: std::path::PathBuf,
+}
+
+impl Watched {
+    /// `None` for services that are not postgres. The failover settings are the service's, or
+    /// the defaults when it has none.
+    pub fn from_plan(ctx: &Context, name: &str) -> Result<Option<Watched>, StoreError> {
+        let Some(
+            svc @ Service::Postgres {
+                failover,
+                replication,
+                ..
+            },
+        ) = ctx.plan.services.get(name)
+        else {
+            return Ok(None);
+        };
+        let pg = PgService::from_plan(name, svc, &ctx.base)?;
+        let members = pg
+            .members
+            .keys()
+            .map(|s| pg.member(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Watched {
+            service: name.to_string(),
+            members,
+            spec: failover.clone().unwrap_or_default(),
+            mode: replication
+                .as_ref()
+                .map(|r| r.mode)
+                .unwrap_or(ReplicationMode::Async),
+            max_lag: replication
+                .as_ref()
+                .and_then(|r| r.max_lag_on_failover)
+                .map(|s| s.0),
+            bin_dir: pg.bin_dir.clone(),
+        }))
+    }
 }
 
 fn log(event: &str, service: &str, fields: serde_json::Value) {
@@ -45,34 +83,12 @@ fn log(event: &str, service: &str, fields: serde_json::Value) {
 fn watched(ctx: &Context) -> Result<Vec<Watched>, StoreError> {
     let mut out = Vec::new();
     for (name, svc) in &ctx.plan.services {
-        let Service::Postgres {
-            failover: Some(spec),
-            replication,
-            ..
+        if let Service::Postgres {
+            failover: Some(_), ..
         } = svc
-        else {
-            continue;
-        };
-        let pg = PgService::from_plan(name, svc, &ctx.base)?;
-        let members = pg
-            .members
-            .keys()
-            .map(|s| pg.member(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        out.push(Watched {
-            service: name.clone(),
-            members,
-            spec: spec.clone(),
-            mode: replication
-                .as_ref()
-                .map(|r| r.mode)
-                .unwrap_or(ReplicationMode::Async),
-            max_lag: replication
-                .as_ref()
-                .and_then(|r| r.max_lag_on_failover)
-                .map(|s| s.0),
-            bin_dir: pg.bin_dir.clone(),
-        });
+        {
+            out.extend(Watched::from_plan(ctx, name)?);
+        }
     }
     if out.is_empty() {
         return Err(StoreError::new(
@@ -88,23 +104,10 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, StoreError> {
 pub fn serve(ctx: &Context) -> Result<(), StoreError> {
     let services = watched(ctx)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    {
-        // Signals: block them here, wait for them on a thread.
-        // SAFETY: the mask is set before the runtime creates its threads (they inherit it), so
-        // only the waiting thread ever receives SIGINT/SIGTERM.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            std::thread::spawn(move || {
-                let mut sig = 0;
-                libc::sigwait(&set, &mut sig);
-                let _ = stop_tx.send(true);
-            });
-        }
-    }
+    // Before the runtime creates its threads, so they inherit the blocked mask.
+    crate::signals::on_termination(move || {
+        let _ = stop_tx.send(true);
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -138,8 +141,7 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
                 state,
                 route_tx,
                 stop_rx.clone(),
-                ctx.plan.name.clone(),
-                ctx.state_dir.clone(),
+                ctx.clone(),
             )));
         }
         let mut stop_rx = stop_rx;
@@ -157,12 +159,31 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What the checks of one member have shown so far.
 #[derive(Default, Clone)]
-struct Counts {
-    failures: u32,
-    successes: u32,
-    last: Option<Probe>,
-    last_ok: Option<Probe>,
+pub struct Counts {
+    /// Consecutive failed checks.
+    pub failures: u32,
+    /// Consecutive passed checks.
+    pub successes: u32,
+    pub last: Option<Probe>,
+    /// The last check that passed.
+    pub last_ok: Option<Probe>,
+}
+
+impl Counts {
+    /// Record one check.
+    pub fn observe(&mut self, p: Probe) {
+        if p.ok {
+            self.failures = 0;
+            self.successes += 1;
+            self.last_ok = Some(p.clone());
+        } else {
+            self.successes = 0;
+            self.failures += 1;
+        }
+        self.last = Some(p);
+    }
 }
 
 async fn monitor(
@@ -170,9 +191,9 @@ async fn monitor(
     state: StateFile,
     route_tx: watch::Sender<Route>,
     stop: watch::Receiver<bool>,
-    plan: String,
-    state_dir: std::path::PathBuf,
+    ctx: Context,
 ) {
+    let state_dir = ctx.state_dir.clone();
     let interval = w
         .spec
         .interval
@@ -203,16 +224,7 @@ async fn monitor(
             .collect();
         for h in handles {
             let Ok((site, p)) = h.await else { continue };
-            let c = counts.entry(site).or_default();
-            if p.ok {
-                c.failures = 0;
-                c.successes += 1;
-                c.last_ok = Some(p.clone());
-            } else {
-                c.successes = 0;
-                c.failures += 1;
-            }
-            c.last = Some(p);
+            counts.entry(site).or_default().observe(p);
         }
         let mut st = match state.load() {
             Ok(s) => s,
@@ -311,7 +323,7 @@ async fn monitor(
                         "error": r.as_ref().err().map(|e| e.to_string()),
                         "ms": started.elapsed().as_millis() as u64, "reason": d.reason}),
                 );
-                record(&plan, &state_dir, &w.service, &d, outcome, started);
+                record(&ctx, &w.service, &d, outcome, started);
             }
             Action::Fence { site, epoch } => {
                 let started = Instant::now();
@@ -323,8 +335,7 @@ async fn monitor(
                         "error": r.as_ref().err().map(|e| e.to_string())}),
                 );
                 record(
-                    &plan,
-                    &state_dir,
+                    &ctx,
                     &w.service,
                     &d,
                     if r.is_ok() { "ok" } else { "failed" },
@@ -366,7 +377,8 @@ async fn monitor(
     }
 }
 
-fn build_world(
+/// The snapshot `decide` judges.
+pub fn build_world(
     w: &Watched,
     counts: &BTreeMap<String, Counts>,
     st: &FailoverState,
@@ -530,31 +542,18 @@ async fn fence(w: &Watched, site: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn record(
-    plan: &str,
-    state_dir: &std::path::Path,
-    service: &str,
-    d: &Decision,
-    outcome: &str,
-    started: Instant,
-) {
-    let Ok(mut ev) = crate::evidence::Evidence::open(state_dir) else {
-        return;
-    };
+fn record(ctx: &Context, service: &str, d: &Decision, outcome: &str, started: Instant) {
     let command = match d.action {
         Action::Failover { .. } => "failover",
         Action::Fence { .. } => "fence",
         _ => "decision",
     };
-    let _ = ev.append(
-        &crate::evidence::default_actor(),
-        &crate::evidence::Draft {
-            command: command.into(),
-            plan: plan.into(),
-            target: service.into(),
-            outcome: outcome.into(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            figures: serde_json::to_value(d).unwrap_or_default(),
-        },
-    );
+    let figures = serde_json::to_value(d).unwrap_or_default();
+    if let Err(e) = ctx.record(command, service, outcome, started, figures) {
+        log(
+            "error",
+            service,
+            serde_json::json!({"error": format!("evidence log: {e}")}),
+        );
+    }
 }

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod pg;
 pub mod pgbackup;
 pub mod pitr;
+pub mod signals;
 pub mod traffic;
 pub mod wal;
 

@@ -65,8 +65,7 @@ pub(crate) fn run_tool(mut cmd: Command, what: &str) -> Result<(), StoreError> {
     if status.success() {
         return Ok(());
     }
-    let tail: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = tail[tail.len().saturating_sub(4)..].join(" | ");
+    let tail = crate::backup::stderr_tail(&err, 4);
     let hint = if tail.contains("password authentication failed") || tail.contains("no password") {
         "check the member's user and password in the plan"
     } else if tail.contains("replication connection") || tail.contains("pg_hba.conf") {

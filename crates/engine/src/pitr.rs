@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lifeboat_core::wal::{segno_of, Lsn};
+use lifeboat_core::wal::Lsn;
 use lifeboat_store::{Kind, StoreError};
 use serde::Serialize;
 
@@ -242,7 +242,6 @@ fn plan_recovery(
             }
         }
     }
-    let _ = segno_of;
     Ok((b.clone(), repo, warnings))
 }
 
@@ -384,48 +383,37 @@ fn unregister(data: &Path) {
 /// On SIGINT/SIGTERM: stop every server this process started and remove sandboxes, then exit
 /// 130. Call once, before starting servers.
 pub fn install_teardown_on_signal() {
-    // SAFETY: sigset manipulation on a local set and pthread_sigmask on this thread before any
-    // other thread exists; the waiting thread only calls sigwait.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let mut sig = 0;
-            libc::sigwait(&set, &mut sig);
-            INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-            eprintln!("interrupted: stopping and removing the restore sandbox");
-            let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
-            for (data, socket, pg_ctl, remove) in live {
-                let r = Running {
-                    data: data.clone(),
-                    socket_dir: socket,
-                    port: 0,
-                    pg_ctl,
-                    remove_on_drop: remove,
-                    keep_running: false,
-                };
-                drop(r);
-                // The main thread may still be restoring into it: make sure it stays gone.
-                for _ in 0..5 {
-                    std::thread::sleep(Duration::from_millis(50));
-                    if data.exists() {
-                        let _ = std::fs::remove_dir_all(&data);
-                    }
+    crate::signals::on_termination(|| {
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("interrupted: stopping and removing the restore sandbox");
+        let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+        for (data, socket, pg_ctl, remove) in live {
+            let r = Running {
+                data: data.clone(),
+                socket_dir: socket,
+                port: 0,
+                pg_ctl,
+                remove_on_drop: remove,
+                keep_running: false,
+            };
+            drop(r);
+            // The main thread may still be restoring into it: make sure it stays gone.
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(50));
+                if data.exists() {
+                    let _ = std::fs::remove_dir_all(&data);
                 }
             }
-            std::process::exit(130);
-        });
-    }
+        }
+        std::process::exit(130);
+    });
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(54329)
+/// A TCP port free on loopback right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Parse what the server logged about where recovery stopped.
@@ -841,7 +829,12 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Sto
         register(&guard);
         let store = ctx.open_repo(&repo)?;
         store.restore(&b.snapshot, Some("/pgdata"), &data)?;
-        let port = free_port();
+        let port = free_port().map_err(|e| {
+            StoreError::new(
+                Kind::Io,
+                format!("finding a free port for the sandbox: {e}"),
+            )
+        })?;
         configure_recovery(ctx, service, &data, &Target::Latest, Some(port))?;
         let ids = owner_ids(&data, None)?;
         if let Some((uid, gid)) = ids {

@@ -340,14 +340,15 @@ impl Inventory {
         let mut tli = start_tli;
         for (&parent, lsn) in self.branch_points.range(start_tli..) {
             if parent == tli && segno >= segno_of(*lsn, self.seg_size) {
-                // The child of `parent`: the next timeline in the chain.
+                // The child of `parent`: the next timeline in the chain, or the newest one (the
+                // history file's own timeline) after the last branch point.
                 tli = self
                     .branch_points
                     .range(parent + 1..)
                     .next()
                     .map(|(&p, _)| p)
-                    .unwrap_or_else(|| self.histories.iter().next_back().copied().unwrap_or(tli))
-                    .max(parent + 1);
+                    .or_else(|| self.histories.iter().next_back().copied())
+                    .unwrap_or(parent + 1);
             }
         }
         tli

@@ -497,15 +497,7 @@ impl Store {
             ex.globs = excludes.iter().map(|g| format!("!{g}")).collect();
             opts = opts.excludes(ex);
         }
-        let snap = tags
-            .to_options()?
-            .to_snapshot()
-            .map_err(|e| rustic(e, "creating snapshot"))?;
-        let snap = self.with_ids(|repo| {
-            repo.backup(&opts, &source, snap)
-                .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
-        })?;
-        Ok(summary(&snap))
+        self.backup_source(&opts, &source, tags)
     }
 
     /// Back up a directory's contents as the snapshot path `as_path` (a staged base backup as
@@ -522,12 +514,22 @@ impl Store {
             .map_err(|e| StoreError::new(Kind::Input, format!("bad backup path: {e}")))?;
         let mut opts = BackupOptions::default().as_path(PathBuf::from(as_path));
         opts.parent_opts = opts.parent_opts.force(true);
+        self.backup_source(&opts, &source, tags)
+    }
+
+    /// One rustic backup of local paths into a snapshot tagged `tags`.
+    fn backup_source(
+        &self,
+        opts: &BackupOptions,
+        source: &PathList,
+        tags: &SnapshotTags,
+    ) -> Result<BackupSummary> {
         let snap = tags
             .to_options()?
             .to_snapshot()
             .map_err(|e| rustic(e, "creating snapshot"))?;
         let snap = self.with_ids(|repo| {
-            repo.backup(&opts, &source, snap)
+            repo.backup(opts, source, snap)
                 .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
         })?;
         Ok(summary(&snap))
