@@ -2,8 +2,9 @@
 //! `lifeboat wal push`. As root, the lab belongs to `postgres` and PostgreSQL and Lifeboat run
 //! as that user (as they would on a database host); otherwise as the current user.
 
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{bin, free_port, Lab, Run};
@@ -140,19 +141,37 @@ backups:
             .unwrap()
     }
 
+    /// Give everything in the lab to postgres, except the linked binary (its inode is the
+    /// build's). Running servers create and remove files meanwhile (archive_status, pg_wal):
+    /// a file that vanishes is skipped, and files postgres already owns are left alone.
     pub fn chown(&self) {
+        fn walk(dir: &Path, skip: &Path, uid: u32, gid: u32) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if path == skip {
+                    continue;
+                }
+                let Ok(md) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if md.uid() != uid || md.gid() != gid {
+                    match std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => panic!("chown {}: {e}", path.display()),
+                    }
+                }
+                if md.is_dir() {
+                    walk(&path, skip, uid, gid);
+                }
+            }
+        }
         if let Some((uid, gid)) = pg_ids() {
-            // Everything but the linked binary (its inode is the build's).
-            let st = Command::new("find")
-                .arg(self.lab.path())
-                .args(["-path"])
-                .arg(&self.lb)
-                .args(["-prune", "-o", "-exec", "chown", "-h"])
-                .arg(format!("{uid}:{gid}"))
-                .args(["{}", "+"])
-                .status()
-                .unwrap();
-            assert!(st.success());
+            let _ = std::os::unix::fs::lchown(self.lab.path(), Some(uid), Some(gid));
+            walk(self.lab.path(), &self.lb, uid, gid);
         }
     }
 
