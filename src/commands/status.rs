@@ -38,6 +38,9 @@ struct ServiceStatus {
 pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
     let timeout = Duration::from_millis(a.timeout_ms);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut out = Vec::new();
     for name in ctx.postgres_services(a.service.as_deref())? {
         let Some(mut w) = Watched::from_plan(&ctx, &name)? else {
@@ -46,17 +49,23 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         // One probe each: judge it as if it had lasted (thresholds of 1).
         w.spec.unhealthy_threshold = Some(1);
         w.spec.healthy_threshold = Some(1);
+        w.spec.timeout = Some(lifeboat_core::units::Duration(timeout));
         let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
         let mut members = Vec::new();
-        for m in &w.members {
-            let probe = lifeboat_engine::health::probe_blocking(m, timeout);
+        for (site, probe) in rt.block_on(w.check_all()) {
             counts
-                .entry(m.site.clone())
+                .entry(site.clone())
                 .or_default()
                 .observe(probe.clone());
+            let address = w
+                .members
+                .iter()
+                .find(|m| m.site == site)
+                .map(|m| format!("{}:{}", m.host, m.port))
+                .unwrap_or_default();
             members.push(MemberStatus {
-                site: m.site.clone(),
-                address: format!("{}:{}", m.host, m.port),
+                site,
+                address,
                 probe,
             });
         }
@@ -93,7 +102,13 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                         .trim_matches('"')
                 ),
                 (None, Some(Role::Primary)) => "primary".into(),
-                (None, Some(Role::Standby)) => "standby".into(),
+                (None, Some(Role::Standby)) if p.streaming == Some(false) => {
+                    "standby, NOT streaming".into()
+                }
+                (None, Some(Role::Standby)) => match p.lag_s {
+                    Some(l) => format!("standby, lag {l:.1} s"),
+                    None => "standby".into(),
+                },
                 (None, None) => "up".into(),
             };
             println!(
@@ -110,8 +125,16 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                 p.latency_ms
             );
             for sb in &p.standbys {
+                let behind = match (p.lsn, sb.replay_lsn) {
+                    (Some(a), Some(b)) => format!(", {} bytes behind", a.saturating_sub(b)),
+                    _ => String::new(),
+                };
+                let secs = sb
+                    .replay_lag_s
+                    .map(|l| format!(", replay lag {l:.2} s"))
+                    .unwrap_or_default();
                 println!(
-                    "    streams to {} ({}, {})",
+                    "    streams to {} ({}, {}{behind}{secs})",
                     sb.application_name, sb.state, sb.sync_state
                 );
             }

@@ -66,6 +66,11 @@ pub struct MemberView {
     pub replayed_lsn: Option<u64>,
     /// Standby: whether the primary listed it as synchronous at its last successful check.
     pub was_sync: bool,
+    /// Standby: whether the primary listed it as streaming at its last successful check
+    /// (None: the primary has not been seen healthy, so it is unknown).
+    pub was_streaming: Option<bool>,
+    /// Standby: seconds its replay is behind, as it reported at its last successful check.
+    pub lag_seconds: Option<f64>,
     /// A witness's view of whether clients reach this member (None: no witness).
     pub clients_reach_it: Option<bool>,
 }
@@ -172,6 +177,12 @@ fn ineligible(w: &World, primary: Option<&MemberView>, c: &MemberView) -> Result
             ));
         }
     }
+    if c.was_streaming == Some(false) {
+        return Err(format!(
+            "{} was not replicating from the primary at its last successful check, so it may miss any amount of WAL",
+            c.site
+        ));
+    }
     if w.mode == ReplicationMode::Sync && !c.was_sync {
         return Err(format!(
             "{} was not a synchronous standby, and this is a sync tier (RPO 0): promoting it could lose acknowledged writes",
@@ -269,13 +280,35 @@ pub fn decide(w: &World) -> Decision {
             .members
             .iter()
             .filter(|m| m.site != p.site)
-            .map(|m| match (m.role, w.primary_last_lsn, m.replayed_lsn) {
-                (Some(Role::Standby), Some(pl), Some(r)) => {
-                    format!("{} behind by {}", m.site, fmt_bytes(pl.saturating_sub(r)))
+            .map(|m| {
+                if m.failures > 0 {
+                    return format!(
+                        "{} failing checks ({})",
+                        m.site,
+                        m.last_failure
+                            .as_ref()
+                            .map(Failure::describe)
+                            .unwrap_or_default()
+                    );
                 }
-                (Some(Role::Standby), _, _) => format!("{} standby", m.site),
-                _ if m.failures > 0 => format!("{} failing checks", m.site),
-                _ => format!("{} state unknown", m.site),
+                if m.role != Some(Role::Standby) {
+                    return format!("{} state unknown", m.site);
+                }
+                if m.was_streaming == Some(false) {
+                    return format!("{} standby NOT replicating", m.site);
+                }
+                let mut s = format!(
+                    "{} {}standby",
+                    m.site,
+                    if m.was_sync { "synchronous " } else { "" }
+                );
+                if let (Some(pl), Some(r)) = (w.primary_last_lsn, m.replayed_lsn) {
+                    s += &format!(" behind by {}", fmt_bytes(pl.saturating_sub(r)));
+                }
+                if let Some(l) = m.lag_seconds {
+                    s += &format!(" ({l:.1} s)");
+                }
+                s
             })
             .collect();
         let state = if p.failures > 0 {
@@ -430,7 +463,63 @@ mod tests {
             ],
         ));
         assert_eq!(d.action, Action::Stay);
-        assert_eq!(d.reason, "db: primary east healthy; west behind by 0 bytes");
+        assert_eq!(
+            d.reason,
+            "db: primary east healthy; west standby behind by 0 bytes"
+        );
+    }
+
+    #[test]
+    fn status_names_lag_in_seconds_and_a_standby_that_does_not_replicate() {
+        let mut west = sync_standby("west");
+        west.was_streaming = Some(true);
+        west.lag_seconds = Some(0.25);
+        west.replayed_lsn = Some(3000 - 2048);
+        let mut w = world(
+            ReplicationMode::Sync,
+            vec![healthy("east", Role::Primary), west.clone()],
+        );
+        w.primary_last_lsn = Some(3000);
+        let d = decide(&w);
+        assert_eq!(
+            d.reason,
+            "db: primary east healthy; west synchronous standby behind by 2.0 KiB (0.2 s)"
+        );
+        west.was_streaming = Some(false);
+        let d = decide(&world(
+            ReplicationMode::Sync,
+            vec![healthy("east", Role::Primary), west],
+        ));
+        assert!(
+            d.reason.ends_with("west standby NOT replicating"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn a_standby_that_was_not_replicating_is_never_promoted() {
+        // Async tier with no lag limit: only the streaming check stands between a standby that
+        // stopped replicating hours ago and a failover that loses those hours.
+        let mut w = world(
+            ReplicationMode::Async,
+            vec![
+                down("east", 3, Failure::Refused),
+                MemberView {
+                    was_streaming: Some(false),
+                    ..healthy("west", Role::Standby)
+                },
+            ],
+        );
+        w.max_lag_bytes = None;
+        let d = decide(&w);
+        assert_eq!(d.action, Action::Hold);
+        assert!(
+            d.reason
+                .contains("west was not replicating from the primary"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

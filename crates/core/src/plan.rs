@@ -216,6 +216,46 @@ pub struct FailoverSpec {
     /// Passed checks in a row before a member is healthy again. Default 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_threshold: Option<u32>,
+    /// Time between checks of a member whose last connection was refused (nothing listens on
+    /// its port: the server is down, not slow). Default 100ms, so a crashed primary is
+    /// confirmed in about 0.2 s instead of 1 s, while a hung one (timeouts) still needs the
+    /// whole `interval` × `unhealthy_threshold` window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck_interval: Option<Duration>,
+    /// HTTP health endpoints for external load balancers, one address per member site
+    /// (as Patroni's REST API): `GET /primary` answers 200 only on the member Lifeboat routes
+    /// writes to, `GET /replica` 200 only on a healthy streaming standby, `GET /health` 200
+    /// on any member that answers its checks; others 503. Body: the member's state as JSON.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health_listen: BTreeMap<String, String>,
+    /// Extra checks per site that must pass for a member to count as healthy (besides the
+    /// built-in PostgreSQL check: connect, `SELECT 1`, role, LSNs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health_checks: BTreeMap<String, Vec<HealthCheck>>,
+}
+
+/// One extra health check: exactly one of `http`, `tcp`, `command`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// URL to GET (`http://` or `https://`); passes on `status` (default: any 2xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Status the HTTP check expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Text the HTTP response body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// `host:port` that must accept a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// Shell command that must exit 0 (run with `sh -c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Deadline of this check. Default: the failover `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
 }
 
 /// Replication settings of a PostgreSQL service.

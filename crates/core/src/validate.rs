@@ -228,6 +228,79 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                             "thresholds must be at least 1".into(),
                         );
                     }
+                    for (site, addr) in &f.health_listen {
+                        let at = format!("{base}.failover.health_listen.{site}");
+                        if !members.contains_key(site) {
+                            err(
+                                at.clone(),
+                                format!("`{site}` is not a member of this service"),
+                            );
+                        }
+                        if addr.parse::<std::net::SocketAddr>().is_err() {
+                            err(
+                                at,
+                                format!(
+                                    "`{addr}` is not an address to listen on (e.g. 127.0.0.1:8008)"
+                                ),
+                            );
+                        }
+                    }
+                    for (site, checks) in &f.health_checks {
+                        if !members.contains_key(site) {
+                            err(
+                                format!("{base}.failover.health_checks.{site}"),
+                                format!("`{site}` is not a member of this service"),
+                            );
+                        }
+                        for (i, c) in checks.iter().enumerate() {
+                            let at = format!("{base}.failover.health_checks.{site}[{i}]");
+                            let kinds = [c.http.is_some(), c.tcp.is_some(), c.command.is_some()]
+                                .iter()
+                                .filter(|k| **k)
+                                .count();
+                            if kinds != 1 {
+                                err(
+                                    at.clone(),
+                                    "a health check needs exactly one of `http`, `tcp`, `command`"
+                                        .into(),
+                                );
+                            }
+                            if (c.status.is_some() || c.body.is_some()) && c.http.is_none() {
+                                err(
+                                    at.clone(),
+                                    "`status` and `body` apply to `http` checks only".into(),
+                                );
+                            }
+                            if let Some(u) = &c.http {
+                                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                                    err(
+                                        at.clone(),
+                                        format!("`{u}` is not an http:// or https:// URL"),
+                                    );
+                                }
+                            }
+                            if let Some(t) = &c.tcp {
+                                if t.rsplit_once(':')
+                                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                                    .is_none()
+                                {
+                                    err(at, format!("`{t}` is not host:port"));
+                                }
+                            }
+                        }
+                    }
+                    let mut seen: BTreeMap<(String, u16), &String> = BTreeMap::new();
+                    for (site, m) in members {
+                        if let Some(other) = seen.insert((m.host.clone(), m.port), site) {
+                            err(
+                                format!("{base}.members.{site}"),
+                                format!(
+                                    "members {other} and {site} are the same server ({}:{}): failover needs a standby on another server",
+                                    m.host, m.port
+                                ),
+                            );
+                        }
+                    }
                 }
                 if members.is_empty() {
                     err(

@@ -9,16 +9,32 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lifeboat_core::decide::{decide, Action, Decision, MemberView, Role, World};
-use lifeboat_core::plan::{FailoverSpec, ReplicationMode, Service};
+use lifeboat_core::decide::{decide, Action, Decision, Failure, MemberView, Role, World};
+use lifeboat_core::plan::{FailoverSpec, HealthCheck, ReplicationMode, Service};
 use lifeboat_store::{Kind, StoreError};
 use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::coord::{FailoverState, StateFile};
-use crate::health::{probe, Probe};
+use crate::failpoint;
+use crate::health::{extra_checks, probe, Probe};
+use crate::healthapi::{MemberHealth, Shared};
 use crate::pg::{Member, PgService};
 use crate::traffic::{proxy, Route};
+
+/// One member's checks: the PostgreSQL probe and, when it passes, the extra checks.
+async fn check_member(m: &Member, extra: Option<Vec<HealthCheck>>, timeout: Duration) -> Probe {
+    let mut p = probe(m, timeout).await;
+    if p.ok {
+        if let Some(checks) = extra {
+            if let Err(e) = extra_checks(&checks, timeout).await {
+                p.ok = false;
+                p.failure = Some(Failure::Error(e));
+            }
+        }
+    }
+    p
+}
 
 /// A postgres service as the daemon (and `status`) watch it.
 pub struct Watched {
@@ -31,6 +47,54 @@ pub struct Watched {
 }
 
 impl Watched {
+    /// Time between checks (default 500 ms).
+    pub fn interval(&self) -> Duration {
+        self.spec
+            .interval
+            .map(|d| d.std())
+            .unwrap_or(Duration::from_millis(500))
+    }
+
+    /// Deadline of one check (default 400 ms).
+    pub fn timeout(&self) -> Duration {
+        self.spec
+            .timeout
+            .map(|d| d.std())
+            .unwrap_or(Duration::from_millis(400))
+    }
+
+    /// Time between checks of a primary whose connection was refused (default 100 ms).
+    pub fn recheck_interval(&self) -> Duration {
+        self.spec
+            .recheck_interval
+            .map(|d| d.std())
+            .unwrap_or(Duration::from_millis(100))
+            .min(self.interval())
+    }
+
+    /// Check every member at once: the PostgreSQL probe, then the member's extra checks.
+    pub async fn check_all(&self) -> Vec<(String, Probe)> {
+        let timeout = self.timeout();
+        let handles: Vec<_> = self
+            .members
+            .iter()
+            .map(|m| {
+                let m = m.clone();
+                let extra = self.spec.health_checks.get(&m.site).cloned();
+                tokio::spawn(
+                    async move { (m.site.clone(), check_member(&m, extra, timeout).await) },
+                )
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            if let Ok(r) = h.await {
+                out.push(r);
+            }
+        }
+        out
+    }
+
     /// `None` for services that are not postgres. The failover settings are the service's, or
     /// the defaults when it has none.
     pub fn from_plan(ctx: &Context, name: &str) -> Result<Option<Watched>, StoreError> {
@@ -114,7 +178,8 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
         .build()
         .map_err(|e| StoreError::new(Kind::Internal, format!("runtime: {e}")))?;
     rt.block_on(async {
-        let mut tasks = Vec::new();
+        let mut servers = Vec::new();
+        let mut monitors = Vec::new();
         for w in services {
             let state = StateFile::new(&ctx.state_dir, &w.service);
             let st = state.load()?;
@@ -123,23 +188,34 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
                 target: None,
             });
             if let Some(listen) = &w.spec.listen {
-                let l = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-                    StoreError::new(
-                        Kind::Io,
-                        format!("service {}: cannot listen on {listen}: {e}", w.service),
-                    )
-                })?;
+                let l = bind(&w.service, listen).await?;
                 log(
                     "listening",
                     &w.service,
-                    serde_json::json!({"address": listen}),
+                    serde_json::json!({"address": listen, "endpoint": "traffic"}),
                 );
-                tasks.push(tokio::spawn(proxy(l, route_rx, stop_rx.clone())));
+                servers.push(tokio::spawn(proxy(l, route_rx, stop_rx.clone())));
             }
-            tasks.push(tokio::spawn(monitor(
+            let shared = Shared::default();
+            for (site, listen) in &w.spec.health_listen {
+                let l = bind(&w.service, listen).await?;
+                log(
+                    "listening",
+                    &w.service,
+                    serde_json::json!({"address": listen, "endpoint": "health", "member": site}),
+                );
+                servers.push(tokio::spawn(crate::healthapi::serve(
+                    l,
+                    site.clone(),
+                    shared.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            monitors.push(tokio::spawn(monitor(
                 w,
                 state,
                 route_tx,
+                shared,
                 stop_rx.clone(),
                 ctx.clone(),
             )));
@@ -150,13 +226,34 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
                 break;
             }
         }
-        for t in tasks {
+        // Monitors stop between ticks, so a failover under way finishes first (bounded: a
+        // failover that hangs is resumed from its recorded intent at the next start).
+        for m in monitors {
+            let abort = m.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(60), m)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        for t in servers {
             t.abort();
         }
         Ok::<(), StoreError>(())
     })?;
     log("stopped", "*", serde_json::json!({}));
     Ok(())
+}
+
+async fn bind(service: &str, listen: &str) -> Result<tokio::net::TcpListener, StoreError> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        StoreError::new(
+            Kind::Io,
+            format!("service {service}: cannot listen on {listen}: {e}"),
+        )
+        .hint("another process (or another lifeboat serve) holds the address; stop it or change the plan")
+    })
 }
 
 /// What the checks of one member have shown so far.
@@ -184,46 +281,40 @@ impl Counts {
         }
         self.last = Some(p);
     }
+
+    /// The role the last check reported, if it passed.
+    pub fn role(&self) -> Option<Role> {
+        self.last.as_ref().filter(|p| p.ok).and_then(|p| p.role)
+    }
 }
 
 async fn monitor(
     w: Watched,
     state: StateFile,
     route_tx: watch::Sender<Route>,
-    stop: watch::Receiver<bool>,
+    shared: Shared,
+    mut stop: watch::Receiver<bool>,
     ctx: Context,
 ) {
     let state_dir = ctx.state_dir.clone();
-    let interval = w
-        .spec
-        .interval
-        .map(|d| d.std())
-        .unwrap_or(Duration::from_millis(500));
-    let timeout = w
-        .spec
-        .timeout
-        .map(|d| d.std())
-        .unwrap_or(Duration::from_millis(400));
+    let interval = w.interval();
+    let recheck = w.recheck_interval();
+    let threshold = w.spec.unhealthy_threshold.unwrap_or(3);
     let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
     let mut last_reason = String::new();
     let mut primary_last_lsn: Option<u64> = None;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = stop.changed() => {}
+        }
         if *stop.borrow() {
             return;
         }
-        let handles: Vec<_> = w
-            .members
-            .iter()
-            .map(|m| {
-                let m = m.clone();
-                tokio::spawn(async move { (m.site.clone(), probe(&m, timeout).await) })
-            })
-            .collect();
-        for h in handles {
-            let Ok((site, p)) = h.await else { continue };
+        let tick = tokio::time::Instant::now();
+        next = tick + interval;
+        for (site, p) in w.check_all().await {
             counts.entry(site).or_default().observe(p);
         }
         let mut st = match state.load() {
@@ -241,16 +332,7 @@ async fn monitor(
         if st.primary.is_none() && st.in_progress.is_none() {
             let primaries: Vec<&String> = counts
                 .iter()
-                .filter(|(_, c)| {
-                    c.failures == 0
-                        && matches!(
-                            &c.last,
-                            Some(Probe {
-                                role: Some(Role::Primary),
-                                ..
-                            })
-                        )
-                })
+                .filter(|(_, c)| c.failures == 0 && c.role() == Some(Role::Primary))
                 .map(|(s, _)| s)
                 .collect();
             if let [only] = primaries.as_slice() {
@@ -272,14 +354,17 @@ async fn monitor(
             }
         }
         if let Some(p) = st.primary.as_ref().and_then(|p| counts.get(p)) {
-            if let Some(Probe {
-                ok: true,
-                role: Some(Role::Primary),
-                lsn,
-                ..
-            }) = &p.last
+            if p.failures == 0 && p.role() == Some(Role::Primary) {
+                primary_last_lsn = p.last.as_ref().and_then(|l| l.lsn);
+            }
+            // A refused connection means nothing listens: confirm it quickly instead of
+            // waiting a whole interval per check (a timeout keeps the full window).
+            if matches!(
+                p.last.as_ref().and_then(|l| l.failure.as_ref()),
+                Some(Failure::Refused)
+            ) && p.failures < threshold
             {
-                primary_last_lsn = *lsn;
+                next = tick + recheck;
             }
         }
         let world = build_world(&w, &counts, &st, primary_last_lsn);
@@ -324,6 +409,11 @@ async fn monitor(
                         "ms": started.elapsed().as_millis() as u64, "reason": d.reason}),
                 );
                 record(&ctx, &w.service, &d, outcome, started);
+                if r.is_ok() {
+                    // The new primary's state is known now; check again at once.
+                    counts.clear();
+                    next = tokio::time::Instant::now();
+                }
             }
             Action::Fence { site, epoch } => {
                 let started = Instant::now();
@@ -347,14 +437,7 @@ async fn monitor(
         // Route writes to the recorded primary while it is healthy.
         let target = st.primary.as_ref().and_then(|p| {
             let c = counts.get(p)?;
-            let healthy = c.failures == 0
-                && matches!(
-                    &c.last,
-                    Some(Probe {
-                        role: Some(Role::Primary),
-                        ..
-                    })
-                );
+            let healthy = c.failures == 0 && c.role() == Some(Role::Primary);
             healthy
                 .then(|| w.members.iter().find(|m| &m.site == p))
                 .flatten()
@@ -374,6 +457,49 @@ async fn monitor(
                 let _ = route_tx.send(want);
             }
         }
+        publish(&w, &counts, &st, primary_last_lsn, &route_tx, &shared);
+    }
+}
+
+/// Update what the health endpoints answer.
+fn publish(
+    w: &Watched,
+    counts: &BTreeMap<String, Counts>,
+    st: &FailoverState,
+    primary_last_lsn: Option<u64>,
+    route_tx: &watch::Sender<Route>,
+    shared: &Shared,
+) {
+    let routed = route_tx.borrow().target.is_some();
+    let mut view = BTreeMap::new();
+    for m in &w.members {
+        let c = counts.get(&m.site).cloned().unwrap_or_default();
+        let last = c.last.as_ref().filter(|p| p.ok);
+        let role = last.and_then(|p| p.role);
+        view.insert(
+            m.site.clone(),
+            MemberHealth {
+                site: m.site.clone(),
+                healthy: last.is_some(),
+                role,
+                routed_primary: routed && st.primary.as_deref() == Some(m.site.as_str()),
+                streaming: last.and_then(|p| p.streaming),
+                lag_bytes: match (role, primary_last_lsn, last.and_then(|p| p.replay_lsn)) {
+                    (Some(Role::Standby), Some(pl), Some(r)) => Some(pl.saturating_sub(r)),
+                    _ => None,
+                },
+                lag_seconds: last.and_then(|p| p.lag_s),
+                epoch: st.epoch,
+                failure: c
+                    .last
+                    .as_ref()
+                    .and_then(|p| p.failure.as_ref())
+                    .map(|f| format!("{f:?}")),
+            },
+        );
+    }
+    if let Ok(mut s) = shared.lock() {
+        *s = view;
     }
 }
 
@@ -398,6 +524,13 @@ pub fn build_world(
                 .collect()
         })
         .unwrap_or_default();
+    let streaming_names: Option<Vec<String>> = primary_probe.map(|p| {
+        p.standbys
+            .iter()
+            .filter(|s| s.state == "streaming")
+            .map(|s| s.application_name.clone())
+            .collect()
+    });
     let standby_count = w.members.len().saturating_sub(1);
     World {
         service: w.service.clone(),
@@ -430,6 +563,13 @@ pub fn build_world(
                         || (standby_count == 1
                             && !sync_names.is_empty()
                             && Some(&m.site) != st.primary.as_ref()),
+                    was_streaming: streaming_names
+                        .as_ref()
+                        .filter(|_| Some(&m.site) != st.primary.as_ref())
+                        .map(|names| {
+                            names.contains(&m.site) || (standby_count == 1 && !names.is_empty())
+                        }),
+                    lag_seconds: known.and_then(|p| p.lag_s),
                     clients_reach_it: None,
                 }
             })
@@ -461,6 +601,7 @@ async fn failover(
         }
     }
     state.store(st)?;
+    failpoint::hit("failover-after-intent");
     // 2. Cut traffic: no connection goes anywhere until the new primary takes writes.
     let _ = route_tx.send(Route {
         epoch,
@@ -491,11 +632,39 @@ async fn failover(
         .map(|r| r.get(0))
         .map_err(|e| StoreError::new(Kind::Source, format!("{to}: {e}")))?;
     if in_recovery {
-        client
-            .query_one("SELECT pg_promote(true, 30)", &[])
+        // pg_promote(wait => true) polls every 100 ms; ask without waiting and poll faster.
+        let asked: bool = client
+            .query_one("SELECT pg_promote(false)", &[])
             .await
+            .map(|r| r.get(0))
             .map_err(|e| StoreError::new(Kind::Source, format!("promoting {to}: {e}")))?;
+        if !asked {
+            return Err(StoreError::new(
+                Kind::Source,
+                format!("{to} refused to promote (pg_promote returned false)"),
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let still: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map(|r| r.get(0))
+                .map_err(|e| StoreError::new(Kind::Source, format!("{to}: {e}")))?;
+            if !still {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::new(
+                    Kind::Source,
+                    format!("{to} was asked to promote but is still in recovery after 60 s"),
+                )
+                .hint("see its server log; the failover resumes at the next check"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
+    failpoint::hit("failover-after-promote");
     // 5. It takes writes.
     client
         .batch_execute("CREATE TEMP TABLE lifeboat_failover_probe(x int); INSERT INTO lifeboat_failover_probe VALUES (1)")

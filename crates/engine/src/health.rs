@@ -20,6 +20,8 @@ pub struct StandbyRow {
     pub sync_state: String,
     pub flush_lsn: Option<u64>,
     pub replay_lsn: Option<u64>,
+    /// Time between a commit on the primary and its replay there (`replay_lag`; none when idle).
+    pub replay_lag_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -33,6 +35,10 @@ pub struct Probe {
     pub lsn: Option<u64>,
     /// Standby: last replayed position.
     pub replay_lsn: Option<u64>,
+    /// Standby: seconds its replay is behind (0 when everything received is replayed).
+    pub lag_s: Option<f64>,
+    /// Standby: whether its WAL receiver is streaming from a primary.
+    pub streaming: Option<bool>,
     pub standbys: Vec<StandbyRow>,
     pub latency_ms: u64,
 }
@@ -47,6 +53,8 @@ impl Probe {
             timeline: None,
             lsn: None,
             replay_lsn: None,
+            lag_s: None,
+            streaming: None,
             standbys: Vec::new(),
             latency_ms: started.elapsed().as_millis() as u64,
         }
@@ -63,10 +71,16 @@ const QUERY: &str = "SELECT pg_is_in_recovery(), \
     (SELECT timeline_id FROM pg_control_checkpoint()), \
     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()::text \
          ELSE pg_current_wal_lsn()::text END, \
-    pg_last_wal_replay_lsn()::text";
+    pg_last_wal_replay_lsn()::text, \
+    CASE WHEN pg_is_in_recovery() THEN \
+      CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
+           ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END END::float8, \
+    CASE WHEN pg_is_in_recovery() THEN \
+      coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false) END";
 
 const STANDBYS: &str = "SELECT coalesce(application_name, ''), coalesce(state, ''), \
-    coalesce(sync_state, ''), flush_lsn::text, replay_lsn::text FROM pg_stat_replication";
+    coalesce(sync_state, ''), flush_lsn::text, replay_lsn::text, \
+    extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication";
 
 fn classify(e: &tokio_postgres::Error) -> Failure {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -110,6 +124,7 @@ pub async fn probe(member: &Member, timeout: Duration) -> Probe {
                     sync_state: r.get(2),
                     flush_lsn: lsn(r.get(3)),
                     replay_lsn: lsn(r.get(4)),
+                    replay_lag_s: r.get(5),
                 })
                 .collect()
         };
@@ -127,6 +142,8 @@ pub async fn probe(member: &Member, timeout: Duration) -> Probe {
             timeline: row.get::<_, Option<i32>>(2).map(|t| t as u32),
             lsn: lsn(row.get(3)),
             replay_lsn: lsn(row.get(4)),
+            lag_s: row.get(5),
+            streaming: row.get(6),
             standbys,
             latency_ms: 0,
         })
@@ -141,13 +158,115 @@ pub async fn probe(member: &Member, timeout: Duration) -> Probe {
     }
 }
 
-/// Probe on a private single-threaded runtime (for commands outside the daemon).
-pub fn probe_blocking(member: &Member, timeout: Duration) -> Probe {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(probe(member, timeout)),
-        Err(e) => Probe::failed(Failure::Error(e.to_string()), Instant::now()),
+/// Run a member's extra checks (all must pass); the first failure, as a sentence.
+pub async fn extra_checks(
+    checks: &[lifeboat_core::plan::HealthCheck],
+    timeout: Duration,
+) -> Result<(), String> {
+    for c in checks {
+        let t = c.timeout.map(|d| d.std()).unwrap_or(timeout);
+        let r = tokio::time::timeout(t, one_check(c)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(format!("{} timed out after {t:?}", describe(c))),
+        }
+    }
+    Ok(())
+}
+
+fn describe(c: &lifeboat_core::plan::HealthCheck) -> String {
+    if let Some(u) = &c.http {
+        format!("http check {}", redact_url(u))
+    } else if let Some(t) = &c.tcp {
+        format!("tcp check {t}")
+    } else {
+        "command check".into()
+    }
+}
+
+/// A URL without credentials or query (which may hold tokens), for messages.
+fn redact_url(u: &str) -> String {
+    let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    format!("{scheme}://{host}{path}")
+}
+
+async fn one_check(c: &lifeboat_core::plan::HealthCheck) -> Result<(), String> {
+    let what = describe(c);
+    if let Some(url) = &c.http {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("{what}: {e}"))?;
+        let resp = client.get(url).send().await.map_err(|e| {
+            // reqwest's messages carry the URL; keep ours.
+            let kind = if e.is_connect() {
+                "connection failed"
+            } else if e.is_timeout() {
+                "timed out"
+            } else {
+                "request failed"
+            };
+            format!("{what}: {kind}")
+        })?;
+        let status = resp.status().as_u16();
+        let ok = match c.status {
+            Some(want) => status == want,
+            None => (200..300).contains(&status),
+        };
+        if !ok {
+            return Err(format!("{what}: status {status}"));
+        }
+        if let Some(want) = &c.body {
+            let body = resp
+                .text()
+                .await
+                .map_err(|_| format!("{what}: body unreadable"))?;
+            if !body.contains(want.as_str()) {
+                return Err(format!("{what}: body does not contain {want:?}"));
+            }
+        }
+        return Ok(());
+    }
+    if let Some(addr) = &c.tcp {
+        return tokio::net::TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| format!("{what}: {e}"));
+    }
+    if let Some(cmd) = &c.command {
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{what}: {e}"))?;
+        let st = child.wait().await.map_err(|e| format!("{what}: {e}"))?;
+        return if st.success() {
+            Ok(())
+        } else {
+            Err(format!("{what} exited with {st}"))
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_lose_credentials_and_queries_in_messages() {
+        assert_eq!(
+            redact_url("https://user:pw@h.example:8443/health?token=x"),
+            "https://h.example:8443/health"
+        );
+        assert_eq!(redact_url("http://h/health"), "http://h/health");
     }
 }
