@@ -149,3 +149,31 @@ fn automatic_failover_needs_two_sites() {
         r.stderr
     );
 }
+
+#[test]
+fn automatic_failover_refuses_both_members_in_one_site_or_on_one_server() {
+    let lab = Lab::new();
+    let head = "name: t\ntiers:\n  std: { rpo: 1h, rto: 4h }\nsites: [a, b]\nservices:\n  db:\n    kind: postgres\n    tier: std\n    members:\n";
+    // Two members under one site key.
+    lab.plan(&format!(
+        "{head}      a: {{ host: 10.0.0.1, port: 5432 }}\n      a: {{ host: 10.0.0.2, port: 5432 }}\n    failover: {{ listen: \"127.0.0.1:6432\" }}\n"
+    ));
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("duplicate key `a`"), "{}", r.stderr);
+    assert!(r.stderr.contains("lifeboat.yaml:11:"), "{}", r.stderr);
+    // Two sites, one server; an unknown site for a health endpoint; a check of two kinds.
+    lab.plan(&format!(
+        "{head}      a: {{ host: 10.0.0.1, port: 5432 }}\n      b: {{ host: 10.0.0.1, port: 5432 }}\n    failover:\n      health_listen: {{ c: \"127.0.0.1:8008\" }}\n      health_checks:\n        a: [ {{ tcp: \"10.0.0.1:80\", command: \"true\" }}, {{ http: \"ftp://x\" }} ]\n"
+    ));
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    for want in [
+        "services.db.members.b: members a and b are the same server (10.0.0.1:5432)",
+        "services.db.failover.health_listen.c: `c` is not a member of this service",
+        "services.db.failover.health_checks.a[0]: a health check needs exactly one of `http`, `tcp`, `command`",
+        "services.db.failover.health_checks.a[1]: `ftp://x` is not an http:// or https:// URL",
+    ] {
+        assert!(r.stderr.contains(want), "missing {want:?} in {}", r.stderr);
+    }
+}

@@ -19,142 +19,291 @@ impl Drop for Daemon {
     }
 }
 
-fn write_through(pg: &Pg, port: u16, v: i32) -> bool {
-    pg.try_sql_on(port, "postgres", &format!("INSERT INTO w VALUES ({v})"))
-        .is_ok()
+/// A primary (site a) and a streaming standby (site b, application_name b) of one cluster, a
+/// plan with failover on a traffic endpoint, and helpers to write through it.
+struct Pair {
+    pg: Pg,
+    /// The standby's port.
+    sport: u16,
+    /// The traffic endpoint's port.
+    front: u16,
+}
+
+impl Pair {
+    /// `mode`: sync or async. `failover`: extra keys of the `failover:` mapping (flow style,
+    /// each followed by a comma). `members`: extra member lines.
+    fn new(mode: &str, failover: &str, members: &str) -> Pair {
+        let pg = Pg::start("", &[]);
+        let sport = free_port();
+        pg.start_standby(
+            pg.port,
+            "standby",
+            &format!(
+                "port = {sport}\narchive_mode = off\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=b'\n",
+                pg.port
+            ),
+        );
+        if mode == "sync" {
+            pg.sql("ALTER SYSTEM SET synchronous_standby_names = 'b'");
+            pg.sql("SELECT pg_reload_conf()");
+        }
+        pg.sql("CREATE TABLE w(v int)");
+        let front = free_port();
+        let plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+        let sites = if members.contains("      c:") {
+            "[a, b, c]"
+        } else {
+            "[a, b]"
+        };
+        let plan = plan.replace("sites: [a]", &format!("sites: {sites}")).replace(
+            "data_dir: pgdata }",
+            &format!(
+                "data_dir: pgdata }}\n      b: {{ host: 127.0.0.1, port: {sport}, user: postgres, data_dir: standby }}\n{members}    replication: {{ mode: {mode} }}\n    failover: {{ {failover} listen: \"127.0.0.1:{front}\" }}"
+            ),
+        );
+        std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
+        pg.chown();
+        pg.ok(&["plan", "check"]);
+        Pair { pg, sport, front }
+    }
+
+    fn start(&self, failpoints: &str) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.pg.lab.p("daemon.log"))
+            .unwrap();
+        let mut c = self.pg.cmd(&["serve"]);
+        c.stdout(Stdio::null()).stderr(log);
+        if !failpoints.is_empty() {
+            c.env("LIFEBOAT_FAILPOINTS", failpoints);
+        }
+        Daemon(c.spawn().unwrap())
+    }
+
+    /// Insert `v` through the endpoint: the port of the server that acknowledged it.
+    fn write(&self, v: i32) -> Option<u16> {
+        self.pg
+            .try_sql_on(
+                self.front,
+                "postgres",
+                &format!("INSERT INTO w VALUES ({v}) RETURNING inet_server_port()"),
+            )
+            .ok()
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// Write until `n` writes are acknowledged (the daemon routes), within 20 s.
+    fn write_some(&self, log: &mut Writes, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = 0;
+        while got < n {
+            assert!(
+                Instant::now() < deadline,
+                "no write went through the endpoint:\n{}",
+                self.daemon_log()
+            );
+            if log.write(self) {
+                got += 1;
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The daemon ended by SIGKILL (its failpoint fired).
+    fn assert_died_at_failpoint(&self, daemon: &mut Daemon) {
+        let status = daemon.0.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{}",
+            self.daemon_log()
+        );
+    }
+
+    fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.pg.lab.p("daemon.log")).unwrap_or_default()
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(self.pg.lab.p(".lifeboat/failover/db.json")).unwrap_or_default(),
+        )
+        .unwrap_or_default()
+    }
+
+    fn in_recovery(&self, port: u16) -> Option<bool> {
+        self.pg
+            .try_sql_on(port, "postgres", "SELECT pg_is_in_recovery()")
+            .ok()
+            .map(|s| s == "t")
+    }
+
+    /// Every process of a data directory's server (postmaster and children).
+    fn signal_server(&self, dir: &str, sig: i32) {
+        let pid = self.pg.postmaster_pid(dir);
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .unwrap();
+        unsafe { libc::kill(pid, sig) };
+        for c in String::from_utf8_lossy(&children.stdout).lines() {
+            if let Ok(c) = c.trim().parse::<i32>() {
+                unsafe { libc::kill(c, sig) };
+            }
+        }
+    }
+
+    fn failovers(&self) -> Vec<serde_json::Value> {
+        self.pg
+            .events()
+            .into_iter()
+            .filter(|e| e["command"] == "failover")
+            .collect()
+    }
+
+    /// Block until the standby is the primary and takes writes through the endpoint.
+    fn await_failover(&self, log: &mut Writes, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no failover within {within:?}:\n{}",
+                self.daemon_log()
+            );
+            if log.write(self) && log.servers.last() == Some(&self.sport) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every acknowledged write is on the server that is primary now.
+    fn assert_nothing_lost(&self, log: &Writes, port: u16) {
+        let have: Vec<i32> = self
+            .pg
+            .sql_on(port, "postgres", "SELECT v FROM w ORDER BY v")
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        let lost: Vec<&i32> = log.acked.iter().filter(|a| !have.contains(a)).collect();
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // A test that failed while the primary was frozen: thaw it so it can be stopped.
+        if self.pg.lab.p("pgdata/postmaster.pid").exists() {
+            self.signal_server("pgdata", libc::SIGCONT);
+        }
+    }
+}
+
+/// What a client writing through the endpoint saw: acknowledged values and, in order, the
+/// server port that acknowledged each.
+#[derive(Default)]
+struct Writes {
+    next: i32,
+    acked: Vec<i32>,
+    servers: Vec<u16>,
+}
+
+impl Writes {
+    fn write(&mut self, pair: &Pair) -> bool {
+        self.next += 1;
+        match pair.write(self.next) {
+            Some(port) => {
+                self.acked.push(self.next);
+                self.servers.push(port);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Once the standby took a write, the old primary never took one again (no instant with
+    /// two primaries behind the endpoint).
+    fn assert_one_primary_at_a_time(&self, old: u16, new: u16) {
+        if let Some(first_new) = self.servers.iter().position(|p| *p == new) {
+            assert!(
+                !self.servers[first_new..].contains(&old),
+                "writes went to {old} after {new} took over: {:?}",
+                self.servers
+            );
+        }
+    }
+}
+
+/// GET a health endpoint: the status code.
+fn http_status(port: u16, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
 fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary() {
-    let t_setup = Instant::now();
-    let pg = Pg::start("", &[]);
-    eprintln!("cluster up at {:?}", t_setup.elapsed());
-    // A synchronous streaming standby named after its site.
-    let o = pg.tool(
-        "pg_basebackup",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port.to_string(),
-            "-U",
+    let (ha, hb) = (free_port(), free_port());
+    let pair = Pair::new(
+        "sync",
+        &format!("health_listen: {{ a: \"127.0.0.1:{ha}\", b: \"127.0.0.1:{hb}\" }},"),
+        "",
+    );
+    let pg = &pair.pg;
+    let mut daemon = pair.start("");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 20);
+    assert_eq!(
+        pg.sql_on(
+            pg.port,
             "postgres",
-            "-D",
-            "standby",
-            "-X",
-            "stream",
-            "-R",
-            "--checkpoint=fast",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let sport = free_port();
-    pg.append_conf(
-        "standby/postgresql.auto.conf",
-        &format!(
-            "port = {sport}\narchive_mode = off\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=b'\n",
-            pg.port
+            "SELECT sync_state FROM pg_stat_replication"
         ),
+        "sync"
     );
-    let o = pg.tool(
-        "pg_ctl",
-        &["-D", "standby", "-l", "standby.log", "-w", "start"],
-    );
-    assert!(o.status.success());
-    pg.sql("ALTER SYSTEM SET synchronous_standby_names = 'b'");
-    pg.sql("SELECT pg_reload_conf()");
-    eprintln!("standby up at {:?}", t_setup.elapsed());
-    pg.sql("CREATE TABLE w(v int)");
-    eprintln!("table at {:?}", t_setup.elapsed());
+    // The load balancer's view: a is the primary, b a streaming replica.
+    assert_eq!(http_status(ha, "/primary"), 200);
+    assert_eq!(http_status(hb, "/primary"), 503);
+    assert_eq!(http_status(hb, "/replica"), 200);
+    assert_eq!(http_status(ha, "/replica"), 503);
+    assert_eq!(http_status(hb, "/replica?lag=1GiB"), 200);
+    assert_eq!(http_status(hb, "/health"), 200);
+    // Status shows the standby's lag and its sync state.
+    let st = pg.ok(&["status"]).stdout;
+    assert!(st.contains("streams to b (streaming, sync"), "{st}");
 
-    let front = free_port();
-    let plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
-    let plan = plan
-        .replace("sites: [a]", "sites: [a, b]")
-        .replace(
-            "data_dir: pgdata }",
-            &format!("data_dir: pgdata }}\n      b: {{ host: 127.0.0.1, port: {sport}, user: postgres, data_dir: standby }}\n    replication: {{ mode: sync }}\n    failover: {{ listen: \"127.0.0.1:{front}\" }}"),
-        );
-    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
-    pg.chown();
-    pg.ok(&["plan", "check"]);
-    let start = || {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(pg.lab.p("daemon.log"))
-            .unwrap();
-        Daemon(
-            pg.cmd(&["serve"])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let t0 = Instant::now();
-    let mut daemon = start();
-
-    // Writes through the endpoint once the daemon routes.
-    let mut acked = Vec::new();
-    let mut v = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked.len() < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "no write went through the endpoint"
-        );
-        v += 1;
-        if write_through(&pg, front, v) {
-            acked.push(v);
-        }
-    }
-    let s = pg.sql_on(
-        pg.port,
-        "postgres",
-        "SELECT sync_state FROM pg_stat_replication",
-    );
-    assert_eq!(s, "sync");
-
-    eprintln!("phase at {:?}", t0.elapsed());
     // kill -9 the primary and keep writing until the endpoint accepts again.
     unsafe { libc::kill(pg.postmaster_pid("pgdata"), libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "no failover within 60 s");
-        v += 1;
-        if write_through(&pg, front, v) {
-            acked.push(v);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pair.await_failover(&mut log, Duration::from_secs(60));
     for _ in 0..5 {
-        v += 1;
-        if write_through(&pg, front, v) {
-            acked.push(v);
-        }
+        log.write(&pair);
     }
-    eprintln!("phase at {:?}", t0.elapsed());
     // The standby is the primary now and holds every acknowledged write.
-    assert_eq!(
-        pg.sql_on(sport, "postgres", "SELECT pg_is_in_recovery()"),
-        "f"
-    );
-    let have: Vec<i32> = pg
-        .sql_on(sport, "postgres", "SELECT v FROM w ORDER BY v")
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let lost: Vec<&i32> = acked.iter().filter(|a| !have.contains(a)).collect();
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(pg.lab.p(".lifeboat/failover/db.json")).unwrap())
-            .unwrap();
+    assert_eq!(pair.in_recovery(pair.sport), Some(false));
+    pair.assert_nothing_lost(&log, pair.sport);
+    log.assert_one_primary_at_a_time(pg.port, pair.sport);
+    let state = pair.state();
     assert_eq!(state["primary"], "b", "{state}");
     assert_eq!(state["epoch"], 2, "{state}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_status(hb, "/primary") != 200 {
+        assert!(Instant::now() < deadline, "b's /primary never turned 200");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_status(ha, "/primary"), 503);
+    assert_eq!(http_status(ha, "/health"), 503);
 
-    eprintln!("phase at {:?}", t0.elapsed());
     // The old primary restarted: fenced (stopped), never reachable through the endpoint.
     // (`pg_ctl start -w` may itself report failure: the daemon can stop it before it is ready.)
     // (A killed postmaster leaves its pid file; `pg_ctl status` tells whether one runs.)
@@ -171,38 +320,263 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
             Instant::now() < deadline,
             "the old primary was not fenced: {}\n{}",
             std::fs::read_to_string(pg.lab.p("pg.log")).unwrap_or_default(),
-            std::fs::read_to_string(pg.lab.p("daemon.log")).unwrap_or_default()
+            pair.daemon_log()
         );
         // Its killed backends may hold shared memory for a moment: retry the start.
         if !fenced() && !running() && last_start.elapsed() > Duration::from_secs(2) {
             let _ = pg.tool("pg_ctl", &["-D", "pgdata", "start", "-l", "pg.log"]);
             last_start = Instant::now();
         }
+        // Meanwhile every write still lands on b.
+        log.write(&pair);
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(write_through(&pg, front, 9999));
-    assert_eq!(
-        pg.sql_on(sport, "postgres", "SELECT count(*) FROM w WHERE v = 9999"),
-        "1"
-    );
+    log.assert_one_primary_at_a_time(pg.port, pair.sport);
 
-    eprintln!("phase at {:?}", t0.elapsed());
     // SIGTERM: a clean exit; a restarted daemon keeps routing to b without a new failover.
     unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
     let status = daemon.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    daemon = start();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !write_through(&pg, front, 10000) {
-        assert!(Instant::now() < deadline, "restarted daemon does not route");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    daemon = pair.start("");
+    pair.write_some(&mut log, 1);
+    assert_eq!(log.servers.last(), Some(&pair.sport));
     let st = pg.ok(&["--json", "status"]).json();
     assert_eq!(st[0]["daemon"]["primary"], "b", "{st}");
-    let ev = pg.events();
-    let failovers = ev.iter().filter(|e| e["command"] == "failover").count();
-    assert_eq!(failovers, 1, "{ev:?}");
-    assert!(ev.iter().any(|e| e["command"] == "fence"));
+    assert_eq!(pair.failovers().len(), 1);
+    pair.assert_nothing_lost(&log, pair.sport);
     drop(daemon);
-    eprintln!("end at {:?}", t_setup.elapsed());
+}
+
+/// A hung primary (every process SIGSTOPped): a stall shorter than the detection window
+/// changes nothing; a longer one fails over; the primary thawed afterwards is fenced.
+#[test]
+fn hung_primary_short_stall_is_ridden_out_long_one_fails_over() {
+    let pair = Pair::new("async", "", "");
+    let pg = &pair.pg;
+    let _daemon = pair.start("");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 10);
+    // Stopped for 0.6 s: less than half the window of three 500 ms checks.
+    pair.signal_server("pgdata", libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(600));
+    pair.signal_server("pgdata", libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(2));
+    pair.write_some(&mut log, 5);
+    assert!(pair.failovers().is_empty(), "{}", pair.daemon_log());
+    assert_eq!(log.servers.last(), Some(&pg.port));
+    assert_eq!(pair.in_recovery(pair.sport), Some(true));
+
+    // Stopped for good: failover to b.
+    pair.signal_server("pgdata", libc::SIGSTOP);
+    let t = Instant::now();
+    pair.await_failover(&mut log, Duration::from_secs(30));
+    eprintln!("hung primary: writes on b after {:?}", t.elapsed());
+    let f = pair.failovers();
+    assert_eq!(f.len(), 1, "{f:?}");
+    let reason = f[0]["figures"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("queries time out"), "{reason}");
+    // Thawed, it still believes it is a primary: fenced, never written to via the endpoint.
+    pair.signal_server("pgdata", libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg
+        .tool("pg_ctl", &["-D", "pgdata", "status"])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "thawed primary not fenced:\n{}",
+            pair.daemon_log()
+        );
+        log.write(&pair);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pair.write_some(&mut log, 3);
+    log.assert_one_primary_at_a_time(pg.port, pair.sport);
+    assert_eq!(pair.state()["primary"], "b");
+}
+
+/// The daemon killed (SIGKILL, via a failpoint) right after promoting the standby and before
+/// recording it: restarted, it finishes the same failover, with the same epoch.
+#[test]
+fn daemon_killed_after_promotion_finishes_the_failover_when_restarted() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    let mut daemon = pair.start("failover-after-promote");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 10);
+    unsafe { libc::kill(pg.postmaster_pid("pgdata"), libc::SIGKILL) };
+    pair.assert_died_at_failpoint(&mut daemon);
+    let st = pair.state();
+    assert_eq!(st["in_progress"], serde_json::json!(["b", 2]), "{st}");
+    assert_eq!(pair.in_recovery(pair.sport), Some(false), "b was promoted");
+    // No route while no daemon runs: nothing can write through the endpoint.
+    assert!(pair.write(-1).is_none());
+    daemon = pair.start("");
+    pair.await_failover(&mut log, Duration::from_secs(30));
+    let st = pair.state();
+    assert_eq!(st["primary"], "b", "{st}");
+    assert_eq!(st["epoch"], 2, "{st}");
+    assert!(st["in_progress"].is_null(), "{st}");
+    let f = pair.failovers();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0]["figures"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("resuming"),
+        "{f:?}"
+    );
+    pair.assert_nothing_lost(&log, pair.sport);
+    drop(daemon);
+}
+
+/// A command health check fails on a primary that still runs; the daemon records its intent
+/// and is killed before acting. The old primary is still writable when the daemon restarts:
+/// the resumed failover stops it before promoting b, so there are never two primaries.
+#[test]
+fn daemon_killed_after_intent_resumes_by_fencing_the_live_old_primary() {
+    let pair = Pair::new(
+        "sync",
+        "health_checks: { a: [ { command: \"test ! -e a-down\" } ] },",
+        "",
+    );
+    let pg = &pair.pg;
+    let mut daemon = pair.start("failover-after-intent");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 10);
+    std::fs::write(pg.lab.p("a-down"), "").unwrap();
+    pair.assert_died_at_failpoint(&mut daemon);
+    assert!(
+        pair.daemon_log().contains("command check exited with"),
+        "{}",
+        pair.daemon_log()
+    );
+    assert_eq!(
+        pair.in_recovery(pg.port),
+        Some(false),
+        "a still runs as primary"
+    );
+    assert_eq!(pair.in_recovery(pair.sport), Some(true));
+    daemon = pair.start("");
+    pair.await_failover(&mut log, Duration::from_secs(30));
+    assert!(
+        !pg.tool("pg_ctl", &["-D", "pgdata", "status"])
+            .status
+            .success(),
+        "the old primary still runs"
+    );
+    log.assert_one_primary_at_a_time(pg.port, pair.sport);
+    pair.assert_nothing_lost(&log, pair.sport);
+    assert_eq!(pair.state()["epoch"], 2);
+    drop(daemon);
+}
+
+/// A standby that stopped replicating is never promoted, even in an async tier with no lag
+/// limit; the daemon holds, says why, and the endpoint takes no writes.
+#[test]
+fn standby_that_is_not_replicating_is_not_promoted() {
+    let hb = free_port();
+    let pair = Pair::new(
+        "async",
+        &format!("health_listen: {{ b: \"127.0.0.1:{hb}\" }},"),
+        "",
+    );
+    let pg = &pair.pg;
+    let _daemon = pair.start("");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 5);
+    pg.sql_on(
+        pair.sport,
+        "postgres",
+        "ALTER SYSTEM SET primary_conninfo = ''",
+    );
+    pg.sql_on(pair.sport, "postgres", "SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = pg.ok(&["status"]).stdout;
+        if st.contains("standby, NOT streaming") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status never showed it: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pair.write_some(&mut log, 5);
+    // The daemon sees it at its next check.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_status(hb, "/replica") != 503 {
+        assert!(Instant::now() < deadline, "/replica stays 200");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_status(hb, "/health"), 200);
+    unsafe { libc::kill(pg.postmaster_pid("pgdata"), libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pair
+        .daemon_log()
+        .contains("was not replicating from the primary")
+    {
+        assert!(Instant::now() < deadline, "{}", pair.daemon_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pair.in_recovery(pair.sport), Some(true), "b was promoted");
+    assert!(pair.write(-1).is_none(), "the endpoint took a write");
+    assert!(pair.failovers().is_empty());
+    let st = pg.ok(&["status"]).stdout;
+    assert!(st.contains("daemon's last decision"), "{st}");
+    assert!(st.contains("no standby may be promoted"), "{st}");
+}
+
+/// Members the daemon must never promote: one it cannot log in to, and one of another cluster
+/// (a standby of a different initdb). Both are named in status and in the hold decision.
+#[test]
+fn wrong_credentials_and_another_cluster_are_refused_with_reasons() {
+    let pg0 = Pg::start("", &[]);
+    // The stranger: a standby of pg0's cluster (another system identifier).
+    let cport = free_port();
+    let pair = Pair::new(
+        "async",
+        "",
+        &format!("      c: {{ host: 127.0.0.1, port: {cport}, user: postgres }}\n"),
+    );
+    let pg = &pair.pg;
+    pg.start_standby(
+        pg0.port,
+        "stranger",
+        &format!("port = {cport}\narchive_mode = off\n"),
+    );
+    // b's credentials are wrong: a role that does not exist.
+    let plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    let plan = plan.replace(
+        &format!("port: {}, user: postgres, data_dir: standby", pair.sport),
+        &format!("port: {}, user: nobody, data_dir: standby", pair.sport),
+    );
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
+    let st = pg.ok(&["status"]).stdout;
+    assert!(st.contains("role \"nobody\" does not exist"), "{st}");
+    assert!(st.contains("c belongs to ANOTHER cluster"), "{st}");
+    let _daemon = pair.start("");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 5);
+    unsafe { libc::kill(pg.postmaster_pid("pgdata"), libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pair.daemon_log().contains("no standby may be promoted") {
+        assert!(Instant::now() < deadline, "{}", pair.daemon_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let l = pair.daemon_log();
+    assert!(l.contains("b is not healthy"), "{l}");
+    assert!(l.contains("c belongs to another cluster"), "{l}");
+    assert_eq!(pair.in_recovery(pair.sport), Some(true));
+    assert!(pair.failovers().is_empty());
+    // The stranger is neither promoted nor stopped.
+    assert_eq!(
+        pg.sql_on(cport, "postgres", "SELECT pg_is_in_recovery()"),
+        "t"
+    );
+    let _ = pg.tool("pg_ctl", &["-D", "stranger", "stop", "-m", "immediate"]);
+    drop(pg0);
 }

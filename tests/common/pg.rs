@@ -129,6 +129,35 @@ backups:
         self.chown();
     }
 
+    /// Clone the server on `from_port` into `dir` as a streaming standby (pg_basebackup -R),
+    /// append `conf` to its postgresql.auto.conf and start it (log: `<dir>.log`).
+    #[allow(dead_code)]
+    pub fn start_standby(&self, from_port: u16, dir: &str, conf: &str) {
+        let port = from_port.to_string();
+        let o = self.tool(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                dir,
+                "-X",
+                "stream",
+                "-R",
+                "--checkpoint=fast",
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        self.append_conf(&format!("{dir}/postgresql.auto.conf"), conf);
+        let log = format!("{dir}.log");
+        let o = self.tool("pg_ctl", &["-D", dir, "-l", &log, "-w", "start"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
     /// The pid of the postmaster of a data directory in the lab (from its pid file).
     pub fn postmaster_pid(&self, dir: &str) -> i32 {
         std::fs::read_to_string(self.lab.p(dir).join("postmaster.pid"))
@@ -303,7 +332,7 @@ backups:
 impl Drop for Pg {
     fn drop(&mut self) {
         let _ = self.tool("pg_ctl", &["-D", "pgdata", "stop", "-m", "immediate", "-w"]);
-        for d in ["r1", "r2", "r3", "standby"] {
+        for d in ["r1", "r2", "r3", "standby", "stranger"] {
             if self.lab.p(d).join("postmaster.pid").exists() {
                 self.stop_dir(d);
             }

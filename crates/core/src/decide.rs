@@ -248,12 +248,16 @@ pub fn decide(w: &World) -> Decision {
         };
     };
     let primary = w.member(&primary_site);
-    // 2. Any other writable member is an old primary that came back: fence it.
-    if let Some(rogue) = w
-        .members
-        .iter()
-        .find(|m| m.site != primary_site && m.role == Some(Role::Primary) && m.failures == 0)
-    {
+    let primary_sid = primary.and_then(|p| p.system_id.clone());
+    let foreign = |m: &MemberView| match (&primary_sid, &m.system_id) {
+        (Some(p), Some(s)) => p != s,
+        _ => false,
+    };
+    // 2. Any other writable member of this cluster is an old primary that came back: fence it.
+    //    (A member of another cluster is a misconfiguration: never touched, only reported.)
+    if let Some(rogue) = w.members.iter().find(|m| {
+        m.site != primary_site && m.role == Some(Role::Primary) && m.failures == 0 && !foreign(m)
+    }) {
         return Decision {
             action: Action::Fence {
                 site: rogue.site.clone(),
@@ -289,6 +293,14 @@ pub fn decide(w: &World) -> Decision {
                             .as_ref()
                             .map(Failure::describe)
                             .unwrap_or_default()
+                    );
+                }
+                if foreign(m) {
+                    return format!(
+                        "{} belongs to ANOTHER cluster (system identifier {}, primary's {}): check the plan",
+                        m.site,
+                        m.system_id.as_deref().unwrap_or("?"),
+                        primary_sid.as_deref().unwrap_or("?")
                     );
                 }
                 if m.role != Some(Role::Standby) {
@@ -492,6 +504,40 @@ mod tests {
         ));
         assert!(
             d.reason.ends_with("west standby NOT replicating"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn a_member_of_another_cluster_is_never_fenced_nor_promoted() {
+        let stranger = MemberView {
+            system_id: Some("8111".into()),
+            ..healthy("west", Role::Primary)
+        };
+        let d = decide(&world(
+            ReplicationMode::Async,
+            vec![healthy("east", Role::Primary), stranger.clone()],
+        ));
+        assert_eq!(d.action, Action::Stay, "{}", d.reason);
+        assert!(
+            d.reason.contains("west belongs to ANOTHER cluster"),
+            "{}",
+            d.reason
+        );
+        let d = decide(&world(
+            ReplicationMode::Async,
+            vec![
+                down("east", 3, Failure::Refused),
+                MemberView {
+                    role: Some(Role::Standby),
+                    ..stranger
+                },
+            ],
+        ));
+        assert_eq!(d.action, Action::Hold, "{}", d.reason);
+        assert!(
+            d.reason.contains("belongs to another cluster"),
             "{}",
             d.reason
         );

@@ -609,7 +609,11 @@ async fn failover(
     });
     // 3. Stop the old primary if it still answers and lives here.
     if let Some(f) = &from {
-        if counts.get(f).is_some_and(|c| c.failures == 0) {
+        if counts
+            .get(f)
+            .and_then(|c| c.last.as_ref())
+            .is_some_and(|p| p.answered)
+        {
             let _ = fence(w, f).await;
         }
     }

@@ -26,7 +26,10 @@ pub struct StandbyRow {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Probe {
+    /// Every check passed.
     pub ok: bool,
+    /// PostgreSQL itself answered (even if an extra check then failed).
+    pub answered: bool,
     pub failure: Option<Failure>,
     pub role: Option<Role>,
     pub system_id: Option<String>,
@@ -47,6 +50,7 @@ impl Probe {
     fn failed(f: Failure, started: Instant) -> Probe {
         Probe {
             ok: false,
+            answered: false,
             failure: Some(f),
             role: None,
             system_id: None,
@@ -132,6 +136,7 @@ pub async fn probe(member: &Member, timeout: Duration) -> Probe {
         conn.abort();
         Ok::<_, tokio_postgres::Error>(Probe {
             ok: true,
+            answered: true,
             failure: None,
             role: Some(if in_recovery {
                 Role::Standby
@@ -259,7 +264,86 @@ async fn one_check(c: &lifeboat_core::plan::HealthCheck) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{extra_checks, redact_url};
+    use lifeboat_core::plan::HealthCheck;
+    use std::time::Duration;
+
+    /// A one-shot HTTP server answering `status` with `body` to every request.
+    fn server(status: u16, body: &'static str) -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        format!("http://user:secret@{addr}/health?token=t0ps3cret")
+    }
+
+    #[tokio::test]
+    async fn http_tcp_and_command_checks_pass_and_fail_with_reasons() {
+        let t = Duration::from_secs(2);
+        let ok = server(200, "status: ok");
+        let bad = server(500, "down");
+        let check = |url: &str, status: Option<u16>, body: Option<&str>| HealthCheck {
+            http: Some(url.to_string()),
+            status,
+            body: body.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(
+            extra_checks(&[check(&ok, None, Some("ok"))], t).await,
+            Ok(())
+        );
+        let e = extra_checks(&[check(&bad, None, None)], t)
+            .await
+            .unwrap_err();
+        assert!(e.ends_with("status 500"), "{e}");
+        assert!(!e.contains("secret") && !e.contains("t0ps3cret"), "{e}");
+        assert_eq!(
+            extra_checks(&[check(&bad, Some(500), None)], t).await,
+            Ok(())
+        );
+        let e = extra_checks(&[check(&ok, None, Some("green"))], t)
+            .await
+            .unwrap_err();
+        assert!(e.contains("body does not contain \"green\""), "{e}");
+        // tcp: a closed port.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = extra_checks(
+            &[HealthCheck {
+                tcp: Some(closed.to_string()),
+                ..Default::default()
+            }],
+            t,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.starts_with("tcp check"), "{e}");
+        let cmd = |c: &str| HealthCheck {
+            command: Some(c.into()),
+            ..Default::default()
+        };
+        assert_eq!(extra_checks(&[cmd("true")], t).await, Ok(()));
+        assert!(extra_checks(&[cmd("exit 3")], t)
+            .await
+            .unwrap_err()
+            .contains("exit status: 3"));
+        let e = extra_checks(&[cmd("sleep 5")], Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+    }
 
     #[test]
     fn urls_lose_credentials_and_queries_in_messages() {
