@@ -35,11 +35,14 @@ impl Pair {
     fn new(mode: &str, failover: &str, members: &str) -> Pair {
         let pg = Pg::start("", &[]);
         let sport = free_port();
+        // In sync mode the standby names the primary as its own synchronous standby, ready
+        // for a role swap (as pg-pair.sh does): promoted alone, it must not wait for it.
+        let ssn = if mode == "sync" { "a" } else { "" };
         pg.start_standby(
             pg.port,
             "standby",
             &format!(
-                "port = {sport}\narchive_mode = off\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=b'\n",
+                "port = {sport}\narchive_mode = off\nsynchronous_standby_names = '{ssn}'\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=b'\n",
                 pg.port
             ),
         );
@@ -113,7 +116,18 @@ impl Pair {
 
     /// The daemon ended by SIGKILL (its failpoint fired).
     fn assert_died_at_failpoint(&self, daemon: &mut Daemon) {
-        let status = daemon.0.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = daemon.0.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the failpoint never fired:\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(libc::SIGKILL),
@@ -293,6 +307,11 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
     assert_eq!(pair.in_recovery(pair.sport), Some(false));
     pair.assert_nothing_lost(&log, pair.sport);
     log.assert_one_primary_at_a_time(pg.port, pair.sport);
+    assert!(
+        pair.daemon_log().contains("sync_standbys_cleared"),
+        "{}",
+        pair.daemon_log()
+    );
     let state = pair.state();
     assert_eq!(state["primary"], "b", "{state}");
     assert_eq!(state["epoch"], 2, "{state}");

@@ -337,13 +337,21 @@ pub fn decide(w: &World) -> Decision {
         } else {
             format!("primary {} healthy", p.site)
         };
+        let unprotected = w.mode == ReplicationMode::Sync
+            && p.failures == 0
+            && !w.members.iter().any(|m| m.site != p.site && m.was_sync);
         return stay(format!(
-            "{}: {state}{}",
+            "{}: {state}{}{}",
             w.service,
             if standbys.is_empty() {
                 String::new()
             } else {
                 format!("; {}", standbys.join(", "))
+            },
+            if unprotected {
+                "; sync tier WITHOUT a synchronous standby: a failover now would be refused"
+            } else {
+                ""
             }
         ));
     }

@@ -304,6 +304,8 @@ async fn monitor(
     let mut last_reason = String::new();
     let mut primary_last_lsn: Option<u64> = None;
     let mut next = tokio::time::Instant::now();
+    // Actions that failed: retried after 1, 2, 4 … 30 s, not at every tick.
+    let mut backoff = Backoff::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
@@ -386,7 +388,10 @@ async fn monitor(
                 .unwrap_or_default(),
             );
         }
+        let key = serde_json::to_string(&d.action).unwrap_or_default();
+        let waiting = backoff.waiting(&key);
         match d.action.clone() {
+            _ if waiting => {}
             Action::Failover { from, to, epoch } => {
                 let started = Instant::now();
                 let r = failover(
@@ -409,6 +414,7 @@ async fn monitor(
                         "ms": started.elapsed().as_millis() as u64, "reason": d.reason}),
                 );
                 record(&ctx, &w.service, &d, outcome, started);
+                backoff.outcome(&key, r.is_ok());
                 if r.is_ok() {
                     // The new primary's state is known now; check again at once.
                     counts.clear();
@@ -431,6 +437,7 @@ async fn monitor(
                     if r.is_ok() { "ok" } else { "failed" },
                     started,
                 );
+                backoff.outcome(&key, r.is_ok());
             }
             _ => {}
         }
@@ -458,6 +465,35 @@ async fn monitor(
             }
         }
         publish(&w, &counts, &st, primary_last_lsn, &route_tx, &shared);
+    }
+}
+
+/// Retry delays of actions that failed, by action.
+#[derive(Default)]
+struct Backoff {
+    failed: BTreeMap<String, (u32, tokio::time::Instant)>,
+}
+
+impl Backoff {
+    /// Whether `key` failed recently and must wait before its next attempt.
+    fn waiting(&self, key: &str) -> bool {
+        self.failed
+            .get(key)
+            .is_some_and(|(_, until)| tokio::time::Instant::now() < *until)
+    }
+
+    fn outcome(&mut self, key: &str, ok: bool) {
+        if ok {
+            self.failed.remove(key);
+            return;
+        }
+        let e = self
+            .failed
+            .entry(key.to_string())
+            .or_insert((0, tokio::time::Instant::now()));
+        e.0 += 1;
+        let delay = Duration::from_secs(1u64 << (e.0 - 1).min(5)).min(Duration::from_secs(30));
+        e.1 = tokio::time::Instant::now() + delay;
     }
 }
 
@@ -625,23 +661,72 @@ async fn failover(
         .ok_or_else(|| StoreError::new(Kind::Input, format!("no member {to}")))?
         .clone();
     let cfg = target.async_config(Duration::from_secs(5));
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| StoreError::new(Kind::Source, format!("connecting to {to}: {e}")))?;
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        StoreError::new(
+            Kind::Source,
+            format!("connecting to {to}: {}", crate::pg::db_error_text(&e)),
+        )
+    })?;
     let conn = tokio::spawn(conn);
     let in_recovery: bool = client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
         .map(|r| r.get(0))
-        .map_err(|e| StoreError::new(Kind::Source, format!("{to}: {e}")))?;
+        .map_err(|e| {
+            StoreError::new(
+                Kind::Source,
+                format!("{to}: {}", crate::pg::db_error_text(&e)),
+            )
+        })?;
     if in_recovery {
+        // A promoted standby that names synchronous standbys (copied from the old primary, or
+        // set for a role swap) would make every commit wait for a standby that follows nobody
+        // yet: the new primary starts alone, and says so.
+        let ssn: String = client
+            .query_one("SHOW synchronous_standby_names", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        if !ssn.trim().is_empty() {
+            client
+                .batch_execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+                .await
+                .map_err(|e| {
+                    StoreError::new(
+                        Kind::Source,
+                        format!(
+                            "{to}: clearing synchronous_standby_names: {}",
+                            crate::pg::db_error_text(&e)
+                        ),
+                    )
+                })?;
+            client
+                .batch_execute("SELECT pg_reload_conf()")
+                .await
+                .map_err(|e| {
+                    StoreError::new(
+                        Kind::Source,
+                        format!("{to}: reload: {}", crate::pg::db_error_text(&e)),
+                    )
+                })?;
+            log(
+                "sync_standbys_cleared",
+                &w.service,
+                serde_json::json!({"member": to, "was": ssn,
+                    "note": "no standby follows the new primary yet: commits are not synchronously replicated until one rejoins"}),
+            );
+        }
         // pg_promote(wait => true) polls every 100 ms; ask without waiting and poll faster.
         let asked: bool = client
             .query_one("SELECT pg_promote(false)", &[])
             .await
             .map(|r| r.get(0))
-            .map_err(|e| StoreError::new(Kind::Source, format!("promoting {to}: {e}")))?;
+            .map_err(|e| {
+                StoreError::new(
+                    Kind::Source,
+                    format!("promoting {to}: {}", crate::pg::db_error_text(&e)),
+                )
+            })?;
         if !asked {
             return Err(StoreError::new(
                 Kind::Source,
@@ -654,7 +739,12 @@ async fn failover(
                 .query_one("SELECT pg_is_in_recovery()", &[])
                 .await
                 .map(|r| r.get(0))
-                .map_err(|e| StoreError::new(Kind::Source, format!("{to}: {e}")))?;
+                .map_err(|e| {
+                    StoreError::new(
+                        Kind::Source,
+                        format!("{to}: {}", crate::pg::db_error_text(&e)),
+                    )
+                })?;
             if !still {
                 break;
             }
@@ -673,7 +763,7 @@ async fn failover(
     client
         .batch_execute("CREATE TEMP TABLE lifeboat_failover_probe(x int); INSERT INTO lifeboat_failover_probe VALUES (1)")
         .await
-        .map_err(|e| StoreError::new(Kind::Source, format!("{to} refused a write after promotion: {e}")))?;
+        .map_err(|e| StoreError::new(Kind::Source, format!("{to} refused a write after promotion: {}", crate::pg::db_error_text(&e))))?;
     drop(client);
     conn.abort();
     // 6. Route, and close the record.
