@@ -733,7 +733,9 @@ async fn failover(
                 format!("{to} refused to promote (pg_promote returned false)"),
             ));
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let asked_at = Instant::now();
+        let deadline = asked_at + Duration::from_secs(60);
+        let mut nudged = asked_at;
         loop {
             let still: bool = client
                 .query_one("SELECT pg_is_in_recovery()", &[])
@@ -754,6 +756,14 @@ async fn failover(
                     format!("{to} was asked to promote but is still in recovery after 60 s"),
                 )
                 .hint("see its server log; the failover resumes at the next check"));
+            }
+            // PostgreSQL 15's startup process can take the promote request and then sleep
+            // out wal_retrieve_retry_interval (5 s by default) before acting on it: the
+            // promotion outliers seen with every orchestrator. A configuration reload sets
+            // its latch and wakes it; harmless otherwise.
+            if nudged.elapsed() >= Duration::from_millis(100) {
+                let _ = client.batch_execute("SELECT pg_reload_conf()").await;
+                nudged = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
