@@ -58,6 +58,10 @@ pub enum Command {
     Serve(commands::serve::Args),
     /// Probe every PostgreSQL member once: roles, health, WAL positions, and what would be decided.
     Status(commands::status::Args),
+    /// Manual failover (seed 001): pre-checks, the steps, a typed confirmation, then the failover.
+    Failover(commands::failover::Args),
+    /// Planned switchover without data loss: the old primary becomes the new one's standby.
+    Switchover(commands::switchover::Args),
     /// The evidence log.
     #[command(subcommand)]
     Audit(commands::audit::Cmd),
@@ -81,6 +85,8 @@ fn main() {
         Command::Wal(c) => commands::wal::run(&cli, c),
         Command::Status(a) => commands::status::run(&cli, a),
         Command::Serve(a) => commands::serve::run(&cli, a),
+        Command::Failover(a) => commands::failover::run(&cli, a),
+        Command::Switchover(a) => commands::switchover::run(&cli, a),
         Command::Demo(a) => commands::demo::run(&cli, a),
     };
     match result {

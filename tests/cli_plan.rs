@@ -164,7 +164,7 @@ fn automatic_failover_refuses_both_members_in_one_site_or_on_one_server() {
     assert!(r.stderr.contains("lifeboat.yaml:11:"), "{}", r.stderr);
     // Two sites, one server; an unknown site for a health endpoint; a check of two kinds.
     lab.plan(&format!(
-        "{head}      a: {{ host: 10.0.0.1, port: 5432 }}\n      b: {{ host: 10.0.0.1, port: 5432 }}\n    failover:\n      health_listen: {{ c: \"127.0.0.1:8008\" }}\n      health_checks:\n        a: [ {{ tcp: \"10.0.0.1:80\", command: \"true\" }}, {{ http: \"ftp://x\" }} ]\n"
+        "{head}      a: {{ host: 10.0.0.1, port: 5432 }}\n      b: {{ host: 10.0.0.1, port: 5432 }}\n    failover:\n      health_listen: {{ c: \"127.0.0.1:8008\" }}\n      health_checks:\n        a: [ {{ tcp: \"10.0.0.1:80\", command: \"true\" }}, {{ http: \"ftp://x\" }} ]\n      witness: {{ z: [ {{ tcp: \"nope\" }} ] }}\n"
     ));
     let r = lab.run(&["plan", "check"]);
     assert_eq!(r.code, 2, "{}", r.all());
@@ -173,6 +173,8 @@ fn automatic_failover_refuses_both_members_in_one_site_or_on_one_server() {
         "services.db.failover.health_listen.c: `c` is not a member of this service",
         "services.db.failover.health_checks.a[0]: a health check needs exactly one of `http`, `tcp`, `command`",
         "services.db.failover.health_checks.a[1]: `ftp://x` is not an http:// or https:// URL",
+        "services.db.failover.witness.z: `z` is not a member of this service",
+        "services.db.failover.witness.z[0]: `nope` is not host:port",
     ] {
         assert!(r.stderr.contains(want), "missing {want:?} in {}", r.stderr);
     }

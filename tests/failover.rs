@@ -599,3 +599,313 @@ fn wrong_credentials_and_another_cluster_are_refused_with_reasons() {
     let _ = pg.tool("pg_ctl", &["-D", "stranger", "stop", "-m", "immediate"]);
     drop(pg0);
 }
+
+/// Lifeboat's own checks of the primary fail while its witness says clients still reach it: a
+/// partition between Lifeboat and the primary, not a failure, so no failover. Once the witness
+/// fails too, it fails over.
+#[test]
+fn a_witness_that_still_reaches_the_primary_prevents_a_failover() {
+    let pair = Pair::new(
+        "async",
+        "health_checks: { a: [ { command: \"test ! -e a-down\" } ] }, witness: { a: [ { command: \"test -e clients-ok\" } ] },",
+        "",
+    );
+    let pg = &pair.pg;
+    let _daemon = pair.start("");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 5);
+    std::fs::write(pg.lab.p("clients-ok"), "").unwrap();
+    std::fs::write(pg.lab.p("a-down"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pair.daemon_log().contains("its clients still reach it") {
+        assert!(Instant::now() < deadline, "{}", pair.daemon_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pair.failovers().is_empty(), "{}", pair.daemon_log());
+    assert_eq!(pair.in_recovery(pair.sport), Some(true));
+    std::fs::remove_file(pg.lab.p("clients-ok")).unwrap();
+    pair.await_failover(&mut log, Duration::from_secs(20));
+    log.assert_one_primary_at_a_time(pg.port, pair.sport);
+}
+
+/// Planned switchover without a daemon, and back: no write lost, the old primary streams from
+/// the new one (synchronously again), every step in the evidence log.
+#[test]
+fn switchover_and_back_loses_nothing_and_keeps_both_members() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    for v in 1..=50 {
+        pg.sql_on(pg.port, "postgres", &format!("INSERT INTO w VALUES ({v})"));
+    }
+    let r = pg.run(&["switchover", "db", "--to", "b"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("switchover done: a → b, epoch"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("a now streams from b"), "{}", r.stdout);
+    assert_eq!(pair.in_recovery(pair.sport), Some(false));
+    assert_eq!(pair.in_recovery(pg.port), Some(true));
+    assert_eq!(
+        pg.sql_on(pair.sport, "postgres", "SELECT count(*) FROM w"),
+        "50"
+    );
+    assert_eq!(
+        pg.sql_on(pair.sport, "postgres", "SHOW synchronous_standby_names"),
+        "\"a\""
+    );
+    // Writes on b are synchronously replicated to a.
+    pg.sql_on(pair.sport, "postgres", "INSERT INTO w VALUES (51)");
+    assert_eq!(
+        pg.sql_on(
+            pair.sport,
+            "postgres",
+            "SELECT application_name || ' ' || state || ' ' || sync_state FROM pg_stat_replication"
+        ),
+        "a streaming sync"
+    );
+    let ev = pg.events();
+    let sw: Vec<_> = ev.iter().filter(|e| e["command"] == "switchover").collect();
+    assert_eq!(sw.len(), 1);
+    assert_eq!(sw[0]["outcome"], "ok");
+    let steps: Vec<&str> = sw[0]["figures"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "pre-checks",
+            "stop-writes",
+            "catch-up",
+            "promote",
+            "switch-traffic",
+            "rejoin"
+        ]
+    );
+    assert!(sw[0]["figures"]["downtime_ms"].as_u64().is_some());
+    // And back.
+    let r = pg.run(&["--json", "switchover", "db", "--to", "a"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let rep = r.json();
+    assert_eq!(rep["from"], "b");
+    assert_eq!(rep["old_primary_streaming"], true);
+    assert_eq!(pair.in_recovery(pg.port), Some(false));
+    assert_eq!(
+        pg.sql_on(pg.port, "postgres", "SELECT count(*) FROM w"),
+        "51"
+    );
+    // Switching to the primary itself, or to a site that is not a member: refused.
+    let r = pg.run(&["switchover", "db", "--to", "a"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("a is already the primary"),
+        "{}",
+        r.stderr
+    );
+    let r = pg.run(&["switchover", "db", "--to", "z"]);
+    assert!(r.stderr.contains("no member at site z"), "{}", r.stderr);
+}
+
+/// A switchover through the running daemon: clients writing through the endpoint lose
+/// nothing and never see two primaries; the daemon's state follows.
+#[test]
+fn switchover_through_the_daemon_moves_the_endpoint() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    let _daemon = pair.start("");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 10);
+    let lb = pg.cmd(&["switchover", "db", "--to", "b"]).output().unwrap();
+    let out = String::from_utf8_lossy(&lb.stdout);
+    assert!(
+        lb.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&lb.stderr)
+    );
+    assert!(out.contains("handed to the running daemon"), "{out}");
+    pair.await_failover(&mut log, Duration::from_secs(20));
+    pair.write_some(&mut log, 10);
+    log.assert_one_primary_at_a_time(pg.port, pair.sport);
+    pair.assert_nothing_lost(&log, pair.sport);
+    let st = pair.state();
+    assert_eq!(st["primary"], "b", "{st}");
+    assert_eq!(st["epoch"], 2, "{st}");
+    // The daemon does not treat a (now a standby) as a failure or a rogue primary.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pair.failovers().is_empty(), "{}", pair.daemon_log());
+    assert_eq!(pair.in_recovery(pg.port), Some(true));
+}
+
+/// A standby that does not catch up in time: the switchover is called off, the old primary
+/// takes writes again, nothing is lost.
+#[test]
+fn switchover_to_a_standby_that_does_not_catch_up_is_called_off() {
+    let pair = Pair::new("async", "", "");
+    let pg = &pair.pg;
+    pg.sql_on(pair.sport, "postgres", "SELECT pg_wal_replay_pause()");
+    for v in 1..=20 {
+        pg.sql_on(pg.port, "postgres", &format!("INSERT INTO w VALUES ({v})"));
+    }
+    let r = pg.run(&["switchover", "db", "--to", "b", "--timeout", "2s"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("switchover ABORTED: b replayed only up to"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("writes are back on the old primary"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(pair.in_recovery(pg.port), Some(false));
+    assert_eq!(pair.in_recovery(pair.sport), Some(true));
+    pg.sql_on(pg.port, "postgres", "INSERT INTO w VALUES (21)");
+    assert_eq!(
+        pg.sql_on(pg.port, "postgres", "SELECT count(*) FROM w"),
+        "21"
+    );
+    let ev = pg.events();
+    assert!(ev
+        .iter()
+        .any(|e| e["command"] == "switchover" && e["outcome"] == "aborted"));
+    // Replay resumed, the same switchover goes through.
+    pg.sql_on(pair.sport, "postgres", "SELECT pg_wal_replay_resume()");
+    // b reconnects to the restarted a (its WAL receiver retries every few seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.sql_on(
+        pg.port,
+        "postgres",
+        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "b never streamed from a again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = pg.run(&["switchover", "db", "--to", "b"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        pg.sql_on(pair.sport, "postgres", "SELECT count(*) FROM w"),
+        "21"
+    );
+}
+
+/// Seed 001's manual failover: refused while the primary is healthy (unless forced), refused
+/// without a terminal or with a wrong typed confirmation, carried out with --yes once the
+/// primary is down, and recorded.
+#[test]
+fn manual_failover_prechecks_confirmation_and_run() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    pg.sql_on(pg.port, "postgres", "INSERT INTO w VALUES (1)");
+    let r = pg.run(&["failover", "db", "--dry-run"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout.contains("[FAIL] primary a is healthy"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("[ok  ] b: healthy standby of the same cluster"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("[WARN] backups: no successful backup of db"),
+        "{}",
+        r.stdout
+    );
+    let r = pg.run(&["failover", "db", "--dry-run", "--force"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("3. stop a (pg_ctl stop -m fast)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("decision: db: manual failover from a to b"),
+        "{}",
+        r.stdout
+    );
+    // Not a terminal, no --yes.
+    let r = pg.run(&["failover", "db", "--force"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no terminal"), "{}", r.stderr);
+    // A terminal (script(1) gives it one) and the wrong name typed.
+    let cmdline = format!(
+        "{} --plan {} failover db --force",
+        pg.lb.display(),
+        pg.lab.p("lifeboat.yaml").display()
+    );
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = stdin.write_all(b"dbx\n");
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Type the service name (db)"), "{text}");
+    assert!(text.contains("does not match"), "{text}");
+    assert_eq!(pair.in_recovery(pair.sport), Some(true), "nothing was done");
+    // The primary dies: a manual failover goes through.
+    unsafe { libc::kill(pg.postmaster_pid("pgdata"), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    let r = pg.run(&["failover", "db", "--yes"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("[ok  ] primary a is down"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("failover done: b now takes writes"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(pair.in_recovery(pair.sport), Some(false));
+    assert_eq!(
+        pg.sql_on(pair.sport, "postgres", "SELECT count(*) FROM w"),
+        "1"
+    );
+    let f = pair.failovers();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0]["figures"]["manual"], true);
+    assert_eq!(pair.state()["primary"], "b");
+}
+
+/// A forced manual failover through the running daemon: it stops the healthy primary and
+/// moves the endpoint; clients lose nothing (sync) and never see two primaries.
+#[test]
+fn forced_manual_failover_through_the_daemon() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    let _daemon = pair.start("");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 10);
+    let r = pg.run(&["failover", "db", "--force", "--yes", "--to", "b"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), pair.daemon_log());
+    pair.await_failover(&mut log, Duration::from_secs(20));
+    log.assert_one_primary_at_a_time(pg.port, pair.sport);
+    pair.assert_nothing_lost(&log, pair.sport);
+    assert!(!pg
+        .tool("pg_ctl", &["-D", "pgdata", "status"])
+        .status
+        .success());
+    assert_eq!(pair.state()["epoch"], 2);
+}

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backup;
 pub mod demo;
+pub mod failover;
 pub mod forget;
 pub mod init;
 pub mod plan;
@@ -11,6 +12,7 @@ pub mod restore;
 pub mod serve;
 pub mod snapshots;
 pub mod status;
+pub mod switchover;
 pub mod verify;
 pub mod wal;
 

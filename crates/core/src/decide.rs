@@ -213,6 +213,19 @@ fn ineligible(w: &World, primary: Option<&MemberView>, c: &MemberView) -> Result
     Ok(behind)
 }
 
+/// Whether `site` may be promoted now: bytes behind the primary's last known position, or
+/// why not (the same rules automatic failover applies).
+pub fn eligibility(w: &World, site: &str) -> Result<u64, String> {
+    let primary = w.primary.as_deref().and_then(|p| w.member(p));
+    let c = w
+        .member(site)
+        .ok_or_else(|| format!("{site} is not a member of {}", w.service))?;
+    if w.primary.as_deref() == Some(site) {
+        return Err(format!("{site} is the primary"));
+    }
+    ineligible(w, primary, c)
+}
+
 /// The decision for one tick.
 pub fn decide(w: &World) -> Decision {
     // 1. Finish what was started.

@@ -115,7 +115,7 @@ pub enum Service {
         checks: Vec<String>,
         /// Automatic failover by `lifeboat serve` (needs members in two sites).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        failover: Option<FailoverSpec>,
+        failover: Option<Box<FailoverSpec>>,
         /// Repository whose WAL archive holds this cluster's WAL (`lifeboat wal push`).
         /// Default: the repository of the service's base-backup job, or the only repository.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,10 +191,11 @@ pub struct PgMember {
 
 /// How `lifeboat serve` watches a postgres service and fails it over.
 ///
-/// Defaults (500ms / 400ms / 3 / 2) detect a crashed primary in about 1.5 s: three failed
-/// checks half a second apart, each bounded by 400 ms so a hung server costs no more than a dead
-/// one; a stall shorter than about a second never triggers a failover, and a recovering member
-/// must pass two checks in a row before it counts as healthy again.
+/// Defaults (500ms / 400ms / 3 / 2, refused connections re-checked every 100ms) confirm a
+/// crashed primary (connection refused) in about 0.2 s and a hung one (timeouts) in about 1.5 s:
+/// each check is bounded by 400 ms, so a hung server costs no more than a dead one; a stall
+/// shorter than the timeout window never triggers a failover, and a recovering member must pass
+/// two checks in a row before it counts as healthy again.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverSpec {
@@ -232,6 +233,12 @@ pub struct FailoverSpec {
     /// built-in PostgreSQL check: connect, `SELECT 1`, role, LSNs).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health_checks: BTreeMap<String, Vec<HealthCheck>>,
+    /// Witness checks per site: whether the member's *clients* still reach it (e.g. an HTTP
+    /// endpoint of an application server at that site that reports its own database
+    /// connection). Run only while the member fails Lifeboat's own checks; if they pass, Lifeboat
+    /// is the one cut off (a partition), the member has not failed, and there is no failover.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub witness: BTreeMap<String, Vec<HealthCheck>>,
 }
 
 /// One extra health check: exactly one of `http`, `tcp`, `command`.

@@ -245,49 +245,14 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                             );
                         }
                     }
-                    for (site, checks) in &f.health_checks {
-                        if !members.contains_key(site) {
-                            err(
-                                format!("{base}.failover.health_checks.{site}"),
-                                format!("`{site}` is not a member of this service"),
-                            );
-                        }
-                        for (i, c) in checks.iter().enumerate() {
-                            let at = format!("{base}.failover.health_checks.{site}[{i}]");
-                            let kinds = [c.http.is_some(), c.tcp.is_some(), c.command.is_some()]
-                                .iter()
-                                .filter(|k| **k)
-                                .count();
-                            if kinds != 1 {
-                                err(
-                                    at.clone(),
-                                    "a health check needs exactly one of `http`, `tcp`, `command`"
-                                        .into(),
-                                );
-                            }
-                            if (c.status.is_some() || c.body.is_some()) && c.http.is_none() {
-                                err(
-                                    at.clone(),
-                                    "`status` and `body` apply to `http` checks only".into(),
-                                );
-                            }
-                            if let Some(u) = &c.http {
-                                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                                    err(
-                                        at.clone(),
-                                        format!("`{u}` is not an http:// or https:// URL"),
-                                    );
-                                }
-                            }
-                            if let Some(t) = &c.tcp {
-                                if t.rsplit_once(':')
-                                    .and_then(|(_, p)| p.parse::<u16>().ok())
-                                    .is_none()
-                                {
-                                    err(at, format!("`{t}` is not host:port"));
-                                }
-                            }
-                        }
+                    for (key, map) in [("health_checks", &f.health_checks), ("witness", &f.witness)]
+                    {
+                        check_health_checks(
+                            &mut err,
+                            &format!("{base}.failover.{key}"),
+                            map,
+                            members,
+                        );
                     }
                     let mut seen: BTreeMap<(String, u16), &String> = BTreeMap::new();
                     for (site, m) in members {
@@ -502,6 +467,58 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Checks per member site: each names a member, and each check is well-formed.
+fn check_health_checks<M>(
+    err: &mut impl FnMut(String, String),
+    base: &str,
+    map: &BTreeMap<String, Vec<crate::plan::HealthCheck>>,
+    members: &BTreeMap<String, M>,
+) {
+    for (site, checks) in map {
+        if !members.contains_key(site) {
+            err(
+                format!("{base}.{site}"),
+                format!("`{site}` is not a member of this service"),
+            );
+        }
+        for (i, c) in checks.iter().enumerate() {
+            let at = format!("{base}.{site}[{i}]");
+            let kinds = [c.http.is_some(), c.tcp.is_some(), c.command.is_some()]
+                .iter()
+                .filter(|k| **k)
+                .count();
+            if kinds != 1 {
+                err(
+                    at.clone(),
+                    "a health check needs exactly one of `http`, `tcp`, `command`".into(),
+                );
+            }
+            if (c.status.is_some() || c.body.is_some()) && c.http.is_none() {
+                err(
+                    at.clone(),
+                    "`status` and `body` apply to `http` checks only".into(),
+                );
+            }
+            if let Some(u) = &c.http {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    err(
+                        at.clone(),
+                        format!("`{u}` is not an http:// or https:// URL"),
+                    );
+                }
+            }
+            if let Some(t) = &c.tcp {
+                if t.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    err(at, format!("`{t}` is not host:port"));
+                }
+            }
+        }
+    }
 }
 
 fn check_site(

@@ -20,6 +20,7 @@ use crate::failpoint;
 use crate::health::{extra_checks, probe, Probe};
 use crate::healthapi::{MemberHealth, Shared};
 use crate::pg::{Member, PgService};
+use crate::pgops::{pg_ctl, Session};
 use crate::traffic::{proxy, Route};
 
 /// One member's checks: the PostgreSQL probe and, when it passes, the extra checks.
@@ -43,7 +44,7 @@ pub struct Watched {
     pub spec: FailoverSpec,
     mode: ReplicationMode,
     max_lag: Option<u64>,
-    bin_dir: std::path::PathBuf,
+    pub bin_dir: std::path::PathBuf,
 }
 
 impl Watched {
@@ -95,6 +96,16 @@ impl Watched {
         out
     }
 
+    /// While `site` fails Lifeboat's checks: whether its witness checks say its clients still
+    /// reach it (None: it has no witness, or it does not fail).
+    pub async fn witness(&self, site: &str, counts: &BTreeMap<String, Counts>) -> Option<bool> {
+        let checks = self.spec.witness.get(site)?;
+        if counts.get(site).is_none_or(|c| c.failures == 0) {
+            return None;
+        }
+        Some(extra_checks(checks, self.timeout()).await.is_ok())
+    }
+
     /// `None` for services that are not postgres. The failover settings are the service's, or
     /// the defaults when it has none.
     pub fn from_plan(ctx: &Context, name: &str) -> Result<Option<Watched>, StoreError> {
@@ -117,7 +128,7 @@ impl Watched {
         Ok(Some(Watched {
             service: name.to_string(),
             members,
-            spec: failover.clone().unwrap_or_default(),
+            spec: failover.as_deref().cloned().unwrap_or_default(),
             mode: replication
                 .as_ref()
                 .map(|r| r.mode)
@@ -167,6 +178,7 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, StoreError> {
 /// Run until SIGTERM/SIGINT.
 pub fn serve(ctx: &Context) -> Result<(), StoreError> {
     let services = watched(ctx)?;
+    let _lock = crate::control::Control::new(&ctx.state_dir).hold()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     // Before the runtime creates its threads, so they inherit the blocked mask.
     crate::signals::on_termination(move || {
@@ -266,6 +278,8 @@ pub struct Counts {
     pub last: Option<Probe>,
     /// The last check that passed.
     pub last_ok: Option<Probe>,
+    /// What the member's witness checks said at the last failed check (None: not asked).
+    pub clients_reach_it: Option<bool>,
 }
 
 impl Counts {
@@ -297,6 +311,7 @@ async fn monitor(
     ctx: Context,
 ) {
     let state_dir = ctx.state_dir.clone();
+    let control = crate::control::Control::new(&state_dir);
     let interval = w.interval();
     let recheck = w.recheck_interval();
     let threshold = w.spec.unhealthy_threshold.unwrap_or(3);
@@ -318,6 +333,13 @@ async fn monitor(
         next = tick + interval;
         for (site, p) in w.check_all().await {
             counts.entry(site).or_default().observe(p);
+        }
+        let sites: Vec<String> = w.spec.witness.keys().cloned().collect();
+        for site in sites {
+            let seen = w.witness(&site, &counts).await;
+            if let Some(c) = counts.get_mut(&site) {
+                c.clients_reach_it = seen;
+            }
         }
         let mut st = match state.load() {
             Ok(s) => s,
@@ -353,6 +375,16 @@ async fn monitor(
                     &w.service,
                     serde_json::json!({"primary": only, "epoch": st.epoch}),
                 );
+            }
+        }
+        // An operator's request (switchover) comes before this tick's decision.
+        if st.in_progress.is_none() {
+            if let Some(req) = control.take(&w.service) {
+                let answer = handle(&w, &state, &route_tx, &req, &ctx, &counts).await;
+                control.answer(&w.service, &req.id, &answer);
+                counts.clear();
+                next = tokio::time::Instant::now();
+                continue;
             }
         }
         if let Some(p) = st.primary.as_ref().and_then(|p| counts.get(p)) {
@@ -466,6 +498,99 @@ async fn monitor(
         }
         publish(&w, &counts, &st, primary_last_lsn, &route_tx, &shared);
     }
+}
+
+/// Carry out an operator's request; the answer for the waiting command.
+async fn handle(
+    w: &Watched,
+    state: &StateFile,
+    route_tx: &watch::Sender<Route>,
+    req: &crate::control::Request,
+    ctx: &Context,
+    counts: &BTreeMap<String, Counts>,
+) -> serde_json::Value {
+    log(
+        "request",
+        &w.service,
+        serde_json::json!({"op": req.op, "to": req.to, "actor": req.actor, "id": req.id}),
+    );
+    match req.op.as_str() {
+        "switchover" => {
+            let Some(to) = req.to.as_deref() else {
+                return serde_json::json!({"error": "switchover needs a target site"});
+            };
+            let service = w.service.clone();
+            let r = run_switchover(
+                w,
+                state,
+                Some(route_tx),
+                to,
+                Duration::from_millis(req.timeout_ms),
+                ctx,
+                &move |s| {
+                    log(
+                        "switchover_step",
+                        &service,
+                        serde_json::to_value(s).unwrap_or_default(),
+                    )
+                },
+            )
+            .await;
+            match r {
+                Ok(report) => serde_json::json!({"report": report}),
+                Err(e) => serde_json::json!({"error": e.to_string(), "hint": e.hint}),
+            }
+        }
+        "failover" => {
+            match crate::manual::run_failover(
+                ctx,
+                w,
+                state,
+                route_tx,
+                counts,
+                req.to.as_deref(),
+                req.force,
+            )
+            .await
+            {
+                Ok(plan) => serde_json::json!({"plan": plan}),
+                Err(e) => serde_json::json!({"error": e.to_string(), "hint": e.hint}),
+            }
+        }
+        other => serde_json::json!({"error": format!("unknown request `{other}`")}),
+    }
+}
+
+/// A switchover, recorded in the evidence log (`switchover`: ok, aborted or failed).
+pub async fn run_switchover(
+    w: &Watched,
+    state: &StateFile,
+    route: Option<&watch::Sender<Route>>,
+    to: &str,
+    timeout: Duration,
+    ctx: &Context,
+    progress: &(dyn Fn(&crate::switchover::Step) + Send + Sync),
+) -> Result<crate::switchover::Report, StoreError> {
+    let started = Instant::now();
+    let r = crate::switchover::switchover(w, state, route, to, timeout, progress).await;
+    let (outcome, figures) = match &r {
+        Ok(rep) if rep.aborted.is_some() => {
+            ("aborted", serde_json::to_value(rep).unwrap_or_default())
+        }
+        Ok(rep) => ("ok", serde_json::to_value(rep).unwrap_or_default()),
+        Err(e) => (
+            "failed",
+            serde_json::json!({"to": to, "error": e.to_string()}),
+        ),
+    };
+    if let Err(e) = ctx.record("switchover", &w.service, outcome, started, figures) {
+        log(
+            "error",
+            &w.service,
+            serde_json::json!({"error": format!("evidence log: {e}")}),
+        );
+    }
+    r
 }
 
 /// Retry delays of actions that failed, by action.
@@ -606,7 +731,7 @@ pub fn build_world(
                             names.contains(&m.site) || (standby_count == 1 && !names.is_empty())
                         }),
                     lag_seconds: known.and_then(|p| p.lag_s),
-                    clients_reach_it: None,
+                    clients_reach_it: c.clients_reach_it,
                 }
             })
             .collect(),
@@ -618,7 +743,7 @@ pub fn build_world(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn failover(
+pub(crate) async fn failover(
     w: &Watched,
     state: &StateFile,
     route_tx: &watch::Sender<Route>,
@@ -660,122 +785,21 @@ async fn failover(
         .find(|m| m.site == to)
         .ok_or_else(|| StoreError::new(Kind::Input, format!("no member {to}")))?
         .clone();
-    let cfg = target.async_config(Duration::from_secs(5));
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        StoreError::new(
-            Kind::Source,
-            format!("connecting to {to}: {}", crate::pg::db_error_text(&e)),
-        )
-    })?;
-    let conn = tokio::spawn(conn);
-    let in_recovery: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .map(|r| r.get(0))
-        .map_err(|e| {
-            StoreError::new(
-                Kind::Source,
-                format!("{to}: {}", crate::pg::db_error_text(&e)),
-            )
-        })?;
-    if in_recovery {
-        // A promoted standby that names synchronous standbys (copied from the old primary, or
-        // set for a role swap) would make every commit wait for a standby that follows nobody
-        // yet: the new primary starts alone, and says so.
-        let ssn: String = client
-            .query_one("SHOW synchronous_standby_names", &[])
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or_default();
-        if !ssn.trim().is_empty() {
-            client
-                .batch_execute("ALTER SYSTEM SET synchronous_standby_names = ''")
-                .await
-                .map_err(|e| {
-                    StoreError::new(
-                        Kind::Source,
-                        format!(
-                            "{to}: clearing synchronous_standby_names: {}",
-                            crate::pg::db_error_text(&e)
-                        ),
-                    )
-                })?;
-            client
-                .batch_execute("SELECT pg_reload_conf()")
-                .await
-                .map_err(|e| {
-                    StoreError::new(
-                        Kind::Source,
-                        format!("{to}: reload: {}", crate::pg::db_error_text(&e)),
-                    )
-                })?;
+    let session = Session::connect(&target, Duration::from_secs(5)).await?;
+    if session.in_recovery().await? {
+        if let Some(was) = session.promote().await? {
             log(
                 "sync_standbys_cleared",
                 &w.service,
-                serde_json::json!({"member": to, "was": ssn,
+                serde_json::json!({"member": to, "was": was,
                     "note": "no standby follows the new primary yet: commits are not synchronously replicated until one rejoins"}),
             );
-        }
-        // pg_promote(wait => true) polls every 100 ms; ask without waiting and poll faster.
-        let asked: bool = client
-            .query_one("SELECT pg_promote(false)", &[])
-            .await
-            .map(|r| r.get(0))
-            .map_err(|e| {
-                StoreError::new(
-                    Kind::Source,
-                    format!("promoting {to}: {}", crate::pg::db_error_text(&e)),
-                )
-            })?;
-        if !asked {
-            return Err(StoreError::new(
-                Kind::Source,
-                format!("{to} refused to promote (pg_promote returned false)"),
-            ));
-        }
-        let asked_at = Instant::now();
-        let deadline = asked_at + Duration::from_secs(60);
-        let mut nudged = asked_at;
-        loop {
-            let still: bool = client
-                .query_one("SELECT pg_is_in_recovery()", &[])
-                .await
-                .map(|r| r.get(0))
-                .map_err(|e| {
-                    StoreError::new(
-                        Kind::Source,
-                        format!("{to}: {}", crate::pg::db_error_text(&e)),
-                    )
-                })?;
-            if !still {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(StoreError::new(
-                    Kind::Source,
-                    format!("{to} was asked to promote but is still in recovery after 60 s"),
-                )
-                .hint("see its server log; the failover resumes at the next check"));
-            }
-            // PostgreSQL 15's startup process can take the promote request and then sleep
-            // out wal_retrieve_retry_interval (5 s by default) before acting on it: the
-            // promotion outliers seen with every orchestrator. A configuration reload sets
-            // its latch and wakes it; harmless otherwise.
-            if nudged.elapsed() >= Duration::from_millis(100) {
-                let _ = client.batch_execute("SELECT pg_reload_conf()").await;
-                nudged = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     failpoint::hit("failover-after-promote");
     // 5. It takes writes.
-    client
-        .batch_execute("CREATE TEMP TABLE lifeboat_failover_probe(x int); INSERT INTO lifeboat_failover_probe VALUES (1)")
-        .await
-        .map_err(|e| StoreError::new(Kind::Source, format!("{to} refused a write after promotion: {}", crate::pg::db_error_text(&e))))?;
-    drop(client);
-    conn.abort();
+    session.check_write().await?;
+    drop(session);
     // 6. Route, and close the record.
     st.primary = Some(to.to_string());
     st.in_progress = None;
@@ -792,26 +816,13 @@ async fn fence(w: &Watched, site: &str) -> Result<(), StoreError> {
     let Some(m) = w.members.iter().find(|m| m.site == site) else {
         return Ok(());
     };
-    let Some(data) = m.data_dir.clone() else {
+    if m.data_dir.is_none() {
         return Err(StoreError::new(
             Kind::Input,
             format!("{site} has no data_dir on this host: it is refused by the endpoint only"),
         ));
-    };
-    let pg_ctl = w.bin_dir.join("pg_ctl");
-    tokio::task::spawn_blocking(move || {
-        let mut c = std::process::Command::new(pg_ctl);
-        c.arg("-D")
-            .arg(&data)
-            .args(["stop", "-m", "fast", "-w", "-t", "10"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        crate::pg::as_owner_of(&mut c, &data);
-        c.status()
-    })
-    .await
-    .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))?
-    .map_err(|e| StoreError::new(Kind::Source, format!("pg_ctl stop: {e}")))?;
+    }
+    pg_ctl(&w.bin_dir, m, &["stop", "-m", "fast", "-w", "-t", "10"]).await?;
     Ok(())
 }
 

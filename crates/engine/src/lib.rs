@@ -3,17 +3,21 @@
 
 pub mod backup;
 pub mod context;
+pub mod control;
 pub mod coord;
 pub mod daemon;
 pub mod evidence;
 pub mod failpoint;
 pub mod health;
 pub mod healthapi;
+pub mod manual;
 pub mod ops;
 pub mod pg;
 pub mod pgbackup;
+pub mod pgops;
 pub mod pitr;
 pub mod signals;
+pub mod switchover;
 pub mod traffic;
 pub mod wal;
 

@@ -206,6 +206,25 @@ impl Member {
     }
 
     /// Environment for libpq programs (`PGPASSWORD` never appears on a command line).
+    /// A libpq connection string to this member (for a standby's `primary_conninfo`), with
+    /// the given application_name; includes the password when the plan has one.
+    pub fn conninfo(&self, application_name: &str) -> String {
+        fn q(v: &str) -> String {
+            format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+        let mut s = format!(
+            "host={} port={} user={} application_name={}",
+            q(&self.host),
+            self.port,
+            q(&self.user),
+            q(application_name)
+        );
+        if let Some(p) = &self.password {
+            s += &format!(" password={}", q(p));
+        }
+        s
+    }
+
     pub fn libpq_env(&self, cmd: &mut Command) {
         cmd.env("PGHOST", &self.host)
             .env("PGPORT", self.port.to_string())

@@ -1,0 +1,275 @@
+//! Manual failover (issue 5): seed 001's procedure — pre-checks (target healthy and caught up,
+//! backups recent, plan valid), what will happen, then the same failover the daemon performs
+//! automatically. A failover away from a healthy primary is refused unless forced.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use lifeboat_core::decide::{eligibility, Action, Decision, Role};
+use lifeboat_store::{Kind, StoreError};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::context::Context;
+use crate::coord::{FailoverState, StateFile};
+use crate::daemon::{build_world, Counts, Watched};
+use crate::traffic::Route;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub level: Level,
+    pub what: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FailoverPlan {
+    pub checks: Vec<Check>,
+    pub steps: Vec<String>,
+    pub decision: Decision,
+}
+
+fn ago(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
+}
+
+/// The pre-checks and the decision for a manual failover of `w` now.
+pub fn plan_failover(
+    ctx: &Context,
+    w: &Watched,
+    counts: &BTreeMap<String, Counts>,
+    st: &FailoverState,
+    to: Option<&str>,
+    force: bool,
+) -> FailoverPlan {
+    let mut checks = Vec::new();
+    let mut st = st.clone();
+    if st.primary.is_none() {
+        // No daemon has recorded one: the one member that says it is primary.
+        let p: Vec<&String> = counts
+            .iter()
+            .filter(|(_, c)| c.role() == Some(Role::Primary))
+            .map(|(s, _)| s)
+            .collect();
+        if let [only] = p.as_slice() {
+            st.primary = Some((*only).clone());
+        }
+    }
+    let primary_lsn = st
+        .primary
+        .as_ref()
+        .and_then(|p| counts.get(p))
+        .and_then(|c| c.last_ok.as_ref())
+        .and_then(|p| p.lsn);
+    let world = build_world(w, counts, &st, primary_lsn);
+    let hold = |checks: Vec<Check>, reason: String| FailoverPlan {
+        checks,
+        steps: Vec::new(),
+        decision: Decision {
+            action: Action::Hold,
+            reason,
+        },
+    };
+    if let Some((t, e)) = &st.in_progress {
+        return hold(
+            checks,
+            format!("a failover to {t} (epoch {e}) is under way: `lifeboat serve` finishes it"),
+        );
+    }
+    let Some(from) = st.primary.clone() else {
+        return hold(
+            checks,
+            format!("{}: no member is known to be the primary", w.service),
+        );
+    };
+    let pc = counts.get(&from).cloned().unwrap_or_default();
+    let primary_up = pc.failures == 0 && pc.role() == Some(Role::Primary);
+    if primary_up {
+        checks.push(Check {
+            level: if force { Level::Warn } else { Level::Fail },
+            what: format!(
+                "primary {from} is healthy: a failover cuts its clients off and stops it{}",
+                if force {
+                    " (--force)"
+                } else {
+                    "; use `lifeboat switchover` for a planned change (nothing lost), or --force"
+                }
+            ),
+        });
+    } else {
+        checks.push(Check {
+            level: Level::Ok,
+            what: format!(
+                "primary {from} is down ({})",
+                pc.last
+                    .as_ref()
+                    .and_then(|p| p.failure.as_ref())
+                    .map(|f| format!("{f:?}"))
+                    .unwrap_or_else(|| "no answer".into())
+            ),
+        });
+    }
+    // The target: the one named, or the best eligible standby.
+    let candidates: Vec<(String, Result<u64, String>)> = w
+        .members
+        .iter()
+        .filter(|m| m.site != from && to.is_none_or(|t| t == m.site))
+        .map(|m| (m.site.clone(), eligibility(&world, &m.site)))
+        .collect();
+    if let Some(t) = to {
+        if candidates.is_empty() {
+            checks.push(Check {
+                level: Level::Fail,
+                what: if t == from {
+                    format!("{t} is the primary")
+                } else {
+                    format!("{t} is not a member of {}", w.service)
+                },
+            });
+        }
+    }
+    let best = candidates
+        .iter()
+        .filter_map(|(s, r)| r.as_ref().ok().map(|b| (s.clone(), *b)))
+        .min_by_key(|(_, b)| *b);
+    for (s, r) in &candidates {
+        match r {
+            Ok(b) => checks.push(Check {
+                level: Level::Ok,
+                what: format!("{s}: healthy standby of the same cluster, {b} bytes behind the primary's last known position"),
+            }),
+            Err(why) => checks.push(Check {
+                level: if to.is_some() || best.is_none() { Level::Fail } else { Level::Warn },
+                what: why.clone(),
+            }),
+        }
+    }
+    // Backups: the newest successful backup of this service, against the tier's RPO.
+    let jobs: Vec<&String> = ctx
+        .plan
+        .backups
+        .iter()
+        .filter(|(_, j)| j.service == w.service)
+        .map(|(n, _)| n)
+        .collect();
+    let last = ctx
+        .evidence()
+        .ok()
+        .and_then(|e| e.list(None).ok())
+        .and_then(|evs| {
+            evs.into_iter()
+                .rev()
+                .find(|e| e.command == "backup" && e.outcome == "ok" && jobs.contains(&&e.target))
+        });
+    checks.push(match last {
+        Some(e) => {
+            let age = e
+                .time
+                .parse::<jiff::Timestamp>()
+                .map(|t| jiff::Timestamp::now().as_second() - t.as_second())
+                .unwrap_or(0);
+            Check {
+                level: Level::Ok,
+                what: format!("backups: last `{}` succeeded {} ago", e.target, ago(age)),
+            }
+        }
+        None => Check {
+            level: Level::Warn,
+            what: format!(
+                "backups: no successful backup of {} in the evidence log{}",
+                w.service,
+                if jobs.is_empty() {
+                    " (no job backs it up)"
+                } else {
+                    ""
+                }
+            ),
+        },
+    });
+    checks.push(Check {
+        level: Level::Ok,
+        what: "plan: valid (checked when loaded)".into(),
+    });
+    let failing: Vec<String> = checks
+        .iter()
+        .filter(|c| c.level == Level::Fail)
+        .map(|c| c.what.clone())
+        .collect();
+    let Some((target, behind)) = best.filter(|_| failing.is_empty()) else {
+        return hold(
+            checks,
+            format!("{}: not failing over: {}", w.service, failing.join("; ")),
+        );
+    };
+    let epoch = st.epoch + 1;
+    let steps = vec![
+        format!(
+            "record the intent: {target}, epoch {epoch} (a daemon restarted mid-way resumes it)"
+        ),
+        "cut traffic through the endpoint (new connections refused, open ones closed)".into(),
+        format!("stop {from} (pg_ctl stop -m fast) if it still answers and its data_dir is here"),
+        format!("promote {target} (pg_promote), clearing synchronous_standby_names if set"),
+        format!("check that {target} accepts a write"),
+        format!("route traffic to {target}; record the failover in the evidence log"),
+    ];
+    FailoverPlan {
+        checks,
+        steps,
+        decision: Decision {
+            action: Action::Failover {
+                from: Some(from.clone()),
+                to: target.clone(),
+                epoch,
+            },
+            reason: format!(
+                "{}: manual failover from {from} to {target} ({behind} bytes behind), epoch {} → {epoch}",
+                w.service, st.epoch
+            ),
+        },
+    }
+}
+
+/// Carry out a manual failover (checked again, now), recorded as `failover` in the evidence log.
+pub async fn run_failover(
+    ctx: &Context,
+    w: &Watched,
+    state: &StateFile,
+    route: &watch::Sender<Route>,
+    counts: &BTreeMap<String, Counts>,
+    to: Option<&str>,
+    force: bool,
+) -> Result<FailoverPlan, StoreError> {
+    let mut st = state.load()?;
+    let plan = plan_failover(ctx, w, counts, &st, to, force);
+    let Action::Failover { from, to, epoch } = plan.decision.action.clone() else {
+        return Err(StoreError::new(Kind::Input, plan.decision.reason.clone()));
+    };
+    let started = Instant::now();
+    let r = crate::daemon::failover(w, state, route, &mut st, from, &to, epoch, counts).await;
+    let mut figures = serde_json::to_value(&plan.decision).unwrap_or_default();
+    figures["manual"] = serde_json::json!(true);
+    figures["force"] = serde_json::json!(force);
+    if let Err(e) = &r {
+        figures["error"] = serde_json::json!(e.to_string());
+    }
+    let _ = ctx.record(
+        "failover",
+        &w.service,
+        if r.is_ok() { "ok" } else { "failed" },
+        started,
+        figures,
+    );
+    r.map(|_| plan)
+}

@@ -1,0 +1,449 @@
+//! Planned switchover without data loss (issue 5): stop writes on the primary with a clean
+//! shutdown, wait until the target has replayed the primary's final WAL (its shutdown
+//! checkpoint — the "demotion token" CloudNativePG uses), promote the target, route traffic to
+//! it, and restart the old primary as its standby: no re-clone, nothing lost, downtime measured.
+//! If the target does not catch up in time, the old primary is started again and takes writes
+//! as before.
+//!
+//! The same function runs inside `lifeboat serve` (which then also moves its traffic endpoint)
+//! and from the command line when no daemon runs.
+
+use std::time::{Duration, Instant};
+
+use lifeboat_core::wal::Lsn;
+use lifeboat_store::{Kind, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::coord::StateFile;
+use crate::daemon::Watched;
+use crate::pg::Member;
+use crate::pgops::{pg_ctl, Session};
+use crate::traffic::Route;
+
+/// One timed step of a switchover.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Step {
+    pub step: String,
+    pub ms: u64,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub service: String,
+    pub from: String,
+    pub to: String,
+    pub epoch: u64,
+    /// The old primary's shutdown checkpoint: the last WAL it wrote.
+    pub final_lsn: Option<String>,
+    /// From the moment writes stopped (traffic cut / shutdown began) to the first write the
+    /// new primary accepted.
+    pub downtime_ms: Option<u64>,
+    pub steps: Vec<Step>,
+    /// Why it was called off (writes went back to the old primary).
+    pub aborted: Option<String>,
+    /// The old primary follows the new one (streaming).
+    pub old_primary_streaming: bool,
+}
+
+struct Clock<'a> {
+    report: &'a mut Report,
+    at: Instant,
+    progress: &'a (dyn Fn(&Step) + Send + Sync),
+}
+
+impl Clock<'_> {
+    fn done(&mut self, step: &str, detail: impl Into<String>) {
+        let s = Step {
+            step: step.into(),
+            ms: self.at.elapsed().as_millis() as u64,
+            detail: detail.into(),
+        };
+        (self.progress)(&s);
+        self.report.steps.push(s);
+        self.at = Instant::now();
+    }
+}
+
+fn member<'a>(w: &'a Watched, site: &str) -> Result<&'a Member, StoreError> {
+    w.members.iter().find(|m| m.site == site).ok_or_else(|| {
+        StoreError::new(
+            Kind::Input,
+            format!("{} has no member at site {site}", w.service),
+        )
+    })
+}
+
+/// The last checkpoint of a stopped cluster and whether it was shut down cleanly.
+async fn control_data(w: &Watched, m: &Member) -> Result<(u64, bool), StoreError> {
+    let data = m
+        .data_dir
+        .clone()
+        .ok_or_else(|| StoreError::new(Kind::Input, format!("{} has no data_dir", m.site)))?;
+    let bin = w.bin_dir.join("pg_controldata");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = std::process::Command::new(bin);
+        c.arg("-D").arg(&data).env("LC_ALL", "C");
+        crate::pg::as_owner_of(&mut c, &data);
+        c.output()
+    })
+    .await
+    .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))?
+    .map_err(|e| StoreError::new(Kind::Source, format!("pg_controldata: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let lsn = field("Latest checkpoint location:")
+        .and_then(|v| v.parse::<Lsn>().ok())
+        .ok_or_else(|| {
+            StoreError::new(
+                Kind::Source,
+                format!("pg_controldata on {} gave no checkpoint location", m.site),
+            )
+        })?;
+    let clean = field("Database cluster state:").as_deref() == Some("shut down");
+    Ok((lsn.0, clean))
+}
+
+/// `pg_ctl start` a member, its early output in `<data_dir>/log/lifeboat-start.log`.
+async fn start_logged(
+    w: &Watched,
+    m: &Member,
+) -> Result<(std::process::Output, std::path::PathBuf), StoreError> {
+    let data = m
+        .data_dir
+        .clone()
+        .ok_or_else(|| StoreError::new(Kind::Input, format!("{} has no data_dir", m.site)))?;
+    let log = data.join("log");
+    let _ = std::fs::create_dir_all(&log);
+    if let Ok(md) = std::fs::metadata(&data) {
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::chown(&log, Some(md.uid()), Some(md.gid()));
+    }
+    let logfile = log.join("lifeboat-start.log");
+    let out = pg_ctl(
+        &w.bin_dir,
+        m,
+        &["start", "-w", "-t", "60", "-l", &logfile.to_string_lossy()],
+    )
+    .await?;
+    Ok((out, logfile))
+}
+
+/// Start the old primary again after an aborted switchover.
+async fn start_again(w: &Watched, m: &Member) -> Result<std::process::Output, StoreError> {
+    start_logged(w, m).await.map(|(o, _)| o)
+}
+
+/// Make a stopped old primary a standby of `primary` (standby.signal, primary_conninfo with
+/// application_name = its site) and start it.
+pub async fn start_as_standby(
+    w: &Watched,
+    old: &Member,
+    primary: &Member,
+) -> Result<(), StoreError> {
+    let data = old
+        .data_dir
+        .clone()
+        .ok_or_else(|| StoreError::new(Kind::Input, format!("{} has no data_dir", old.site)))?;
+    let conninfo = primary.conninfo(&old.site);
+    let owner = std::fs::metadata(&data).ok();
+    let write = |name: &str, text: &str, append: bool| -> std::io::Result<()> {
+        use std::io::Write;
+        let path = data.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(&path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        if let Some(md) = &owner {
+            use std::os::unix::fs::MetadataExt;
+            std::os::unix::fs::chown(&path, Some(md.uid()), Some(md.gid()))?;
+        }
+        Ok(())
+    };
+    write("standby.signal", "", false)
+        .and_then(|_| {
+            write(
+                "postgresql.auto.conf",
+                &format!(
+                    "\n# lifeboat: standby of {} since {}\nprimary_conninfo = '{}'\nrecovery_target_timeline = 'latest'\n",
+                    primary.site,
+                    jiff::Timestamp::now(),
+                    conninfo.replace('\'', "''")
+                ),
+                true,
+            )
+        })
+        .map_err(|e| {
+            StoreError::new(
+                Kind::Io,
+                format!("writing the standby configuration of {}: {e}", old.site),
+            )
+        })?;
+    let (out, logfile) = start_logged(w, old).await?;
+    if !out.status.success() {
+        return Err(StoreError::new(
+            Kind::Source,
+            format!(
+                "{} did not start as a standby: {}",
+                old.site,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        )
+        .hint(format!("see {}", logfile.display())));
+    }
+    Ok(())
+}
+
+/// Switch `w`'s primary over to `to`. `route`: the daemon's traffic endpoint, if any.
+pub async fn switchover(
+    w: &Watched,
+    state: &StateFile,
+    route: Option<&watch::Sender<Route>>,
+    to: &str,
+    timeout: Duration,
+    progress: &(dyn Fn(&Step) + Send + Sync),
+) -> Result<Report, StoreError> {
+    let mut st = state.load()?;
+    if let Some((t, e)) = &st.in_progress {
+        return Err(StoreError::new(
+            Kind::Conflict,
+            format!(
+                "a failover of {} to {t} (epoch {e}) is under way",
+                w.service
+            ),
+        )
+        .hint("let `lifeboat serve` finish it first"));
+    }
+    let target = member(w, to)?;
+    // Who is primary: the daemon's record, or the one member that says so.
+    let mut from = st.primary.clone();
+    if from.is_none() {
+        for m in &w.members {
+            if let Ok(s) = Session::connect(m, w.timeout()).await {
+                if matches!(s.in_recovery().await, Ok(false)) {
+                    from = Some(m.site.clone());
+                }
+            }
+        }
+    }
+    let from = from.ok_or_else(|| {
+        StoreError::new(Kind::Source, format!("{}: no member is primary", w.service))
+    })?;
+    if from == to {
+        return Err(StoreError::new(
+            Kind::Input,
+            format!("{to} is already the primary of {}", w.service),
+        ));
+    }
+    let old = member(w, &from)?;
+    if old.data_dir.is_none() {
+        return Err(StoreError::new(
+            Kind::Input,
+            format!("switchover stops the primary {from} cleanly and restarts it as a standby: it needs its data_dir on this host"),
+        )
+        .hint("run the switchover on the primary's host, or add its data_dir to the plan"));
+    }
+    let mut report = Report {
+        service: w.service.clone(),
+        from: from.clone(),
+        to: to.into(),
+        ..Default::default()
+    };
+    let mut clock = Clock {
+        report: &mut report,
+        at: Instant::now(),
+        progress,
+    };
+    // Pre-checks: the primary answers as primary; the target is a standby of the same cluster
+    // that streams from it.
+    let p = Session::connect(old, w.timeout().max(Duration::from_secs(2))).await?;
+    if p.in_recovery().await? {
+        return Err(StoreError::new(
+            Kind::Source,
+            format!("{from} is not a primary (it is in recovery)"),
+        ));
+    }
+    let t = Session::connect(target, w.timeout().max(Duration::from_secs(2))).await?;
+    if !t.in_recovery().await? {
+        return Err(StoreError::new(
+            Kind::Source,
+            format!(
+                "{to} is not a standby: two primaries? run `lifeboat status {}`",
+                w.service
+            ),
+        ));
+    }
+    let sid = "SELECT system_identifier::text FROM pg_control_system()";
+    if p.text(sid).await? != t.text(sid).await? {
+        return Err(StoreError::new(
+            Kind::Source,
+            format!("{to} belongs to another cluster (system identifier differs from {from}'s)"),
+        ));
+    }
+    let streaming = p
+        .text(&format!(
+            "SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = '{}'",
+            to.replace('\'', "''")
+        ))
+        .await?;
+    if streaming != "streaming" {
+        return Err(StoreError::new(
+            Kind::Source,
+            format!("{to} does not stream from {from} (pg_stat_replication: {:?}): a switchover would wait for WAL it cannot receive",
+                if streaming.is_empty() { "not listed" } else { streaming.as_str() }),
+        )
+        .hint(format!("standbys must connect with application_name = their site ({to})")));
+    }
+    let ssn = p.text("SHOW synchronous_standby_names").await?;
+    drop(p);
+    clock.done(
+        "pre-checks",
+        format!("{from} primary, {to} streaming standby of the same cluster"),
+    );
+
+    // Intent: a daemon that dies from here on resumes a failover to the target, which is safe
+    // (the old primary is stopped before the target is promoted).
+    let epoch = st.epoch + 1;
+    st.in_progress = Some((to.to_string(), epoch));
+    state.store(&st)?;
+    let stopped_writes = Instant::now();
+    if let Some(r) = route {
+        let _ = r.send(Route {
+            epoch,
+            target: None,
+        });
+    }
+    let out = pg_ctl(&w.bin_dir, old, &["stop", "-m", "fast", "-w", "-t", "60"]).await?;
+    if !out.status.success() {
+        st.in_progress = None;
+        state.store(&st)?;
+        return Err(StoreError::new(
+            Kind::Source,
+            format!(
+                "stopping {from} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let (final_lsn, clean) = control_data(w, old).await?;
+    clock.report.final_lsn = Some(Lsn(final_lsn).to_string());
+    clock.done(
+        "stop-writes",
+        format!(
+            "{from} shut down {}; final WAL position {}",
+            if clean { "cleanly" } else { "NOT cleanly" },
+            Lsn(final_lsn)
+        ),
+    );
+
+    // Wait until the target has replayed the shutdown checkpoint.
+    let deadline = Instant::now() + timeout;
+    let mut replayed = 0u64;
+    while replayed <= final_lsn {
+        let s = t
+            .text("SELECT pg_last_wal_replay_lsn()::text")
+            .await?
+            .parse::<Lsn>()
+            .map(|l| l.0)
+            .unwrap_or(0);
+        replayed = s;
+        if replayed > final_lsn {
+            break;
+        }
+        if Instant::now() > deadline {
+            // Call it off: the old primary takes writes again; nothing was lost.
+            let reason = format!(
+                "{to} replayed only up to {} of {from}'s final {} within {timeout:?}",
+                Lsn(replayed),
+                Lsn(final_lsn)
+            );
+            let restart = start_again(w, old).await;
+            let back = match restart {
+                Ok(o) if o.status.success() => "writes are back on the old primary",
+                _ => "the old primary did NOT start again: start it by hand",
+            };
+            st.in_progress = None;
+            state.store(&st)?;
+            clock.done("abort", format!("{reason}; {back}"));
+            clock.report.aborted = Some(format!("{reason}; {back}"));
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    clock.done(
+        "catch-up",
+        format!(
+            "{to} replayed up to {} (> {})",
+            Lsn(replayed),
+            Lsn(final_lsn)
+        ),
+    );
+
+    t.promote().await?;
+    t.check_write().await?;
+    let downtime = stopped_writes.elapsed();
+    clock.report.downtime_ms = Some(downtime.as_millis() as u64);
+    clock.report.epoch = epoch;
+    clock.done("promote", format!("{to} promoted and took a write"));
+    st.primary = Some(to.to_string());
+    st.epoch = epoch;
+    st.in_progress = None;
+    state.store(&st)?;
+    if let Some(r) = route {
+        let _ = r.send(Route {
+            epoch,
+            target: Some(format!("{}:{}", target.host, target.port)),
+        });
+    }
+    clock.done(
+        "switch-traffic",
+        format!("epoch {epoch}: traffic goes to {to}"),
+    );
+
+    // The old primary follows the new one.
+    start_as_standby(w, old, target).await?;
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(10));
+    let q = format!(
+        "SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = '{}'",
+        from.replace('\'', "''")
+    );
+    let mut following = false;
+    while Instant::now() < deadline {
+        if t.text(&q).await? == "streaming" {
+            following = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    clock.report.old_primary_streaming = following;
+    if following && !ssn.trim().is_empty() {
+        // It was a synchronous tier: the old primary is the new synchronous standby.
+        t.set("synchronous_standby_names", &format!("\"{from}\""))
+            .await?;
+    }
+    clock.done(
+        "rejoin",
+        if following {
+            format!(
+                "{from} streams from {to} as a standby{}",
+                if ssn.trim().is_empty() {
+                    ""
+                } else {
+                    " (synchronous)"
+                }
+            )
+        } else {
+            format!("{from} started as a standby but does not stream from {to} yet: see its log")
+        },
+    );
+    Ok(report)
+}

@@ -1,0 +1,158 @@
+//! `lifeboat failover SERVICE [--to SITE] [--dry-run] [--force] [--yes]`: seed 001's manual
+//! failover. Pre-checks (primary down, target healthy and caught up, backups recent, plan
+//! valid), the steps, then — after the operator types the service name — the same failover
+//! the daemon performs automatically (handed to `lifeboat serve` when it runs).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use lifeboat_core::decide::Action;
+use lifeboat_engine::control::{Control, Request};
+use lifeboat_engine::coord::StateFile;
+use lifeboat_engine::daemon::{Counts, Watched};
+use lifeboat_engine::manual::{plan_failover, run_failover, FailoverPlan, Level};
+use lifeboat_store::{Kind, StoreError};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The postgres service.
+    service: String,
+    /// The site to promote (default: the best eligible standby).
+    #[arg(long)]
+    to: Option<String>,
+    /// Show the pre-checks, the steps and the decision; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Fail over even though the primary is healthy (its clients are cut off; it is stopped).
+    #[arg(long)]
+    force: bool,
+    /// Do not ask for the typed confirmation (automation).
+    #[arg(long)]
+    yes: bool,
+}
+
+fn show(p: &FailoverPlan) {
+    println!("pre-checks:");
+    for c in &p.checks {
+        let mark = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        println!("  [{mark}] {}", c.what);
+    }
+    if !p.steps.is_empty() {
+        println!("steps:");
+        for (i, s) in p.steps.iter().enumerate() {
+            println!("  {}. {s}", i + 1);
+        }
+    }
+    println!("decision: {}", p.decision.reason);
+}
+
+pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
+    let ctx = super::context(cli)?;
+    let Some(mut w) = Watched::from_plan(&ctx, &a.service)? else {
+        anyhow::bail!("`{}` is not a postgres service of the plan", a.service);
+    };
+    // One check of each member, judged as if it had lasted.
+    w.spec.unhealthy_threshold = Some(1);
+    w.spec.healthy_threshold = Some(1);
+    w.spec.timeout = Some(lifeboat_core::units::Duration(Duration::from_secs(2)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
+    for (site, p) in rt.block_on(w.check_all()) {
+        counts.entry(site).or_default().observe(p);
+    }
+    let state = StateFile::new(&ctx.state_dir, &a.service);
+    let plan = plan_failover(&ctx, &w, &counts, &state.load()?, a.to.as_deref(), a.force);
+    let go = matches!(plan.decision.action, Action::Failover { .. });
+    if a.dry_run {
+        if cli.json {
+            crate::output::json(&plan);
+        } else {
+            show(&plan);
+            println!("(dry run: nothing done)");
+        }
+        return Ok(if go { 0 } else { 1 });
+    }
+    if !cli.json {
+        show(&plan);
+    }
+    let Action::Failover { to, .. } = plan.decision.action.clone() else {
+        return Err(StoreError::new(Kind::Input, plan.decision.reason).into());
+    };
+    if !a.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(StoreError::new(
+                Kind::Input,
+                "refusing to fail over without a typed confirmation: no terminal",
+            )
+            .hint("run it in a terminal, or pass --yes (automation)")
+            .into());
+        }
+        print!(
+            "Type the service name ({}) to fail over to {to}: ",
+            a.service
+        );
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if line.trim() != a.service {
+            return Err(StoreError::new(
+                Kind::Input,
+                format!(
+                    "confirmation `{}` does not match `{}`: nothing done",
+                    line.trim(),
+                    a.service
+                ),
+            )
+            .into());
+        }
+    }
+    let control = Control::new(&ctx.state_dir);
+    let done: FailoverPlan = if control.daemon_running() {
+        let req = Request {
+            force: a.force,
+            ..Request::new("failover", Some(to.clone()), &ctx.actor)
+        };
+        control.submit(&a.service, &req)?;
+        let id = req.id;
+        let answer = control.wait(&a.service, &id, Duration::from_secs(180))?;
+        if let Some(e) = answer["error"].as_str() {
+            return Err(StoreError::new(
+                Kind::Source,
+                format!("the daemon refused or failed: {e}"),
+            )
+            .into());
+        }
+        let mut p = plan.clone();
+        if let Some(r) = answer["plan"]["decision"]["reason"].as_str() {
+            p.decision.reason = r.to_string();
+        }
+        p
+    } else {
+        let (route, _rx) = tokio::sync::watch::channel(lifeboat_engine::traffic::Route {
+            epoch: 0,
+            target: None,
+        });
+        rt.block_on(run_failover(
+            &ctx,
+            &w,
+            &state,
+            &route,
+            &counts,
+            Some(&to),
+            a.force,
+        ))?
+    };
+    if cli.json {
+        crate::output::json(&done);
+    } else {
+        println!("failover done: {} now takes writes", to);
+    }
+    Ok(0)
+}
