@@ -8,7 +8,8 @@
 #                                                  write through the endpoint commits
 #   bench/lifeboat-orchestrator.sh down PAIR_DIR   SIGTERM the daemon (SIGKILL after 10 s)
 # Environment: LISTEN (endpoint port, default 6432), LIFEBOAT (binary, default the release
-# build), FAILOVER_EXTRA (more keys for the plan's failover mapping, flow style).
+# build), FAILOVER_EXTRA (more keys for the plan's failover mapping, flow style), LOGS (where
+# each run's daemon log is kept, default PAIR_DIR.logs).
 set -euo pipefail
 action=${1:?up|down}
 dir=${2:?PAIR_DIR}
@@ -30,10 +31,20 @@ stop() {
   rm -f "$st/pid"
 }
 
+# The state directory is replaced at every start: keep each run's daemon log.
+logs=${LOGS:-$dir.logs}
+keep_log() {
+  if [ -s "$st/daemon.log" ]; then
+    mkdir -p "$logs"
+    mv "$st/daemon.log" "$logs/daemon-$(date -u +%Y%m%dT%H%M%S%N).log"
+  fi
+}
+
 case "$action" in
   up)
     stop
     env() { "$PY" -B -c 'import sys; sys.path.insert(0, sys.argv[1]); import pairctl; print(pairctl.load_env(sys.argv[2]).get(sys.argv[3], ""))' "$here/../shared/harness" "$dir/pair.env" "$1"; }
+    keep_log
     rm -rf "$st"; mkdir -p "$st"; chmod 700 "$st"
     printf '%s\n' "$(env SUPERUSER_PASSWORD)" > "$st/pw"; chmod 600 "$st/pw"
     cat > "$st/lifeboat.yaml" <<PLAN
@@ -65,6 +76,6 @@ PLAN
     done
     echo "the endpoint did not route within 30 s" >&2; tail -5 "$st/daemon.log" >&2; exit 1
     ;;
-  down) stop ;;
+  down) stop; keep_log ;;
   *) echo "usage: $0 up|down PAIR_DIR" >&2; exit 2 ;;
 esac

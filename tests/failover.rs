@@ -701,7 +701,7 @@ fn switchover_and_back_loses_nothing_and_keeps_both_members() {
     );
     // Switching to the primary itself, or to a site that is not a member: refused.
     let r = pg.run(&["switchover", "db", "--to", "a"]);
-    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(r.code, 2, "{}", r.all());
     assert!(
         r.stderr.contains("a is already the primary"),
         "{}",
@@ -801,7 +801,8 @@ fn switchover_to_a_standby_that_does_not_catch_up_is_called_off() {
 /// primary is down, and recorded.
 #[test]
 fn manual_failover_prechecks_confirmation_and_run() {
-    let pair = Pair::new("sync", "", "");
+    // Async: with no daemon history, a sync tier's refusal (was b synchronous? unknown) holds.
+    let pair = Pair::new("async", "", "");
     let pg = &pair.pg;
     pg.sql_on(pg.port, "postgres", "INSERT INTO w VALUES (1)");
     let r = pg.run(&["failover", "db", "--dry-run"]);

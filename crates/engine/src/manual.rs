@@ -65,6 +65,28 @@ pub fn plan_failover(
             .collect();
         if let [only] = p.as_slice() {
             st.primary = Some((*only).clone());
+        } else if p.is_empty() {
+            // None answers as primary: if exactly one member is down and every other one is a
+            // standby, the one that is down was the primary.
+            let down: Vec<&String> = w
+                .members
+                .iter()
+                .map(|m| &m.site)
+                .filter(|s| counts.get(*s).is_none_or(|c| c.failures > 0))
+                .collect();
+            let standbys = counts
+                .values()
+                .filter(|c| c.role() == Some(Role::Standby))
+                .count();
+            if let [only] = down.as_slice() {
+                if standbys + 1 == w.members.len() {
+                    st.primary = Some((*only).clone());
+                    checks.push(Check {
+                        level: Level::Warn,
+                        what: format!("no daemon state: {only} is taken for the primary (the one member that does not answer; the others are standbys)"),
+                    });
+                }
+            }
         }
     }
     let primary_lsn = st
