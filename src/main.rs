@@ -62,6 +62,10 @@ pub enum Command {
     Failover(commands::failover::Args),
     /// Planned switchover without data loss: the old primary becomes the new one's standby.
     Switchover(commands::switchover::Args),
+    /// Make a failed old primary a standby again (pg_rewind), with a divergence report.
+    Rejoin(commands::rejoin::Args),
+    /// Give the primary back: rejoin the site if needed, then switch over to it.
+    Failback(commands::rejoin::FailbackArgs),
     /// The evidence log.
     #[command(subcommand)]
     Audit(commands::audit::Cmd),
@@ -85,6 +89,8 @@ fn main() {
         Command::Wal(c) => commands::wal::run(&cli, c),
         Command::Status(a) => commands::status::run(&cli, a),
         Command::Serve(a) => commands::serve::run(&cli, a),
+        Command::Rejoin(a) => commands::rejoin::run(&cli, a),
+        Command::Failback(a) => commands::rejoin::failback(&cli, a),
         Command::Failover(a) => commands::failover::run(&cli, a),
         Command::Switchover(a) => commands::switchover::run(&cli, a),
         Command::Demo(a) => commands::demo::run(&cli, a),

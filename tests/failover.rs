@@ -910,3 +910,151 @@ fn forced_manual_failover_through_the_daemon() {
         .success());
     assert_eq!(pair.state()["epoch"], 2);
 }
+
+/// An async standby that missed the primary's last commits is promoted; the old primary is
+/// rejoined: the divergence report names the discarded transactions, then pg_rewind (or, when
+/// rewind is impossible, a fresh clone — said so) makes it a streaming standby; failback gives
+/// the primary back.
+fn diverged_pair(wal_log_hints: bool) -> Pair {
+    let pair = Pair::new("async", "", "");
+    let pg = &pair.pg;
+    if wal_log_hints {
+        pg.sql("ALTER SYSTEM SET wal_log_hints = on");
+        pg.pg_ctl(&["restart", "-m", "fast", "-w", "-l", "pg.log"]);
+    }
+    for v in 1..=10 {
+        pg.sql_on(pg.port, "postgres", &format!("INSERT INTO w VALUES ({v})"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.sql_on(pair.sport, "postgres", "SELECT count(*) FROM w") != "10" {
+        assert!(Instant::now() < deadline, "b never replayed the first rows");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // b stops receiving; a commits five more transactions that b never sees.
+    pg.sql_on(
+        pair.sport,
+        "postgres",
+        "ALTER SYSTEM SET primary_conninfo = ''",
+    );
+    pg.sql_on(pair.sport, "postgres", "SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.sql_on(
+        pg.port,
+        "postgres",
+        "SELECT count(*) FROM pg_stat_replication",
+    ) != "0"
+    {
+        assert!(Instant::now() < deadline, "b keeps streaming");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for v in 11..=15 {
+        pg.sql_on(pg.port, "postgres", &format!("INSERT INTO w VALUES ({v})"));
+    }
+    unsafe { libc::kill(pg.postmaster_pid("pgdata"), libc::SIGKILL) };
+    let o = pg.tool("pg_ctl", &["-D", "standby", "promote", "-w"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    pg.sql_on(pair.sport, "postgres", "INSERT INTO w VALUES (100)");
+    // b is the primary now; it streams to whoever connects.
+    pg.sql_on(
+        pair.sport,
+        "postgres",
+        "ALTER SYSTEM RESET primary_conninfo",
+    );
+    pg.sql_on(pair.sport, "postgres", "SELECT pg_reload_conf()");
+    pair
+}
+
+#[test]
+fn rejoin_with_rewind_reports_the_discarded_transactions_then_failback() {
+    let pair = diverged_pair(true);
+    let pg = &pair.pg;
+    let r = pg.run(&["rejoin", "db", "a"]);
+    assert_eq!(
+        r.code,
+        0,
+        "{}\n{}",
+        r.all(),
+        std::fs::read_to_string(pg.lab.p("pgdata/log/lifeboat-start.log")).unwrap_or_default()
+    );
+    assert!(r.stdout.contains("DIVERGENCE: a wrote"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("5 committed transaction(s) discarded"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("(pg_rewind)"), "{}", r.stdout);
+    assert!(r.stdout.contains("; streaming"), "{}", r.stdout);
+    assert_eq!(pair.in_recovery(pg.port), Some(true));
+    // a follows b: it has b's row, not its own discarded ones.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.sql_on(pg.port, "postgres", "SELECT count(*) FROM w WHERE v = 100") != "1" {
+        assert!(Instant::now() < deadline, "a does not replay b's writes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        pg.sql_on(
+            pg.port,
+            "postgres",
+            "SELECT count(*) FROM w WHERE v > 10 AND v < 100"
+        ),
+        "0"
+    );
+    let ev = pg.events();
+    let rj = ev.iter().find(|e| e["command"] == "rejoin").unwrap();
+    assert_eq!(rj["outcome"], "ok");
+    let div = &rj["figures"]["divergence"];
+    assert_eq!(div["commits"].as_array().unwrap().len(), 5, "{div}");
+    let dump = std::fs::read_to_string(div["file"].as_str().unwrap()).unwrap();
+    assert!(dump.contains("COMMIT"), "{dump}");
+    // Refused: rejoining the primary itself.
+    let r = pg.run(&["rejoin", "db", "b"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("b is the primary"), "{}", r.stderr);
+    // Failback: a streams already, so it is a switchover back.
+    let r = pg.run(&["failback", "db", "--to", "a"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("a already streams"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("failback done: a is the primary again"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(pair.in_recovery(pg.port), Some(false));
+    assert_eq!(pair.in_recovery(pair.sport), Some(true));
+    assert_eq!(
+        pg.sql_on(pg.port, "postgres", "SELECT count(*) FROM w"),
+        "11"
+    );
+}
+
+#[test]
+fn rejoin_when_rewind_is_impossible_clones_again_and_says_so() {
+    // No data checksums, no wal_log_hints: pg_rewind refuses.
+    let pair = diverged_pair(false);
+    let pg = &pair.pg;
+    let r = pg.run(&["rejoin", "db", "a"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("DIVERGENCE: a wrote"), "{}", r.stdout);
+    assert!(r.stdout.contains("pg_rewind is impossible"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("(pg_basebackup: pg_rewind was impossible"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(pair.in_recovery(pg.port), Some(true));
+    assert_eq!(
+        pg.sql_on(pg.port, "postgres", "SELECT count(*) FROM w WHERE v = 100"),
+        "1"
+    );
+    // Its old data directory is kept beside.
+    let kept = std::fs::read_dir(pg.lab.path())
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("pgdata.lifeboat-old-")
+        });
+    assert!(kept);
+}

@@ -7,6 +7,7 @@ pub mod failover;
 pub mod forget;
 pub mod init;
 pub mod plan;
+pub mod rejoin;
 pub mod repo;
 pub mod restore;
 pub mod serve;

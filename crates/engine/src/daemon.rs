@@ -48,6 +48,11 @@ pub struct Watched {
 }
 
 impl Watched {
+    /// A `sync` tier (RPO 0: only a synchronous standby may be promoted).
+    pub fn is_sync(&self) -> bool {
+        self.mode == ReplicationMode::Sync
+    }
+
     /// Time between checks (default 500 ms).
     pub fn interval(&self) -> Duration {
         self.spec

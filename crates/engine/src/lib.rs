@@ -16,6 +16,7 @@ pub mod pg;
 pub mod pgbackup;
 pub mod pgops;
 pub mod pitr;
+pub mod rejoin;
 pub mod signals;
 pub mod switchover;
 pub mod traffic;

@@ -411,25 +411,8 @@ pub async fn switchover(
 
     // The old primary follows the new one.
     start_as_standby(w, old, target).await?;
-    let deadline = Instant::now() + timeout.max(Duration::from_secs(10));
-    let q = format!(
-        "SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = '{}'",
-        from.replace('\'', "''")
-    );
-    let mut following = false;
-    while Instant::now() < deadline {
-        if t.text(&q).await? == "streaming" {
-            following = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let following = await_streaming(w, target, &from, timeout.max(Duration::from_secs(10))).await?;
     clock.report.old_primary_streaming = following;
-    if following && !ssn.trim().is_empty() {
-        // It was a synchronous tier: the old primary is the new synchronous standby.
-        t.set("synchronous_standby_names", &format!("\"{from}\""))
-            .await?;
-    }
     clock.done(
         "rejoin",
         if following {
@@ -446,4 +429,31 @@ pub async fn switchover(
         },
     );
     Ok(report)
+}
+
+/// Wait until `site` streams from `primary`; in a sync tier it then becomes the primary's
+/// synchronous standby (RPO 0 protected again). Whether it streams.
+pub async fn await_streaming(
+    w: &Watched,
+    primary: &Member,
+    site: &str,
+    timeout: Duration,
+) -> Result<bool, StoreError> {
+    let s = Session::connect(primary, Duration::from_secs(5)).await?;
+    let q = format!(
+        "SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = '{}'",
+        site.replace('\'', "''")
+    );
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if s.text(&q).await? == "streaming" {
+            if w.is_sync() {
+                s.set("synchronous_standby_names", &format!("\"{site}\""))
+                    .await?;
+            }
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(false)
 }

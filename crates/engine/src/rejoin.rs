@@ -1,0 +1,436 @@
+//! `lifeboat rejoin SERVICE SITE` (issue 5): make a failed old primary a standby of the current
+//! primary. First a **divergence report**: the WAL the old primary wrote on its timeline after
+//! the point where the new primary's timeline forked off — the transactions a failover threw
+//! away — decoded with `pg_waldump`, saved to a file and summarised in the evidence log. Then
+//! `pg_rewind` (the member's own configuration files kept: pg_rewind would copy the source's),
+//! or — when rewind is impossible (no data checksums or wal_log_hints, WAL gone) — a fresh clone
+//! with `pg_basebackup`, saying so. Finally it starts as a standby and, in a sync tier, becomes
+//! the synchronous standby again.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lifeboat_core::wal::Lsn;
+use lifeboat_store::{Kind, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::Watched;
+use crate::pg::Member;
+use crate::pgops::{pg_ctl, Session};
+
+/// What the old primary wrote that the new timeline does not have.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Divergence {
+    /// The old primary's timeline and the new primary's.
+    pub old_timeline: u32,
+    pub new_timeline: u32,
+    /// Where the new timeline forked off the old one.
+    pub fork_lsn: String,
+    /// End of the old primary's WAL (none: nothing after the fork).
+    pub old_end_lsn: Option<String>,
+    /// Bytes of WAL discarded.
+    pub bytes: u64,
+    /// Transactions committed after the fork on the old primary (lost to clients that saw them
+    /// acknowledged), with their commit times.
+    pub commits: Vec<(u32, String)>,
+    pub aborts: usize,
+    /// Records by resource manager and kind, e.g. `Heap/INSERT` → 12.
+    pub records: std::collections::BTreeMap<String, usize>,
+    /// Relations written to (as `relname` when the new primary knows the file node).
+    pub relations: Vec<String>,
+    /// The full `pg_waldump` output.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub service: String,
+    pub member: String,
+    pub primary: String,
+    pub divergence: Option<Divergence>,
+    /// `pg_rewind`, `pg_basebackup` (rewind impossible), or `none` (nothing to undo).
+    pub method: String,
+    /// Why rewind was impossible, when it was.
+    pub rewind_error: Option<String>,
+    pub streaming: bool,
+    pub ms: u64,
+}
+
+fn run(
+    cmd: &mut std::process::Command,
+    owner_of: &Path,
+) -> Result<std::process::Output, StoreError> {
+    crate::pg::as_owner_of(cmd, owner_of);
+    cmd.stdin(std::process::Stdio::null())
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| StoreError::new(Kind::Source, format!("{:?}: {e}", cmd.get_program())))
+}
+
+fn controldata(bin: &Path, data: &Path) -> Result<String, StoreError> {
+    let out = run(
+        std::process::Command::new(bin.join("pg_controldata"))
+            .arg("-D")
+            .arg(data),
+        data,
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+}
+
+/// Decode the old primary's WAL from the fork point to its end.
+#[allow(clippy::too_many_arguments)]
+fn divergence(
+    bin_dir: &Path,
+    service: &str,
+    data: &Path,
+    old_tli: u32,
+    new_tli: u32,
+    fork: u64,
+    out_dir: &Path,
+    site: &str,
+) -> Result<Divergence, StoreError> {
+    let mut d = Divergence {
+        old_timeline: old_tli,
+        new_timeline: new_tli,
+        fork_lsn: Lsn(fork).to_string(),
+        ..Default::default()
+    };
+    let out = run(
+        std::process::Command::new(bin_dir.join("pg_waldump"))
+            .arg("-p")
+            .arg(data.join("pg_wal"))
+            .args(["-t", &old_tli.to_string(), "-s", &Lsn(fork).to_string()]),
+        data,
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    // pg_waldump stops at the end of valid WAL: "invalid record length at X" (or "… at X:
+    // …" for other end markers); the last record's end is the end of the old timeline.
+    let mut end: Option<u64> = None;
+    for l in text.lines() {
+        let lsn = l
+            .split("lsn: ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|v| v.trim().parse::<Lsn>().ok());
+        let len = l
+            .split("len (rec/tot):")
+            .nth(1)
+            .and_then(|r| r.split('/').nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(a), Some(n)) = (lsn, len) {
+            end = Some(a.0 + n);
+        }
+        let rmgr = l
+            .split("rmgr: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?");
+        let desc = l.split("desc: ").nth(1).unwrap_or("");
+        let kind = desc.split_whitespace().next().unwrap_or("?");
+        if rmgr == "?" {
+            continue;
+        }
+        *d.records.entry(format!("{rmgr}/{kind}")).or_default() += 1;
+        if rmgr == "Transaction" && kind == "COMMIT" {
+            let xid = l
+                .split("tx:")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            let when = desc
+                .trim_start_matches("COMMIT")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            if xid != 0 {
+                d.commits.push((xid, when));
+            }
+        } else if rmgr == "Transaction" && kind == "ABORT" {
+            d.aborts += 1;
+        }
+        for part in l.split("rel ").skip(1) {
+            if let Some(r) = part.split_whitespace().next() {
+                let r = r.trim_end_matches([',', ';']).to_string();
+                if !d.relations.contains(&r) {
+                    d.relations.push(r);
+                }
+            }
+        }
+    }
+    if end.is_none() && !err.contains("invalid record length") && !out.status.success() {
+        return Err(StoreError::new(
+            Kind::Source,
+            format!("pg_waldump on {site}'s WAL: {}", err.trim()),
+        ));
+    }
+    d.old_end_lsn = end.map(|e| Lsn(e).to_string());
+    d.bytes = end.map(|e| e.saturating_sub(fork)).unwrap_or(0);
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| StoreError::new(Kind::Io, format!("{}: {e}", out_dir.display())))?;
+    let file = out_dir.join(format!(
+        "{service}-{site}-{}.waldump.txt",
+        jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+    ));
+    std::fs::write(&file, format!("{text}{err}"))
+        .map_err(|e| StoreError::new(Kind::Io, format!("{}: {e}", file.display())))?;
+    d.file = Some(file);
+    Ok(d)
+}
+
+/// The configuration files at the top of a data directory (pg_rewind replaces them with the
+/// source's: the rejoining member must keep its own port, names and access rules).
+fn config_files(data: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(rd) = std::fs::read_dir(data) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf") && p.is_file())
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect()
+}
+
+/// Rejoin `site` as a standby of the current primary.
+pub async fn rejoin(
+    w: &Watched,
+    state_dir: &Path,
+    site: &str,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Report, StoreError> {
+    let started = Instant::now();
+    let old = w
+        .members
+        .iter()
+        .find(|m| m.site == site)
+        .ok_or_else(|| StoreError::new(Kind::Input, format!("{} has no member {site}", w.service)))?
+        .clone();
+    let data = old.data_dir.clone().ok_or_else(|| {
+        StoreError::new(
+            Kind::Input,
+            format!("rejoin rewrites {site}'s data directory: it needs its data_dir on this host"),
+        )
+    })?;
+    // The primary: the one member that answers as such, and it is not `site`.
+    let mut primary: Option<(Member, Session)> = None;
+    for m in &w.members {
+        if let Ok(s) = Session::connect(m, Duration::from_secs(3)).await {
+            if matches!(s.in_recovery().await, Ok(false)) {
+                if m.site == site {
+                    let recorded = crate::coord::StateFile::new(state_dir, &w.service)
+                        .load()?
+                        .primary;
+                    if recorded.as_deref() == Some(site) || recorded.is_none() {
+                        return Err(StoreError::new(
+                            Kind::Input,
+                            format!(
+                                "{site} is the primary of {}: there is nothing to rejoin",
+                                w.service
+                            ),
+                        ));
+                    }
+                    // A writable old primary: stop it cleanly first.
+                    progress(&format!("{site} still runs as a primary: stopping it"));
+                    drop(s);
+                    pg_ctl(&w.bin_dir, &old, &["stop", "-m", "fast", "-w", "-t", "60"]).await?;
+                    continue;
+                }
+                primary = Some((m.clone(), s));
+            }
+        }
+    }
+    let (pm, ps) = primary.ok_or_else(|| {
+        StoreError::new(
+            Kind::Source,
+            format!("{}: no other member answers as primary", w.service),
+        )
+    })?;
+    if site == pm.site {
+        return Err(StoreError::new(
+            Kind::Input,
+            format!("{site} is the primary"),
+        ));
+    }
+    // Stopped? (A standby that runs already is stopped too: it is re-pointed.)
+    if pg_ctl(&w.bin_dir, &old, &["status"])
+        .await?
+        .status
+        .success()
+    {
+        progress(&format!("stopping {site}"));
+        pg_ctl(&w.bin_dir, &old, &["stop", "-m", "fast", "-w", "-t", "60"]).await?;
+    }
+    let mut report = Report {
+        service: w.service.clone(),
+        member: site.into(),
+        primary: pm.site.clone(),
+        ..Default::default()
+    };
+    // Where the timelines part.
+    let bin = w.bin_dir.clone();
+    let cd = {
+        let (b, d) = (bin.clone(), data.clone());
+        tokio::task::spawn_blocking(move || controldata(&b, &d))
+            .await
+            .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??
+    };
+    let old_tli: u32 = field(&cd, "Latest checkpoint's TimeLineID:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // The primary's current timeline, from its current WAL file's name (pg_control's
+    // checkpoint timeline lags right after a promotion, until its first checkpoint).
+    let new_tli = u32::from_str_radix(
+        &ps.text("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+            .await?,
+        16,
+    )
+    .unwrap_or(0);
+    let mut fork: Option<u64> = None;
+    if new_tli > old_tli {
+        let history = ps
+            .text(&format!(
+                "SELECT convert_from(pg_read_binary_file('pg_wal/{new_tli:08X}.history'), 'UTF8')"
+            ))
+            .await?;
+        fork = history.lines().find_map(|l| {
+            let mut p = l.split_whitespace();
+            let t: u32 = p.next()?.parse().ok()?;
+            (t == old_tli).then(|| p.next()?.parse::<Lsn>().ok().map(|l| l.0))?
+        });
+    }
+    if let Some(f) = fork {
+        let (bin_dir, service, d2, out_dir, s2) = (
+            w.bin_dir.clone(),
+            w.service.clone(),
+            data.clone(),
+            state_dir.join("divergence"),
+            site.to_string(),
+        );
+        let div = tokio::task::spawn_blocking(move || {
+            divergence(&bin_dir, &service, &d2, old_tli, new_tli, f, &out_dir, &s2)
+        })
+        .await
+        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+        progress(&format!(
+            "divergence: {} bytes of WAL on {site}'s timeline {old_tli} after the fork at {} ({} committed transaction(s)); saved to {}",
+            div.bytes,
+            div.fork_lsn,
+            div.commits.len(),
+            div.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default()
+        ));
+        report.divergence = Some(div);
+    }
+    let diverged = report.divergence.as_ref().is_some_and(|d| d.bytes > 0);
+    // Rewind (keeping the member's own configuration), or clone again.
+    let saved = config_files(&data);
+    report.method = "none".into();
+    if diverged || fork.is_some() {
+        // pg_rewind reads the source's timeline from its control file, which a freshly
+        // promoted primary updates only at its next checkpoint: without one, pg_rewind finds
+        // "the same timeline" and does nothing.
+        ps.exec("CHECKPOINT").await?;
+        let conninfo = pm.conninfo("lifeboat-rewind");
+        let mut c = std::process::Command::new(w.bin_dir.join("pg_rewind"));
+        c.arg("--target-pgdata")
+            .arg(&data)
+            .arg(format!("--source-server={conninfo}"));
+        let d3 = data.clone();
+        let out = tokio::task::spawn_blocking(move || run(&mut c, &d3))
+            .await
+            .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() && said.contains("no rewind required") && diverged {
+            return Err(StoreError::new(
+                Kind::Source,
+                format!("pg_rewind found nothing to rewind, but {site} diverged: refusing to start it as a standby"),
+            ));
+        }
+        if out.status.success() {
+            report.method = "pg_rewind".into();
+            progress(&format!(
+                "pg_rewind: {site} rewound to {}'s timeline",
+                pm.site
+            ));
+        } else {
+            let why = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .filter(|l| l.contains("error") || l.contains("fatal"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            progress(&format!(
+                "pg_rewind is impossible ({why}): cloning {site} again from {} with pg_basebackup",
+                pm.site
+            ));
+            report.rewind_error = Some(why);
+            reclone(w, &old, &pm, &data).await?;
+            report.method = "pg_basebackup".into();
+        }
+        // Its own configuration back (pg_rewind and pg_basebackup bring the source's).
+        for (p, b) in &saved {
+            let _ = std::fs::write(p, b);
+        }
+    }
+    drop(ps);
+    crate::switchover::start_as_standby(w, &old, &pm).await?;
+    progress(&format!("{site} started as a standby of {}", pm.site));
+    report.streaming =
+        crate::switchover::await_streaming(w, &pm, site, Duration::from_secs(30)).await?;
+    report.ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Clone `old` again from the primary (its old directory is kept beside, renamed).
+async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<(), StoreError> {
+    let aside = data.with_file_name(format!(
+        "{}.lifeboat-old-{}",
+        data.file_name().and_then(|n| n.to_str()).unwrap_or("data"),
+        jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+    ));
+    let md = std::fs::metadata(data)
+        .map_err(|e| StoreError::new(Kind::Io, format!("{}: {e}", data.display())))?;
+    std::fs::rename(data, &aside)
+        .and_then(|_| std::fs::create_dir(data))
+        .and_then(|_| {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
+            std::os::unix::fs::chown(data, Some(md.uid()), Some(md.gid()))
+        })
+        .map_err(|e| StoreError::new(Kind::Io, format!("moving {} aside: {e}", data.display())))?;
+    let mut c = std::process::Command::new(w.bin_dir.join("pg_basebackup"));
+    c.arg("-D")
+        .arg(data)
+        .args(["-X", "stream", "--checkpoint=fast", "-d"])
+        .arg(pm.conninfo(&old.site));
+    let d = data.to_path_buf();
+    let out = tokio::task::spawn_blocking(move || run(&mut c, &d))
+        .await
+        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+    if !out.status.success() {
+        return Err(StoreError::new(
+            Kind::Source,
+            format!(
+                "pg_basebackup of {} from {}: {}",
+                old.site,
+                pm.site,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        )
+        .hint(format!(
+            "{}'s old data directory is kept at {}",
+            old.site,
+            aside.display()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! `lifeboat rejoin SERVICE SITE`: a failed old primary becomes a standby of the current
+//! primary, with a divergence report of what it wrote that the new timeline does not have (see
+//! crates/engine/src/rejoin.rs). `lifeboat failback SERVICE --to SITE`: rejoin SITE if it does
+//! not stream yet, then switch over to it — one recorded procedure.
+
+use std::time::{Duration, Instant};
+
+use lifeboat_engine::coord::StateFile;
+use lifeboat_engine::daemon::{run_switchover, Watched};
+use lifeboat_engine::rejoin::{rejoin, Report};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The postgres service.
+    service: String,
+    /// The member (site) to rejoin as a standby.
+    site: String,
+}
+
+#[derive(clap::Args)]
+pub struct FailbackArgs {
+    /// The postgres service.
+    service: String,
+    /// The site to give the primary back to.
+    #[arg(long)]
+    to: String,
+    /// How long the switchover waits for the target to catch up.
+    #[arg(long, default_value = "30s")]
+    timeout: lifeboat_core::units::Duration,
+}
+
+fn print_divergence(r: &Report) {
+    match &r.divergence {
+        Some(d) if d.bytes > 0 => {
+            println!(
+                "DIVERGENCE: {} wrote {} bytes of WAL on timeline {} after {} forked off at {} (up to {}):",
+                r.member,
+                d.bytes,
+                d.old_timeline,
+                r.primary,
+                d.fork_lsn,
+                d.old_end_lsn.as_deref().unwrap_or("?")
+            );
+            println!(
+                "  {} committed transaction(s) discarded, {} aborted",
+                d.commits.len(),
+                d.aborts
+            );
+            for (xid, when) in d.commits.iter().take(20) {
+                println!("    xid {xid} committed {when}");
+            }
+            if d.commits.len() > 20 {
+                println!("    … {} more", d.commits.len() - 20);
+            }
+            let recs: Vec<String> = d.records.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("  records: {}", recs.join(", "));
+            if let Some(f) = &d.file {
+                println!("  decoded WAL: {}", f.display());
+            }
+        }
+        Some(d) => println!(
+            "no divergence: {} wrote nothing after the fork at {}",
+            r.member, d.fork_lsn
+        ),
+        None => println!("no divergence: {} is on {}'s timeline", r.member, r.primary),
+    }
+}
+
+fn do_rejoin(
+    cli: &crate::Cli,
+    ctx: &lifeboat_engine::Context,
+    w: &Watched,
+    rt: &tokio::runtime::Runtime,
+    site: &str,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let quiet = cli.json;
+    let r = rt.block_on(rejoin(w, &ctx.state_dir, site, &move |s| {
+        if !quiet {
+            println!("  {s}")
+        }
+    }));
+    let (outcome, figures) = match &r {
+        Ok(rep) => ("ok", serde_json::to_value(rep).unwrap_or_default()),
+        Err(e) => (
+            "failed",
+            serde_json::json!({"member": site, "error": e.to_string()}),
+        ),
+    };
+    ctx.record("rejoin", &w.service, outcome, started, figures)?;
+    Ok(r?)
+}
+
+fn watched(ctx: &lifeboat_engine::Context, service: &str) -> anyhow::Result<Watched> {
+    Watched::from_plan(ctx, service)?
+        .ok_or_else(|| anyhow::anyhow!("`{service}` is not a postgres service of the plan"))
+}
+
+pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
+    let ctx = super::context(cli)?;
+    let w = watched(&ctx, &a.service)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let r = do_rejoin(cli, &ctx, &w, &rt, &a.site)?;
+    if cli.json {
+        crate::output::json(&r);
+    } else {
+        print_divergence(&r);
+        println!(
+            "rejoined {} as a standby of {} ({}{}) in {} ms{}",
+            r.member,
+            r.primary,
+            r.method,
+            r.rewind_error
+                .as_ref()
+                .map(|e| format!(": pg_rewind was impossible — {e}"))
+                .unwrap_or_default(),
+            r.ms,
+            if r.streaming {
+                "; streaming"
+            } else {
+                "; NOT streaming yet: see its log"
+            }
+        );
+    }
+    Ok(if r.streaming { 0 } else { 1 })
+}
+
+pub fn failback(cli: &crate::Cli, a: &FailbackArgs) -> anyhow::Result<i32> {
+    let ctx = super::context(cli)?;
+    let w = watched(&ctx, &a.service)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    // 1. Rejoin, unless it already streams from the primary.
+    let streams = w.members.iter().filter(|m| m.site != a.to).any(|pm| {
+        rt.block_on(lifeboat_engine::switchover::await_streaming(
+            &w,
+            pm,
+            &a.to,
+            Duration::from_millis(1),
+        ))
+        .unwrap_or(false)
+    });
+    let rejoined = if streams {
+        if !cli.json {
+            println!("1. rejoin: {} already streams from the primary", a.to);
+        }
+        None
+    } else {
+        if !cli.json {
+            println!("1. rejoin {}:", a.to);
+        }
+        let r = do_rejoin(cli, &ctx, &w, &rt, &a.to)?;
+        if !cli.json {
+            print_divergence(&r);
+        }
+        if !r.streaming {
+            anyhow::bail!("{} does not stream after rejoin: not switching over", a.to);
+        }
+        Some(r)
+    };
+    // 2. Switch over to it.
+    if !cli.json {
+        println!("2. switchover to {}:", a.to);
+    }
+    let quiet = cli.json;
+    let state = StateFile::new(&ctx.state_dir, &a.service);
+    let sw = rt.block_on(run_switchover(
+        &w,
+        &state,
+        None,
+        &a.to,
+        a.timeout.std(),
+        &ctx,
+        &move |s| {
+            if !quiet {
+                println!("  {:<15} {:>6} ms  {}", s.step, s.ms, s.detail)
+            }
+        },
+    ))?;
+    let ok = sw.aborted.is_none();
+    ctx.record(
+        "failback",
+        &w.service,
+        if ok { "ok" } else { "aborted" },
+        started,
+        serde_json::json!({"to": a.to, "rejoin": rejoined, "switchover": sw}),
+    )?;
+    if cli.json {
+        crate::output::json(&serde_json::json!({"rejoin": rejoined, "switchover": sw}));
+    } else if ok {
+        println!(
+            "failback done: {} is the primary again; writes stopped for {} ms",
+            a.to,
+            sw.downtime_ms.unwrap_or(0)
+        );
+    } else {
+        println!("failback ABORTED: {}", sw.aborted.unwrap_or_default());
+    }
+    Ok(if ok { 0 } else { 1 })
+}
