@@ -250,6 +250,39 @@ impl Writes {
     }
 }
 
+/// A webhook receiver on a free port: every request body, answered 200.
+fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut r = BufReader::new(c);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            g.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (port, got)
+}
+
 /// GET a health endpoint: the status code.
 fn http_status(port: u16, path: &str) -> u16 {
     use std::io::{Read, Write};
@@ -275,6 +308,15 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
         "",
     );
     let pg = &pair.pg;
+    // Notifications: a Slack-style receiver, and a JSON endpoint that never answers.
+    let (hook, received) = webhook_receiver();
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_port = hang.local_addr().unwrap().port();
+    let mut plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    plan += &format!(
+        "notifications:\n  - {{ webhook: \"http://127.0.0.1:{hook}/slack\", format: slack, min_severity: P2 }}\n  - {{ webhook: \"http://127.0.0.1:{hang_port}/hangs\", timeout: 1s, retries: 1 }}\n"
+    );
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
     let mut daemon = pair.start("");
     let mut log = Writes::default();
     pair.write_some(&mut log, 20);
@@ -322,6 +364,45 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
     }
     assert_eq!(http_status(ha, "/primary"), 503);
     assert_eq!(http_status(ha, "/health"), 503);
+    // The Slack receiver got the failover; the hanging endpoint did not hold it up, and its
+    // failure is recorded after bounded retries.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = received.lock().unwrap().clone();
+        if got
+            .iter()
+            .any(|b| b.contains("[P1] pgtest failover: failed over to b"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover notification: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pg
+        .events()
+        .iter()
+        .any(|e| e["command"] == "notify" && e["outcome"] == "failed")
+    {
+        assert!(Instant::now() < deadline, "hanging endpoint not recorded");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ev = pg.events();
+    let failed = ev
+        .iter()
+        .find(|e| e["command"] == "notify" && e["outcome"] == "failed")
+        .unwrap();
+    assert_eq!(failed["figures"]["attempts"], 2, "{failed}");
+    assert!(
+        !failed.to_string().contains(&format!("{hang_port}/hangs")),
+        "{failed}"
+    );
+    let fo = ev.iter().find(|e| e["command"] == "failover").unwrap();
+    assert!(fo["seq"].as_i64() < failed["seq"].as_i64());
+    drop(hang);
 
     // The old primary restarted: fenced (stopped), never reachable through the endpoint.
     // (`pg_ctl start -w` may itself report failure: the daemon can stop it before it is ready.)

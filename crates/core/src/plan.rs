@@ -413,6 +413,12 @@ pub struct Notification {
     /// Only events at least this severe (P1 most severe). Default: P4 (everything).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_severity: Option<Severity>,
+    /// Deadline of one delivery attempt. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Attempts after the first failed one (1 s, 2 s, 4 s … apart). Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lifeboat_core::decide::{decide, Action, Decision, Failure, MemberView, Role, World};
-use lifeboat_core::plan::{FailoverSpec, HealthCheck, ReplicationMode, Service};
+use lifeboat_core::plan::{FailoverSpec, HealthCheck, ReplicationMode, Service, Severity};
 use lifeboat_store::{Kind, StoreError};
 use tokio::sync::watch;
 
@@ -195,6 +195,7 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
         .build()
         .map_err(|e| StoreError::new(Kind::Internal, format!("runtime: {e}")))?;
     rt.block_on(async {
+        let (notifier, notify_worker) = crate::notify::Notifier::start(ctx);
         let mut servers = Vec::new();
         let mut monitors = Vec::new();
         for w in services {
@@ -235,6 +236,7 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
                 shared,
                 stop_rx.clone(),
                 ctx.clone(),
+                notifier.clone(),
             )));
         }
         let mut stop_rx = stop_rx;
@@ -257,6 +259,8 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
         for t in servers {
             t.abort();
         }
+        // Notifications under way get a few seconds to finish.
+        notifier.drain(notify_worker, Duration::from_secs(10)).await;
         Ok::<(), StoreError>(())
     })?;
     log("stopped", "*", serde_json::json!({}));
@@ -314,6 +318,7 @@ async fn monitor(
     shared: Shared,
     mut stop: watch::Receiver<bool>,
     ctx: Context,
+    notifier: crate::notify::Notifier,
 ) {
     let state_dir = ctx.state_dir.clone();
     let control = crate::control::Control::new(&state_dir);
@@ -386,6 +391,25 @@ async fn monitor(
         if st.in_progress.is_none() {
             if let Some(req) = control.take(&w.service) {
                 let answer = handle(&w, &state, &route_tx, &req, &ctx, &counts).await;
+                notifier.send(crate::notify::Note {
+                    severity: if req.op == "failover" {
+                        Severity::P1
+                    } else {
+                        Severity::P3
+                    },
+                    event: req.op.clone(),
+                    service: w.service.clone(),
+                    summary: match answer["error"].as_str() {
+                        Some(e) => format!("{} requested by {} FAILED: {e}", req.op, req.actor),
+                        None => format!(
+                            "{} to {} requested by {}: done",
+                            req.op,
+                            req.to.as_deref().unwrap_or("?"),
+                            req.actor
+                        ),
+                    },
+                    details: answer.clone(),
+                });
                 control.answer(&w.service, &req.id, &answer);
                 counts.clear();
                 next = tokio::time::Instant::now();
@@ -414,6 +438,9 @@ async fn monitor(
                 &w.service,
                 serde_json::to_value(&d).unwrap_or_default(),
             );
+            if d.action == Action::Hold && st.primary.is_some() {
+                notifier.send(note(Severity::P1, "hold", &w.service, &d.reason, &d));
+            }
             last_reason = d.reason.clone();
             let _ = std::fs::create_dir_all(state_dir.join("daemon"));
             let _ = std::fs::write(
@@ -451,6 +478,16 @@ async fn monitor(
                         "ms": started.elapsed().as_millis() as u64, "reason": d.reason}),
                 );
                 record(&ctx, &w.service, &d, outcome, started);
+                notifier.send(note(
+                    Severity::P1,
+                    "failover",
+                    &w.service,
+                    &match &r {
+                        Ok(()) => format!("failed over to {to} (epoch {epoch}): {}", d.reason),
+                        Err(e) => format!("failover to {to} FAILED: {e}"),
+                    },
+                    &d,
+                ));
                 backoff.outcome(&key, r.is_ok());
                 if r.is_ok() {
                     // The new primary's state is known now; check again at once.
@@ -474,6 +511,7 @@ async fn monitor(
                     if r.is_ok() { "ok" } else { "failed" },
                     started,
                 );
+                notifier.send(note(Severity::P2, "fence", &w.service, &d.reason, &d));
                 backoff.outcome(&key, r.is_ok());
             }
             _ => {}
@@ -502,6 +540,22 @@ async fn monitor(
             }
         }
         publish(&w, &counts, &st, primary_last_lsn, &route_tx, &shared);
+    }
+}
+
+fn note(
+    sev: Severity,
+    event: &str,
+    service: &str,
+    summary: &str,
+    d: &Decision,
+) -> crate::notify::Note {
+    crate::notify::Note {
+        severity: sev,
+        event: event.into(),
+        service: service.into(),
+        summary: summary.into(),
+        details: serde_json::to_value(d).unwrap_or_default(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod health;
 pub mod healthapi;
 pub mod manual;
+pub mod notify;
 pub mod ops;
 pub mod pg;
 pub mod pgbackup;
