@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs what Lifeboat's tests need on a fresh Debian machine (run as root):
-# restic (interop tests read Lifeboat's repositories with it) and moto's S3-protocol server.
+# restic (interop tests read Lifeboat's repositories with it), moto's S3-protocol server, and
+# the tools failover tests drive (pgrep, script, dig).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 command -v restic >/dev/null || need_apt+=(restic)
 command -v mount >/dev/null || need_apt+=(mount)
+command -v pgrep >/dev/null || need_apt+=(procps)       # failover tests signal a server's children
+command -v script >/dev/null || need_apt+=(bsdutils)    # a real terminal for typed confirmations
+command -v dig >/dev/null || need_apt+=(bind9-dnsutils) # the DNS responder, queried by a real client
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -164,7 +164,7 @@ fn automatic_failover_refuses_both_members_in_one_site_or_on_one_server() {
     assert!(r.stderr.contains("lifeboat.yaml:11:"), "{}", r.stderr);
     // Two sites, one server; an unknown site for a health endpoint; a check of two kinds.
     lab.plan(&format!(
-        "{head}      a: {{ host: 10.0.0.1, port: 5432 }}\n      b: {{ host: 10.0.0.1, port: 5432 }}\n    failover:\n      health_listen: {{ c: \"127.0.0.1:8008\" }}\n      health_checks:\n        a: [ {{ tcp: \"10.0.0.1:80\", command: \"true\" }}, {{ http: \"ftp://x\" }} ]\n      witness: {{ z: [ {{ tcp: \"nope\" }} ] }}\n"
+        "{head}      a: {{ host: 10.0.0.1, port: 5432 }}\n      b: {{ host: 10.0.0.1, port: 5432 }}\n    failover:\n      health_listen: {{ c: \"127.0.0.1:8008\" }}\n      health_checks:\n        a: [ {{ tcp: \"10.0.0.1:80\", command: \"true\" }}, {{ http: \"ftp://x\" }} ]\n      witness: {{ z: [ {{ tcp: \"nope\" }} ] }}\n      dns: {{ listen: \"nope\", name: \"bad..name\", records: {{ z: 1.2.3.4 }} }}\n"
     ));
     let r = lab.run(&["plan", "check"]);
     assert_eq!(r.code, 2, "{}", r.all());
@@ -175,6 +175,9 @@ fn automatic_failover_refuses_both_members_in_one_site_or_on_one_server() {
         "services.db.failover.health_checks.a[1]: `ftp://x` is not an http:// or https:// URL",
         "services.db.failover.witness.z: `z` is not a member of this service",
         "services.db.failover.witness.z[0]: `nope` is not host:port",
+        "services.db.failover.dns.listen: `nope` is not an address to answer on",
+        "services.db.failover.dns.name: `bad..name` is not a DNS name",
+        "services.db.failover.dns.records.z: `z` is not a member of this service",
     ] {
         assert!(r.stderr.contains(want), "missing {want:?} in {}", r.stderr);
     }

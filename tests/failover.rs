@@ -283,6 +283,45 @@ fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     (port, got)
 }
 
+/// `dig` the responder: the A record, or the status when there is none.
+fn dig(port: u16, name: &str) -> String {
+    let o = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            name,
+            "A",
+            "+tries=1",
+            "+time=2",
+        ])
+        .output()
+        .expect("dig (bind9-dnsutils) is installed by scripts/install-deps.sh");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let status = out
+        .split("status: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or("?")
+        .to_string();
+    let answer = out
+        .split(";; ANSWER SECTION:")
+        .nth(1)
+        .and_then(|r| r.lines().nth(1))
+        .and_then(|l| l.split_whitespace().last())
+        .map(str::to_string);
+    match answer {
+        Some(a) if status == "NOERROR" => {
+            assert!(
+                out.contains("\t3\tIN\tA\t") || out.contains(" 3 IN A "),
+                "ttl 3: {out}"
+            );
+            a
+        }
+        _ => status,
+    }
+}
+
 /// GET a health endpoint: the status code.
 fn http_status(port: u16, path: &str) -> u16 {
     use std::io::{Read, Write};
@@ -301,10 +340,10 @@ fn http_status(port: u16, path: &str) -> u16 {
 
 #[test]
 fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary() {
-    let (ha, hb) = (free_port(), free_port());
+    let (ha, hb, dns) = (free_port(), free_port(), free_port());
     let pair = Pair::new(
         "sync",
-        &format!("health_listen: {{ a: \"127.0.0.1:{ha}\", b: \"127.0.0.1:{hb}\" }},"),
+        &format!("health_listen: {{ a: \"127.0.0.1:{ha}\", b: \"127.0.0.1:{hb}\" }}, dns: {{ listen: \"127.0.0.1:{dns}\", name: db.test.internal, ttl: 3s, records: {{ a: 10.0.0.1, b: 10.0.0.2 }} }},"),
         "",
     );
     let pg = &pair.pg;
@@ -335,6 +374,8 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
     assert_eq!(http_status(ha, "/replica"), 503);
     assert_eq!(http_status(hb, "/replica?lag=1GiB"), 200);
     assert_eq!(http_status(hb, "/health"), 200);
+    // The name follows the primary (a real resolver client asks).
+    assert_eq!(dig(dns, "db.test.internal"), "10.0.0.1");
     // Status shows the standby's lag and its sync state.
     let st = pg.ok(&["status"]).stdout;
     assert!(st.contains("streams to b (streaming, sync"), "{st}");
@@ -364,6 +405,8 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
     }
     assert_eq!(http_status(ha, "/primary"), 503);
     assert_eq!(http_status(ha, "/health"), 503);
+    assert_eq!(dig(dns, "db.test.internal"), "10.0.0.2");
+    assert_eq!(dig(dns, "other.test.internal"), "REFUSED");
     // The Slack receiver got the failover; the hanging endpoint did not hold it up, and its
     // failure is recorded after bounded retries.
     let deadline = Instant::now() + Duration::from_secs(20);

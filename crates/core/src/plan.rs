@@ -239,6 +239,27 @@ pub struct FailoverSpec {
     /// is the one cut off (a partition), the member has not failed, and there is no failover.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub witness: BTreeMap<String, Vec<HealthCheck>>,
+    /// A DNS name that follows the primary (the built-in responder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSpec>,
+}
+
+/// The built-in DNS responder's record for a service: `name` answers with the record of the
+/// member traffic goes to (A for IPv4, AAAA for IPv6, CNAME for a host name); SERVFAIL while
+/// none may take writes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    /// UDP address to answer on, e.g. `0.0.0.0:53` (services may share one).
+    pub listen: String,
+    /// The name, e.g. `db.lifeboat.internal`.
+    pub name: String,
+    /// TTL of the answers. Default 5s: clients follow a failover within seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// The record per site. Default: the member's `host`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub records: BTreeMap<String, String>,
 }
 
 /// One extra health check: exactly one of `http`, `tcp`, `command`.

@@ -254,6 +254,38 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                             members,
                         );
                     }
+                    if let Some(d) = &f.dns {
+                        if d.listen.parse::<std::net::SocketAddr>().is_err() {
+                            err(
+                                format!("{base}.failover.dns.listen"),
+                                format!(
+                                    "`{}` is not an address to answer on (e.g. 127.0.0.1:5353)",
+                                    d.listen
+                                ),
+                            );
+                        }
+                        let labels_ok = !d.name.trim_end_matches('.').is_empty()
+                            && d.name.trim_end_matches('.').split('.').all(|l| {
+                                !l.is_empty()
+                                    && l.len() <= 63
+                                    && l.chars()
+                                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                            });
+                        if !labels_ok {
+                            err(
+                                format!("{base}.failover.dns.name"),
+                                format!("`{}` is not a DNS name", d.name),
+                            );
+                        }
+                        for site in d.records.keys() {
+                            if !members.contains_key(site) {
+                                err(
+                                    format!("{base}.failover.dns.records.{site}"),
+                                    format!("`{site}` is not a member of this service"),
+                                );
+                            }
+                        }
+                    }
                     let mut seen: BTreeMap<(String, u16), &String> = BTreeMap::new();
                     for (site, m) in members {
                         if let Some(other) = seen.insert((m.host.clone(), m.port), site) {

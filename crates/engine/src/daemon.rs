@@ -198,6 +198,8 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
         let (notifier, notify_worker) = crate::notify::Notifier::start(ctx);
         let mut servers = Vec::new();
         let mut monitors = Vec::new();
+        // One DNS responder per listen address, shared by the services that name it.
+        let mut dns: BTreeMap<String, crate::dns::Names> = BTreeMap::new();
         for w in services {
             let state = StateFile::new(&ctx.state_dir, &w.service);
             let st = state.load()?;
@@ -229,6 +231,45 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
                     stop_rx.clone(),
                 )));
             }
+            if let Some(d) = &w.spec.dns {
+                if !dns.contains_key(&d.listen) {
+                    let sock = crate::dns::bind(&d.listen).await.map_err(|e| {
+                        StoreError::new(
+                            Kind::Io,
+                            format!(
+                                "service {}: cannot answer DNS on {}: {e}",
+                                w.service, d.listen
+                            ),
+                        )
+                    })?;
+                    let names = crate::dns::Names::default();
+                    servers.push(tokio::spawn(crate::dns::serve(
+                        sock,
+                        names.clone(),
+                        stop_rx.clone(),
+                    )));
+                    log(
+                        "listening",
+                        &w.service,
+                        serde_json::json!({"address": d.listen, "endpoint": "dns", "name": d.name}),
+                    );
+                    dns.insert(d.listen.clone(), names);
+                }
+                if let Some(names) = dns.get(&d.listen) {
+                    if let Ok(mut n) = names.lock() {
+                        n.push(crate::dns::Answer {
+                            name: d.name.trim_end_matches('.').to_ascii_lowercase(),
+                            ttl: d.ttl.map(|t| t.std().as_secs() as u32).unwrap_or(5),
+                            target: None,
+                        });
+                    }
+                }
+            }
+            let names = w
+                .spec
+                .dns
+                .as_ref()
+                .and_then(|d| dns.get(&d.listen).cloned());
             monitors.push(tokio::spawn(monitor(
                 w,
                 state,
@@ -237,6 +278,7 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
                 stop_rx.clone(),
                 ctx.clone(),
                 notifier.clone(),
+                names,
             )));
         }
         let mut stop_rx = stop_rx;
@@ -311,6 +353,7 @@ impl Counts {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn monitor(
     w: Watched,
     state: StateFile,
@@ -319,6 +362,7 @@ async fn monitor(
     mut stop: watch::Receiver<bool>,
     ctx: Context,
     notifier: crate::notify::Notifier,
+    dns: Option<crate::dns::Names>,
 ) {
     let state_dir = ctx.state_dir.clone();
     let control = crate::control::Control::new(&state_dir);
@@ -540,6 +584,35 @@ async fn monitor(
             }
         }
         publish(&w, &counts, &st, primary_last_lsn, &route_tx, &shared);
+        if let (Some(names), Some(spec)) = (&dns, &w.spec.dns) {
+            // The name follows the route: the primary's record while it takes writes.
+            let target = route_tx
+                .borrow()
+                .target
+                .as_ref()
+                .and(st.primary.as_ref())
+                .and_then(|p| {
+                    spec.records.get(p).cloned().or_else(|| {
+                        w.members
+                            .iter()
+                            .find(|m| &m.site == p)
+                            .map(|m| m.host.clone())
+                    })
+                });
+            let name = spec.name.trim_end_matches('.').to_ascii_lowercase();
+            if let Ok(mut n) = names.lock() {
+                for a in n.iter_mut().filter(|a| a.name == name) {
+                    if a.target != target {
+                        log(
+                            "dns",
+                            &w.service,
+                            serde_json::json!({"name": name, "target": target}),
+                        );
+                        a.target = target.clone();
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod context;
 pub mod control;
 pub mod coord;
 pub mod daemon;
+pub mod dns;
 pub mod evidence;
 pub mod failpoint;
 pub mod health;
