@@ -66,6 +66,9 @@ pub enum Command {
     Rejoin(commands::rejoin::Args),
     /// Give the primary back: rejoin the site if needed, then switch over to it.
     Failback(commands::rejoin::FailbackArgs),
+    /// Runbooks: list, show the order, run (steps timed, recorded, approval gates).
+    #[command(subcommand)]
+    Runbook(commands::runbook::Cmd),
     /// The evidence log.
     #[command(subcommand)]
     Audit(commands::audit::Cmd),
@@ -89,6 +92,7 @@ fn main() {
         Command::Wal(c) => commands::wal::run(&cli, c),
         Command::Status(a) => commands::status::run(&cli, a),
         Command::Serve(a) => commands::serve::run(&cli, a),
+        Command::Runbook(c) => commands::runbook::run_cmd(&cli, c),
         Command::Rejoin(a) => commands::rejoin::run(&cli, a),
         Command::Failback(a) => commands::rejoin::failback(&cli, a),
         Command::Failover(a) => commands::failover::run(&cli, a),

@@ -496,6 +496,11 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
 fn hung_primary_short_stall_is_ridden_out_long_one_fails_over() {
     let pair = Pair::new("async", "", "");
     let pg = &pair.pg;
+    // A failover runbook: its built-in steps are what the daemon does; its hook runs after.
+    let mut plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    plan += "runbooks:\n  db-failover:\n    kind: failover\n    service: db\n    steps:\n      - { action: fence, site: a }\n      - { action: promote, site: b }\n      - { name: dns, command: \"echo $LIFEBOAT_FROM $LIFEBOAT_TO $LIFEBOAT_EPOCH > hook.txt\" }\n      - { name: scale, command: \"true\", approval: true, on_failure: continue }\n";
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
+    pg.chown();
     let _daemon = pair.start("");
     let mut log = Writes::default();
     pair.write_some(&mut log, 10);
@@ -521,6 +526,37 @@ fn hung_primary_short_stall_is_ridden_out_long_one_fails_over() {
         .unwrap_or_default()
         .to_string();
     assert!(reason.contains("queries time out"), "{reason}");
+    // The runbook's hook ran with the failover's facts; the gate could not be approved.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pg.lab.p("hook.txt").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "hook never ran:\n{}",
+            pair.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_to_string(pg.lab.p("hook.txt"))
+            .unwrap()
+            .trim(),
+        "a b 2"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rb = loop {
+        if let Some(e) = pg.events().into_iter().find(|e| e["command"] == "runbook") {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "runbook not recorded");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let outcomes: Vec<&str> = rb["figures"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["skipped", "skipped", "ok", "refused"], "{rb}");
     // Thawed, it still believes it is a primary: fenced, never written to via the endpoint.
     pair.signal_server("pgdata", libc::SIGCONT);
     let deadline = Instant::now() + Duration::from_secs(30);

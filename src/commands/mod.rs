@@ -10,6 +10,7 @@ pub mod plan;
 pub mod rejoin;
 pub mod repo;
 pub mod restore;
+pub mod runbook;
 pub mod serve;
 pub mod snapshots;
 pub mod status;

@@ -388,6 +388,7 @@ const TOP_LEVEL: &[&str] = &[
     "repositories",
     "backups",
     "notifications",
+    "runbooks",
 ];
 
 /// Parse and validate a plan. On failure, every problem found, in file order.
@@ -415,6 +416,7 @@ pub fn parse_plan(src: &str, file: &str) -> Result<Plan, Vec<Diagnostic>> {
             "services" => plan.services = section(&mut c, v, key),
             "repositories" => plan.repositories = section(&mut c, v, key),
             "backups" => plan.backups = section(&mut c, v, key),
+            "runbooks" => plan.runbooks = section(&mut c, v, key),
             "notifications" => match v {
                 Value::Array(items) => {
                     plan.notifications = items

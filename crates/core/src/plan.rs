@@ -39,7 +39,88 @@ pub struct Plan {
     /// Where to send notifications.
     #[serde(default)]
     pub notifications: Vec<Notification>,
+    /// Ordered procedures (failover, switchover, failback, restoration), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runbooks: BTreeMap<String, Runbook>,
 }
+
+/// An ordered procedure. Steps that name a `service` are grouped by service and run in the
+/// services' `depends_on` order, independent services in parallel; a step without a service is
+/// a barrier: everything before it finishes first, and it runs alone.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Runbook {
+    /// `failover`, `switchover`, `failback`, `restoration` or `manual` (default). A `failover`
+    /// runbook with a `service` also runs after `lifeboat serve` fails that service over
+    /// automatically: its built-in fence/promote/switch-traffic steps are what the daemon just
+    /// did, its other steps (hooks, notifications) run then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The service it is for (the default of its steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub steps: Vec<RunbookStep>,
+}
+
+/// One step: a built-in `action`, a `command`, or a `webhook`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunbookStep {
+    /// Shown and recorded. Default: the action or command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `notify`, `fence`, `promote`, `switch-traffic`, `wait-healthy`, `restore`, `rejoin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// A shell command (`sh -c`), e.g. `aws route53 change-resource-record-sets …`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// A URL to POST the step (JSON) to, e.g. a status page (usually `${STATUSPAGE_HOOK}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Secret>,
+    /// The service the step acts on (default: the runbook's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The member (site) for fence, promote, switch-traffic, wait-healthy, rejoin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// notify: the message; severity P1..P4 (default P3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    /// restore: the backup job whose latest snapshot (or the postgres service's latest point)
+    /// is restored, and where; `port` starts a restored PostgreSQL there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Deadline of one attempt. Default 60s (wait-healthy: 120s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Attempts after a failed one. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// `stop` (default) or `continue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+    /// A person must approve before the step runs (typed `yes`; `--yes` approves all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<bool>,
+}
+
+/// The built-in runbook actions.
+pub const RUNBOOK_ACTIONS: &[&str] = &[
+    "notify",
+    "fence",
+    "promote",
+    "switch-traffic",
+    "wait-healthy",
+    "restore",
+    "rejoin",
+];
 
 /// Recovery objectives.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

@@ -337,6 +337,113 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
             }
         }
     }
+    for (rb_name, rb) in &plan.runbooks {
+        let base = format!("runbooks.{rb_name}");
+        if let Some(k) = &rb.kind {
+            if ![
+                "failover",
+                "switchover",
+                "failback",
+                "restoration",
+                "manual",
+            ]
+            .contains(&k.as_str())
+            {
+                err(
+                    format!("{base}.kind"),
+                    format!(
+                        "unknown kind `{k}` (failover, switchover, failback, restoration, manual)"
+                    ),
+                );
+            }
+        }
+        if let Some(svc) = &rb.service {
+            if !plan.services.contains_key(svc) {
+                err(
+                    format!("{base}.service"),
+                    format!("unknown service `{svc}`"),
+                );
+            }
+        }
+        if rb.steps.is_empty() {
+            err(
+                format!("{base}.steps"),
+                "a runbook needs at least one step".into(),
+            );
+        }
+        for (i, st) in rb.steps.iter().enumerate() {
+            let at = format!("{base}.steps[{i}]");
+            exactly_one(
+                &mut err,
+                &at,
+                "a step",
+                &[
+                    ("action", st.action.is_some()),
+                    ("command", st.command.is_some()),
+                    ("webhook", st.webhook.is_some()),
+                ],
+            );
+            if let Some(a) = &st.action {
+                if !crate::plan::RUNBOOK_ACTIONS.contains(&a.as_str()) {
+                    err(
+                        format!("{at}.action"),
+                        format!(
+                            "unknown action `{a}` (built-in: {}; or use `command:` / `webhook:`)",
+                            crate::plan::RUNBOOK_ACTIONS.join(", ")
+                        ),
+                    );
+                }
+                let service = st.service.as_ref().or(rb.service.as_ref());
+                let needs_site =
+                    ["fence", "promote", "switch-traffic", "rejoin"].contains(&a.as_str());
+                if a != "notify" && service.is_none() && a != "restore" {
+                    err(
+                        at.clone(),
+                        format!("`{a}` needs a `service` (on the step or the runbook)"),
+                    );
+                }
+                if needs_site && st.site.is_none() {
+                    err(at.clone(), format!("`{a}` needs a `site`"));
+                }
+                if a == "restore"
+                    && (st.target.is_none() || (st.job.is_none() && service.is_none()))
+                {
+                    err(
+                        at.clone(),
+                        "`restore` needs a `target` and a `job` (or a postgres `service`)".into(),
+                    );
+                }
+                if let (Some(svc), Some(site)) = (service, &st.site) {
+                    if let Some(Service::Postgres { members, .. }) = plan.services.get(svc) {
+                        if !members.contains_key(site) {
+                            err(
+                                format!("{at}.site"),
+                                format!("`{site}` is not a member of {svc}"),
+                            );
+                        }
+                    }
+                }
+                if let Some(j) = &st.job {
+                    if !plan.backups.contains_key(j) {
+                        err(format!("{at}.job"), format!("unknown backup job `{j}`"));
+                    }
+                }
+            }
+            if let Some(svc) = &st.service {
+                if !plan.services.contains_key(svc) {
+                    err(format!("{at}.service"), format!("unknown service `{svc}`"));
+                }
+            }
+            if let Some(f) = &st.on_failure {
+                if f != "stop" && f != "continue" {
+                    err(
+                        format!("{at}.on_failure"),
+                        format!("`{f}`: use stop or continue"),
+                    );
+                }
+            }
+        }
+    }
     if let Some(cycle) = dependency_cycle(plan) {
         err(
             format!("services.{}.depends_on", cycle[0]),
@@ -501,6 +608,22 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     out
 }
 
+/// Exactly one of the named fields is set.
+fn exactly_one(
+    err: &mut impl FnMut(String, String),
+    at: &str,
+    what: &str,
+    fields: &[(&str, bool)],
+) {
+    if fields.iter().filter(|(_, set)| *set).count() != 1 {
+        let names: Vec<String> = fields.iter().map(|(n, _)| format!("`{n}`")).collect();
+        err(
+            at.to_string(),
+            format!("{what} needs exactly one of {}", names.join(", ")),
+        );
+    }
+}
+
 /// Checks per member site: each names a member, and each check is well-formed.
 fn check_health_checks<M>(
     err: &mut impl FnMut(String, String),
@@ -517,16 +640,16 @@ fn check_health_checks<M>(
         }
         for (i, c) in checks.iter().enumerate() {
             let at = format!("{base}.{site}[{i}]");
-            let kinds = [c.http.is_some(), c.tcp.is_some(), c.command.is_some()]
-                .iter()
-                .filter(|k| **k)
-                .count();
-            if kinds != 1 {
-                err(
-                    at.clone(),
-                    "a health check needs exactly one of `http`, `tcp`, `command`".into(),
-                );
-            }
+            exactly_one(
+                err,
+                &at,
+                "a health check",
+                &[
+                    ("http", c.http.is_some()),
+                    ("tcp", c.tcp.is_some()),
+                    ("command", c.command.is_some()),
+                ],
+            );
             if (c.status.is_some() || c.body.is_some()) && c.http.is_none() {
                 err(
                     at.clone(),

@@ -534,6 +534,7 @@ async fn monitor(
                 ));
                 backoff.outcome(&key, r.is_ok());
                 if r.is_ok() {
+                    after_failover_runbooks(&ctx, &w.service, from.as_deref(), &to, epoch);
                     // The new primary's state is known now; check again at once.
                     counts.clear();
                     next = tokio::time::Instant::now();
@@ -629,6 +630,48 @@ fn note(
         service: service.into(),
         summary: summary.into(),
         details: serde_json::to_value(d).unwrap_or_default(),
+    }
+}
+
+/// Run the service's `failover` runbooks in the background (their hooks and notifications;
+/// the built-in failover steps are what just happened).
+fn after_failover_runbooks(ctx: &Context, service: &str, from: Option<&str>, to: &str, epoch: u64) {
+    for (name, rb) in &ctx.plan.runbooks {
+        if rb.kind.as_deref() != Some("failover") || rb.service.as_deref() != Some(service) {
+            continue;
+        }
+        let (ctx, name, svc) = (ctx.clone(), name.clone(), service.to_string());
+        let env = vec![
+            (
+                "LIFEBOAT_FROM".to_string(),
+                from.unwrap_or_default().to_string(),
+            ),
+            ("LIFEBOAT_TO".to_string(), to.to_string()),
+            ("LIFEBOAT_EPOCH".to_string(), epoch.to_string()),
+        ];
+        tokio::spawn(async move {
+            let svc2 = svc.clone();
+            let opts = crate::runbook::Options {
+                yes: false,
+                approve: Box::new(|_| false),
+                progress: Box::new(move |r| {
+                    log(
+                        "runbook_step",
+                        &svc2,
+                        serde_json::to_value(r).unwrap_or_default(),
+                    )
+                }),
+                after_failover: true,
+                env,
+            };
+            if let Err(e) = crate::runbook::run(&ctx, &name, opts).await {
+                log(
+                    "error",
+                    &svc,
+                    serde_json::json!({"runbook": name, "error": e.to_string()}),
+                );
+            }
+        });
     }
 }
 

@@ -19,6 +19,7 @@ pub mod pgbackup;
 pub mod pgops;
 pub mod pitr;
 pub mod rejoin;
+pub mod runbook;
 pub mod signals;
 pub mod switchover;
 pub mod traffic;
