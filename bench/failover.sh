@@ -36,9 +36,10 @@ run_lb() {  # mode fault trials label
   rm -rf "$pair" "$pair.lifeboat"
   "$H/pg-pair.sh" up "$pair" "--$1" >/dev/null
   echo "## lifeboat $1 $2 ($3 trials)" | tee -a "$out"
-  "$H/trial.sh" --dir "$pair" --endpoint-dsn "$dsn" --fault "$2" --trials "$3" \
+  LOGS="/tmp/lifeboat-bench-$4/daemon-logs" "$H/trial.sh" --dir "$pair" --endpoint-dsn "$dsn" \
+    --fault "$2" --trials "$3" \
     --orchestrator-up "$orch up $pair" --orchestrator-down "$orch down $pair" \
-    --work "/tmp/lifeboat-bench-$4" 2>&1 | grep -E '^trial=|^SUMMARY|LOST' | tee -a "$out" || true
+    --work "/tmp/lifeboat-bench-$4" 2>&1 | grep --line-buffered -E '^trial=|^SUMMARY|LOST' | tee -a "$out" || true
   "$orch" down "$pair" || true
   "$H/pg-pair.sh" down "$pair" >/dev/null 2>&1 || true
 }
@@ -63,6 +64,8 @@ echo "## lifeboat idle: RSS ${rss} kB, CPU ${cpu}% of one core over 60 s" | tee 
 "$H/pg-pair.sh" down "$pair" >/dev/null
 
 echo "## patroni anchor ($ptrials trials each)" | tee -a "$out"
-RESULTS="$here/bench/results/patroni-$day.txt" bash "$shared/anchors/patroni-failover.sh" "$ptrials" "$ptrials" 2>&1 \
-  | grep -iE 'median|p95|lost|versions' | tee -a "$out" || true
+# Its whole output is kept (a failed run says why there), its summary lines go to $out.
+RESULTS="$here/bench/results/patroni-$day.txt" bash "$shared/anchors/patroni-failover.sh" "$ptrials" "$ptrials" \
+  > "$here/bench/results/patroni-$day.log" 2>&1 || echo "## patroni anchor FAILED: see bench/results/patroni-$day.log" | tee -a "$out"
+grep -iE 'median|p95|versions|failed' "$here/bench/results/patroni-$day.log" | tee -a "$out" || true
 echo "# raw: $out, bench/results/patroni-$day.txt, /tmp/lifeboat-bench-*/" | tee -a "$out"
