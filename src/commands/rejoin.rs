@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_engine::coord::StateFile;
 use lifeboat_engine::daemon::{run_switchover, Watched};
+use lifeboat_engine::pgops::Session;
 use lifeboat_engine::rejoin::{rejoin, Report};
 
 #[derive(clap::Args)]
@@ -136,12 +137,12 @@ pub fn failback(cli: &crate::Cli, a: &FailbackArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     // 1. Rejoin, unless it already streams from the primary.
     let streams = w.members.iter().filter(|m| m.site != a.to).any(|pm| {
-        rt.block_on(lifeboat_engine::switchover::await_streaming(
-            &w,
-            pm,
-            &a.to,
-            Duration::from_millis(1),
-        ))
+        rt.block_on(async {
+            let s = Session::connect(pm, Duration::from_secs(3)).await?;
+            Ok::<_, lifeboat_store::StoreError>(
+                !s.in_recovery().await? && s.standby_state(&a.to).await? == "streaming",
+            )
+        })
         .unwrap_or(false)
     });
     let rejoined = if streams {

@@ -94,13 +94,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         for m in &s.members {
             let p = &m.probe;
             let state = match (&p.failure, p.role) {
-                (Some(f), _) => format!(
-                    "DOWN ({})",
-                    serde_json::to_value(f)
-                        .unwrap_or_default()
-                        .to_string()
-                        .trim_matches('"')
-                ),
+                (Some(f), _) => format!("DOWN ({})", f.describe()),
                 (None, Some(Role::Primary)) => "primary".into(),
                 (None, Some(Role::Standby)) if p.streaming == Some(false) => {
                     "standby, NOT streaming".into()

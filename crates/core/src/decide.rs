@@ -38,7 +38,7 @@ pub enum Failure {
 }
 
 impl Failure {
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             Failure::Refused => "connection refused".into(),
             Failure::Timeout => "queries time out".into(),

@@ -18,9 +18,6 @@ pub struct FailoverState {
     pub epoch: u64,
     /// Recorded before the first action of a failover, cleared after its last: (target, epoch).
     pub in_progress: Option<(String, u64)>,
-    /// Members fenced at an epoch: the endpoint refuses them from then on.
-    #[serde(default)]
-    pub fenced: Vec<(String, u64)>,
 }
 
 pub struct StateFile {
@@ -93,7 +90,6 @@ mod tests {
             primary: Some("east".into()),
             epoch: 3,
             in_progress: Some(("west".into(), 4)),
-            fenced: vec![("south".into(), 2)],
         };
         f.store(&s).unwrap();
         assert_eq!(StateFile::new(dir.path(), "db").load().unwrap(), s);

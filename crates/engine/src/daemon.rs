@@ -20,7 +20,7 @@ use crate::failpoint;
 use crate::health::{extra_checks, probe, Probe};
 use crate::healthapi::{MemberHealth, Shared};
 use crate::pg::{Member, PgService};
-use crate::pgops::{pg_ctl, Session};
+use crate::pgops::Session;
 use crate::traffic::{proxy, Route};
 
 /// One member's checks: the PostgreSQL probe and, when it passes, the extra checks.
@@ -830,7 +830,7 @@ fn publish(
                     .last
                     .as_ref()
                     .and_then(|p| p.failure.as_ref())
-                    .map(|f| format!("{f:?}")),
+                    .map(Failure::describe),
             },
         );
     }
@@ -931,11 +931,6 @@ pub(crate) async fn failover(
     // 1. Intent first: a restart resumes this exact failover.
     st.in_progress = Some((to.to_string(), epoch));
     st.epoch = st.epoch.max(epoch);
-    if let Some(f) = &from {
-        if !st.fenced.iter().any(|(s, e)| s == f && *e == epoch) {
-            st.fenced.push((f.clone(), epoch));
-        }
-    }
     state.store(st)?;
     failpoint::hit("failover-after-intent");
     // 2. Cut traffic: no connection goes anywhere until the new primary takes writes.
@@ -950,7 +945,15 @@ pub(crate) async fn failover(
             .and_then(|c| c.last.as_ref())
             .is_some_and(|p| p.answered)
         {
-            let _ = fence(w, f).await;
+            // The endpoint no longer routes to it whatever happens here; a stop that fails is
+            // said, not hidden (it may still take writes from clients that bypass Lifeboat).
+            if let Err(e) = fence(w, f).await {
+                log(
+                    "fence_failed",
+                    &w.service,
+                    serde_json::json!({"site": f, "error": e.to_string(), "hint": e.hint}),
+                );
+            }
         }
     }
     // 4. Promote (a no-op if it already is the primary: a resumed failover).
@@ -997,8 +1000,7 @@ async fn fence(w: &Watched, site: &str) -> Result<(), StoreError> {
             format!("{site} has no data_dir on this host: it is refused by the endpoint only"),
         ));
     }
-    pg_ctl(&w.bin_dir, m, &["stop", "-m", "fast", "-w", "-t", "10"]).await?;
-    Ok(())
+    crate::pgops::stop_fast(&w.bin_dir, m, 10).await
 }
 
 fn record(ctx: &Context, service: &str, d: &Decision, outcome: &str, started: Instant) {

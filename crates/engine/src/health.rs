@@ -72,7 +72,8 @@ fn lsn(s: Option<String>) -> Option<u64> {
 
 const QUERY: &str = "SELECT pg_is_in_recovery(), \
     (SELECT system_identifier::text FROM pg_control_system()), \
-    (SELECT timeline_id FROM pg_control_checkpoint()), \
+    CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()::text \
          ELSE pg_current_wal_lsn()::text END, \
     pg_last_wal_replay_lsn()::text, \

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use lifeboat_core::decide::{eligibility, Action, Decision, Role};
+use lifeboat_core::decide::{eligibility, Action, Decision, Failure, Role};
 use lifeboat_store::{Kind, StoreError};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -138,7 +138,7 @@ pub fn plan_failover(
                 pc.last
                     .as_ref()
                     .and_then(|p| p.failure.as_ref())
-                    .map(|f| format!("{f:?}"))
+                    .map(Failure::describe)
                     .unwrap_or_else(|| "no answer".into())
             ),
         });

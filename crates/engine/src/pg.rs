@@ -206,8 +206,10 @@ impl Member {
     }
 
     /// Environment for libpq programs (`PGPASSWORD` never appears on a command line).
-    /// A libpq connection string to this member (for a standby's `primary_conninfo`), with
-    /// the given application_name; includes the password when the plan has one.
+    /// A libpq connection string to this member for a standby's `primary_conninfo`, with the
+    /// given application_name. It includes the password when the plan has one (as
+    /// `pg_basebackup -R` writes it): only for `postgresql.auto.conf` (mode 600, in the data
+    /// directory); programs get credentials through [`Member::libpq_env`], never arguments.
     pub fn conninfo(&self, application_name: &str) -> String {
         fn q(v: &str) -> String {
             format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))

@@ -2,6 +2,7 @@
 //! with errors that name the member, promotion that does not sit out PostgreSQL's retry sleep,
 //! a write check, and stopping or starting a member whose data directory is on this host.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lifeboat_store::{Kind, StoreError};
@@ -75,6 +76,16 @@ impl Session {
             .await
             .map_err(|e| self.err(sql, e))?;
         Ok(row.get(0))
+    }
+
+    /// On a primary: the replication state (`streaming`, `catchup`, …) of the standby that
+    /// connects with application_name `site`, empty when it is not connected.
+    pub async fn standby_state(&self, site: &str) -> Result<String, StoreError> {
+        self.text(&format!(
+            "SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = '{}'",
+            site.replace('\'', "''")
+        ))
+        .await
     }
 
     pub async fn in_recovery(&self) -> Result<bool, StoreError> {
@@ -153,31 +164,186 @@ impl Session {
     }
 }
 
-/// Run `pg_ctl` on a member's local data directory, as the directory's owner.
-pub async fn pg_ctl(
-    bin_dir: &std::path::Path,
-    m: &Member,
-    args: &[&str],
+/// Run a PostgreSQL tool as the owner of `data` (the data directory it works on), with
+/// stdin closed and messages in English (callers parse them).
+pub fn run_as_owner(
+    cmd: &mut std::process::Command,
+    data: &Path,
 ) -> Result<std::process::Output, StoreError> {
-    let Some(data) = m.data_dir.clone() else {
-        return Err(StoreError::new(
+    crate::pg::as_owner_of(cmd, data);
+    cmd.stdin(std::process::Stdio::null())
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| {
+            StoreError::new(
+                Kind::Source,
+                format!("{}: {e}", cmd.get_program().to_string_lossy()),
+            )
+        })
+}
+
+/// A member's data directory on this host.
+pub fn data_dir(m: &Member) -> Result<PathBuf, StoreError> {
+    m.data_dir.clone().ok_or_else(|| {
+        StoreError::new(
             Kind::Input,
             format!("{} has no data_dir on this host", m.site),
         )
-        .hint("add the member's data_dir to the plan, or run this on the member's host"));
-    };
-    let pg_ctl = bin_dir.join("pg_ctl");
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut c = std::process::Command::new(pg_ctl);
-        c.arg("-D")
-            .arg(&data)
-            .args(&args)
-            .stdin(std::process::Stdio::null());
-        crate::pg::as_owner_of(&mut c, &data);
-        c.output()
+        .hint("add the member's data_dir to the plan, or run this on the member's host")
     })
-    .await
-    .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))?
-    .map_err(|e| StoreError::new(Kind::Source, format!("pg_ctl: {e}")))
+}
+
+/// Run `pg_ctl` on a member's local data directory, as the directory's owner.
+pub async fn pg_ctl(
+    bin_dir: &Path,
+    m: &Member,
+    args: &[&str],
+) -> Result<std::process::Output, StoreError> {
+    let data = data_dir(m)?;
+    let mut c = std::process::Command::new(bin_dir.join("pg_ctl"));
+    c.arg("-D").arg(&data).args(args);
+    tokio::task::spawn_blocking(move || run_as_owner(&mut c, &data))
+        .await
+        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))?
+}
+
+fn alive(pid: u32) -> bool {
+    // The state follows the command name in parentheses; a zombie is not running.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The live processes working in a member's data directory on this host (PostgreSQL's
+/// processes run in it). After a `kill -9` of the postmaster its children linger until they
+/// notice, and the dead postmaster's pid file (and, unreaped, its zombie) fool `pg_ctl status`.
+pub fn processes(m: &Member) -> Vec<u32> {
+    let Some(data) = m
+        .data_dir
+        .as_ref()
+        .and_then(|d| std::fs::canonicalize(d).ok())
+    else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data)
+                && alive(*pid)
+        })
+        .collect()
+}
+
+/// Whether any process of the member's cluster runs on this host.
+pub fn running(m: &Member) -> bool {
+    !processes(m).is_empty()
+}
+
+/// Stop a member on this host (`pg_ctl stop -m fast`, waiting up to `secs`) and wait until
+/// none of its processes is left. A member that does not run counts as stopped; anything that
+/// keeps it running is an error.
+pub async fn stop_fast(bin_dir: &Path, m: &Member, secs: u32) -> Result<(), StoreError> {
+    let deadline = Instant::now() + Duration::from_secs(secs.into());
+    let postmaster = m
+        .data_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("postmaster.pid")).ok())
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+    let mut why = String::new();
+    if postmaster.is_some_and(alive) {
+        let out = pg_ctl(
+            bin_dir,
+            m,
+            &["stop", "-m", "fast", "-w", "-t", &secs.to_string()],
+        )
+        .await?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && !text.contains("Is server running?") {
+            why = text.trim().to_string();
+        }
+    }
+    // Without a postmaster its children exit on their own, within moments.
+    while running(m) {
+        if Instant::now() > deadline {
+            if why.is_empty() {
+                why = format!(
+                    "processes {:?} still run in its data directory",
+                    processes(m)
+                );
+            }
+            return Err(StoreError::new(
+                Kind::Source,
+                format!("stopping {} failed: {why}", m.site),
+            )
+            .hint(format!(
+                "it may still take writes: stop it by hand (pg_ctl stop -m immediate -D {})",
+                m.data_dir
+                    .as_deref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A killed postmaster's pid file names a process that is gone, or an unreaped zombie that
+    // PostgreSQL's own check (kill 0) takes for a live server: nothing of the cluster runs any
+    // more, so the file is stale and would only stop the next start (or pg_rewind's recovery).
+    if let (Some(pid), Some(data)) = (postmaster, &m.data_dir) {
+        if !alive(pid) {
+            let _ = std::fs::remove_file(data.join("postmaster.pid"));
+        }
+    }
+    Ok(())
+}
+
+/// What a stopped member's control file says (`pg_controldata`).
+pub struct ControlData {
+    /// Latest checkpoint location (a clean shutdown's is the last WAL it wrote).
+    pub checkpoint: u64,
+    /// Timeline of that checkpoint.
+    pub timeline: u32,
+    /// Shut down cleanly (not crashed, not in recovery).
+    pub clean: bool,
+}
+
+pub async fn control_data(bin_dir: &Path, m: &Member) -> Result<ControlData, StoreError> {
+    let data = data_dir(m)?;
+    let mut c = std::process::Command::new(bin_dir.join("pg_controldata"));
+    c.arg("-D").arg(&data);
+    let out = tokio::task::spawn_blocking(move || run_as_owner(&mut c, &data))
+        .await
+        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let checkpoint = field("Latest checkpoint location:")
+        .and_then(|v| v.parse::<lifeboat_core::wal::Lsn>().ok())
+        .ok_or_else(|| {
+            StoreError::new(
+                Kind::Source,
+                format!(
+                    "pg_controldata on {} gave no checkpoint location: {}",
+                    m.site,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            )
+        })?
+        .0;
+    Ok(ControlData {
+        checkpoint,
+        timeline: field("Latest checkpoint's TimeLineID:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        clean: field("Database cluster state:").as_deref() == Some("shut down"),
+    })
 }

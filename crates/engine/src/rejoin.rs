@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::daemon::Watched;
 use crate::pg::Member;
-use crate::pgops::{pg_ctl, Session};
+use crate::pgops::Session;
 
 /// What the old primary wrote that the new timeline does not have.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -56,33 +56,6 @@ pub struct Report {
     pub ms: u64,
 }
 
-fn run(
-    cmd: &mut std::process::Command,
-    owner_of: &Path,
-) -> Result<std::process::Output, StoreError> {
-    crate::pg::as_owner_of(cmd, owner_of);
-    cmd.stdin(std::process::Stdio::null())
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| StoreError::new(Kind::Source, format!("{:?}: {e}", cmd.get_program())))
-}
-
-fn controldata(bin: &Path, data: &Path) -> Result<String, StoreError> {
-    let out = run(
-        std::process::Command::new(bin.join("pg_controldata"))
-            .arg("-D")
-            .arg(data),
-        data,
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .map(str::trim)
-}
-
 /// Decode the old primary's WAL from the fork point to its end.
 #[allow(clippy::too_many_arguments)]
 fn divergence(
@@ -101,7 +74,7 @@ fn divergence(
         fork_lsn: Lsn(fork).to_string(),
         ..Default::default()
     };
-    let out = run(
+    let out = crate::pgops::run_as_owner(
         std::process::Command::new(bin_dir.join("pg_waldump"))
             .arg("-p")
             .arg(data.join("pg_wal"))
@@ -242,7 +215,7 @@ pub async fn rejoin(
                     // A writable old primary: stop it cleanly first.
                     progress(&format!("{site} still runs as a primary: stopping it"));
                     drop(s);
-                    pg_ctl(&w.bin_dir, &old, &["stop", "-m", "fast", "-w", "-t", "60"]).await?;
+                    crate::pgops::stop_fast(&w.bin_dir, &old, 60).await?;
                     continue;
                 }
                 primary = Some((m.clone(), s));
@@ -254,47 +227,36 @@ pub async fn rejoin(
             Kind::Source,
             format!("{}: no other member answers as primary", w.service),
         )
+        .hint(format!(
+            "a rejoined member follows a running primary: check `lifeboat status {0}`, or fail over first (`lifeboat failover {0}`)",
+            w.service
+        ))
     })?;
-    if site == pm.site {
-        return Err(StoreError::new(
-            Kind::Input,
-            format!("{site} is the primary"),
-        ));
-    }
     // Stopped? (A standby that runs already is stopped too: it is re-pointed.)
-    if pg_ctl(&w.bin_dir, &old, &["status"])
-        .await?
-        .status
-        .success()
-    {
+    if crate::pgops::running(&old) {
         progress(&format!("stopping {site}"));
-        pg_ctl(&w.bin_dir, &old, &["stop", "-m", "fast", "-w", "-t", "60"]).await?;
     }
+    // Also clears what a crashed postmaster left behind (a stale pid file).
+    crate::pgops::stop_fast(&w.bin_dir, &old, 60).await?;
     let mut report = Report {
         service: w.service.clone(),
         member: site.into(),
         primary: pm.site.clone(),
         ..Default::default()
     };
-    // Where the timelines part.
-    let bin = w.bin_dir.clone();
-    let cd = {
-        let (b, d) = (bin.clone(), data.clone());
-        tokio::task::spawn_blocking(move || controldata(&b, &d))
-            .await
-            .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??
-    };
-    let old_tli: u32 = field(&cd, "Latest checkpoint's TimeLineID:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    // The primary's current timeline, from its current WAL file's name (pg_control's
-    // checkpoint timeline lags right after a promotion, until its first checkpoint).
-    let new_tli = u32::from_str_radix(
-        &ps.text("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
-            .await?,
-        16,
-    )
-    .unwrap_or(0);
+    // Where the timelines part: the old member's last checkpoint timeline, the primary's
+    // current one (the probe reads it from the WAL file name: pg_control's lags right after a
+    // promotion, until the first checkpoint).
+    let old_tli = crate::pgops::control_data(&w.bin_dir, &old).await?.timeline;
+    let new_tli = crate::health::probe(&pm, Duration::from_secs(5))
+        .await
+        .timeline
+        .ok_or_else(|| {
+            StoreError::new(
+                Kind::Source,
+                format!("{} did not say which timeline it is on", pm.site),
+            )
+        })?;
     let mut fork: Option<u64> = None;
     if new_tli > old_tli {
         let history = ps
@@ -339,13 +301,15 @@ pub async fn rejoin(
         // promoted primary updates only at its next checkpoint: without one, pg_rewind finds
         // "the same timeline" and does nothing.
         ps.exec("CHECKPOINT").await?;
-        let conninfo = pm.conninfo("lifeboat-rewind");
+        // Host, port, user and password reach libpq through the environment, never the
+        // command line (where `ps` would show the password).
         let mut c = std::process::Command::new(w.bin_dir.join("pg_rewind"));
         c.arg("--target-pgdata")
             .arg(&data)
-            .arg(format!("--source-server={conninfo}"));
+            .arg(format!("--source-server=dbname={}", pm.dbname));
+        pm.libpq_env(&mut c);
         let d3 = data.clone();
-        let out = tokio::task::spawn_blocking(move || run(&mut c, &d3))
+        let out = tokio::task::spawn_blocking(move || crate::pgops::run_as_owner(&mut c, &d3))
             .await
             .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
         let said = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -410,10 +374,10 @@ async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<
     let mut c = std::process::Command::new(w.bin_dir.join("pg_basebackup"));
     c.arg("-D")
         .arg(data)
-        .args(["-X", "stream", "--checkpoint=fast", "-d"])
-        .arg(pm.conninfo(&old.site));
+        .args(["-X", "stream", "--checkpoint=fast"]);
+    pm.libpq_env(&mut c);
     let d = data.to_path_buf();
-    let out = tokio::task::spawn_blocking(move || run(&mut c, &d))
+    let out = tokio::task::spawn_blocking(move || crate::pgops::run_as_owner(&mut c, &d))
         .await
         .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
     if !out.status.success() {

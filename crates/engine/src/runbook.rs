@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::Context;
 use crate::coord::StateFile;
 use crate::daemon::Watched;
-use crate::pgops::{pg_ctl, Session};
+use crate::pgops::Session;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepResult {
@@ -406,15 +406,10 @@ async fn attempt_step(
         "fence" => {
             let w = watched(ctx, st)?;
             let m = site(&w, st)?;
-            let out = pg_ctl(&w.bin_dir, &m, &["stop", "-m", "fast", "-w", "-t", "60"])
+            crate::pgops::stop_fast(&w.bin_dir, &m, 60)
                 .await
                 .map_err(e)?;
-            let text = String::from_utf8_lossy(&out.stderr);
-            if out.status.success() || text.contains("Is server running?") {
-                Ok(format!("{} stopped", m.site))
-            } else {
-                Err(format!("pg_ctl stop {}: {}", m.site, text.trim()))
-            }
+            Ok(format!("{} stopped", m.site))
         }
         "promote" => {
             let w = watched(ctx, st)?;

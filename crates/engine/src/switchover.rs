@@ -75,49 +75,12 @@ fn member<'a>(w: &'a Watched, site: &str) -> Result<&'a Member, StoreError> {
     })
 }
 
-/// The last checkpoint of a stopped cluster and whether it was shut down cleanly.
-async fn control_data(w: &Watched, m: &Member) -> Result<(u64, bool), StoreError> {
-    let data = m
-        .data_dir
-        .clone()
-        .ok_or_else(|| StoreError::new(Kind::Input, format!("{} has no data_dir", m.site)))?;
-    let bin = w.bin_dir.join("pg_controldata");
-    let out = tokio::task::spawn_blocking(move || {
-        let mut c = std::process::Command::new(bin);
-        c.arg("-D").arg(&data).env("LC_ALL", "C");
-        crate::pg::as_owner_of(&mut c, &data);
-        c.output()
-    })
-    .await
-    .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))?
-    .map_err(|e| StoreError::new(Kind::Source, format!("pg_controldata: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-    };
-    let lsn = field("Latest checkpoint location:")
-        .and_then(|v| v.parse::<Lsn>().ok())
-        .ok_or_else(|| {
-            StoreError::new(
-                Kind::Source,
-                format!("pg_controldata on {} gave no checkpoint location", m.site),
-            )
-        })?;
-    let clean = field("Database cluster state:").as_deref() == Some("shut down");
-    Ok((lsn.0, clean))
-}
-
 /// `pg_ctl start` a member, its early output in `<data_dir>/log/lifeboat-start.log`.
 async fn start_logged(
     w: &Watched,
     m: &Member,
 ) -> Result<(std::process::Output, std::path::PathBuf), StoreError> {
-    let data = m
-        .data_dir
-        .clone()
-        .ok_or_else(|| StoreError::new(Kind::Input, format!("{} has no data_dir", m.site)))?;
+    let data = crate::pgops::data_dir(m)?;
     let log = data.join("log");
     let _ = std::fs::create_dir_all(&log);
     if let Ok(md) = std::fs::metadata(&data) {
@@ -134,11 +97,6 @@ async fn start_logged(
     Ok((out, logfile))
 }
 
-/// Start the old primary again after an aborted switchover.
-async fn start_again(w: &Watched, m: &Member) -> Result<std::process::Output, StoreError> {
-    start_logged(w, m).await.map(|(o, _)| o)
-}
-
 /// Make a stopped old primary a standby of `primary` (standby.signal, primary_conninfo with
 /// application_name = its site) and start it.
 pub async fn start_as_standby(
@@ -146,10 +104,7 @@ pub async fn start_as_standby(
     old: &Member,
     primary: &Member,
 ) -> Result<(), StoreError> {
-    let data = old
-        .data_dir
-        .clone()
-        .ok_or_else(|| StoreError::new(Kind::Input, format!("{} has no data_dir", old.site)))?;
+    let data = crate::pgops::data_dir(old)?;
     let conninfo = primary.conninfo(&old.site);
     let owner = std::fs::metadata(&data).ok();
     let write = |name: &str, text: &str, append: bool| -> std::io::Result<()> {
@@ -289,12 +244,7 @@ pub async fn switchover(
             format!("{to} belongs to another cluster (system identifier differs from {from}'s)"),
         ));
     }
-    let streaming = p
-        .text(&format!(
-            "SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = '{}'",
-            to.replace('\'', "''")
-        ))
-        .await?;
+    let streaming = p.standby_state(to).await?;
     if streaming != "streaming" {
         return Err(StoreError::new(
             Kind::Source,
@@ -303,7 +253,6 @@ pub async fn switchover(
         )
         .hint(format!("standbys must connect with application_name = their site ({to})")));
     }
-    let ssn = p.text("SHOW synchronous_standby_names").await?;
     drop(p);
     clock.done(
         "pre-checks",
@@ -322,19 +271,13 @@ pub async fn switchover(
             target: None,
         });
     }
-    let out = pg_ctl(&w.bin_dir, old, &["stop", "-m", "fast", "-w", "-t", "60"]).await?;
-    if !out.status.success() {
+    if let Err(e) = crate::pgops::stop_fast(&w.bin_dir, old, 60).await {
         st.in_progress = None;
         state.store(&st)?;
-        return Err(StoreError::new(
-            Kind::Source,
-            format!(
-                "stopping {from} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
+        return Err(e);
     }
-    let (final_lsn, clean) = control_data(w, old).await?;
+    let cd = crate::pgops::control_data(&w.bin_dir, old).await?;
+    let (final_lsn, clean) = (cd.checkpoint, cd.clean);
     clock.report.final_lsn = Some(Lsn(final_lsn).to_string());
     clock.done(
         "stop-writes",
@@ -366,7 +309,7 @@ pub async fn switchover(
                 Lsn(replayed),
                 Lsn(final_lsn)
             );
-            let restart = start_again(w, old).await;
+            let restart = start_logged(w, old).await.map(|(o, _)| o);
             let back = match restart {
                 Ok(o) if o.status.success() => "writes are back on the old primary",
                 _ => "the old primary did NOT start again: start it by hand",
@@ -418,11 +361,7 @@ pub async fn switchover(
         if following {
             format!(
                 "{from} streams from {to} as a standby{}",
-                if ssn.trim().is_empty() {
-                    ""
-                } else {
-                    " (synchronous)"
-                }
+                if w.is_sync() { " (synchronous)" } else { "" }
             )
         } else {
             format!("{from} started as a standby but does not stream from {to} yet: see its log")
@@ -440,13 +379,9 @@ pub async fn await_streaming(
     timeout: Duration,
 ) -> Result<bool, StoreError> {
     let s = Session::connect(primary, Duration::from_secs(5)).await?;
-    let q = format!(
-        "SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = '{}'",
-        site.replace('\'', "''")
-    );
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if s.text(&q).await? == "streaming" {
+        if s.standby_state(site).await? == "streaming" {
             if w.is_sync() {
                 s.set("synchronous_standby_names", &format!("\"{site}\""))
                     .await?;
