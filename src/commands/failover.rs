@@ -123,11 +123,20 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         let id = req.id;
         let answer = control.wait(&a.service, &id, Duration::from_secs(180))?;
         if let Some(e) = answer["error"].as_str() {
-            return Err(StoreError::new(
-                Kind::Source,
-                format!("the daemon refused or failed: {e}"),
-            )
-            .into());
+            let mut err =
+                StoreError::new(Kind::Source, format!("the daemon refused or failed: {e}"));
+            err = err.hint(
+                answer["hint"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        format!(
+                            "`lifeboat status {}` shows what the daemon sees now",
+                            a.service
+                        )
+                    }),
+            );
+            return Err(err.into());
         }
         let mut p = plan.clone();
         if let Some(r) = answer["plan"]["decision"]["reason"].as_str() {

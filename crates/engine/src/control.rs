@@ -170,7 +170,8 @@ impl Control {
                 return Err(StoreError::new(
                     Kind::Source,
                     "the daemon stopped before answering",
-                ));
+                )
+                .hint("see its log and the evidence log (`lifeboat audit list`) for how far it got; run the command again"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
