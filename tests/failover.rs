@@ -70,6 +70,20 @@ impl Pair {
         Pair { pg, sport, front }
     }
 
+    /// After a manual failover of a pair holding one row: b is the primary with that row, and
+    /// the one failover recorded (returned).
+    fn b_took_over_with_one_row(&self) -> serde_json::Value {
+        assert_eq!(self.in_recovery(self.sport), Some(false));
+        assert_eq!(
+            self.pg
+                .sql_on(self.sport, "postgres", "SELECT count(*) FROM w"),
+            "1"
+        );
+        let f = self.failovers();
+        assert_eq!(f.len(), 1);
+        f[0].clone()
+    }
+
     fn start(&self, failpoints: &str) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -1039,15 +1053,55 @@ fn manual_failover_prechecks_confirmation_and_run() {
         "{}",
         r.stdout
     );
-    assert_eq!(pair.in_recovery(pair.sport), Some(false));
-    assert_eq!(
-        pg.sql_on(pair.sport, "postgres", "SELECT count(*) FROM w"),
-        "1"
-    );
-    let f = pair.failovers();
-    assert_eq!(f.len(), 1);
-    assert_eq!(f[0]["figures"]["manual"], true);
+    let f = pair.b_took_over_with_one_row();
+    assert_eq!(f["figures"]["manual"], true);
     assert_eq!(pair.state()["primary"], "b");
+}
+
+/// A sync tier with no daemon history: nobody can prove b was synchronous when a died, so the
+/// manual failover is refused until the operator accepts the possible loss, which the
+/// pre-checks, the evidence log and the notifications (sent by the command itself) all say.
+#[test]
+fn manual_failover_in_a_sync_tier_without_history_needs_accepted_loss() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    let (hook, received) = webhook_receiver();
+    let mut plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    plan += &format!("notifications:\n  - {{ webhook: \"http://127.0.0.1:{hook}/hook\" }}\n");
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
+    pg.sql_on(pg.port, "postgres", "INSERT INTO w VALUES (1)");
+    unsafe { libc::kill(pg.postmaster_pid("pgdata"), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    let r = pg.run(&["failover", "db", "--yes"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stdout.contains("[FAIL] b was not a synchronous standby"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(pair.in_recovery(pair.sport), Some(true), "nothing was done");
+    let r = pg.run(&["failover", "db", "--yes", "--accept-data-loss"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("ACCEPTED (--accept-data-loss)"),
+        "{}",
+        r.stdout
+    );
+    let f = pair.b_took_over_with_one_row();
+    assert_eq!(f["figures"]["accept_data_loss"], true);
+    // The command waited for its notifications before exiting.
+    let got = received.lock().unwrap().join("\n");
+    assert!(got.contains("manual failover to b by"), "{got}");
+    assert!(got.contains(": starting"), "{got}");
+    assert!(got.contains("done, b takes writes"), "{got}");
+    assert!(got.contains("\"severity\":\"P1\""), "{got}");
+    let notes: Vec<_> = pg
+        .events()
+        .into_iter()
+        .filter(|e| e["command"] == "notify")
+        .collect();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes.iter().all(|e| e["outcome"] == "ok"));
 }
 
 /// A forced manual failover through the running daemon: it stops the healthy primary and
@@ -1128,6 +1182,12 @@ fn diverged_pair(wal_log_hints: bool) -> Pair {
 fn rejoin_with_rewind_reports_the_discarded_transactions_then_failback() {
     let pair = diverged_pair(true);
     let pg = &pair.pg;
+    let (hook, received) = webhook_receiver();
+    let mut plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    plan += &format!(
+        "notifications:\n  - {{ webhook: \"http://127.0.0.1:{hook}/slack\", format: slack }}\n"
+    );
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
     let r = pg.run(&["rejoin", "db", "a"]);
     assert_eq!(
         r.code,
@@ -1184,6 +1244,18 @@ fn rejoin_with_rewind_reports_the_discarded_transactions_then_failback() {
     assert_eq!(
         pg.sql_on(pg.port, "postgres", "SELECT count(*) FROM w"),
         "11"
+    );
+    // Both were told, by the commands themselves (no daemon runs): the discarded transactions
+    // as a P2, the switchover back as a P3.
+    let got = received.lock().unwrap().join("\n");
+    assert!(
+        got.contains("[P2] ")
+            && got.contains("5 committed transaction(s) of its old timeline discarded"),
+        "{got}"
+    );
+    assert!(
+        got.contains("[P3] ") && got.contains("switchover b → a by"),
+        "{got}"
     );
 }
 

@@ -8,10 +8,11 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use lifeboat_core::decide::Action;
+use lifeboat_core::plan::Severity;
 use lifeboat_engine::control::{Control, Request};
 use lifeboat_engine::coord::StateFile;
 use lifeboat_engine::daemon::{Counts, Watched};
-use lifeboat_engine::manual::{plan_failover, run_failover, FailoverPlan, Level};
+use lifeboat_engine::manual::{plan_failover, run_failover, FailoverPlan, Level, Overrides};
 use lifeboat_store::{Kind, StoreError};
 
 #[derive(clap::Args)]
@@ -27,6 +28,12 @@ pub struct Args {
     /// Fail over even though the primary is healthy (its clients are cut off; it is stopped).
     #[arg(long)]
     force: bool,
+    /// Promote a standby that may lack acknowledged writes: not known to have been synchronous
+    /// (sync tier), behind `max_lag_on_failover`, not streaming, or of unknown position. For
+    /// when the primary is gone for good and waiting costs more than the loss; the pre-checks
+    /// say what may be lost, and the evidence log records that it was accepted.
+    #[arg(long)]
+    accept_data_loss: bool,
     /// Do not ask for the typed confirmation (automation).
     #[arg(long)]
     yes: bool,
@@ -68,7 +75,18 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         counts.entry(site).or_default().observe(p);
     }
     let state = StateFile::new(&ctx.state_dir, &a.service);
-    let plan = plan_failover(&ctx, &w, &counts, &state.load()?, a.to.as_deref(), a.force);
+    let overrides = Overrides {
+        force: a.force,
+        accept_loss: a.accept_data_loss,
+    };
+    let plan = plan_failover(
+        &ctx,
+        &w,
+        &counts,
+        &state.load()?,
+        a.to.as_deref(),
+        overrides,
+    );
     let go = matches!(plan.decision.action, Action::Failover { .. });
     if a.dry_run {
         if cli.json {
@@ -117,6 +135,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     let done: FailoverPlan = if control.daemon_running() {
         let req = Request {
             force: a.force,
+            accept_loss: a.accept_data_loss,
             ..Request::new("failover", Some(to.clone()), &ctx.actor)
         };
         control.submit(&a.service, &req)?;
@@ -148,15 +167,41 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             epoch: 0,
             target: None,
         });
-        rt.block_on(run_failover(
+        let notes = super::Notes::start(&ctx, &rt, &a.service);
+        notes.send(
+            Severity::P1,
+            "failover",
+            format!("manual failover to {to} by {}: starting", ctx.actor),
+            serde_json::to_value(&plan).unwrap_or_default(),
+        );
+        let r = rt.block_on(run_failover(
             &ctx,
             &w,
             &state,
             &route,
             &counts,
             Some(&to),
-            a.force,
-        ))?
+            overrides,
+        ));
+        match &r {
+            Ok(done) => notes.send(
+                Severity::P1,
+                "failover",
+                format!(
+                    "manual failover to {to} by {}: done, {to} takes writes",
+                    ctx.actor
+                ),
+                serde_json::to_value(done).unwrap_or_default(),
+            ),
+            Err(e) => notes.send(
+                Severity::P1,
+                "failover",
+                format!("manual failover to {to} by {} FAILED: {e}", ctx.actor),
+                serde_json::json!({"to": to, "error": e.to_string()}),
+            ),
+        }
+        notes.finish(&rt);
+        r?
     };
     if cli.json {
         crate::output::json(&done);

@@ -24,3 +24,49 @@ use lifeboat_engine::Context;
 pub fn context(cli: &crate::Cli) -> anyhow::Result<Context> {
     Ok(Context::load(&cli.plan)?)
 }
+
+/// Notifications from a command that runs without the daemon (a manual failover, a switchover,
+/// a rejoin): deliveries run in the background on the command's runtime while its work goes on,
+/// and `finish` waits for them a bounded time before the command exits, so a hanging endpoint
+/// delays the exit, never the work. (With a daemon, the daemon notifies.)
+pub struct Notes {
+    notifier: lifeboat_engine::notify::Notifier,
+    worker: Option<tokio::task::JoinHandle<()>>,
+    service: String,
+}
+
+impl Notes {
+    pub fn start(ctx: &Context, rt: &tokio::runtime::Runtime, service: &str) -> Notes {
+        let _in_rt = rt.enter();
+        let (notifier, worker) = lifeboat_engine::notify::Notifier::start(ctx);
+        Notes {
+            notifier,
+            worker,
+            service: service.to_string(),
+        }
+    }
+
+    pub fn send(
+        &self,
+        severity: lifeboat_core::plan::Severity,
+        event: &str,
+        summary: String,
+        details: serde_json::Value,
+    ) {
+        self.notifier.send(lifeboat_engine::notify::Note {
+            severity,
+            event: event.to_string(),
+            service: self.service.clone(),
+            summary,
+            details,
+        });
+    }
+
+    /// Wait for queued deliveries (their retries included) for at most 30 s.
+    pub fn finish(self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(
+            self.notifier
+                .drain(self.worker, std::time::Duration::from_secs(30)),
+        );
+    }
+}

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use lifeboat_engine::coord::StateFile;
-use lifeboat_engine::daemon::{run_switchover, Watched};
+use lifeboat_core::plan::Severity;
+use lifeboat_engine::daemon::Watched;
 use lifeboat_engine::pgops::Session;
 use lifeboat_engine::rejoin::{rejoin, Report};
 
@@ -88,7 +88,29 @@ fn do_rejoin(
             serde_json::json!({"member": site, "error": e.to_string()}),
         ),
     };
-    ctx.record("rejoin", &w.service, outcome, started, figures)?;
+    ctx.record("rejoin", &w.service, outcome, started, figures.clone())?;
+    let notes = super::Notes::start(ctx, rt, &w.service);
+    let (severity, summary) = match &r {
+        // Transactions thrown away are worth a page: someone has to look at them.
+        Ok(rep) => match rep.divergence.as_ref().filter(|d| !d.commits.is_empty()) {
+            Some(d) => (
+                Severity::P2,
+                format!(
+                    "{site} rejoined as a standby of {} ({}); {} committed transaction(s) of its old timeline discarded (divergence report in the evidence log)",
+                    rep.primary,
+                    rep.method,
+                    d.commits.len()
+                ),
+            ),
+            None => (
+                Severity::P3,
+                format!("{site} rejoined as a standby of {} ({})", rep.primary, rep.method),
+            ),
+        },
+        Err(e) => (Severity::P2, format!("rejoin of {site} FAILED: {e}")),
+    };
+    notes.send(severity, "rejoin", summary, figures);
+    notes.finish(rt);
     Ok(r?)
 }
 
@@ -167,21 +189,7 @@ pub fn failback(cli: &crate::Cli, a: &FailbackArgs) -> anyhow::Result<i32> {
     if !cli.json {
         println!("2. switchover to {}:", a.to);
     }
-    let quiet = cli.json;
-    let state = StateFile::new(&ctx.state_dir, &a.service);
-    let sw = rt.block_on(run_switchover(
-        &w,
-        &state,
-        None,
-        &a.to,
-        a.timeout.std(),
-        &ctx,
-        &move |s| {
-            if !quiet {
-                println!("  {:<15} {:>6} ms  {}", s.step, s.ms, s.detail)
-            }
-        },
-    ))?;
+    let sw = super::switchover::perform(cli, &ctx, &w, &rt, &a.to, a.timeout.std())?;
     let ok = sw.aborted.is_none();
     ctx.record(
         "failback",

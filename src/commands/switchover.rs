@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use lifeboat_core::plan::Severity;
 use lifeboat_engine::control::{Control, Request};
 use lifeboat_engine::coord::StateFile;
 use lifeboat_engine::daemon::{run_switchover, Watched};
@@ -22,31 +23,36 @@ pub struct Args {
     timeout: lifeboat_core::units::Duration,
 }
 
-fn print_step(s: &Step) {
+pub fn print_step(s: &Step) {
     println!("  {:<15} {:>6} ms  {}", s.step, s.ms, s.detail);
 }
 
-pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
-    let ctx = super::context(cli)?;
-    let Some(w) = Watched::from_plan(&ctx, &a.service)? else {
-        anyhow::bail!("`{}` is not a postgres service of the plan", a.service);
-    };
-    let timeout = a.timeout.std();
+/// The switchover of `w` to `to`: handed to the running daemon when there is one (it owns the
+/// traffic endpoint and would otherwise see the primary stop and act on it), done here
+/// otherwise, with notifications sent from here.
+pub fn perform(
+    cli: &crate::Cli,
+    ctx: &lifeboat_engine::Context,
+    w: &Watched,
+    rt: &tokio::runtime::Runtime,
+    to: &str,
+    timeout: Duration,
+) -> anyhow::Result<Report> {
     let control = Control::new(&ctx.state_dir);
-    let report: Report = if control.daemon_running() {
+    if control.daemon_running() {
         let req = Request {
             timeout_ms: timeout.as_millis() as u64,
-            ..Request::new("switchover", Some(a.to.clone()), &ctx.actor)
+            ..Request::new("switchover", Some(to.to_string()), &ctx.actor)
         };
-        control.submit(&a.service, &req)?;
+        control.submit(&w.service, &req)?;
         let id = req.id;
         if !cli.json {
             println!(
-                "switchover of {} to {}: handed to the running daemon",
-                a.service, a.to
+                "switchover of {} to {to}: handed to the running daemon",
+                w.service
             );
         }
-        let answer = control.wait(&a.service, &id, timeout * 2 + Duration::from_secs(120))?;
+        let answer = control.wait(&w.service, &id, timeout * 2 + Duration::from_secs(120))?;
         if let Some(e) = answer["error"].as_str() {
             let mut err = lifeboat_store::StoreError::new(lifeboat_store::Kind::Source, e);
             if let Some(h) = answer["hint"].as_str() {
@@ -58,33 +64,69 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         if !cli.json {
             report.steps.iter().for_each(print_step);
         }
-        report
-    } else {
-        if !cli.json {
-            println!(
-                "switchover of {} to {} (no daemon runs: done here)",
-                a.service, a.to
-            );
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let state = StateFile::new(&ctx.state_dir, &a.service);
-        let quiet = cli.json;
-        rt.block_on(run_switchover(
-            &w,
-            &state,
-            None,
-            &a.to,
-            timeout,
-            &ctx,
-            &move |s| {
-                if !quiet {
-                    print_step(s)
-                }
-            },
-        ))?
+        return Ok(report);
+    }
+    if !cli.json {
+        println!(
+            "switchover of {} to {to} (no daemon runs: done here)",
+            w.service
+        );
+    }
+    let notes = super::Notes::start(ctx, rt, &w.service);
+    let state = StateFile::new(&ctx.state_dir, &w.service);
+    let quiet = cli.json;
+    let r = rt.block_on(run_switchover(
+        w,
+        &state,
+        None,
+        to,
+        timeout,
+        ctx,
+        &move |s| {
+            if !quiet {
+                print_step(s)
+            }
+        },
+    ));
+    let (severity, summary) = match &r {
+        Ok(rep) => match &rep.aborted {
+            Some(why) => (
+                Severity::P2,
+                format!("switchover to {to} by {} ABORTED: {why}", ctx.actor),
+            ),
+            None => (
+                Severity::P3,
+                format!(
+                    "switchover {} → {to} by {}: done, writes stopped for {} ms",
+                    rep.from,
+                    ctx.actor,
+                    rep.downtime_ms.unwrap_or(0)
+                ),
+            ),
+        },
+        Err(e) => (
+            Severity::P2,
+            format!("switchover to {to} by {} FAILED: {e}", ctx.actor),
+        ),
     };
+    let details = match &r {
+        Ok(rep) => serde_json::to_value(rep).unwrap_or_default(),
+        Err(e) => serde_json::json!({"to": to, "error": e.to_string()}),
+    };
+    notes.send(severity, "switchover", summary, details);
+    notes.finish(rt);
+    Ok(r?)
+}
+
+pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
+    let ctx = super::context(cli)?;
+    let Some(w) = Watched::from_plan(&ctx, &a.service)? else {
+        anyhow::bail!("`{}` is not a postgres service of the plan", a.service);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = perform(cli, &ctx, &w, &rt, &a.to, a.timeout.std())?;
     if cli.json {
         crate::output::json(&report);
     } else if let Some(why) = &report.aborted {

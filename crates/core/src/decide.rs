@@ -226,6 +226,26 @@ pub fn eligibility(w: &World, site: &str) -> Result<u64, String> {
     ineligible(w, primary, c)
 }
 
+/// Whether `site` could be promoted by an operator who accepts losing acknowledged writes (a
+/// manual failover with `--accept-data-loss`): the rules that protect data — a synchronous
+/// standby in a sync tier, `max_lag_on_failover`, a standby that was streaming, a known position
+/// — are waived; the ones that protect the cluster — healthy, a standby, the same system
+/// identifier, not on an older timeline — are not. `Ok(None)` when its position is unknown.
+pub fn eligibility_accepting_loss(w: &World, site: &str) -> Result<Option<u64>, String> {
+    let mut relaxed = w.clone();
+    relaxed.mode = ReplicationMode::Async;
+    relaxed.max_lag_bytes = None;
+    let mut unknown = false;
+    if let Some(m) = relaxed.members.iter_mut().find(|m| m.site == site) {
+        m.was_streaming = None;
+        unknown = m.received_lsn.max(m.replayed_lsn).is_none();
+    }
+    if unknown {
+        relaxed.primary_last_lsn = None;
+    }
+    eligibility(&relaxed, site).map(|b| (!unknown).then_some(b))
+}
+
 /// The decision for one tick.
 pub fn decide(w: &World) -> Decision {
     // 1. Finish what was started.
@@ -484,6 +504,50 @@ mod tests {
             was_sync: true,
             ..healthy(site, Role::Standby)
         }
+    }
+
+    #[test]
+    fn accepting_loss_waives_the_data_rules_only() {
+        let primary_down = down("east", 3, Failure::Refused);
+        // Not known to be synchronous in a sync tier, and far behind: refused, unless loss is
+        // accepted.
+        let mut west = healthy("west", Role::Standby);
+        west.replayed_lsn = Some(10);
+        west.received_lsn = Some(10);
+        let mut w = world(
+            ReplicationMode::Sync,
+            vec![primary_down.clone(), west.clone()],
+        );
+        w.primary_last_lsn = Some(100 << 20);
+        assert!(eligibility(&w, "west").unwrap_err().contains("synchronous"));
+        assert_eq!(
+            eligibility_accepting_loss(&w, "west"),
+            Ok(Some((100 << 20) - 10))
+        );
+        // A position nobody knows: allowed, and said to be unknown.
+        let mut blind = west.clone();
+        blind.replayed_lsn = None;
+        blind.received_lsn = None;
+        blind.was_streaming = Some(false);
+        let w2 = world(ReplicationMode::Sync, vec![primary_down.clone(), blind]);
+        assert_eq!(eligibility_accepting_loss(&w2, "west"), Ok(None));
+        // Never: another cluster, an unhealthy member, a primary.
+        let stranger = MemberView {
+            system_id: Some("8111".into()),
+            ..west.clone()
+        };
+        let w3 = world(
+            ReplicationMode::Sync,
+            vec![healthy("east", Role::Primary), stranger],
+        );
+        assert!(eligibility_accepting_loss(&w3, "west")
+            .unwrap_err()
+            .contains("another cluster"));
+        let sick = down("west", 3, Failure::Timeout);
+        let w4 = world(ReplicationMode::Async, vec![primary_down, sick]);
+        assert!(eligibility_accepting_loss(&w4, "west")
+            .unwrap_err()
+            .contains("not healthy"));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct Request {
     /// Failover: even though the primary is healthy.
     #[serde(default)]
     pub force: bool,
+    /// Failover: the operator accepts losing acknowledged writes (`--accept-data-loss`).
+    #[serde(default)]
+    pub accept_loss: bool,
     /// Switchover: how long the target may take to catch up.
     pub timeout_ms: u64,
     pub actor: String,
@@ -39,6 +42,7 @@ impl Request {
             op: op.into(),
             to,
             force: false,
+            accept_loss: false,
             timeout_ms: 0,
             actor: actor.into(),
         }

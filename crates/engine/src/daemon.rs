@@ -724,7 +724,10 @@ async fn handle(
                 route_tx,
                 counts,
                 req.to.as_deref(),
-                req.force,
+                crate::manual::Overrides {
+                    force: req.force,
+                    accept_loss: req.accept_loss,
+                },
             )
             .await
             {

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use lifeboat_core::decide::{eligibility, Action, Decision, Failure, Role};
+use lifeboat_core::decide::{
+    eligibility, eligibility_accepting_loss, Action, Decision, Failure, Role,
+};
 use lifeboat_store::{Kind, StoreError};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -27,6 +29,18 @@ pub enum Level {
 pub struct Check {
     pub level: Level,
     pub what: String,
+}
+
+/// What an operator may override in a manual failover.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Overrides {
+    /// Fail over although the primary is healthy (`--force`).
+    pub force: bool,
+    /// Promote a standby that is not proven to have every acknowledged write — not known to be
+    /// synchronous in a sync tier, behind `max_lag_on_failover`, not streaming, or of unknown
+    /// position (`--accept-data-loss`). Never one of another cluster, unhealthy, or on an older
+    /// timeline.
+    pub accept_loss: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,8 +66,9 @@ pub fn plan_failover(
     counts: &BTreeMap<String, Counts>,
     st: &FailoverState,
     to: Option<&str>,
-    force: bool,
+    o: Overrides,
 ) -> FailoverPlan {
+    let force = o.force;
     let mut checks = Vec::new();
     let mut st = st.clone();
     if st.primary.is_none() {
@@ -144,12 +159,35 @@ pub fn plan_failover(
         });
     }
     // The target: the one named, or the best eligible standby.
-    let candidates: Vec<(String, Result<u64, String>)> = w
+    let mut candidates: Vec<(String, Result<u64, String>)> = Vec::new();
+    let mut accepted: Vec<String> = Vec::new();
+    for m in w
         .members
         .iter()
         .filter(|m| m.site != from && to.is_none_or(|t| t == m.site))
-        .map(|m| (m.site.clone(), eligibility(&world, &m.site)))
-        .collect();
+    {
+        let r = match eligibility(&world, &m.site) {
+            Err(why) if o.accept_loss => match eligibility_accepting_loss(&world, &m.site) {
+                Ok(behind) => {
+                    checks.push(Check {
+                        level: Level::Warn,
+                        what: format!(
+                            "{why} — ACCEPTED (--accept-data-loss): {}",
+                            match behind {
+                                Some(b) => format!("up to {b} bytes of WAL may be lost"),
+                                None => "how much may be lost is unknown".to_string(),
+                            }
+                        ),
+                    });
+                    accepted.push(m.site.clone());
+                    Ok(behind.unwrap_or(0))
+                }
+                Err(hard) => Err(hard),
+            },
+            r => r,
+        };
+        candidates.push((m.site.clone(), r));
+    }
     if let Some(t) = to {
         if candidates.is_empty() {
             checks.push(Check {
@@ -165,9 +203,11 @@ pub fn plan_failover(
     let best = candidates
         .iter()
         .filter_map(|(s, r)| r.as_ref().ok().map(|b| (s.clone(), *b)))
-        .min_by_key(|(_, b)| *b);
+        // A standby that needs no waiver first, then the one least behind.
+        .min_by_key(|(s, b)| (accepted.contains(s), *b));
     for (s, r) in &candidates {
         match r {
+            Ok(_) if accepted.contains(s) => {}
             Ok(b) => checks.push(Check {
                 level: Level::Ok,
                 what: format!("{s}: healthy standby of the same cluster, {b} bytes behind the primary's last known position"),
@@ -271,10 +311,10 @@ pub async fn run_failover(
     route: &watch::Sender<Route>,
     counts: &BTreeMap<String, Counts>,
     to: Option<&str>,
-    force: bool,
+    o: Overrides,
 ) -> Result<FailoverPlan, StoreError> {
     let mut st = state.load()?;
-    let plan = plan_failover(ctx, w, counts, &st, to, force);
+    let plan = plan_failover(ctx, w, counts, &st, to, o);
     let Action::Failover { from, to, epoch } = plan.decision.action.clone() else {
         return Err(StoreError::new(Kind::Input, plan.decision.reason.clone()));
     };
@@ -282,7 +322,8 @@ pub async fn run_failover(
     let r = crate::daemon::failover(w, state, route, &mut st, from, &to, epoch, counts).await;
     let mut figures = serde_json::to_value(&plan.decision).unwrap_or_default();
     figures["manual"] = serde_json::json!(true);
-    figures["force"] = serde_json::json!(force);
+    figures["force"] = serde_json::json!(o.force);
+    figures["accept_data_loss"] = serde_json::json!(o.accept_loss);
     if let Err(e) = &r {
         figures["error"] = serde_json::json!(e.to_string());
     }
