@@ -163,6 +163,7 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                     }
                 }),
                 after_failover: false,
+                done: Vec::new(),
                 env: Vec::new(),
             };
             if !quiet {

@@ -519,22 +519,23 @@ async fn monitor(
                     &w.service,
                     serde_json::json!({"from": from, "to": to, "epoch": epoch, "outcome": outcome,
                         "error": r.as_ref().err().map(|e| e.to_string()),
-                        "ms": started.elapsed().as_millis() as u64, "reason": d.reason}),
+                        "ms": started.elapsed().as_millis() as u64, "reason": d.reason,
+                        "steps": r.as_ref().ok()}),
                 );
-                record(&ctx, &w.service, &d, outcome, started);
+                record(&ctx, &w.service, &d, outcome, started, r.as_ref().ok());
                 notifier.send(note(
                     Severity::P1,
                     "failover",
                     &w.service,
                     &match &r {
-                        Ok(()) => format!("failed over to {to} (epoch {epoch}): {}", d.reason),
+                        Ok(_) => format!("failed over to {to} (epoch {epoch}): {}", d.reason),
                         Err(e) => format!("failover to {to} FAILED: {e}"),
                     },
                     &d,
                 ));
                 backoff.outcome(&key, r.is_ok());
-                if r.is_ok() {
-                    after_failover_runbooks(&ctx, &w.service, from.as_deref(), &to, epoch);
+                if let Ok(done) = r {
+                    after_failover_runbooks(&ctx, &w.service, from.as_deref(), &to, epoch, done);
                     // The new primary's state is known now; check again at once.
                     counts.clear();
                     next = tokio::time::Instant::now();
@@ -555,6 +556,7 @@ async fn monitor(
                     &d,
                     if r.is_ok() { "ok" } else { "failed" },
                     started,
+                    None,
                 );
                 notifier.send(note(Severity::P2, "fence", &w.service, &d.reason, &d));
                 backoff.outcome(&key, r.is_ok());
@@ -635,12 +637,19 @@ fn note(
 
 /// Run the service's `failover` runbooks in the background (their hooks and notifications;
 /// the built-in failover steps are what just happened).
-fn after_failover_runbooks(ctx: &Context, service: &str, from: Option<&str>, to: &str, epoch: u64) {
+fn after_failover_runbooks(
+    ctx: &Context,
+    service: &str,
+    from: Option<&str>,
+    to: &str,
+    epoch: u64,
+    done: Vec<crate::runbook::BuiltinStep>,
+) {
     for (name, rb) in &ctx.plan.runbooks {
         if rb.kind.as_deref() != Some("failover") || rb.service.as_deref() != Some(service) {
             continue;
         }
-        let (ctx, name, svc) = (ctx.clone(), name.clone(), service.to_string());
+        let (ctx, name, svc, done) = (ctx.clone(), name.clone(), service.to_string(), done.clone());
         let env = vec![
             (
                 "LIFEBOAT_FROM".to_string(),
@@ -662,6 +671,7 @@ fn after_failover_runbooks(ctx: &Context, service: &str, from: Option<&str>, to:
                     )
                 }),
                 after_failover: true,
+                done,
                 env,
             };
             if let Err(e) = crate::runbook::run(&ctx, &name, opts).await {
@@ -930,7 +940,17 @@ pub(crate) async fn failover(
     to: &str,
     epoch: u64,
     counts: &BTreeMap<String, Counts>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<crate::runbook::BuiltinStep>, StoreError> {
+    let mut steps = Vec::new();
+    let mut t = Instant::now();
+    let mut step = |action: &str, detail: String, t: &mut Instant| {
+        steps.push(crate::runbook::BuiltinStep {
+            action: action.into(),
+            ms: t.elapsed().as_millis() as u64,
+            detail,
+        });
+        *t = Instant::now();
+    };
     // 1. Intent first: a restart resumes this exact failover.
     st.in_progress = Some((to.to_string(), epoch));
     st.epoch = st.epoch.max(epoch);
@@ -950,13 +970,27 @@ pub(crate) async fn failover(
         {
             // The endpoint no longer routes to it whatever happens here; a stop that fails is
             // said, not hidden (it may still take writes from clients that bypass Lifeboat).
-            if let Err(e) = fence(w, f).await {
-                log(
-                    "fence_failed",
-                    &w.service,
-                    serde_json::json!({"site": f, "error": e.to_string(), "hint": e.hint}),
-                );
+            match fence(w, f).await {
+                Ok(()) => step("fence", format!("{f} stopped"), &mut t),
+                Err(e) => {
+                    log(
+                        "fence_failed",
+                        &w.service,
+                        serde_json::json!({"site": f, "error": e.to_string(), "hint": e.hint}),
+                    );
+                    step(
+                        "fence",
+                        format!("{f} refused by the endpoint only; stopping it failed: {e}"),
+                        &mut t,
+                    );
+                }
             }
+        } else {
+            step(
+                "fence",
+                format!("{f} does not answer: refused by the endpoint from epoch {epoch} on"),
+                &mut t,
+            );
         }
     }
     // 4. Promote (a no-op if it already is the primary: a resumed failover).
@@ -967,7 +1001,9 @@ pub(crate) async fn failover(
         .ok_or_else(|| StoreError::new(Kind::Input, format!("no member {to}")))?
         .clone();
     let session = Session::connect(&target, Duration::from_secs(5)).await?;
+    let mut promoted = format!("{to} already promoted");
     if session.in_recovery().await? {
+        promoted = format!("{to} promoted (pg_promote)");
         if let Some(was) = session.promote().await? {
             log(
                 "sync_standbys_cleared",
@@ -981,6 +1017,7 @@ pub(crate) async fn failover(
     // 5. It takes writes.
     session.check_write().await?;
     drop(session);
+    step("promote", format!("{promoted}; it accepts a write"), &mut t);
     // 6. Route, and close the record.
     st.primary = Some(to.to_string());
     st.in_progress = None;
@@ -989,7 +1026,15 @@ pub(crate) async fn failover(
         epoch,
         target: Some(format!("{}:{}", target.host, target.port)),
     });
-    Ok(())
+    step(
+        "switch-traffic",
+        format!(
+            "the endpoint routes to {to} ({}:{}), epoch {epoch}",
+            target.host, target.port
+        ),
+        &mut t,
+    );
+    Ok(steps)
 }
 
 /// Stop a member that must not take writes, when its data directory is on this host.
@@ -1006,13 +1051,23 @@ async fn fence(w: &Watched, site: &str) -> Result<(), StoreError> {
     crate::pgops::stop_fast(&w.bin_dir, m, 10).await
 }
 
-fn record(ctx: &Context, service: &str, d: &Decision, outcome: &str, started: Instant) {
+fn record(
+    ctx: &Context,
+    service: &str,
+    d: &Decision,
+    outcome: &str,
+    started: Instant,
+    steps: Option<&Vec<crate::runbook::BuiltinStep>>,
+) {
     let command = match d.action {
         Action::Failover { .. } => "failover",
         Action::Fence { .. } => "fence",
         _ => "decision",
     };
-    let figures = serde_json::to_value(d).unwrap_or_default();
+    let mut figures = serde_json::to_value(d).unwrap_or_default();
+    if let Some(s) = steps {
+        figures["steps"] = serde_json::to_value(s).unwrap_or_default();
+    }
     if let Err(e) = ctx.record(command, service, outcome, started, figures) {
         log(
             "error",

@@ -324,8 +324,9 @@ pub async fn run_failover(
     figures["manual"] = serde_json::json!(true);
     figures["force"] = serde_json::json!(o.force);
     figures["accept_data_loss"] = serde_json::json!(o.accept_loss);
-    if let Err(e) = &r {
-        figures["error"] = serde_json::json!(e.to_string());
+    match &r {
+        Ok(steps) => figures["steps"] = serde_json::to_value(steps).unwrap_or_default(),
+        Err(e) => figures["error"] = serde_json::json!(e.to_string()),
     }
     let _ = ctx.record(
         "failover",

@@ -1,8 +1,10 @@
 //! The runbook executor (issue 5): ordered steps with timeouts, retries, `on_failure` and
 //! approval gates; steps grouped by service run in the services' `depends_on` order, independent
-//! services in parallel; every step timed and recorded in the evidence log. The daemon runs a
-//! service's `failover` runbooks through it after an automatic failover (their fence, promote
-//! and switch-traffic steps are what the failover just did).
+//! services in parallel; every step timed and recorded in the evidence log. An automatic (or
+//! manual) failover performs the built-in fence, promote and switch-traffic steps itself, on its
+//! fast path, and times each; the daemon then runs the service's `failover` runbooks through
+//! this executor, where those steps carry the failover's own timings and details and the other
+//! steps (hooks, webhooks, notifications, approvals) run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,6 +39,15 @@ pub struct RunReport {
     pub ms: u64,
 }
 
+/// A built-in failover step the failover itself performed (fence, promote, switch-traffic),
+/// timed: a failover runbook run after it shows these as its own steps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BuiltinStep {
+    pub action: String,
+    pub ms: u64,
+    pub detail: String,
+}
+
 /// How a run is driven.
 pub struct Options {
     /// Approve every gate (automation).
@@ -47,6 +58,8 @@ pub struct Options {
     /// After an automatic failover: the built-in failover steps are already done, approval
     /// gates cannot be answered.
     pub after_failover: bool,
+    /// The built-in steps that failover performed.
+    pub done: Vec<BuiltinStep>,
     /// Extra environment for commands (LIFEBOAT_FROM, LIFEBOAT_TO …).
     pub env: Vec<(String, String)>,
 }
@@ -249,8 +262,31 @@ async fn run_step(
         Some("fence" | "promote" | "switch-traffic")
     );
     if opts.after_failover && builtin_failover {
-        res.detail = "done by the automatic failover".into();
-        res.outcome = "skipped".into();
+        // Performed by the failover (its fast path, before this runbook's other steps): its
+        // timing and outcome are this step's.
+        match opts
+            .done
+            .iter()
+            .find(|d| Some(d.action.as_str()) == st.action.as_deref())
+        {
+            Some(d) => {
+                res.detail = format!("done by the automatic failover: {}", d.detail);
+                res.attempts = 1;
+                res.ms = d.ms;
+            }
+            None => {
+                res.outcome = "skipped".into();
+                res.detail = "not part of this failover".into();
+            }
+        }
+        let _ = ctx.record(
+            "runbook-step",
+            &format!("{runbook}/{name}"),
+            &res.outcome,
+            started,
+            serde_json::to_value(&res).unwrap_or_default(),
+        );
+        return res;
     } else if st.approval == Some(true) && !opts.yes {
         let approved = !opts.after_failover
             && (opts.approve)(&format!("approve step `{name}` of runbook `{runbook}`?"));
