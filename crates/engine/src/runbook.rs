@@ -279,13 +279,7 @@ async fn run_step(
                 res.detail = "not part of this failover".into();
             }
         }
-        let _ = ctx.record(
-            "runbook-step",
-            &format!("{runbook}/{name}"),
-            &res.outcome,
-            started,
-            serde_json::to_value(&res).unwrap_or_default(),
-        );
+        record_step(ctx, runbook, &name, started, &res);
         return res;
     } else if st.approval == Some(true) && !opts.yes {
         let approved = !opts.after_failover
@@ -334,14 +328,18 @@ async fn run_step(
         }
     }
     res.ms = started.elapsed().as_millis() as u64;
+    record_step(ctx, runbook, &name, started, &res);
+    res
+}
+
+fn record_step(ctx: &Context, runbook: &str, name: &str, started: Instant, res: &StepResult) {
     let _ = ctx.record(
         "runbook-step",
         &format!("{runbook}/{name}"),
         &res.outcome,
         started,
-        serde_json::to_value(&res).unwrap_or_default(),
+        serde_json::to_value(res).unwrap_or_default(),
     );
-    res
 }
 
 fn watched(ctx: &Context, st: &RunbookStep) -> Result<Watched, String> {
