@@ -1298,3 +1298,59 @@ fn rejoin_when_rewind_is_impossible_clones_again_and_says_so() {
         });
     assert!(kept);
 }
+
+/// A plan's own failback runbook: `lifeboat failback` runs it — rejoin (pg_rewind, with the
+/// divergence), switchover back, then the plan's hook — every step timed and recorded.
+#[test]
+fn failback_runs_the_plans_failback_runbook() {
+    let pair = diverged_pair(true);
+    let pg = &pair.pg;
+    let mut plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    plan += "runbooks:\n  db-failback:\n    kind: failback\n    service: db\n    steps:\n      - { action: rejoin }\n      - { action: switchover, timeout: 60s }\n      - { name: dns, command: \"echo $LIFEBOAT_TO > failback.txt\" }\n";
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
+    pg.chown();
+    let r = pg.run(&["failback", "db", "--to", "a"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("runbook db-failback:"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("a rejoined (pg_rewind), 5 discarded transaction(s)"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("b → a, epoch"), "{}", r.stdout);
+    assert_eq!(pair.in_recovery(pg.port), Some(false));
+    assert_eq!(pair.in_recovery(pair.sport), Some(true));
+    assert_eq!(
+        std::fs::read_to_string(pg.lab.p("failback.txt"))
+            .unwrap()
+            .trim(),
+        "a"
+    );
+    // b's row is there, a's discarded ones are not.
+    assert_eq!(
+        pg.sql_on(pg.port, "postgres", "SELECT count(*) FROM w"),
+        "11"
+    );
+    let ev = pg.events();
+    let steps: Vec<(&str, &str)> = ev
+        .iter()
+        .filter(|e| e["command"] == "runbook-step")
+        .map(|e| {
+            (
+                e["target"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("db-failback/rejoin", "ok"),
+            ("db-failback/switchover", "ok"),
+            ("db-failback/dns", "ok")
+        ]
+    );
+    let fb = ev.iter().find(|e| e["command"] == "failback").unwrap();
+    assert_eq!(fb["outcome"], "ok");
+}

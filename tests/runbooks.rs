@@ -18,7 +18,7 @@ fn logged(service: &str, name: &str) -> String {
 fn plan_check_names_unknown_actions_and_dependency_cycles() {
     let lab = Lab::new();
     lab.plan(&format!(
-        "{HEAD}runbooks:\n  r:\n    steps:\n      - {{ action: teleport, service: api }}\n      - {{ command: \"true\", webhook: \"http://x\" }}\n      - {{ action: fence, service: api }}\n      - {{ command: \"true\", on_failure: maybe }}\n"
+        "{HEAD}runbooks:\n  r:\n    steps:\n      - {{ action: teleport, service: api }}\n      - {{ command: \"true\", webhook: \"http://x\" }}\n      - {{ action: fence, service: api }}\n      - {{ command: \"true\", on_failure: maybe }}\n      - {{ action: switchover, service: api }}\n"
     ));
     let r = lab.run(&["plan", "check"]);
     assert_eq!(r.code, 2, "{}", r.all());
@@ -27,6 +27,7 @@ fn plan_check_names_unknown_actions_and_dependency_cycles() {
         "runbooks.r.steps[1]: a step needs exactly one of `action`, `command`, `webhook`",
         "runbooks.r.steps[2]: `fence` needs a `site`",
         "runbooks.r.steps[3].on_failure: `maybe`: use stop or continue",
+        "runbooks.r.steps[4]: `switchover` needs a `site`",
     ] {
         assert!(r.stderr.contains(want), "missing {want:?} in {}", r.stderr);
     }

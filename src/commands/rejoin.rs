@@ -153,6 +153,42 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
 pub fn failback(cli: &crate::Cli, a: &FailbackArgs) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
     let w = watched(&ctx, &a.service)?;
+    if !w.members.iter().any(|m| m.site == a.to) {
+        anyhow::bail!("{} has no member {}", a.service, a.to);
+    }
+    // The plan's own failback runbook for this service, when it has one (its rejoin and
+    // switchover steps without a site go to --to; LIFEBOAT_TO tells its commands).
+    if let Some((name, rb)) = ctx.plan.runbooks.iter().find(|(_, rb)| {
+        rb.kind.as_deref() == Some("failback") && rb.service.as_deref() == Some(&a.service)
+    }) {
+        let mut rb = rb.clone();
+        for st in rb.steps.iter_mut() {
+            if matches!(st.action.as_deref(), Some("rejoin" | "switchover")) && st.site.is_none() {
+                st.site = Some(a.to.clone());
+                if st.action.as_deref() == Some("switchover") && st.timeout.is_none() {
+                    // The switchover step waits up to half its timeout for the target.
+                    st.timeout = Some(lifeboat_core::units::Duration(a.timeout.std() * 2));
+                }
+            }
+        }
+        let started = Instant::now();
+        let code = super::runbook::execute(
+            cli,
+            &ctx,
+            name,
+            &rb,
+            false,
+            vec![("LIFEBOAT_TO".to_string(), a.to.clone())],
+        )?;
+        ctx.record(
+            "failback",
+            &w.service,
+            if code == 0 { "ok" } else { "failed" },
+            started,
+            serde_json::json!({"to": a.to, "runbook": name}),
+        )?;
+        return Ok(code);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -4,7 +4,8 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use lifeboat_engine::runbook::{order, run, Options, Phase, StepResult};
+use lifeboat_core::plan::Runbook;
+use lifeboat_engine::runbook::{order, run_runbook, Options, Phase, StepResult};
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {
@@ -126,60 +127,72 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Run { name, yes } => {
-            if !ctx.plan.runbooks.contains_key(name) {
+            let Some(rb) = ctx.plan.runbooks.get(name) else {
                 anyhow::bail!("no runbook `{name}` in the plan");
-            }
-            let quiet = cli.json;
-            let opts = Options {
-                yes: *yes,
-                approve: Box::new(|prompt: &str| {
-                    if !std::io::stdin().is_terminal() {
-                        eprintln!("{prompt} refused: no terminal to ask (pass --yes to approve)");
-                        return false;
-                    }
-                    print!("{prompt} type yes: ");
-                    let _ = std::io::stdout().flush();
-                    let mut line = String::new();
-                    let _ = std::io::stdin().lock().read_line(&mut line);
-                    line.trim() == "yes"
-                }),
-                progress: Box::new(move |r: &StepResult| {
-                    if !quiet {
-                        println!(
-                            "  {:<8} {:>7} ms  {}{}{}",
-                            r.outcome,
-                            r.ms,
-                            r.service
-                                .as_deref()
-                                .map(|s| format!("[{s}] "))
-                                .unwrap_or_default(),
-                            r.step,
-                            if r.detail.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" — {}", r.detail)
-                            }
-                        );
-                    }
-                }),
-                after_failover: false,
-                done: Vec::new(),
-                env: Vec::new(),
             };
-            if !quiet {
-                println!("runbook {name}:");
-            }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let report = rt.block_on(run(&ctx, name, opts))?;
-            if cli.json {
-                crate::output::json(&report);
-            } else {
-                println!("runbook {name}: {} in {} ms", report.outcome, report.ms);
-            }
-            Ok(if report.outcome == "ok" { 0 } else { 1 })
+            execute(cli, &ctx, name, rb, *yes, Vec::new())
         }
     }
+}
+
+/// Run `rb` under `name`, printing each step as it ends; 0 when every step passed.
+pub fn execute(
+    cli: &crate::Cli,
+    ctx: &lifeboat_engine::Context,
+    name: &str,
+    rb: &Runbook,
+    yes: bool,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<i32> {
+    let quiet = cli.json;
+    let opts = Options {
+        yes,
+        approve: Box::new(|prompt: &str| {
+            if !std::io::stdin().is_terminal() {
+                eprintln!("{prompt} refused: no terminal to ask (pass --yes to approve)");
+                return false;
+            }
+            print!("{prompt} type yes: ");
+            let _ = std::io::stdout().flush();
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            line.trim() == "yes"
+        }),
+        progress: Box::new(move |r: &StepResult| {
+            if !quiet {
+                println!(
+                    "  {:<8} {:>7} ms  {}{}{}",
+                    r.outcome,
+                    r.ms,
+                    r.service
+                        .as_deref()
+                        .map(|s| format!("[{s}] "))
+                        .unwrap_or_default(),
+                    r.step,
+                    if r.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" — {}", r.detail)
+                    }
+                );
+            }
+        }),
+        after_failover: false,
+        done: Vec::new(),
+        env,
+    };
+    if !quiet {
+        println!("runbook {name}:");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run_runbook(ctx, name, rb, opts));
+    if cli.json {
+        crate::output::json(&report);
+    } else {
+        println!("runbook {name}: {} in {} ms", report.outcome, report.ms);
+    }
+    Ok(if report.outcome == "ok" { 0 } else { 1 })
 }

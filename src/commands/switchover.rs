@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lifeboat_core::plan::Severity;
-use lifeboat_engine::control::{Control, Request};
+use lifeboat_engine::control::Control;
 use lifeboat_engine::coord::StateFile;
 use lifeboat_engine::daemon::{run_switchover, Watched};
 use lifeboat_engine::switchover::{Report, Step};
@@ -40,27 +40,13 @@ pub fn perform(
 ) -> anyhow::Result<Report> {
     let control = Control::new(&ctx.state_dir);
     if control.daemon_running() {
-        let req = Request {
-            timeout_ms: timeout.as_millis() as u64,
-            ..Request::new("switchover", Some(to.to_string()), &ctx.actor)
-        };
-        control.submit(&w.service, &req)?;
-        let id = req.id;
         if !cli.json {
             println!(
                 "switchover of {} to {to}: handed to the running daemon",
                 w.service
             );
         }
-        let answer = control.wait(&w.service, &id, timeout * 2 + Duration::from_secs(120))?;
-        if let Some(e) = answer["error"].as_str() {
-            let mut err = lifeboat_store::StoreError::new(lifeboat_store::Kind::Source, e);
-            if let Some(h) = answer["hint"].as_str() {
-                err = err.hint(h);
-            }
-            return Err(err.into());
-        }
-        let report: Report = serde_json::from_value(answer["report"].clone())?;
+        let report = control.switchover(&w.service, to, timeout, &ctx.actor)?;
         if !cli.json {
             report.steps.iter().for_each(print_step);
         }

@@ -53,7 +53,9 @@ pub struct Runbook {
     /// `failover`, `switchover`, `failback`, `restoration` or `manual` (default). A `failover`
     /// runbook with a `service` also runs after `lifeboat serve` fails that service over
     /// automatically: its built-in fence/promote/switch-traffic steps are what the daemon just
-    /// did, its other steps (hooks, notifications) run then.
+    /// did, its other steps (hooks, notifications) run then. A `failback` runbook with a
+    /// `service` is what `lifeboat failback SERVICE --to SITE` runs; its `rejoin` and
+    /// `switchover` steps without a `site` take SITE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// The service it is for (the default of its steps).
@@ -120,6 +122,7 @@ pub const RUNBOOK_ACTIONS: &[&str] = &[
     "wait-healthy",
     "restore",
     "rejoin",
+    "switchover",
 ];
 
 /// Recovery objectives.

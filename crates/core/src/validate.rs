@@ -394,8 +394,12 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                     );
                 }
                 let service = st.service.as_ref().or(rb.service.as_ref());
-                let needs_site =
-                    ["fence", "promote", "switch-traffic", "rejoin"].contains(&a.as_str());
+                // A failback runbook's rejoin and switchover go to `lifeboat failback --to`.
+                let site_from_command = rb.kind.as_deref() == Some("failback")
+                    && ["rejoin", "switchover"].contains(&a.as_str());
+                let needs_site = ["fence", "promote", "switch-traffic", "rejoin", "switchover"]
+                    .contains(&a.as_str())
+                    && !site_from_command;
                 if a != "notify" && service.is_none() && a != "restore" {
                     err(
                         at.clone(),

@@ -147,6 +147,32 @@ impl Control {
     }
 
     /// Wait for the daemon's answer (and remove it).
+    /// Hand a switchover of `service` to `to` to the running daemon and wait for its report
+    /// (`catch_up`: how long the target may take to replay the primary's last WAL).
+    pub fn switchover(
+        &self,
+        service: &str,
+        to: &str,
+        catch_up: Duration,
+        actor: &str,
+    ) -> Result<crate::switchover::Report, StoreError> {
+        let req = Request {
+            timeout_ms: catch_up.as_millis() as u64,
+            ..Request::new("switchover", Some(to.to_string()), actor)
+        };
+        self.submit(service, &req)?;
+        let answer = self.wait(service, &req.id, catch_up * 2 + Duration::from_secs(120))?;
+        if let Some(err) = answer["error"].as_str() {
+            let mut e = StoreError::new(Kind::Source, err);
+            if let Some(h) = answer["hint"].as_str() {
+                e = e.hint(h);
+            }
+            return Err(e);
+        }
+        serde_json::from_value(answer["report"].clone())
+            .map_err(|e| StoreError::new(Kind::Source, format!("the daemon's answer: {e}")))
+    }
+
     pub fn wait(
         &self,
         service: &str,

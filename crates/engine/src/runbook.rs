@@ -146,6 +146,12 @@ pub async fn run(ctx: &Context, name: &str, opts: Options) -> Result<RunReport, 
         ctx.plan.runbooks.get(name).cloned().ok_or_else(|| {
             StoreError::new(Kind::Input, format!("no runbook `{name}` in the plan"))
         })?;
+    Ok(run_runbook(ctx, name, &rb, opts).await)
+}
+
+/// Run `rb` (a runbook of the plan, or one a command builds, e.g. the built-in failback) under
+/// `name`.
+pub async fn run_runbook(ctx: &Context, name: &str, rb: &Runbook, opts: Options) -> RunReport {
     let started = Instant::now();
     let opts = Arc::new(opts);
     let mut results: Vec<StepResult> = Vec::new();
@@ -220,7 +226,7 @@ pub async fn run(ctx: &Context, name: &str, opts: Options) -> Result<RunReport, 
         started,
         serde_json::to_value(&report).unwrap_or_default(),
     );
-    Ok(report)
+    report
 }
 
 fn skipped(st: &RunbookStep) -> StepResult {
@@ -475,6 +481,12 @@ async fn attempt_step(
         "rejoin" => {
             let w = watched(ctx, st)?;
             let m = site(&w, st)?;
+            if let Some(p) = streams_from(&w, &m.site).await {
+                return Ok(format!(
+                    "{} already streams from {p}: nothing to rejoin",
+                    m.site
+                ));
+            }
             let r = crate::rejoin::rejoin(&w, &ctx.state_dir, &m.site, &|_| {})
                 .await
                 .map_err(e)?;
@@ -519,8 +531,71 @@ async fn attempt_step(
                 Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
             }
         }
+        "switchover" => {
+            let w = watched(ctx, st)?;
+            let m = site(&w, st)?;
+            // The step's own timeout bounds the whole step; the target gets half of it to
+            // catch up before the switchover is called off (writes back on the old primary).
+            let catch_up = st
+                .timeout
+                .map(|d| d.std() / 2)
+                .unwrap_or(Duration::from_secs(30));
+            let r = switchover(ctx, &w, &m.site, catch_up).await.map_err(e)?;
+            match r.aborted {
+                Some(why) => Err(format!("switchover to {} called off: {why}", m.site)),
+                None => Ok(format!(
+                    "{} → {}, epoch {}; writes stopped for {} ms",
+                    r.from,
+                    r.to,
+                    r.epoch,
+                    r.downtime_ms.unwrap_or(0)
+                )),
+            }
+        }
         other => Err(format!("unknown action `{other}`")),
     }
+}
+
+/// The primary `site` streams from, if it is a streaming standby now.
+async fn streams_from(w: &Watched, site: &str) -> Option<String> {
+    for pm in w.members.iter().filter(|m| m.site != site) {
+        if let Ok(s) = Session::connect(pm, Duration::from_secs(3)).await {
+            if matches!(s.in_recovery().await, Ok(false))
+                && s.standby_state(site)
+                    .await
+                    .is_ok_and(|st| st == "streaming")
+            {
+                return Some(pm.site.clone());
+            }
+        }
+    }
+    None
+}
+
+/// A switchover to `to`: handed to a running daemon (it owns the traffic endpoint and would
+/// otherwise act on the primary it sees stop), done here otherwise.
+pub async fn switchover(
+    ctx: &Context,
+    w: &Watched,
+    to: &str,
+    catch_up: Duration,
+) -> Result<crate::switchover::Report, StoreError> {
+    let control = crate::control::Control::new(&ctx.state_dir);
+    if !control.daemon_running() {
+        let state = StateFile::new(&ctx.state_dir, &w.service);
+        return crate::daemon::run_switchover(w, &state, None, to, catch_up, ctx, &|_| {}).await;
+    }
+    let (state_dir, service, to, actor) = (
+        ctx.state_dir.clone(),
+        w.service.clone(),
+        to.to_string(),
+        ctx.actor.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        crate::control::Control::new(&state_dir).switchover(&service, &to, catch_up, &actor)
+    })
+    .await
+    .map_err(|e| StoreError::new(Kind::Source, e.to_string()))?
 }
 
 async fn wait_healthy(ctx: &Context, st: &RunbookStep) -> Result<String, String> {
