@@ -299,6 +299,11 @@ fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 
 /// `dig` the responder: the A record, or the status when there is none.
 fn dig(port: u16, name: &str) -> String {
+    dig_over(port, name, "+notcp")
+}
+
+/// The same over UDP (`+notcp`) or TCP (`+tcp`).
+fn dig_over(port: u16, name: &str, transport: &str) -> String {
     let o = std::process::Command::new("dig")
         .args([
             "@127.0.0.1",
@@ -308,6 +313,7 @@ fn dig(port: u16, name: &str) -> String {
             "A",
             "+tries=1",
             "+time=2",
+            transport,
         ])
         .output()
         .expect("dig (bind9-dnsutils) is installed by scripts/install-deps.sh");
@@ -420,6 +426,7 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
     assert_eq!(http_status(ha, "/primary"), 503);
     assert_eq!(http_status(ha, "/health"), 503);
     assert_eq!(dig(dns, "db.test.internal"), "10.0.0.2");
+    assert_eq!(dig_over(dns, "db.test.internal", "+tcp"), "10.0.0.2");
     assert_eq!(dig(dns, "other.test.internal"), "REFUSED");
     // The Slack receiver got the failover; the hanging endpoint did not hold it up, and its
     // failure is recorded after bounded retries.
@@ -817,6 +824,35 @@ fn a_witness_that_still_reaches_the_primary_prevents_a_failover() {
 fn switchover_and_back_loses_nothing_and_keeps_both_members() {
     let pair = Pair::new("sync", "", "");
     let pg = &pair.pg;
+    // As often in production: standbys stream as a dedicated role, the only one pg_hba lets
+    // replicate over TCP. A member Lifeboat turns into a standby must stream as it too.
+    pg.sql("CREATE ROLE replicator REPLICATION LOGIN");
+    pg.sql_on(
+        pair.sport,
+        "postgres",
+        &format!(
+            "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={} user=replicator application_name=b'",
+            pg.port
+        ),
+    );
+    let hba = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication replicator 127.0.0.1/32 trust\n";
+    for dir in ["pgdata", "standby"] {
+        std::fs::write(pg.lab.p(&format!("{dir}/pg_hba.conf")), hba).unwrap();
+    }
+    pg.sql("SELECT pg_reload_conf()");
+    pg.sql_on(pair.sport, "postgres", "SELECT pg_reload_conf()");
+    let streams_as = |port: u16| {
+        pg.sql_on(
+            port,
+            "postgres",
+            "SELECT string_agg(usename || ' ' || state, ',') FROM pg_stat_replication",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while streams_as(pg.port) != "replicator streaming" {
+        assert!(Instant::now() < deadline, "b: {}", streams_as(pg.port));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for v in 1..=50 {
         pg.sql_on(pg.port, "postgres", &format!("INSERT INTO w VALUES ({v})"));
     }
@@ -848,6 +884,7 @@ fn switchover_and_back_loses_nothing_and_keeps_both_members() {
         ),
         "a streaming sync"
     );
+    assert_eq!(streams_as(pair.sport), "replicator streaming");
     let ev = pg.events();
     let sw: Vec<_> = ev.iter().filter(|e| e["command"] == "switchover").collect();
     assert_eq!(sw.len(), 1);

@@ -379,6 +379,14 @@ pub struct Replication {
     /// Most a standby may lag and still be promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag_on_failover: Option<Size>,
+    /// The role standbys stream as, when Lifeboat makes a member a standby (switchover,
+    /// rejoin). Default: the one the new primary itself streamed as (its `primary_conninfo`),
+    /// else the member's `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Its password (`${ENV}` or `file:PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]

@@ -44,6 +44,8 @@ pub struct Watched {
     pub spec: FailoverSpec,
     mode: ReplicationMode,
     max_lag: Option<u64>,
+    /// `replication.user` and its password, when the plan names them.
+    pub replication_user: Option<(String, Option<String>)>,
     pub bin_dir: std::path::PathBuf,
 }
 
@@ -142,6 +144,23 @@ impl Watched {
                 .as_ref()
                 .and_then(|r| r.max_lag_on_failover)
                 .map(|s| s.0),
+            replication_user: match replication.as_ref().and_then(|r| r.user.clone()) {
+                Some(u) => Some((
+                    u,
+                    replication
+                        .as_ref()
+                        .and_then(|r| r.password.as_ref())
+                        .map(|p| p.resolve())
+                        .transpose()
+                        .map_err(|e| {
+                            StoreError::new(
+                                Kind::Input,
+                                format!("service {name}: replication.password: {e}"),
+                            )
+                        })?,
+                )),
+                None => None,
+            },
             bin_dir: pg.bin_dir.clone(),
         }))
     }

@@ -3,12 +3,12 @@
 //! name — with a short TTL, like Route 53's failover routing policy. While no member may take
 //! writes (a failover under way, or held) the name answers SERVFAIL, so resolvers retry instead
 //! of caching a wrong answer. Other names: REFUSED (it is authoritative for its names only).
-//! UDP only (answers are tiny); no recursion.
+//! Over UDP and TCP (length-prefixed, for resolvers that retry or ask over TCP); no recursion.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
 /// What one service's name resolves to now.
@@ -123,16 +123,28 @@ pub fn respond(q: &[u8], names: &[Answer]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Answer queries on `addr` until `stop` turns true.
-pub async fn serve(sock: UdpSocket, names: Names, mut stop: watch::Receiver<bool>) {
+/// The responder's sockets: UDP and TCP on the same address (resolvers retry over TCP when an
+/// answer is truncated, and some ask over TCP only).
+pub struct Sockets {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+/// Answer queries on both sockets until `stop` turns true.
+pub async fn serve(socks: Sockets, names: Names, mut stop: watch::Receiver<bool>) {
     let mut buf = [0u8; 1500];
     loop {
         tokio::select! {
-            r = sock.recv_from(&mut buf) => {
+            r = socks.udp.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
                 let answer = names.lock().ok().and_then(|names| respond(&buf[..n], &names));
                 if let Some(a) = answer {
-                    let _ = sock.send_to(&a, from).await;
+                    let _ = socks.udp.send_to(&a, from).await;
+                }
+            }
+            r = socks.tcp.accept() => {
+                if let Ok((conn, _)) = r {
+                    tokio::spawn(serve_tcp(conn, names.clone()));
                 }
             }
             _ = stop.changed() => {
@@ -144,12 +156,46 @@ pub async fn serve(sock: UdpSocket, names: Names, mut stop: watch::Receiver<bool
     }
 }
 
-/// Bind the responder's socket.
-pub async fn bind(addr: &str) -> std::io::Result<UdpSocket> {
+/// One TCP connection: length-prefixed queries (RFC 1035 4.2.2), answered until the client
+/// closes it or stays silent for 10 s.
+async fn serve_tcp(mut conn: TcpStream, names: Names) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idle = std::time::Duration::from_secs(10);
+    loop {
+        let mut len = [0u8; 2];
+        if !matches!(
+            tokio::time::timeout(idle, conn.read_exact(&mut len)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+        if !matches!(
+            tokio::time::timeout(idle, conn.read_exact(&mut q)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let Some(a) = names.lock().ok().and_then(|names| respond(&q, &names)) else {
+            return;
+        };
+        let mut out = (a.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&a);
+        if conn.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Bind the responder's sockets (UDP and TCP).
+pub async fn bind(addr: &str) -> std::io::Result<Sockets> {
     let a: SocketAddr = addr
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
-    UdpSocket::bind(a).await
+    Ok(Sockets {
+        udp: UdpSocket::bind(a).await?,
+        tcp: TcpListener::bind(a).await?,
+    })
 }
 
 #[cfg(test)]

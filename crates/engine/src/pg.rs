@@ -205,28 +205,50 @@ impl Member {
         c
     }
 
-    /// Environment for libpq programs (`PGPASSWORD` never appears on a command line).
-    /// A libpq connection string to this member for a standby's `primary_conninfo`, with the
-    /// given application_name. It includes the password when the plan has one (as
-    /// `pg_basebackup -R` writes it): only for `postgresql.auto.conf` (mode 600, in the data
-    /// directory); programs get credentials through [`Member::libpq_env`], never arguments.
-    pub fn conninfo(&self, application_name: &str) -> String {
-        fn q(v: &str) -> String {
-            format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-        }
-        let mut s = format!(
-            "host={} port={} user={} application_name={}",
-            q(&self.host),
-            self.port,
-            q(&self.user),
-            q(application_name)
-        );
-        if let Some(p) = &self.password {
-            s += &format!(" password={}", q(p));
-        }
-        s
+    /// `primary_conninfo` for a standby of this member named `application_name`. The role and
+    /// connection options come from `role` (the plan's `replication.user`), else from `base` (the
+    /// `primary_conninfo` another standby streamed with: its user, password, SSL settings),
+    /// else are this member's own user and password; host, port and application_name are this
+    /// member's and the name given. It holds the password (as `pg_basebackup -R` writes it):
+    /// only for `postgresql.auto.conf` (mode 600, in the data directory); programs get
+    /// credentials through [`Member::libpq_env`], never arguments.
+    pub fn standby_conninfo(
+        &self,
+        application_name: &str,
+        base: Option<&str>,
+        role: Option<&(String, Option<String>)>,
+    ) -> String {
+        const OURS: [&str; 4] = ["host", "hostaddr", "port", "application_name"];
+        let mut kv: Vec<(String, String)> = match (role, base.filter(|b| !b.trim().is_empty())) {
+            (None, Some(b)) => parse_conninfo(b)
+                .into_iter()
+                .filter(|(k, _)| !OURS.contains(&k.as_str()))
+                .collect(),
+            (Some((u, p)), _) => {
+                let mut v = vec![("user".to_string(), u.clone())];
+                if let Some(p) = p {
+                    v.push(("password".into(), p.clone()));
+                }
+                v
+            }
+            (None, None) => {
+                let mut v = vec![("user".to_string(), self.user.clone())];
+                if let Some(p) = &self.password {
+                    v.push(("password".into(), p.clone()));
+                }
+                v
+            }
+        };
+        kv.push(("host".into(), self.host.clone()));
+        kv.push(("port".into(), self.port.to_string()));
+        kv.push(("application_name".into(), application_name.to_string()));
+        kv.iter()
+            .map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'")))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
+    /// Environment for libpq programs (`PGPASSWORD` never appears on a command line).
     pub fn libpq_env(&self, cmd: &mut Command) {
         cmd.env("PGHOST", &self.host)
             .env("PGPORT", self.port.to_string())
@@ -377,9 +399,108 @@ pub fn manifest_end_lsn(manifest: &str) -> Option<Lsn> {
         .max()
 }
 
+/// The key/value pairs of a libpq connection string (`key=value`, values bare or in single
+/// quotes with backslash escapes), in order.
+pub fn parse_conninfo(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut it = s.chars().peekable();
+    loop {
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = it.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            it.next();
+        }
+        if key.is_empty() {
+            return out;
+        }
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        if it.peek() != Some(&'=') {
+            return out;
+        }
+        it.next();
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        let mut val = String::new();
+        if it.peek() == Some(&'\'') {
+            it.next();
+            while let Some(c) = it.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = it.next() {
+                            val.push(n);
+                        }
+                    }
+                    '\'' => break,
+                    c => val.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = it.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                if c == '\\' {
+                    it.next();
+                    if let Some(n) = it.next() {
+                        val.push(n);
+                    }
+                    continue;
+                }
+                val.push(c);
+                it.next();
+            }
+        }
+        out.push((key, val));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standby_conninfo_inherits_the_replication_role() {
+        let base = "user=replicator password='pa ss\\'w' channel_binding=prefer host=127.0.0.1 port=5433 application_name=west sslmode=prefer";
+        let kv = parse_conninfo(base);
+        assert_eq!(kv[1], ("password".into(), "pa ss'w".into()));
+        assert_eq!(kv.len(), 7);
+        let m = Member {
+            service: "db".into(),
+            site: "west".into(),
+            host: "10.0.0.2".into(),
+            port: 5434,
+            user: "postgres".into(),
+            password: Some("super".into()),
+            dbname: "postgres".into(),
+            data_dir: None,
+        };
+        let c = m.standby_conninfo("east", Some(base), None);
+        assert_eq!(
+            c,
+            "user='replicator' password='pa ss\\'w' channel_binding='prefer' sslmode='prefer' host='10.0.0.2' port='5434' application_name='east'"
+        );
+        // Round trip.
+        assert_eq!(parse_conninfo(&c)[1].1, "pa ss'w");
+        // The plan's role wins; without either, the member's own.
+        let role = ("repl".to_string(), None);
+        assert_eq!(
+            m.standby_conninfo("east", Some(base), Some(&role)),
+            "user='repl' host='10.0.0.2' port='5434' application_name='east'"
+        );
+        assert_eq!(
+            m.standby_conninfo("east", Some("  "), None),
+            "user='postgres' password='super' host='10.0.0.2' port='5434' application_name='east'"
+        );
+    }
 
     #[test]
     fn label_and_manifest() {

@@ -376,6 +376,24 @@ async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<
         .arg(data)
         .args(["-X", "stream", "--checkpoint=fast"]);
     pm.libpq_env(&mut c);
+    // As the standby will stream: the replication role (pg_hba may allow only it), through
+    // the environment (never a password on the command line).
+    let conninfo = crate::switchover::replication_conninfo(w, &old.site, pm).await;
+    for (k, v) in crate::pg::parse_conninfo(&conninfo) {
+        let var = match k.as_str() {
+            "user" => "PGUSER",
+            "password" => "PGPASSWORD",
+            "sslmode" => "PGSSLMODE",
+            "sslrootcert" => "PGSSLROOTCERT",
+            "sslcert" => "PGSSLCERT",
+            "sslkey" => "PGSSLKEY",
+            "channel_binding" => "PGCHANNELBINDING",
+            "gssencmode" => "PGGSSENCMODE",
+            "krbsrvname" => "PGKRBSRVNAME",
+            _ => continue,
+        };
+        c.env(var, v);
+    }
     let d = data.to_path_buf();
     let out = tokio::task::spawn_blocking(move || crate::pgops::run_as_owner(&mut c, &d))
         .await

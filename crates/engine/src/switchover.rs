@@ -97,6 +97,20 @@ async fn start_logged(
     Ok((out, logfile))
 }
 
+/// How `site` streams from `primary`: with the plan's `replication.user`, else with the role
+/// (and options) the primary itself streamed with when it was a standby — pg_hba often allows
+/// replication for that role only — else with the member's own user.
+pub async fn replication_conninfo(w: &Watched, site: &str, primary: &Member) -> String {
+    let base = match &w.replication_user {
+        Some(_) => None,
+        None => match Session::connect(primary, Duration::from_secs(5)).await {
+            Ok(s) => s.text("SHOW primary_conninfo").await.ok(),
+            Err(_) => None,
+        },
+    };
+    primary.standby_conninfo(site, base.as_deref(), w.replication_user.as_ref())
+}
+
 /// Make a stopped old primary a standby of `primary` (standby.signal, primary_conninfo with
 /// application_name = its site) and start it.
 pub async fn start_as_standby(
@@ -105,7 +119,7 @@ pub async fn start_as_standby(
     primary: &Member,
 ) -> Result<(), StoreError> {
     let data = crate::pgops::data_dir(old)?;
-    let conninfo = primary.conninfo(&old.site);
+    let conninfo = replication_conninfo(w, &old.site, primary).await;
     let owner = std::fs::metadata(&data).ok();
     let write = |name: &str, text: &str, append: bool| -> std::io::Result<()> {
         use std::io::Write;
