@@ -2,10 +2,11 @@
 # Planned switchover and rejoin, measured (issue 5).
 #  1. Switchover downtime as a client sees it: a pg-pair.sh pair (sync), `lifeboat serve` on it
 #     (bench/lifeboat-orchestrator.sh), ../shared/harness/writer.py writing through the endpoint
-#     every 20 ms, `lifeboat switchover db --to <the standby>` back and forth N times;
-#     check_writes.py gives the gap (last acknowledged write before → first after) and lost
-#     acknowledged writes (must be 0). Lifeboat's own figure (writes stopped → new primary took
-#     a write) is listed beside it.
+#     every 20 ms, `lifeboat switchover db --to <the standby>` back and forth N times; the gap
+#     is the client's last acknowledged write on the old primary → its first on the new one
+#     (from the writer's log, which names the server of every write), check_writes.py counts
+#     lost acknowledged writes (must be 0). Lifeboat's own figure (writes stopped → the new
+#     primary took a write) is listed beside it.
 #  2. Rejoin at pgbench scale S: kill -9 the primary, `lifeboat failover --yes` (no daemon),
 #     `pgbench -T 10` on the new primary, then time `lifeboat rejoin` (pg_rewind) against a
 #     re-clone of the same cluster (pg_basebackup -X stream), R rounds (failback in between).
@@ -49,12 +50,20 @@ for k in $(seq "$n"); do
   wait "$wpid" || true
   "$PY" "$H/check_writes.py" --log "$work/sw-$k.jsonl" --dsn "$dsn" --fault-at "$t" --json \
     > "$work/chk-$k.json" || true
-  "$PY" - "$work/sw-$k.json" "$work/chk-$k.json" "$k" "$to" <<'PYEOF' | tee -a "$out"
+  "$PY" - "$work/sw-$k.json" "$work/chk-$k.json" "$k" "$to" "$work/sw-$k.jsonl" <<'PYEOF' | tee -a "$out"
 import json, sys
 sw = json.load(open(sys.argv[1])) if open(sys.argv[1]).read().strip() else {}
 c = json.load(open(sys.argv[2]))
-print(f"switchover trial={sys.argv[3]} to={sys.argv[4]} gap_s={c.get('gap_s')} lost={c.get('lost')} "
-      f"primaries_after={c.get('primaries_after_fault')} lifeboat_downtime_ms={sw.get('downtime_ms')} "
+# Downtime as the client saw it: its last acknowledged write on the old primary -> its first
+# acknowledged write on the new one (writer.py logs the server of every write).
+ok = [json.loads(l) for l in open(sys.argv[5])]
+ok = [r for r in ok if r.get("ok")]
+old = ok[0]["server_port"] if ok else None
+last_old = max((r["t_end"] for r in ok if r["server_port"] == old), default=None)
+new = [r["t_end"] for r in ok if r["server_port"] != old and last_old and r["t_end"] > last_old]
+gap = f"{min(new) - last_old:.3f}" if new else None
+print(f"switchover trial={sys.argv[3]} to={sys.argv[4]} gap_s={gap} lost={c.get('lost')} "
+      f"servers_after={c.get('primaries_after_fault')} lifeboat_downtime_ms={sw.get('downtime_ms')} "
       f"aborted={sw.get('aborted')} old_primary_streaming={sw.get('old_primary_streaming')}")
 PYEOF
   if [ "$to" = west ]; then to=east; else to=west; fi
@@ -98,7 +107,10 @@ for r in $(seq "$rounds"); do
   t1=$(date +%s.%N)
   rm -rf "$work/clone"; mkdir -p "$work/clone"; chown postgres "$work/clone"
   c0=$(date +%s.%N)
-  runuser -u postgres -- "$BIN/pg_basebackup" -h 127.0.0.1 -p "$sport" -U postgres -D "$work/clone" -X stream --checkpoint=fast
+  # as the pair's standbys clone: its replication role (pg_hba lets only that one replicate)
+  runuser -u postgres -- env PGPASSWORD="$(grep ^REPL_PASSWORD= "$pair/pair.env" | cut -d= -f2)" \
+    "$BIN/pg_basebackup" -h 127.0.0.1 -p "$sport" -U "$(grep ^REPL_USER= "$pair/pair.env" | cut -d= -f2)" \
+    -D "$work/clone" -X stream --checkpoint=fast
   c1=$(date +%s.%N)
   rm -rf "$work/clone"
   echo "rejoin round=$r member=$primary method=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["method"])' "$work/rejoin-$r.json") rejoin_s=$(echo "$t1 - $t0" | bc) reclone_s=$(echo "$c1 - $c0" | bc)" | tee -a "$out"

@@ -264,39 +264,6 @@ impl Writes {
     }
 }
 
-/// A webhook receiver on a free port: every request body, answered 200.
-fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let mut r = BufReader::new(c);
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = r.read_exact(&mut body);
-            g.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&body).into_owned());
-            let _ = r
-                .get_mut()
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    (port, got)
-}
-
 /// `dig` the responder: the A record, or the status when there is none.
 fn dig(port: u16, name: &str) -> String {
     dig_over(port, name, "+notcp")
@@ -1147,6 +1114,12 @@ fn manual_failover_in_a_sync_tier_without_history_needs_accepted_loss() {
         .collect();
     assert_eq!(notes.len(), 2, "{notes:?}");
     assert!(notes.iter().all(|e| e["outcome"] == "ok"));
+    // b had everything a wrote: rejoining a finds no divergence (pg_waldump finds no record
+    // after the fork) and makes it b's standby.
+    let r = pg.run(&["rejoin", "db", "a"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("no divergence"), "{}", r.stdout);
+    assert!(r.stdout.contains("; streaming"), "{}", r.stdout);
 }
 
 /// A forced manual failover through the running daemon: it stops the healthy primary and

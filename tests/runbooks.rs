@@ -147,13 +147,28 @@ fn approval_gates_refuse_without_a_person_and_pass_with_yes() {
     lab.plan(&format!(
         "{HEAD}runbooks:\n  gated:\n    kind: failover\n    steps:\n      - {{ name: scale, command: \"echo scaled > scaled.txt\", approval: true }}\n"
     ));
+    // Step outcomes are notified by severity: this target takes P2 and worse only.
+    let (hook, received) = webhook_receiver();
+    let mut plan = std::fs::read_to_string(lab.p("lifeboat.yaml")).unwrap();
+    plan += &format!(
+        "notifications:\n  - {{ webhook: \"http://127.0.0.1:{hook}/ops\", min_severity: P2 }}\n"
+    );
+    std::fs::write(lab.p("lifeboat.yaml"), plan).unwrap();
     let r = lab.run(&["runbook", "run", "gated"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stdout.contains("refused"), "{}", r.stdout);
     assert!(r.stderr.contains("no terminal to ask"), "{}", r.stderr);
     assert!(!lab.p("scaled.txt").exists());
+    let got = received.lock().unwrap().join("\n");
+    assert!(
+        got.contains("runbook gated, step scale: refused — approval not given"),
+        "{got}"
+    );
+    assert!(got.contains("runbook gated: failed in"), "{got}");
     let r = lab.run(&["runbook", "run", "gated", "--yes"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(lab.p("scaled.txt").exists());
+    // The passing run (a P4 step, a P3 summary) is below this target's severity.
+    assert_eq!(received.lock().unwrap().len(), 2);
     assert!(lab.ok(&["runbook", "list"]).stdout.contains("gated"));
 }

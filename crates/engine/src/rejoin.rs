@@ -141,7 +141,17 @@ fn divergence(
             }
         }
     }
-    if end.is_none() && !err.contains("invalid record length") && !out.status.success() {
+    // No valid record at or after the fork: the old primary wrote nothing the new timeline
+    // lacks (a torn record at the fork was never flushed, so never acknowledged).
+    let nothing_after = err.contains(&format!(
+        "could not find a valid record after {}",
+        Lsn(fork)
+    ));
+    if end.is_none()
+        && !err.contains("invalid record length")
+        && !nothing_after
+        && !out.status.success()
+    {
         return Err(StoreError::new(
             Kind::Source,
             format!("pg_waldump on {site}'s WAL: {}", err.trim()),

@@ -156,6 +156,9 @@ pub async fn run_runbook(ctx: &Context, name: &str, rb: &Runbook, opts: Options)
     let opts = Arc::new(opts);
     let mut results: Vec<StepResult> = Vec::new();
     let mut stopped = false;
+    // Every step's outcome goes to the plan's notification targets by severity (a failed or
+    // refused step P2, the others P4), in the background.
+    let (notifier, notify_worker) = crate::notify::Notifier::start(ctx);
     // Steps take the runbook's service when they name none — for ordering too.
     let mut rb2 = rb.clone();
     for st in rb2.steps.iter_mut() {
@@ -173,14 +176,20 @@ pub async fn run_runbook(ctx: &Context, name: &str, rb: &Runbook, opts: Options)
                 };
                 stopped |= stops(&rb2.steps[i], &r);
                 (opts.progress)(&r);
+                notifier.send(step_note(name, &r));
                 results.push(r);
             }
             Phase::Levels(levels) => {
                 for level in levels {
                     let mut tasks = Vec::new();
                     for (_, idxs) in level {
-                        let (ctx, rb2, opts, name) =
-                            (ctx.clone(), rb2.clone(), opts.clone(), name.to_string());
+                        let (ctx, rb2, opts, name, notifier) = (
+                            ctx.clone(),
+                            rb2.clone(),
+                            opts.clone(),
+                            name.to_string(),
+                            notifier.clone(),
+                        );
                         let already = stopped;
                         tasks.push(tokio::spawn(async move {
                             let mut out = Vec::new();
@@ -193,6 +202,7 @@ pub async fn run_runbook(ctx: &Context, name: &str, rb: &Runbook, opts: Options)
                                 };
                                 stop |= stops(&rb2.steps[i], &r);
                                 (opts.progress)(&r);
+                                notifier.send(step_note(&name, &r));
                                 out.push((i, r, stop));
                             }
                             out
@@ -226,7 +236,40 @@ pub async fn run_runbook(ctx: &Context, name: &str, rb: &Runbook, opts: Options)
         started,
         serde_json::to_value(&report).unwrap_or_default(),
     );
+    notifier.send(crate::notify::Note {
+        severity: if stopped { Severity::P2 } else { Severity::P3 },
+        event: "runbook".into(),
+        service: rb.service.clone().unwrap_or_default(),
+        summary: format!(
+            "runbook {name}: {} in {} ms ({} step(s))",
+            report.outcome,
+            report.ms,
+            report.steps.len()
+        ),
+        details: serde_json::json!({"runbook": name, "outcome": report.outcome}),
+    });
+    notifier.drain(notify_worker, Duration::from_secs(30)).await;
     report
+}
+
+fn step_note(runbook: &str, r: &StepResult) -> crate::notify::Note {
+    let bad = r.outcome == "failed" || r.outcome == "refused";
+    crate::notify::Note {
+        severity: if bad { Severity::P2 } else { Severity::P4 },
+        event: "runbook-step".into(),
+        service: r.service.clone().unwrap_or_default(),
+        summary: format!(
+            "runbook {runbook}, step {}: {}{}",
+            r.step,
+            r.outcome,
+            if r.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", r.detail)
+            }
+        ),
+        details: serde_json::to_value(r).unwrap_or_default(),
+    }
 }
 
 fn skipped(st: &RunbookStep) -> StepResult {
