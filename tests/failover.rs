@@ -1154,6 +1154,18 @@ fn diverged_pair(wal_log_hints: bool) -> Pair {
         pg.sql("ALTER SYSTEM SET wal_log_hints = on");
         pg.pg_ctl(&["restart", "-m", "fast", "-w", "-l", "pg.log"]);
     }
+    // The last checkpoint lies a few WAL segments before the fork (as after any busy spell):
+    // pg_rewind needs those segments of a, which a's crash recovery must not recycle.
+    pg.sql_on(pg.port, "postgres", "CHECKPOINT");
+    for _ in 0..3 {
+        pg.sql_on(
+            pg.port,
+            "postgres",
+            "CREATE TABLE IF NOT EXISTS filler(x int)",
+        );
+        pg.sql_on(pg.port, "postgres", "INSERT INTO filler VALUES (1)");
+        pg.sql_on(pg.port, "postgres", "SELECT pg_switch_wal()");
+    }
     for v in 1..=10 {
         pg.sql_on(pg.port, "postgres", &format!("INSERT INTO w VALUES ({v})"));
     }

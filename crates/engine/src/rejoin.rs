@@ -171,6 +171,42 @@ fn divergence(
     Ok(d)
 }
 
+/// Crash recovery of a stopped, crashed data directory in single-user mode, with
+/// `wal_keep_size` covering all of its `pg_wal` so the recovery's checkpoint removes nothing.
+async fn crash_recovery(bin_dir: &Path, data: &Path) -> Result<(), StoreError> {
+    let wal_bytes: u64 = std::fs::read_dir(data.join("pg_wal"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let keep_mb = wal_bytes / (1 << 20) + 256;
+    let mut c = std::process::Command::new(bin_dir.join("postgres"));
+    c.args(["--single", "-F", "-D"])
+        .arg(data)
+        .args(["-c", &format!("wal_keep_size={keep_mb}MB")])
+        .args(["-c", "archive_mode=off"])
+        .arg("template1");
+    let d = data.to_path_buf();
+    let out = tokio::task::spawn_blocking(move || crate::pgops::run_as_owner(&mut c, &d))
+        .await
+        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+    if !out.status.success() {
+        return Err(StoreError::new(
+            Kind::Source,
+            format!(
+                "crash recovery of {} failed: {}",
+                data.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The configuration files at the top of a data directory (pg_rewind replaces them with the
 /// source's: the rejoining member must keep its own port, names and access rules).
 fn config_files(data: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -311,6 +347,17 @@ pub async fn rejoin(
         // promoted primary updates only at its next checkpoint: without one, pg_rewind finds
         // "the same timeline" and does nothing.
         ps.exec("CHECKPOINT").await?;
+        // A crashed member needs crash recovery first. pg_rewind would run it with the
+        // member's settings, and its end-of-recovery checkpoint recycles the WAL before it —
+        // including the segments back to the last checkpoint before the fork, which pg_rewind
+        // then needs and no longer finds ("could not find previous WAL record"): a re-clone
+        // where a rewind would do. Lifeboat runs it itself, keeping every segment there is.
+        if !crate::pgops::control_data(&w.bin_dir, &old).await?.clean {
+            progress(&format!(
+                "{site} was not shut down cleanly: crash recovery (single-user, its WAL kept for pg_rewind)"
+            ));
+            crash_recovery(&w.bin_dir, &data).await?;
+        }
         // Host, port, user and password reach libpq through the environment, never the
         // command line (where `ps` would show the password).
         let mut c = std::process::Command::new(w.bin_dir.join("pg_rewind"));
