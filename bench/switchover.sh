@@ -103,7 +103,8 @@ for r in $(seq "$rounds"); do
   "$lb" --plan "$plan" failover db --yes --to "$standby" >/dev/null
   "$BIN/pgbench" -T 10 -c 2 -h 127.0.0.1 -p "$sport" -U postgres postgres >/dev/null 2>&1
   t0=$(date +%s.%N)
-  "$lb" --plan "$plan" --json rejoin db "$primary" > "$work/rejoin-$r.json"
+  "$lb" --plan "$plan" --json rejoin db "$primary" > "$work/rejoin-$r.json" \
+    || { echo "rejoin of $primary failed:"; cat "$work/rejoin-$r.json"; tail -5 "$pdata/log/lifeboat-start.log"; exit 1; }
   t1=$(date +%s.%N)
   rm -rf "$work/clone"; mkdir -p "$work/clone"; chown postgres "$work/clone"
   c0=$(date +%s.%N)
@@ -115,7 +116,8 @@ for r in $(seq "$rounds"); do
   rm -rf "$work/clone"
   echo "rejoin round=$r member=$primary method=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["method"])' "$work/rejoin-$r.json") rejoin_s=$(echo "$t1 - $t0" | bc) reclone_s=$(echo "$c1 - $c0" | bc)" | tee -a "$out"
   # give the primary back for the next round
-  "$lb" --plan "$plan" switchover db --to "$primary" >/dev/null
+  "$lb" --plan "$plan" switchover db --to "$primary" > "$work/back-$r.txt" 2>&1 \
+    || { echo "switchover back to $primary failed:"; cat "$work/back-$r.txt"; exit 1; }
 done
 "$PY" - "$out" <<'PYEOF' | tee -a "$out"
 import statistics, sys

@@ -75,10 +75,14 @@ fn member<'a>(w: &'a Watched, site: &str) -> Result<&'a Member, StoreError> {
     })
 }
 
-/// `pg_ctl start` a member, its early output in `<data_dir>/log/lifeboat-start.log`.
+/// `pg_ctl start` a member, its early output in `<data_dir>/log/lifeboat-start.log`, waiting
+/// up to `wait_s` for it to accept connections (a standby: once consistent, which after a
+/// rewind means replaying the WAL from the last common checkpoint on; pg_ctl returns at once
+/// if the server exits).
 async fn start_logged(
     w: &Watched,
     m: &Member,
+    wait_s: u32,
 ) -> Result<(std::process::Output, std::path::PathBuf), StoreError> {
     let data = crate::pgops::data_dir(m)?;
     let log = data.join("log");
@@ -91,7 +95,14 @@ async fn start_logged(
     let out = pg_ctl(
         &w.bin_dir,
         m,
-        &["start", "-w", "-t", "60", "-l", &logfile.to_string_lossy()],
+        &[
+            "start",
+            "-w",
+            "-t",
+            &wait_s.to_string(),
+            "-l",
+            &logfile.to_string_lossy(),
+        ],
     )
     .await?;
     Ok((out, logfile))
@@ -157,7 +168,7 @@ pub async fn start_as_standby(
                 format!("writing the standby configuration of {}: {e}", old.site),
             )
         })?;
-    let (out, logfile) = start_logged(w, old).await?;
+    let (out, logfile) = start_logged(w, old, 1800).await?;
     if !out.status.success() {
         return Err(StoreError::new(
             Kind::Source,
@@ -323,7 +334,7 @@ pub async fn switchover(
                 Lsn(replayed),
                 Lsn(final_lsn)
             );
-            let restart = start_logged(w, old).await.map(|(o, _)| o);
+            let restart = start_logged(w, old, 60).await.map(|(o, _)| o);
             let back = match restart {
                 Ok(o) if o.status.success() => "writes are back on the old primary",
                 _ => "the old primary did NOT start again: start it by hand",
