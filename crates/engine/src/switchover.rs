@@ -108,6 +108,20 @@ async fn start_logged(
     Ok((out, logfile))
 }
 
+/// What to do when a standby does not start: its log says whether it waits for WAL the
+/// primary has already recycled (after a rewind it replays from the last common checkpoint).
+fn removed_wal_hint(logfile: &std::path::Path) -> String {
+    let log = std::fs::read_to_string(logfile).unwrap_or_default();
+    if log.contains("has already been removed") {
+        format!(
+            "it needs WAL the primary has already recycled (see {}): keep more WAL on the members (wal_keep_size), give it a restore_command from the WAL archive, or re-clone it",
+            logfile.display()
+        )
+    } else {
+        format!("see {}", logfile.display())
+    }
+}
+
 /// How `site` streams from `primary`: with the plan's `replication.user`, else with the role
 /// (and options) the primary itself streamed with when it was a standby — pg_hba often allows
 /// replication for that role only — else with the member's own user.
@@ -168,7 +182,7 @@ pub async fn start_as_standby(
                 format!("writing the standby configuration of {}: {e}", old.site),
             )
         })?;
-    let (out, logfile) = start_logged(w, old, 1800).await?;
+    let (out, logfile) = start_logged(w, old, 300).await?;
     if !out.status.success() {
         return Err(StoreError::new(
             Kind::Source,
@@ -178,7 +192,7 @@ pub async fn start_as_standby(
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         )
-        .hint(format!("see {}", logfile.display())));
+        .hint(removed_wal_hint(&logfile)));
     }
     Ok(())
 }
