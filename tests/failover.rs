@@ -1376,3 +1376,31 @@ fn failback_runs_the_plans_failback_runbook() {
     let fb = ev.iter().find(|e| e["command"] == "failback").unwrap();
     assert_eq!(fb["outcome"], "ok");
 }
+
+/// The new primary has moved on and recycled its WAL from the fork: a rewound member could
+/// never catch up, so rejoin clones it again and says why (instead of a standby that waits
+/// forever for WAL "already removed").
+#[test]
+fn rejoin_after_the_new_primary_recycled_its_wal_clones_again() {
+    let pair = diverged_pair(true);
+    let pg = &pair.pg;
+    for _ in 0..3 {
+        pg.sql_on(pair.sport, "postgres", "INSERT INTO filler VALUES (2)");
+        pg.sql_on(pair.sport, "postgres", "SELECT pg_switch_wal()");
+    }
+    pg.sql_on(pair.sport, "postgres", "CHECKPOINT");
+    pg.sql_on(pair.sport, "postgres", "CHECKPOINT");
+    let r = pg.run(&["rejoin", "db", "a"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("no longer has its WAL from the fork"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("(pg_basebackup"), "{}", r.stdout);
+    assert!(r.stdout.contains("; streaming"), "{}", r.stdout);
+    assert_eq!(
+        pg.sql_on(pg.port, "postgres", "SELECT count(*) FROM w WHERE v = 100"),
+        "1"
+    );
+}

@@ -171,6 +171,28 @@ fn divergence(
     Ok(d)
 }
 
+/// Why the primary behind `ps` no longer has its WAL from `fork` on (the segment holding it,
+/// on its current timeline, is gone from pg_wal), or None when it has it (or cannot say).
+async fn wal_gone_since(ps: &Session, fork: u64) -> Option<String> {
+    let name = ps
+        .text(&format!("SELECT pg_walfile_name('{}')", Lsn(fork)))
+        .await
+        .ok()?;
+    let there = ps
+        .bool(&format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_ls_waldir() WHERE name = '{}')",
+            name.replace('\'', "")
+        ))
+        .await
+        .ok()?;
+    (!there).then(|| {
+        format!(
+            "the new primary no longer has its WAL from the fork at {} (segment {name} was recycled): a rewound standby could not catch up",
+            Lsn(fork)
+        )
+    })
+}
+
 /// Crash recovery of a stopped, crashed data directory in single-user mode, with
 /// `wal_keep_size` covering all of its `pg_wal` so the recovery's checkpoint removes nothing.
 async fn crash_recovery(bin_dir: &Path, data: &Path) -> Result<(), StoreError> {
@@ -366,9 +388,26 @@ pub async fn rejoin(
             .arg(format!("--source-server=dbname={}", pm.dbname));
         pm.libpq_env(&mut c);
         let d3 = data.clone();
-        let out = tokio::task::spawn_blocking(move || crate::pgops::run_as_owner(&mut c, &d3))
-            .await
-            .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+        // The rewound member replays the new primary's WAL from the fork on: if the new
+        // primary has recycled that segment, the standby could never catch up (it would wait
+        // for WAL "already removed"). Rewind is impossible then: clone again.
+        let gone = match fork {
+            Some(f) => wal_gone_since(&ps, f).await,
+            None => None,
+        };
+        let out = match gone {
+            Some(why) => {
+                use std::os::unix::process::ExitStatusExt;
+                std::process::Output {
+                    status: std::process::ExitStatus::from_raw(1 << 8),
+                    stdout: Vec::new(),
+                    stderr: format!("error: {why}").into_bytes(),
+                }
+            }
+            None => tokio::task::spawn_blocking(move || crate::pgops::run_as_owner(&mut c, &d3))
+                .await
+                .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??,
+        };
         let said = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         if out.status.success() && said.contains("no rewind required") && diverged {
