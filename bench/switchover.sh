@@ -91,6 +91,13 @@ PYEOF
 "$H/pg-pair.sh" up "$pair" --async >/dev/null
 "$orch" up "$pair" && "$orch" down "$pair"   # writes the plan; no daemon during this part
 export PGPASSWORD=harness-super-pw
+# Both members keep 2 GB of WAL, so the new primary still has its WAL from the fork when the
+# old one is rejoined and pg_rewind is measured (without it, rejoin sees the WAL recycled and
+# re-clones: the `method=` column says which happened).
+for port in $(grep -E "^(EAST|WEST)_PORT=" "$pair/pair.env" | cut -d= -f2); do
+  "$BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+    -c "ALTER SYSTEM SET wal_keep_size = '2GB'" -c "SELECT pg_reload_conf()" >/dev/null
+done
 "$BIN/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$(grep ^EAST_PORT= "$pair/pair.env" | cut -d= -f2)" -U postgres postgres >/dev/null 2>&1
 primary=east; standby=west
 for r in $(seq "$rounds"); do
