@@ -193,6 +193,20 @@ async fn wal_gone_since(ps: &Session, fork: u64) -> Option<String> {
     })
 }
 
+/// The newest timeline named by a WAL segment or history file in `wal` (0 if none).
+fn newest_timeline(wal: &Path) -> u32 {
+    std::fs::read_dir(wal)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.len() == 24 || n.ends_with(".history"))
+                .filter_map(|n| u32::from_str_radix(n.get(..8)?, 16).ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 /// Crash recovery of a stopped, crashed data directory in single-user mode, with
 /// `wal_keep_size` covering all of its `pg_wal` so the recovery's checkpoint removes nothing.
 async fn crash_recovery(bin_dir: &Path, data: &Path) -> Result<(), StoreError> {
@@ -315,7 +329,12 @@ pub async fn rejoin(
     // Where the timelines part: the old member's last checkpoint timeline, the primary's
     // current one (the probe reads it from the WAL file name: pg_control's lags right after a
     // promotion, until the first checkpoint).
-    let old_tli = crate::pgops::control_data(&w.bin_dir, &old).await?.timeline;
+    // The old member's pg_control lags too when it died soon after its own promotion (a
+    // switchover back, then a crash): the newest timeline in its pg_wal is the one it was on.
+    let old_tli = crate::pgops::control_data(&w.bin_dir, &old)
+        .await?
+        .timeline
+        .max(newest_timeline(&data.join("pg_wal")));
     let new_tli = crate::health::probe(&pm, Duration::from_secs(5))
         .await
         .timeline
