@@ -1404,3 +1404,25 @@ fn rejoin_after_the_new_primary_recycled_its_wal_clones_again() {
         "1"
     );
 }
+
+/// A member that dies right after its own promotion (a switchover back, then a crash) still
+/// names the older timeline in pg_control: rejoin takes its timeline from its WAL, so the fork
+/// and the divergence report are those of the last switch (timeline 3 → 4).
+#[test]
+fn rejoin_right_after_a_promotion_uses_the_members_newest_timeline() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    pg.sql_on(pg.port, "postgres", "INSERT INTO w VALUES (1)");
+    pg.ok(&["switchover", "db", "--to", "b"]);
+    pg.ok(&["switchover", "db", "--to", "a"]);
+    unsafe { libc::kill(pg.postmaster_pid("pgdata"), libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    pg.ok(&["failover", "db", "--yes", "--accept-data-loss"]);
+    let r = pg.run(&["rejoin", "db", "a"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let ev = pg.events();
+    let rj = ev.iter().rev().find(|e| e["command"] == "rejoin").unwrap();
+    assert_eq!(rj["figures"]["divergence"]["old_timeline"], 3, "{rj}");
+    assert_eq!(rj["figures"]["divergence"]["new_timeline"], 4, "{rj}");
+    assert!(r.stdout.contains("; streaming"), "{}", r.stdout);
+}
