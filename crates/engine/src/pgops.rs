@@ -182,6 +182,17 @@ pub fn run_as_owner(
         })
 }
 
+/// [`run_as_owner`] off the async runtime's threads.
+pub async fn run_as_owner_async(
+    mut cmd: std::process::Command,
+    data: &Path,
+) -> Result<std::process::Output, StoreError> {
+    let data = data.to_path_buf();
+    tokio::task::spawn_blocking(move || run_as_owner(&mut cmd, &data))
+        .await
+        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))?
+}
+
 /// A member's data directory on this host.
 pub fn data_dir(m: &Member) -> Result<PathBuf, StoreError> {
     m.data_dir.clone().ok_or_else(|| {
@@ -317,9 +328,7 @@ pub async fn control_data(bin_dir: &Path, m: &Member) -> Result<ControlData, Sto
     let data = data_dir(m)?;
     let mut c = std::process::Command::new(bin_dir.join("pg_controldata"));
     c.arg("-D").arg(&data);
-    let out = tokio::task::spawn_blocking(move || run_as_owner(&mut c, &data))
-        .await
-        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+    let out = run_as_owner_async(c, &data).await?;
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| {
         text.lines()

@@ -226,10 +226,7 @@ async fn crash_recovery(bin_dir: &Path, data: &Path) -> Result<(), StoreError> {
         .args(["-c", &format!("wal_keep_size={keep_mb}MB")])
         .args(["-c", "archive_mode=off"])
         .arg("template1");
-    let d = data.to_path_buf();
-    let out = tokio::task::spawn_blocking(move || crate::pgops::run_as_owner(&mut c, &d))
-        .await
-        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+    let out = crate::pgops::run_as_owner_async(c, data).await?;
     if !out.status.success() {
         return Err(StoreError::new(
             Kind::Source,
@@ -238,7 +235,8 @@ async fn crash_recovery(bin_dir: &Path, data: &Path) -> Result<(), StoreError> {
                 data.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-        ));
+        )
+        .hint("its server log says why; once it starts on its own (pg_ctl start, then stop), run `lifeboat rejoin` again, or re-clone it"));
     }
     Ok(())
 }
@@ -406,7 +404,6 @@ pub async fn rejoin(
             .arg(&data)
             .arg(format!("--source-server=dbname={}", pm.dbname));
         pm.libpq_env(&mut c);
-        let d3 = data.clone();
         // The rewound member replays the new primary's WAL from the fork on: if the new
         // primary has recycled that segment, the standby could never catch up (it would wait
         // for WAL "already removed"). Rewind is impossible then: clone again.
@@ -414,39 +411,31 @@ pub async fn rejoin(
             Some(f) => wal_gone_since(&ps, f).await,
             None => None,
         };
-        let out = match gone {
-            Some(why) => {
-                use std::os::unix::process::ExitStatusExt;
-                std::process::Output {
-                    status: std::process::ExitStatus::from_raw(1 << 8),
-                    stdout: Vec::new(),
-                    stderr: format!("error: {why}").into_bytes(),
+        // Ok: rewound; Err: why a rewind is impossible (then the member is cloned again).
+        let rewound: Result<(), String> = match gone {
+            Some(why) => Err(why),
+            None => {
+                let out = crate::pgops::run_as_owner_async(c, &data).await?;
+                let said = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                if out.status.success() && said.contains("no rewind required") && diverged {
+                    return Err(StoreError::new(
+                        Kind::Source,
+                        format!("pg_rewind found nothing to rewind, but {site} diverged: refusing to start it as a standby"),
+                    ));
+                }
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .filter(|l| l.contains("error") || l.contains("fatal"))
+                        .collect::<Vec<_>>()
+                        .join("; "))
                 }
             }
-            None => tokio::task::spawn_blocking(move || crate::pgops::run_as_owner(&mut c, &d3))
-                .await
-                .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??,
         };
-        let said = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        if out.status.success() && said.contains("no rewind required") && diverged {
-            return Err(StoreError::new(
-                Kind::Source,
-                format!("pg_rewind found nothing to rewind, but {site} diverged: refusing to start it as a standby"),
-            ));
-        }
-        if out.status.success() {
-            report.method = "pg_rewind".into();
-            progress(&format!(
-                "pg_rewind: {site} rewound to {}'s timeline",
-                pm.site
-            ));
-        } else {
-            let why = String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .filter(|l| l.contains("error") || l.contains("fatal"))
-                .collect::<Vec<_>>()
-                .join("; ");
+        if let Err(why) = rewound {
             progress(&format!(
                 "pg_rewind is impossible ({why}): cloning {site} again from {} with pg_basebackup",
                 pm.site
@@ -454,6 +443,12 @@ pub async fn rejoin(
             report.rewind_error = Some(why);
             reclone(w, &old, &pm, &data).await?;
             report.method = "pg_basebackup".into();
+        } else {
+            report.method = "pg_rewind".into();
+            progress(&format!(
+                "pg_rewind: {site} rewound to {}'s timeline",
+                pm.site
+            ));
         }
         // Its own configuration back (pg_rewind and pg_basebackup bring the source's).
         for (p, b) in &saved {
@@ -509,10 +504,7 @@ async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<
         };
         c.env(var, v);
     }
-    let d = data.to_path_buf();
-    let out = tokio::task::spawn_blocking(move || crate::pgops::run_as_owner(&mut c, &d))
-        .await
-        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+    let out = crate::pgops::run_as_owner_async(c, data).await?;
     if !out.status.success() {
         return Err(StoreError::new(
             Kind::Source,
