@@ -182,3 +182,48 @@ fn automatic_failover_refuses_both_members_in_one_site_or_on_one_server() {
         assert!(r.stderr.contains(want), "missing {want:?} in {}", r.stderr);
     }
 }
+
+/// Hostile plans end in a located error (exit 2), never an abort: an alias bomb, deep nesting,
+/// bytes that are not UTF-8.
+#[test]
+fn hostile_plans_are_refused_with_a_position() {
+    let lab = Lab::new();
+    lab.ok(&["init"]);
+    let good = std::fs::read_to_string(lab.p("lifeboat.yaml")).unwrap();
+    let mut bomb = format!("{good}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        bomb.push_str(&format!(
+            "x{i}: &a{i} [{}]\n",
+            vec![format!("*a{p}"); 10].join(", ")
+        ));
+    }
+    lab.plan(&bomb);
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("expands to more than"), "{}", r.stderr);
+
+    let mut deep = format!("{good}\nx:\n");
+    for i in 0..3000 {
+        deep.push_str(&format!("{}a:\n", " ".repeat(2 * (i + 1))));
+    }
+    lab.plan(&deep);
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("nested more than"), "{}", r.stderr);
+
+    let mut bytes = good.clone().into_bytes();
+    let at = good.find("my-service").unwrap();
+    bytes[at + 2] = 0xff;
+    std::fs::write(lab.p("lifeboat.yaml"), &bytes).unwrap();
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let line = good[..at].matches('\n').count() + 1;
+    assert!(
+        r.stderr.contains(&format!(
+            "lifeboat.yaml:{line}:9: (top level): byte 0xff is not UTF-8"
+        )),
+        "{}",
+        r.stderr
+    );
+}

@@ -173,6 +173,128 @@ mod tests {
             .contains("dependency cycle: etc → etc"));
     }
 
+    /// Hostile or careless input must be an error with a position, never a crash: an alias
+    /// bomb used to exhaust memory and deep nesting overflowed the stack (both aborted).
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_bounded_errors() {
+        let mut bomb = format!("{BASE}x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "x{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let all = errors(&bomb).join("\n");
+        assert!(all.contains("expands to more than"), "{all}");
+        assert!(all.starts_with("p.yaml:1"), "{all}");
+
+        let deep = format!("{BASE}x:\n{}", {
+            let mut s = String::new();
+            for i in 0..3000 {
+                s.push_str(&" ".repeat(2 * (i + 1)));
+                s.push_str("a:\n");
+            }
+            s
+        });
+        // In a thread with a small stack, as the binary's main thread would be for a deeper file.
+        let all = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || errors(&deep).join("\n"))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(all.contains("nested more than 64 levels deep"), "{all}");
+        let flow = format!("{BASE}x: {}{}\n", "[".repeat(5000), "]".repeat(5000));
+        let all = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || errors(&flow).join("\n"))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(all.contains("nested more than 64 levels deep"), "{all}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_located() {
+        let bytes = b"name: t\ntiers:\n  gold: { rpo: 15m, rto: 1h \xe9t\xe9 }\n";
+        let d = crate::load::plan_text(bytes, "p.yaml").unwrap_err();
+        assert_eq!((d[0].line, d[0].column), (3, 29), "{}", d[0]);
+        assert!(
+            d[0].to_string().contains("byte 0xe9 is not UTF-8"),
+            "{}",
+            d[0]
+        );
+        // Multi-byte characters before it count as one column each.
+        let mut bytes = "name: ü".as_bytes().to_vec();
+        bytes.push(0xff);
+        let d = crate::load::plan_text(&bytes, "p.yaml").unwrap_err();
+        assert_eq!((d[0].line, d[0].column), (1, 8), "{}", d[0]);
+    }
+
+    /// Values that used to be accepted and silently meant something else.
+    #[test]
+    fn values_that_would_be_silently_misread_are_refused() {
+        let job = "backups:\n  j:\n    service: etc\n    repository: main\n    retention: { daily: 7, yearly: 2 }\n";
+        let ok = format!("{BASE}{job}");
+        parse_plan(&ok, "p.yaml").unwrap();
+        for (from, to, want) in [
+            (
+                "rpo: 15m",
+                "rpo: 188",
+                "tiers.gold.rpo: `188` has no unit: write `188s`",
+            ),
+            (
+                "rpo: 15m",
+                "rpo: '188'",
+                "tiers.gold.rpo: `188` has no unit",
+            ),
+            (
+                "yearly: 2",
+                "yearly: ~",
+                "backups.j.retention.yearly: has no value",
+            ),
+            (
+                "yearly: 2",
+                "yearly: null",
+                "backups.j.retention.yearly: has no value",
+            ),
+            (
+                "yearly: 2",
+                "yearly: !!binary Mg==",
+                "the YAML tag `!!binary` is not supported",
+            ),
+            (
+                "yearly: 2",
+                "yearly: !custom 2",
+                "the YAML tag `!custom` is not supported",
+            ),
+            (
+                "repository: main",
+                "repository: ~",
+                "backups.j.repository: has no value",
+            ),
+            (
+                "repository: main",
+                "repository:",
+                "backups.j.repository: has no value",
+            ),
+        ] {
+            let src = ok.replace(from, to);
+            let all = errors(&src).join("\n");
+            assert!(all.contains(want), "{to}: {all}");
+        }
+        let src = format!("{ok}    verify: {{ max_age: '' }}\n");
+        let all = errors(&src).join("\n");
+        assert!(all.contains("backups.j.verify.max_age: empty"), "{all}");
+        // Core tags that only confirm the type, and 0 without a unit, stay fine.
+        let src = ok
+            .replace("yearly: 2", "yearly: !!int 2")
+            .replace("rpo: 15m", "rpo: 0");
+        parse_plan(&src, "p.yaml").unwrap();
+        // An empty top-level section is still allowed.
+        parse_plan(&format!("{ok}notifications:\n"), "p.yaml").unwrap();
+    }
+
     #[test]
     fn schema_describes_the_plan() {
         let s = plan_schema();

@@ -118,7 +118,22 @@ struct Builder {
     anchors: HashMap<usize, Value>,
     map: SourceMap,
     errors: Vec<(String, (usize, usize), String)>,
+    /// Values built so far, aliases counted at their expanded size: bounded so an alias bomb
+    /// ("billion laughs") is an error, not an exhausted memory.
+    nodes: usize,
+    /// Expanded size of each anchored value.
+    anchor_nodes: HashMap<usize, usize>,
+    /// Set when the document exceeds a bound: the rest is not read.
+    aborted: bool,
 }
+
+/// Deepest nesting of mappings and sequences a plan may use (plans need about 8).
+pub const MAX_DEPTH: usize = 64;
+/// Most values a plan may hold once its aliases are expanded.
+pub const MAX_NODES: usize = 100_000;
+
+/// Tags a plan may use: YAML's core types, which only confirm what the value already is.
+const CORE_TAGS: &[&str] = &["str", "int", "float", "bool", "null", "map", "seq"];
 
 fn pos(m: &Marker) -> (usize, usize) {
     (m.line(), m.col() + 1)
@@ -149,15 +164,87 @@ impl Builder {
         }
     }
 
-    fn value(&mut self, v: Value, anchor: usize, mark: &Marker) {
+    fn value(&mut self, v: Value, anchor: usize, mark: &Marker, size: usize) {
+        if !self.count(size, mark) {
+            return;
+        }
         if let Some(path) = self.next_path() {
+            // An explicit empty value (`~`, `null` or nothing after the colon) below the top
+            // level would silently mean "not set": a retention rule dropped, the default
+            // repository used. Say so instead; top-level sections may be empty.
+            if v.is_null() && path.contains(['.', '[']) {
+                self.errors.push((
+                    path.clone(),
+                    pos(mark),
+                    "has no value (`~`, `null` or nothing): write a value, or remove the line to use the default".into(),
+                ));
+            }
             self.map.values.insert(path, pos(mark));
         }
         if anchor > 0 {
             self.anchors.insert(anchor, v.clone());
+            self.anchor_nodes.insert(anchor, size);
         }
         self.push_value(v);
     }
+
+    /// Count `size` more values; false (and the document abandoned) past [`MAX_NODES`].
+    fn count(&mut self, size: usize, mark: &Marker) -> bool {
+        self.nodes = self.nodes.saturating_add(size);
+        if self.nodes > MAX_NODES {
+            self.abort(
+                mark,
+                format!(
+                    "the plan expands to more than {MAX_NODES} values (aliases are counted at their expanded size): is an alias repeated many times?"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn abort(&mut self, mark: &Marker, message: String) {
+        self.errors.push((String::new(), pos(mark), message));
+        self.aborted = true;
+    }
+
+    /// A tag other than YAML's core types is an error: `!!binary` or a local `!tag` would
+    /// otherwise be read as a plain string and silently mean something else.
+    fn check_tag(&mut self, tag: Option<&yaml_rust2::parser::Tag>, mark: &Marker) {
+        if let Some(t) = tag {
+            if !CORE_TAGS.contains(&t.suffix.as_str()) || !t.handle.starts_with("tag:yaml.org") {
+                let shown = if t.handle.starts_with("tag:yaml.org") {
+                    format!("!!{}", t.suffix)
+                } else {
+                    format!("{}{}", t.handle, t.suffix)
+                };
+                let path = self.next_path().unwrap_or_default();
+                self.errors.push((
+                    path,
+                    pos(mark),
+                    format!(
+                        "the YAML tag `{shown}` is not supported in a plan: write the value itself"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Number of values in `v`, itself included.
+fn size_of(v: &Value) -> usize {
+    // Iterative: a deep value must not overflow the stack here either.
+    let mut n = 0usize;
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        n += 1;
+        match v {
+            Value::Array(a) => todo.extend(a.iter()),
+            Value::Object(o) => todo.extend(o.values()),
+            _ => {}
+        }
+    }
+    n
 }
 
 fn scalar(s: String, style: TScalarStyle, tag: Option<&yaml_rust2::parser::Tag>) -> Value {
@@ -181,6 +268,9 @@ fn scalar(s: String, style: TScalarStyle, tag: Option<&yaml_rust2::parser::Tag>)
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.aborted {
+            return;
+        }
         match ev {
             Event::Scalar(s, style, anchor, tag) => {
                 if let Some(Frame::Map {
@@ -199,10 +289,16 @@ impl MarkedEventReceiver for Builder {
                     *key = Some(s);
                     return;
                 }
+                self.check_tag(tag.as_ref(), &mark);
                 let v = scalar(s, style, tag.as_ref());
-                self.value(v, anchor, &mark);
+                self.value(v, anchor, &mark, 1);
             }
             Event::Alias(id) => {
+                let size = self.anchor_nodes.get(&id).copied().unwrap_or(1);
+                if self.nodes.saturating_add(size) > MAX_NODES {
+                    self.count(size, &mark);
+                    return;
+                }
                 let v = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
                 if let Some(Frame::Map { key: None, .. }) = self.stack.last() {
                     self.errors.push((
@@ -212,9 +308,17 @@ impl MarkedEventReceiver for Builder {
                     ));
                     return;
                 }
-                self.value(v, 0, &mark);
+                self.value(v, 0, &mark, size);
             }
-            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+            Event::MappingStart(anchor, ref tag) | Event::SequenceStart(anchor, ref tag) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    self.abort(
+                        &mark,
+                        format!("nested more than {MAX_DEPTH} levels deep: a plan needs far fewer"),
+                    );
+                    return;
+                }
+                self.check_tag(tag.as_ref(), &mark);
                 let path = match self.next_path() {
                     Some(p) => p,
                     None => {
@@ -254,7 +358,11 @@ impl MarkedEventReceiver for Builder {
                     None => return,
                 };
                 if anchor > 0 {
+                    self.anchor_nodes.insert(anchor, size_of(&v));
                     self.anchors.insert(anchor, v.clone());
+                }
+                if !self.count(1, &mark) {
+                    return;
                 }
                 self.push_value(v);
             }
@@ -263,19 +371,77 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
+/// A plan's bytes as text, or the position of the first byte that is not UTF-8.
+pub fn plan_text<'a>(bytes: &'a [u8], file: &str) -> Result<&'a str, Vec<Diagnostic>> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = &bytes[..e.valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // Characters, not bytes, before the bad byte on its line (the prefix is valid UTF-8).
+        let column = std::str::from_utf8(&good[line_start..])
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
+        vec![Diagnostic {
+            file: file.into(),
+            line,
+            column,
+            path: String::new(),
+            message: format!(
+                "byte 0x{:02x} is not UTF-8: a plan is UTF-8 text (was the file saved in another encoding?)",
+                bytes[e.valid_up_to()]
+            ),
+        }]
+    })
+}
+
 /// Parse YAML text into a JSON value and its source map.
+///
+/// The parser is driven one event at a time (yaml-rust2's own `load` recurses once per
+/// nesting level, so a deeply nested document overflowed the stack); nesting and the size
+/// after alias expansion are bounded, and the first document is the plan.
 pub fn parse_yaml(src: &str, file: &str) -> Result<(Value, SourceMap), Vec<Diagnostic>> {
     let mut b = Builder::default();
     let mut parser = Parser::new_from_str(src);
-    if let Err(e) = parser.load(&mut b, false) {
-        let m = e.marker();
-        return Err(vec![Diagnostic {
-            file: file.into(),
-            line: m.line(),
-            column: m.col() + 1,
-            path: String::new(),
-            message: format!("malformed YAML: {}", e.info()),
-        }]);
+    let mut documents = 0;
+    loop {
+        let (ev, mark) = match parser.next_token() {
+            Ok(x) => x,
+            Err(e) => {
+                let m = e.marker();
+                let message = if e.info().contains("recursion limit") {
+                    format!("nested more than {MAX_DEPTH} levels deep: a plan needs far fewer")
+                } else {
+                    format!("malformed YAML: {}", e.info())
+                };
+                return Err(vec![Diagnostic {
+                    file: file.into(),
+                    line: m.line(),
+                    column: m.col() + 1,
+                    path: String::new(),
+                    message,
+                }]);
+            }
+        };
+        match ev {
+            Event::StreamEnd => break,
+            Event::DocumentStart => {
+                documents += 1;
+                if documents > 1 {
+                    b.errors.push((
+                        String::new(),
+                        pos(&mark),
+                        "a second YAML document (`---`): a plan is one document".into(),
+                    ));
+                    break;
+                }
+            }
+            Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
+            ev => b.on_event(ev, mark),
+        }
+        if b.aborted {
+            break;
+        }
     }
     if !b.errors.is_empty() {
         return Err(b

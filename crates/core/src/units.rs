@@ -1,6 +1,7 @@
 //! Human units in the plan: durations (`500ms`, `15m`, `1h30m`, `7d`) and sizes (`1MB`, `64KiB`).
 //!
-//! Both accept a bare integer too (seconds, bytes) because YAML authors write `rpo: 0`.
+//! A bare `0` is accepted for both (YAML authors write `rpo: 0`); any other number needs its
+//! unit, because `rpo: 188` could mean seconds or minutes and a DR plan must not guess.
 
 use std::fmt;
 
@@ -35,10 +36,12 @@ impl std::str::FromStr for Duration {
             ))
         };
         if t.is_empty() {
-            return Err(bad());
+            return Err(UnitError(
+                "empty: expected a duration such as `500ms`, `30s`, `15m`, `1h30m`, `7d`".into(),
+            ));
         }
         if let Ok(n) = t.parse::<u64>() {
-            return Ok(Self::from_secs(n));
+            return Self::from_int(n);
         }
         let mut total_ms: u128 = 0;
         let mut rest = t;
@@ -113,10 +116,10 @@ impl JsonSchema for Duration {
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "A duration: `500ms`, `30s`, `15m`, `1h30m`, `7d`, `2w`, or whole seconds",
+            "description": "A duration: `500ms`, `30s`, `15m`, `1h30m`, `7d`, `2w`, or 0",
             "anyOf": [
-                {"type": "string", "pattern": "^([0-9]+(ms|s|m|min|h|d|w))+$|^[0-9]+$"},
-                {"type": "integer", "minimum": 0}
+                {"type": "string", "pattern": "^([0-9]+(ms|s|m|min|h|d|w))+$|^0$"},
+                {"type": "integer", "minimum": 0, "maximum": 0}
             ]
         })
     }
@@ -140,8 +143,11 @@ impl std::str::FromStr for Size {
             return Err(bad());
         }
         let n: u64 = t[..split].parse().map_err(|_| bad())?;
+        if split == t.len() {
+            return Self::from_int(n);
+        }
         let factor: u64 = match t[split..].trim() {
-            "" | "B" => 1,
+            "B" => 1,
             "kB" | "KB" | "k" | "K" => 1_000,
             "MB" | "M" => 1_000_000,
             "GB" | "G" => 1_000_000_000,
@@ -196,26 +202,37 @@ impl JsonSchema for Size {
     }
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "A size: `512B`, `64KiB`, `1MB`, `2GiB`, or whole bytes",
+            "description": "A size: `512B`, `64KiB`, `1MB`, `2GiB`, or 0",
             "anyOf": [
-                {"type": "string", "pattern": "^[0-9]+ ?(B|kB|KB|k|K|MB|M|GB|G|TB|T|KiB|MiB|GiB|TiB)?$"},
-                {"type": "integer", "minimum": 0}
+                {"type": "string", "pattern": "^[0-9]+ ?(B|kB|KB|k|K|MB|M|GB|G|TB|T|KiB|MiB|GiB|TiB)$|^0$"},
+                {"type": "integer", "minimum": 0, "maximum": 0}
             ]
         })
     }
 }
 
-trait FromUnits: std::str::FromStr<Err = UnitError> {
-    fn from_int(n: u64) -> Self;
+trait FromUnits: std::str::FromStr<Err = UnitError> + Sized {
+    /// A bare number: only 0, which means the same in every unit.
+    fn from_int(n: u64) -> Result<Self, UnitError>;
 }
 impl FromUnits for Duration {
-    fn from_int(n: u64) -> Self {
-        Self::from_secs(n)
+    fn from_int(n: u64) -> Result<Self, UnitError> {
+        if n == 0 {
+            return Ok(Self::from_secs(0));
+        }
+        Err(UnitError(format!(
+            "`{n}` has no unit: write `{n}s`, `{n}m` or `{n}h` (only 0 may go without one)"
+        )))
     }
 }
 impl FromUnits for Size {
-    fn from_int(n: u64) -> Self {
-        Size(n)
+    fn from_int(n: u64) -> Result<Self, UnitError> {
+        if n == 0 {
+            return Ok(Size(0));
+        }
+        Err(UnitError(format!(
+            "`{n}` has no unit: write `{n}B`, `{n}KiB` or `{n}MB` (only 0 may go without one)"
+        )))
     }
 }
 
@@ -238,12 +255,12 @@ impl<T: FromUnits> de::Visitor<'_> for UnitVisitor<T> {
         f.write_str(self.expecting)
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        Ok(T::from_int(v))
+        T::from_int(v).map_err(E::custom)
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        u64::try_from(v)
-            .map(T::from_int)
-            .map_err(|_| E::custom(format!("{v} is negative: expected {}", self.expecting)))
+        let v = u64::try_from(v)
+            .map_err(|_| E::custom(format!("{v} is negative: expected {}", self.expecting)))?;
+        T::from_int(v).map_err(E::custom)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
         v.parse().map_err(E::custom)
@@ -263,11 +280,11 @@ mod tests {
         assert_eq!(d("1h30m"), 5_400_000);
         assert_eq!(d("7d"), 7 * 86_400_000);
         assert_eq!(d("0s"), 0);
-        assert_eq!(d("90"), 90_000);
-        for bad in ["", "15", "m", "15x", "1.5h", "h1", "-3m"] {
-            if bad == "15" {
-                continue;
-            }
+        assert_eq!(d("0"), 0);
+        // A bare number other than 0 is ambiguous (seconds? minutes?): refused, naming the fix.
+        let e = "188".parse::<Duration>().unwrap_err().to_string();
+        assert!(e.contains("has no unit") && e.contains("188s"), "{e}");
+        for bad in ["", "15", "m", "15x", "1.5h", "h1", "-3m", "90"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad} parsed");
         }
     }
@@ -285,7 +302,9 @@ mod tests {
         let z = |s: &str| s.parse::<Size>().unwrap().0;
         assert_eq!(z("1MB"), 1_000_000);
         assert_eq!(z("1MiB"), 1 << 20);
-        assert_eq!(z("512"), 512);
+        assert_eq!(z("512B"), 512);
+        assert_eq!(z("0"), 0);
+        assert!("512".parse::<Size>().is_err());
         assert_eq!(z("64 KiB"), 65536);
         assert!("1XB".parse::<Size>().is_err());
         assert!("MB".parse::<Size>().is_err());

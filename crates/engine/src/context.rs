@@ -31,11 +31,13 @@ pub struct Context {
 }
 
 pub fn load_plan(path: &Path) -> Result<Plan, PlanError> {
-    let src = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+    let bytes = std::fs::read(path).map_err(|source| PlanError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse_plan(&src, &path.display().to_string()).map_err(PlanError::Invalid)
+    let file = path.display().to_string();
+    let src = lifeboat_core::load::plan_text(&bytes, &file).map_err(PlanError::Invalid)?;
+    parse_plan(src, &file).map_err(PlanError::Invalid)
 }
 
 impl Context {
