@@ -464,3 +464,68 @@ fn symlinks_fifos_empty_and_sticky_dirs_round_trip() {
     assert_eq!(shared.permissions().mode() & 0o7777, 0o1777);
     assert_eq!(std::fs::read_dir(out.join("shared")).unwrap().count(), 0);
 }
+
+/// What restic keeps, Lifeboat keeps: a file whose name is as long as the file system allows
+/// (the temporary name once outgrew 255 bytes: "File name too long"), hard links (came back as
+/// separate files), sparse files (came back fully allocated), symlink times (not restored).
+/// restic restores the same repository the same way.
+#[test]
+fn long_names_hard_links_sparse_files_and_symlink_times_restore_as_they_were() {
+    use std::os::unix::fs::MetadataExt;
+    let lab = ready_lab("echo x");
+    let long = "n".repeat(255);
+    lab.write(&format!("data/{long}"), b"longest name");
+    lab.write("data/links/a", b"one inode, two names");
+    std::fs::hard_link(lab.p("data/links/a"), lab.p("data/links/b")).unwrap();
+    // 64 MiB with 4 KiB of data at 1 MiB and at the end: mostly a hole.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(lab.p("data/sparse.img")).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&[7u8; 4096]).unwrap();
+        f.seek(SeekFrom::Start((64 << 20) - 4096)).unwrap();
+        f.write_all(&[9u8; 4096]).unwrap();
+    }
+    // A file ending in a hole.
+    std::fs::File::create(lab.p("data/tail-hole"))
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    std::os::unix::fs::symlink("links/a", lab.p("data/old-link")).unwrap();
+    let touch = std::process::Command::new("touch")
+        .args(["-h", "-d", "2020-02-03 04:05:06"])
+        .arg(lab.p("data/old-link"))
+        .status()
+        .unwrap();
+    assert!(touch.success());
+    lab.ok(&["backup", "files"]);
+    lab.ok(&["restore", "latest", "--job", "files", "--target", "out"]);
+    let out = restored(&lab.p("out"), &lab.p("data"));
+    assert_eq!(std::fs::read(out.join(&long)).unwrap(), b"longest name");
+    let a = std::fs::metadata(out.join("links/a")).unwrap();
+    let b = std::fs::metadata(out.join("links/b")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "hard links came back as separate files");
+    assert_eq!(a.nlink(), 2);
+    assert_eq!(
+        std::fs::read(out.join("links/b")).unwrap(),
+        b"one inode, two names"
+    );
+    let sparse = std::fs::metadata(out.join("sparse.img")).unwrap();
+    assert_eq!(sparse.len(), 64 << 20);
+    assert!(
+        sparse.blocks() * 512 < 4 << 20,
+        "sparse file came back with {} bytes allocated",
+        sparse.blocks() * 512
+    );
+    assert_eq!(
+        std::fs::read(out.join("sparse.img")).unwrap(),
+        std::fs::read(lab.p("data/sparse.img")).unwrap()
+    );
+    let tail = std::fs::metadata(out.join("tail-hole")).unwrap();
+    assert_eq!(tail.len(), 32 << 20);
+    assert!(tail.blocks() * 512 < 1 << 20);
+    let link = std::fs::symlink_metadata(out.join("old-link")).unwrap();
+    let orig = std::fs::symlink_metadata(lab.p("data/old-link")).unwrap();
+    assert_eq!(link.mtime(), orig.mtime(), "symlink mtime not restored");
+    assert_eq!(link.mtime_nsec(), orig.mtime_nsec());
+}

@@ -7,9 +7,13 @@
 //! and only a file whose every blob verified is renamed into place with its mode, times and
 //! (as root) owner. A damaged file therefore never appears under its name; the restore goes on
 //! with the other files and then fails, naming every file it could not restore.
+//!
+//! As restic does, files the snapshot recorded as hard links of one another (same device and
+//! inode, more than one link) come back linked; runs of zeros come back as holes, so sparse
+//! files stay sparse; symlinks get their own times.
 
-use std::ffi::OsString;
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +30,8 @@ pub struct RestoreSummary {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
+    /// Paths restored as hard links of another restored path (counted in `files` too).
+    pub hard_links: u64,
     /// FIFOs and (as root) device nodes recreated.
     pub specials: u64,
     /// Entries not restored: sockets, and device nodes when not root.
@@ -35,6 +41,13 @@ pub struct RestoreSummary {
 struct FileJob {
     dest: PathBuf,
     node: Node,
+}
+
+/// A file to link to an earlier one of the same inode, once that one is restored.
+struct LinkJob {
+    dest: PathBuf,
+    /// Index into the file jobs of the first path of this inode.
+    first: usize,
 }
 
 /// Go's `os.FileMode` (restic's on-disk mode) to Unix permission bits.
@@ -77,10 +90,8 @@ fn set_meta(path: &Path, node: &Node, is_root: bool) -> Result<()> {
             }
         }
     }
-    if matches!(node.node_type, NodeType::Symlink { .. }) {
-        return Ok(());
-    }
-    if let Some(mode) = meta.mode {
+    let symlink = matches!(node.node_type, NodeType::Symlink { .. });
+    if let (Some(mode), false) = (meta.mode, symlink) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix_mode(mode)))
             .map_err(|e| io_err("setting the mode of", path, e))?;
     }
@@ -97,8 +108,14 @@ fn set_meta(path: &Path, node: &Node, is_root: bool) -> Result<()> {
         });
         let times = [atime, ts(mtime)];
         let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
+        // A symlink's own times, not its target's.
+        let flags = if symlink {
+            libc::AT_SYMLINK_NOFOLLOW
+        } else {
+            0
+        };
         // SAFETY: valid C string and a two-element timespec array, as utimensat requires.
-        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } != 0 {
+        if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) } != 0 {
             return Err(io_err(
                 "setting the times of",
                 path,
@@ -131,23 +148,33 @@ fn make_special(dest: &Path, t: &NodeType) -> bool {
     r == 0
 }
 
-fn tmp_name(dest: &Path) -> PathBuf {
-    let mut name = OsString::from(".");
-    name.push(dest.file_name().unwrap_or_default());
-    name.push(format!(".lifeboat-restore-{}", std::process::id()));
-    dest.with_file_name(name)
+/// A temporary name beside `dest` of fixed, short length: any name the file system accepts
+/// must restore, so the temporary name cannot grow with it (a name of 255 bytes plus a
+/// suffix was "File name too long"). The job number keeps it unique within the restore.
+fn tmp_name(dest: &Path, job: usize) -> PathBuf {
+    dest.with_file_name(format!(".lifeboat-{}-{job}.part", std::process::id()))
+}
+
+/// Whether a blob is all zeros (written as a hole, so sparse files stay sparse).
+fn all_zero(data: &[u8]) -> bool {
+    // SAFETY: every bit pattern is a valid u128, so viewing aligned bytes as words is sound.
+    let (head, body, tail) = unsafe { data.align_to::<u128>() };
+    head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
 fn restore_file<S: IndexedFull + Sync>(
     repo: &Repository<S>,
     job: &FileJob,
+    index: usize,
     is_root: bool,
     bytes: &AtomicU64,
     progress: &Progress,
 ) -> Result<()> {
-    let tmp = tmp_name(&job.dest);
+    let tmp = tmp_name(&job.dest, index);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
+        let mut len: u64 = 0;
+        let mut hole = false;
         for id in job.node.content.iter().flatten() {
             let data = repo
                 .cat_blob(BlobType::Data, &id.to_hex())
@@ -168,9 +195,21 @@ fn restore_file<S: IndexedFull + Sync>(
                     }
                     err
                 })?;
-            f.write_all(&data).map_err(|e| io_err("writing", &tmp, e))?;
+            if all_zero(&data) {
+                f.seek(SeekFrom::Current(data.len() as i64))
+                    .map_err(|e| io_err("writing", &tmp, e))?;
+                hole = true;
+            } else {
+                f.write_all(&data).map_err(|e| io_err("writing", &tmp, e))?;
+                hole = false;
+            }
+            len += data.len() as u64;
             bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             progress.inc(data.len() as u64);
+        }
+        if hole {
+            // A file ending in a hole: its length comes from set_len, not a write.
+            f.set_len(len).map_err(|e| io_err("writing", &tmp, e))?;
         }
         f.flush().map_err(|e| io_err("writing", &tmp, e))?;
         drop(f);
@@ -194,6 +233,9 @@ pub fn restore_tree<S: IndexedFull + Sync>(
     let mut summary = RestoreSummary::default();
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut files: Vec<FileJob> = Vec::new();
+    let mut links: Vec<LinkJob> = Vec::new();
+    // (device, inode) → the file job of its first path, for nodes with more than one link.
+    let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     let mut total: u64 = 0;
     std::fs::create_dir_all(target).map_err(|e| io_err("creating", target, e))?;
     // A single file (or symlink) restores as itself into `target`; a directory restores its tree.
@@ -224,6 +266,14 @@ pub fn restore_tree<S: IndexedFull + Sync>(
             NodeType::File => {
                 if let Some(parent) = dest.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| io_err("creating", parent, e))?;
+                }
+                if node.meta.links > 1 && node.meta.inode != 0 {
+                    let key = (node.meta.device_id, node.meta.inode);
+                    if let Some(&first) = inodes.get(&key) {
+                        links.push(LinkJob { dest, first });
+                        continue;
+                    }
+                    inodes.insert(key, files.len());
                 }
                 total += node.meta.size;
                 files.push(FileJob { dest, node });
@@ -262,43 +312,85 @@ pub fn restore_tree<S: IndexedFull + Sync>(
         .clamp(2, 8);
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
-    let failures: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+    let failures: Mutex<Vec<(PathBuf, StoreError)>> = Mutex::new(Vec::new());
+    let failed: Vec<std::sync::atomic::AtomicBool> = (0..files.len())
+        .map(|_| std::sync::atomic::AtomicBool::new(false))
+        .collect();
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = files.get(i) else { break };
-                if let Err(e) = restore_file(repo, job, is_root, &bytes, &progress) {
+                if let Err(e) = restore_file(repo, job, i, is_root, &bytes, &progress) {
+                    failed[i].store(true, Ordering::Relaxed);
                     failures
                         .lock()
                         .expect("failures lock")
-                        .push((job.dest.clone(), e.message));
+                        .push((job.dest.clone(), e));
                 }
             });
         }
     });
     progress.finish();
+    // Hard links last: each to its inode's first path, restored above.
+    let mut linked = 0u64;
+    for l in &links {
+        let first = &files[l.first].dest;
+        if failed[l.first].load(Ordering::Relaxed) {
+            failures.lock().expect("failures lock").push((
+                l.dest.clone(),
+                StoreError::new(
+                    Kind::Integrity,
+                    format!("a hard link of {}, which was not restored", first.display()),
+                ),
+            ));
+            continue;
+        }
+        let _ = std::fs::remove_file(&l.dest);
+        match std::fs::hard_link(first, &l.dest) {
+            Ok(()) => linked += 1,
+            Err(e) => failures
+                .lock()
+                .expect("failures lock")
+                .push((l.dest.clone(), io_err("linking", &l.dest, e))),
+        }
+    }
     // Directories last, deepest first, so their times survive the files written into them.
     for (dest, node) in dirs.iter().rev() {
         set_meta(dest, node, is_root)?;
     }
     let failures = failures.into_inner().expect("failures lock");
-    summary.files = files.len() as u64 - failures.len() as u64;
+    summary.files = (files.len() + links.len()) as u64 - failures.len() as u64;
+    summary.hard_links = linked;
     summary.dirs = dirs.len() as u64;
     summary.bytes = bytes.load(Ordering::Relaxed);
     if !failures.is_empty() {
         let list: Vec<String> = failures
             .iter()
             .take(5)
-            .map(|(p, e)| format!("{}: {e}", p.display()))
+            .map(|(p, e)| format!("{}: {}", p.display(), e.message))
             .collect();
         let more = if failures.len() > 5 {
             format!(" (and {} more)", failures.len() - 5)
         } else {
             String::new()
         };
+        // The hint follows the cause: damaged data points at verify; a local problem (disk
+        // full, permissions) at the target.
+        let damaged = failures.iter().any(|(_, e)| e.kind == Kind::Integrity);
+        let local = failures.iter().find(|(_, e)| e.kind != Kind::Integrity);
+        let mut next = Vec::new();
+        if damaged {
+            next.push("run `lifeboat verify --read-data` to find the damaged snapshots, and restore the damaged files from an older snapshot or a copy".to_string());
+        }
+        if let Some((_, e)) = local {
+            next.push(match &e.hint {
+                Some(h) => h.clone(),
+                None => "the target refused the write: check its free space and permissions, then restore again".into(),
+            });
+        }
         return Err(StoreError::new(
-            Kind::Integrity,
+            if damaged { Kind::Integrity } else { Kind::Io },
             format!(
                 "{} file(s) could not be restored and were not written: {}{more}",
                 failures.len(),
@@ -306,8 +398,9 @@ pub fn restore_tree<S: IndexedFull + Sync>(
             ),
         )
         .hint(format!(
-            "the other {} file(s) were restored; run `lifeboat verify --read-data` to find the damaged snapshots, and restore these files from an older snapshot or a copy",
-            summary.files
+            "the other {} file(s) were restored; {}",
+            summary.files,
+            next.join("; ")
         )));
     }
     Ok(summary)
