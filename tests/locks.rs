@@ -83,13 +83,36 @@ fn stale_lock_from_a_killed_run_is_reported_and_cleared() {
         "{}",
         locks.stdout
     );
-    // a stale lock does not block the next run, which says so
+    // restic's check refuses while the abandoned lock is there
+    let out = restic(&lab).arg("check").output().unwrap();
+    assert!(!out.status.success(), "restic check ran past the lock");
+    // the next writer removes it (its process is provably gone), says so and records it
     let r = lab.run(&["backup", "files"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
-        r.stderr.contains("stale lock ignored") && r.stderr.contains("lifeboat repo unlock"),
+        r.stderr.contains("removed an abandoned lock") && r.stderr.contains("no longer running"),
         "{}",
         r.stderr
+    );
+    assert_eq!(std::fs::read_dir(lab.p("repo/locks")).unwrap().count(), 0);
+    let unlock = lab
+        .events()
+        .into_iter()
+        .find(|e| e["command"] == "repo unlock")
+        .expect("the removal is in the evidence log");
+    assert_eq!(unlock["figures"]["by"], "backup");
+    assert!(
+        unlock["figures"]["removed"][0]
+            .as_str()
+            .unwrap()
+            .contains("lifeboat backup dump"),
+        "{unlock}"
+    );
+    let out = restic(&lab).arg("check").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     // the killed run's spool file was cleaned up by the next run of a command job
     lab.write("release", "");
@@ -98,18 +121,65 @@ fn stale_lock_from_a_killed_run_is_reported_and_cleared() {
         std::fs::read_dir(lab.p(".lifeboat/spool")).unwrap().count(),
         0
     );
+    // `repo unlock` still clears what a writer would not (a lock it cannot judge dead)
     let u = lab.ok(&["repo", "unlock"]);
-    assert!(u.stdout.contains("removed 1 lock"), "{}", u.stdout);
-    let last = lab.events().last().unwrap().clone();
-    assert_eq!(last["command"], "repo unlock");
+    assert!(u.stdout.contains("removed 0 lock"), "{}", u.stdout);
+}
+
+/// Packs no index names (what a killed backup leaves behind) are freed by forget, and the
+/// report says how much: it used to say "pruned 0 pack(s), freed 0 B" while deleting them.
+#[test]
+fn forget_reports_the_packs_a_killed_backup_left() {
+    let lab = ready_lab("echo x");
+    lab.ok(&["backup", "files"]);
+    // A twin of the repository (same keys) takes a backup of new data; its new packs, copied
+    // into the first repository without their index, are exactly a killed backup's leftovers.
+    let twin = lab.p("twin");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(lab.p("repo"))
+        .arg(&twin)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let before: std::collections::BTreeSet<_> = packs(&twin);
+    lab.write("data/new.bin", noise(3 << 20, 99));
+    let plan = std::fs::read_to_string(lab.p("lifeboat.yaml")).unwrap();
+    lab.plan(&plan.replace("url: repo", "url: twin"));
+    lab.ok(&["backup", "files"]);
+    lab.plan(&plan);
+    let mut added = 0u64;
+    for p in packs(&twin).difference(&before) {
+        let rel = p.strip_prefix(&twin).unwrap();
+        let dest = lab.p("repo").join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(p, &dest).unwrap();
+        added += std::fs::metadata(&dest).unwrap().len();
+    }
+    assert!(added > 0);
+    let r = lab.ok(&["--json", "forget"]);
+    let v = r.json()[0].clone();
+    assert!(v["packs_removed"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["bytes_freed"].as_u64().unwrap(), added, "{v}");
+    let out = restic(&lab)
+        .args(["check", "--read-data"])
+        .output()
+        .unwrap();
     assert!(
-        last["figures"]["removed"][0]
-            .as_str()
-            .unwrap()
-            .contains("pid"),
-        "{last}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(std::fs::read_dir(lab.p("repo/locks")).unwrap().count(), 0);
+}
+
+fn packs(repo: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    for d in std::fs::read_dir(repo.join("data")).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            out.insert(f.path());
+        }
+    }
+    out
 }
 
 #[test]

@@ -28,6 +28,9 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             for s in &o.stale_locks {
                 eprintln!("warning: stale lock ignored: {s}; `lifeboat repo unlock` removes it");
             }
+            for s in &o.stale_locks_removed {
+                eprintln!("removed an abandoned lock: {s}");
+            }
             match (&o.summary, &o.error) {
                 (Some(s), _) => println!(
                     "{}: snapshot {} — {} files, {} read, {} added ({} stored), {:.1}s",

@@ -26,6 +26,8 @@ pub struct JobOutcome {
     pub copies: Vec<CopyOutcome>,
     pub duration_ms: u64,
     pub stale_locks: Vec<String>,
+    /// Locks of dead processes on this host, removed before the backup (and recorded).
+    pub stale_locks_removed: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -59,6 +61,7 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
         copies: Vec::new(),
         duration_ms: 0,
         stale_locks: Vec::new(),
+        stale_locks_removed: Vec::new(),
     };
     let result = (|| -> Result<(), StoreError> {
         let job = job.ok_or_else(|| {
@@ -85,9 +88,14 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
         })?;
         out.kind = job.snapshot_kind(svc).into();
         let store = ctx.open_repo(&repo_name)?;
-        let lock = store.lock(false, "backup", Some(name))?;
+        let lock = ctx.lock_repo(&store, false, "backup", Some(name))?;
         out.stale_locks = lock
             .stale_seen
+            .iter()
+            .map(|l| format!("{} ({})", l.describe(), l.stale.clone().unwrap_or_default()))
+            .collect();
+        out.stale_locks_removed = lock
+            .removed
             .iter()
             .map(|l| format!("{} ({})", l.describe(), l.stale.clone().unwrap_or_default()))
             .collect();
@@ -130,7 +138,7 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
 fn copy_one(store: &Store, ctx: &Context, target: &str, snapshot: &str) -> CopyOutcome {
     let r = (|| {
         let dest = ctx.open_repo(target)?;
-        let _lock = dest.lock(false, "copy", None)?;
+        let _lock = ctx.lock_repo(&dest, false, "copy", None)?;
         store.copy_to(&dest, &[snapshot.to_string()])
     })();
     match r {

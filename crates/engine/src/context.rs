@@ -149,6 +149,36 @@ impl Context {
     }
 
     /// Record one act in the evidence log.
+    /// Lock a repository for `command`. Locks of dead processes on this host that the lock
+    /// removed on its way are recorded in the evidence log (as `repo unlock` would be).
+    pub fn lock_repo(
+        &self,
+        store: &lifeboat_store::repo::Store,
+        exclusive: bool,
+        command: &str,
+        job: Option<&str>,
+    ) -> Result<lifeboat_store::lock::LockGuard, StoreError> {
+        let started = Instant::now();
+        let guard = store.lock(exclusive, command, job)?;
+        if !guard.removed.is_empty() {
+            let removed: Vec<String> = guard
+                .removed
+                .iter()
+                .map(|l| format!("{} ({})", l.describe(), l.stale.clone().unwrap_or_default()))
+                .collect();
+            let figures = serde_json::json!({
+                "removed": removed,
+                "why": "their processes no longer run on this host",
+                "by": command,
+            });
+            // The lock is taken: a failed record must not fail the command, but is said.
+            if let Err(e) = self.record("repo unlock", &store.spec.name, "ok", started, figures) {
+                eprintln!("warning: removed abandoned locks but could not record it: {e}");
+            }
+        }
+        Ok(guard)
+    }
+
     pub fn record(
         &self,
         command: &str,

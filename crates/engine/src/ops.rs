@@ -33,7 +33,7 @@ pub fn forget(ctx: &Context, repo: &str, dry_run: bool) -> Result<ForgetReport, 
     let _lock = if dry_run {
         None
     } else {
-        Some(store.lock(true, "forget", None)?)
+        Some(ctx.lock_repo(&store, true, "forget", None)?)
     };
     let snaps = store.snapshots()?;
     let mut by_job: BTreeMap<String, Vec<&SnapshotInfo>> = BTreeMap::new();
@@ -322,7 +322,7 @@ pub fn copy(ctx: &Context, from: &str, to: &str) -> Result<CopyReport, StoreErro
     let result = (|| -> Result<_, StoreError> {
         let src = ctx.open_repo(from)?;
         let dest = ctx.open_repo(to)?;
-        let _lock = dest.lock(false, "copy", None)?;
+        let _lock = ctx.lock_repo(&dest, false, "copy", None)?;
         let ids: Vec<String> = src
             .snapshots()?
             .into_iter()

@@ -124,6 +124,9 @@ pub struct FoundLock {
     pub id: String,
     pub info: Option<LockInfo>,
     pub stale: Option<String>,
+    /// Provably abandoned: taken on this host by a process that no longer runs. Such locks
+    /// are removed by the next writer (restic's `check` and `prune` would refuse on them).
+    pub dead: bool,
 }
 
 impl FoundLock {
@@ -162,8 +165,13 @@ fn process_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Taken on this host by a process that is gone: nobody can be holding it.
+fn abandoned(info: &LockInfo) -> bool {
+    info.hostname == hostname() && !process_alive(info.pid)
+}
+
 fn staleness(info: &LockInfo, now: jiff::Timestamp) -> Option<String> {
-    if info.hostname == hostname() && !process_alive(info.pid) {
+    if abandoned(info) {
         return Some(format!(
             "process {} on this host is no longer running",
             info.pid
@@ -200,7 +208,13 @@ pub fn list_locks(objects: &dyn ObjectStore, key: &RepoKey) -> Result<Vec<FoundL
             serde_json::from_slice::<LockInfo>(&json).ok()
         });
         let stale = info.as_ref().and_then(|i| staleness(i, now));
-        out.push(FoundLock { id, info, stale });
+        let dead = info.as_ref().is_some_and(abandoned);
+        out.push(FoundLock {
+            id,
+            info,
+            stale,
+            dead,
+        });
     }
     Ok(out)
 }
@@ -211,8 +225,11 @@ pub struct LockGuard {
     objects: Arc<dyn ObjectStore>,
     stop: Arc<AtomicBool>,
     refresher: Option<std::thread::JoinHandle<()>>,
-    /// Stale locks seen (and ignored) when this lock was taken.
+    /// Stale locks seen (and ignored) when this lock was taken, not removed: they may belong
+    /// to a process on another host that still runs.
     pub stale_seen: Vec<FoundLock>,
+    /// Locks of processes on this host that no longer run, removed when this lock was taken.
+    pub removed: Vec<FoundLock>,
 }
 
 fn write_lock(objects: &dyn ObjectStore, key: &RepoKey, info: &LockInfo) -> Result<String> {
@@ -273,7 +290,18 @@ pub fn acquire(
         let _ = objects.delete(&format!("locks/{id}"));
         return Err(locked(holder));
     }
-    let stale_seen = locks.into_iter().filter(|l| l.stale.is_some()).collect();
+    // A writer cleans up after the dead: locks of processes on this host that no longer run
+    // (a killed backup leaves its lock) go, so they do not pile up and block restic's check
+    // and prune. Locks that are only old may be another host's live process: reported only.
+    let mut removed = Vec::new();
+    let mut stale_seen = Vec::new();
+    for l in locks.into_iter().filter(|l| l.stale.is_some()) {
+        if l.dead && objects.delete(&format!("locks/{}", l.id)).is_ok() {
+            removed.push(l);
+        } else {
+            stale_seen.push(l);
+        }
+    }
     let state = Arc::new(Mutex::new(Some(id)));
     let stop = Arc::new(AtomicBool::new(false));
     let refresher = {
@@ -305,6 +333,7 @@ pub fn acquire(
         stop,
         refresher: Some(refresher),
         stale_seen,
+        removed,
     })
 }
 
@@ -393,11 +422,33 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("no longer running"));
-        // a stale exclusive lock does not block, and is reported
-        let g = acquire(objects.clone(), &key(), false, "backup", None).unwrap();
-        assert_eq!(g.stale_seen.len(), 1);
-        drop(g);
+        assert!(found[0].dead);
         assert_eq!(unlock(&*objects, &key(), false).unwrap().len(), 1);
         assert!(objects.list("locks").unwrap().is_empty());
+        // A stale exclusive lock does not block the next writer, which removes it (its process
+        // is provably gone) and says so.
+        write_lock(&*objects, &key(), &info).unwrap();
+        let g = acquire(objects.clone(), &key(), false, "backup", None).unwrap();
+        assert_eq!(g.removed.len(), 1);
+        assert!(g.stale_seen.is_empty());
+        assert_eq!(
+            objects.list("locks").unwrap().len(),
+            1,
+            "only the new lock is left"
+        );
+        drop(g);
+        assert!(objects.list("locks").unwrap().is_empty());
+        // A lock of another host, only old, is reported and kept: its process may still run.
+        let other = LockInfo {
+            hostname: "elsewhere".into(),
+            time: "2020-01-01T00:00:00Z".into(),
+            ..info
+        };
+        write_lock(&*objects, &key(), &other).unwrap();
+        let g = acquire(objects.clone(), &key(), false, "backup", None).unwrap();
+        assert!(g.removed.is_empty());
+        assert_eq!(g.stale_seen.len(), 1);
+        drop(g);
+        assert_eq!(objects.list("locks").unwrap().len(), 1);
     }
 }

@@ -716,10 +716,13 @@ impl Store {
                 .map_err(|e| rustic(e, "planning prune"))?;
             let st = &plan.stats;
             let sizes = st.size_sum();
-            // Unused packs go, partly used ones are repacked (their unused part freed), and
-            // packs marked by an earlier two-phase prune are deleted.
-            let packs = st.packs.unused + st.packs.repack + st.packs_to_delete.remove;
-            let bytes = sizes.remove + sizes.repackrm + st.size_to_delete.remove;
+            // Unused packs go, partly used ones are repacked (their unused part freed), packs
+            // marked by an earlier two-phase prune are deleted, and so are packs no index
+            // names (left by a killed backup: they were counted nowhere, so a prune that freed
+            // them reported 0).
+            let packs =
+                st.packs.unused + st.packs.repack + st.packs_to_delete.remove + st.packs_unref;
+            let bytes = sizes.remove + sizes.repackrm + st.size_to_delete.remove + st.size_unref;
             r.prune(&opts, plan).map_err(|e| rustic(e, "pruning"))?;
             Ok((packs, bytes))
         })
