@@ -1426,3 +1426,101 @@ fn rejoin_right_after_a_promotion_uses_the_members_newest_timeline() {
     assert_eq!(rj["figures"]["divergence"]["new_timeline"], 4, "{rj}");
     assert!(r.stdout.contains("; streaming"), "{}", r.stdout);
 }
+
+impl Pair {
+    /// Block until writes through the endpoint land on `port`.
+    fn await_primary(&self, log: &mut Writes, port: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no write reached port {port} within {within:?}:\n{}",
+                self.daemon_log()
+            );
+            if log.write(self) && log.servers.last() == Some(&port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One incident after another, on one pair and one daemon: a switchover, then a crash of the
+/// new primary a moment later; a rejoin of the crashed member, then a crash of the primary
+/// again. Each crash is failed over, with nothing acknowledged lost. Both used to hold for up
+/// to `checkpoint_timeout`: the standby's timeline was read from its last restartpoint, which
+/// still named the timeline before the switch ("a is on timeline 1, behind the primary's 2").
+#[test]
+fn switchover_then_crash_and_rejoin_then_crash_both_fail_over() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    // A long checkpoint_timeout, as by default (5 min): no restartpoint can come to the rescue.
+    for dir in ["pgdata", "standby"] {
+        pg.append_conf(
+            &format!("{dir}/postgresql.auto.conf"),
+            "checkpoint_timeout = 30min\n",
+        );
+    }
+    pg.sql("SELECT pg_reload_conf()");
+    pg.sql_on(pair.sport, "postgres", "SELECT pg_reload_conf()");
+    let _daemon = pair.start("");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 5);
+    let sw = pg.run(&["switchover", "db", "--to", "b"]);
+    assert_eq!(sw.code, 0, "{}", sw.all());
+    pair.await_primary(&mut log, pair.sport, Duration::from_secs(20));
+    pair.write_some(&mut log, 5);
+    // b (timeline 2) dies a moment after the switchover: a must take over.
+    pair.signal_server("standby", libc::SIGKILL);
+    pair.await_primary(&mut log, pg.port, Duration::from_secs(20));
+    pair.write_some(&mut log, 5);
+    pair.assert_nothing_lost(&log, pg.port);
+    assert_eq!(pair.state()["primary"], "a");
+
+    // Rejoin b as a's standby (it streams on a's timeline 3), then a dies: b must take over.
+    let r = pg.run(&["rejoin", "db", "b"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.sql_on(
+        pg.port,
+        "postgres",
+        "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "b never became synchronous");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The daemon must have seen b listed as synchronous before a crash can be failed over
+    // to it (until then it holds: it cannot know b has every acknowledged write).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = pair.daemon_log();
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"event\":\"decision\""));
+        if last.is_some_and(|l| l.contains("primary a healthy; b synchronous standby")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pair.write_some(&mut log, 5);
+    // The standby's timeline is the one it streams, in status too.
+    let st = pg.ok(&["--json", "status", "db"]).json();
+    let b = st[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["site"] == "b")
+        .unwrap_or_else(|| panic!("{st}"))
+        .clone();
+    assert_eq!(b["probe"]["timeline"], 3, "{st}");
+    pair.signal_server("pgdata", libc::SIGKILL);
+    pair.await_primary(&mut log, pair.sport, Duration::from_secs(20));
+    pair.write_some(&mut log, 5);
+    pair.assert_nothing_lost(&log, pair.sport);
+    let f = pair.failovers();
+    assert_eq!(f.len(), 2, "{}", pair.daemon_log());
+    assert!(f.iter().all(|e| e["outcome"] == "ok"), "{f:?}");
+}

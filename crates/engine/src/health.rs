@@ -70,9 +70,17 @@ fn lsn(s: Option<String>) -> Option<u64> {
         .map(|l| l.0)
 }
 
+/// The timeline of a primary is that of its current WAL file. A standby's is the newest it
+/// holds WAL of: the timeline its WAL receiver gets (while it streams), or the newest
+/// timeline among the WAL segments in its pg_wal (received or restored — what a promotion
+/// would continue from), never less than its last restartpoint's. The restartpoint alone
+/// (`pg_control_checkpoint()`) lags a timeline switch by up to `checkpoint_timeout`: after a
+/// switchover or rejoin the daemon then held ("timeline 1, behind the primary's 2").
 const QUERY: &str = "SELECT pg_is_in_recovery(), \
     (SELECT system_identifier::text FROM pg_control_system()), \
-    CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+    CASE WHEN pg_is_in_recovery() THEN greatest( \
+           (SELECT timeline_id FROM pg_control_checkpoint()), \
+           (SELECT received_tli FROM pg_stat_wal_receiver)) \
          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()::text \
          ELSE pg_current_wal_lsn()::text END, \
@@ -82,6 +90,11 @@ const QUERY: &str = "SELECT pg_is_in_recovery(), \
            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END END::float8, \
     CASE WHEN pg_is_in_recovery() THEN \
       coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false) END";
+
+/// The newest timeline a standby has WAL segments of. A separate query: `pg_ls_waldir()` needs
+/// superuser or `pg_monitor`; without them the probe goes on without it.
+pub const WAL_DIR_TIMELINE: &str = "SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) \
+    FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'";
 
 const STANDBYS: &str = "SELECT coalesce(application_name, ''), coalesce(state, ''), \
     coalesce(sync_state, ''), flush_lsn::text, replay_lsn::text, \
@@ -116,6 +129,14 @@ pub async fn probe(member: &Member, timeout: Duration) -> Probe {
         let conn = tokio::spawn(conn);
         let row = client.query_one(QUERY, &[]).await?;
         let in_recovery: bool = row.get(0);
+        let mut timeline = row.get::<_, Option<i32>>(2).map(|t| t as u32);
+        if in_recovery {
+            if let Ok(r) = client.query_one(WAL_DIR_TIMELINE, &[]).await {
+                if let Some(t) = r.get::<_, Option<i32>>(0) {
+                    timeline = timeline.max(Some(t as u32));
+                }
+            }
+        }
         let standbys = if in_recovery {
             Vec::new()
         } else {
@@ -145,7 +166,7 @@ pub async fn probe(member: &Member, timeout: Duration) -> Probe {
                 Role::Primary
             }),
             system_id: row.get(1),
-            timeline: row.get::<_, Option<i32>>(2).map(|t| t as u32),
+            timeline,
             lsn: lsn(row.get(3)),
             replay_lsn: lsn(row.get(4)),
             lag_s: row.get(5),

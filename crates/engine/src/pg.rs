@@ -317,12 +317,22 @@ pub fn server_info(c: &mut postgres::Client) -> Result<ServerInfo, StoreError> {
             format!("querying server state: {}", db_error_text(&e)),
         )
     })?;
-    // The timeline: from the control file's last checkpoint (pg_control_checkpoint), updated
-    // at promotion's end-of-recovery checkpoint.
+    // The timeline: a primary's from its current WAL file (pg_control lags right after a
+    // promotion), a standby's the newest it holds WAL of (see `health::QUERY`).
     let tli: i32 = c
-        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .query_one(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN greatest( \
+                 (SELECT timeline_id FROM pg_control_checkpoint()), \
+                 (SELECT received_tli FROM pg_stat_wal_receiver)) \
+             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+            &[],
+        )
         .map(|r| r.get(0))
         .unwrap_or(0);
+    let tli = match c.query_one(crate::health::WAL_DIR_TIMELINE, &[]) {
+        Ok(r) if row.get::<_, bool>(1) => tli.max(r.get::<_, Option<i32>>(0).unwrap_or(0)),
+        _ => tli,
+    };
     Ok(ServerInfo {
         version_num: row.get(0),
         in_recovery: row.get(1),
