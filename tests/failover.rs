@@ -1524,3 +1524,89 @@ fn switchover_then_crash_and_rejoin_then_crash_both_fail_over() {
     assert_eq!(f.len(), 2, "{}", pair.daemon_log());
     assert!(f.iter().all(|e| e["outcome"] == "ok"), "{f:?}");
 }
+
+/// The daemon dies before it noticed the primary's crash (or right after, before it recorded
+/// a failover), and starts again while the primary is down. It never sees the primary healthy
+/// in this run, so which standby was synchronous comes from its record on disk: fresh, it
+/// fails over with nothing lost; too old to trust, it holds and says why; without it, as
+/// before, it holds (it used to hold forever in every case: "b was not a synchronous standby").
+#[test]
+fn daemon_restarted_while_the_primary_is_down_promotes_on_its_sync_record() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    let mut daemon = pair.start("");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 10);
+    let record = pg.lab.p(".lifeboat/failover/db.sync.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&record).is_ok_and(|r| r.contains("\"b\"")) {
+        assert!(
+            Instant::now() < deadline,
+            "no sync record:\n{}",
+            pair.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(rec["synchronous"], serde_json::json!(["b"]), "{rec}");
+    assert_eq!(rec["primary"], "a");
+    pair.write_some(&mut log, 10);
+    // The daemon dies, then the primary: nothing watches while it goes.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGKILL) };
+    daemon.0.wait().unwrap();
+    pair.signal_server("pgdata", libc::SIGKILL);
+    let fresh = std::fs::read(&record).unwrap();
+
+    // A record from three hours ago: the primary may have run unobserved since. Hold.
+    let mut old: serde_json::Value = serde_json::from_slice(&fresh).unwrap();
+    old["seen_at_ms"] = serde_json::json!(old["seen_at_ms"].as_i64().unwrap() - 3 * 3600 * 1000);
+    std::fs::write(&record, serde_json::to_vec(&old).unwrap()).unwrap();
+    let decision = pg.lab.p(".lifeboat/daemon/db.json");
+    let held = |daemon: &mut Daemon| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d =
+                std::fs::read_to_string(pg.lab.p(".lifeboat/daemon/db.json")).unwrap_or_default();
+            if d.contains("\"hold\"") {
+                unsafe { libc::kill(daemon.0.id() as i32, libc::SIGKILL) };
+                daemon.0.wait().unwrap();
+                return d;
+            }
+            assert!(Instant::now() < deadline, "{}", pair.daemon_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut daemon = pair.start("");
+    let d = held(&mut daemon);
+    assert!(
+        d.contains("b was last seen synchronous 3 h ago") && d.contains("--accept-data-loss"),
+        "{d}"
+    );
+    assert_eq!(
+        pair.in_recovery(pair.sport),
+        Some(true),
+        "b must not be promoted"
+    );
+    // No record at all: hold, as without one.
+    std::fs::remove_file(&record).unwrap();
+    std::fs::remove_file(&decision).unwrap();
+    let mut daemon = pair.start("");
+    let d = held(&mut daemon);
+    assert!(d.contains("b was not a synchronous standby"), "{d}");
+    assert_eq!(pair.in_recovery(pair.sport), Some(true));
+
+    // The record as the daemon left it (seconds old): b is promoted, nothing lost.
+    std::fs::write(&record, &fresh).unwrap();
+    let _daemon = pair.start("");
+    pair.await_failover(&mut log, Duration::from_secs(20));
+    pair.assert_nothing_lost(&log, pair.sport);
+    let f = pair.failovers();
+    assert_eq!(f.len(), 1, "{}", pair.daemon_log());
+    assert!(
+        f[0]["figures"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("promoting b: synchronous standby"),
+        "{f:?}"
+    );
+}

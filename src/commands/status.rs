@@ -74,7 +74,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             primary: primary.map(|m| m.site.clone()),
             ..Default::default()
         };
-        let world = build_world(&w, &counts, &state, primary.and_then(|m| m.probe.lsn));
+        let world = build_world(&w, &counts, &state, primary.and_then(|m| m.probe.lsn), None);
         let daemon = std::fs::read(ctx.state_dir.join("daemon").join(format!("{name}.json")))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());

@@ -73,6 +73,10 @@ pub struct MemberView {
     pub lag_seconds: Option<f64>,
     /// A witness's view of whether clients reach this member (None: no witness).
     pub clients_reach_it: Option<bool>,
+    /// Standby: the daemon's record says the primary listed it as synchronous, but that was
+    /// seen this many seconds ago, too long to trust (the daemon was not watching since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_record_too_old_s: Option<u64>,
 }
 
 /// One snapshot of a service.
@@ -125,6 +129,14 @@ fn stay(reason: String) -> Decision {
     Decision {
         action: Action::Stay,
         reason,
+    }
+}
+
+fn fmt_secs(s: u64) -> String {
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
     }
 }
 
@@ -184,6 +196,15 @@ fn ineligible(w: &World, primary: Option<&MemberView>, c: &MemberView) -> Result
         ));
     }
     if w.mode == ReplicationMode::Sync && !c.was_sync {
+        if let Some(age) = c.sync_record_too_old_s {
+            return Err(format!(
+                "{} was last seen synchronous {} ago, before the daemon (re)started; the primary may have run with other synchronous standbys since, so promoting it could lose acknowledged writes: check, then `lifeboat failover {} --to {} --accept-data-loss`",
+                c.site,
+                fmt_secs(age),
+                w.service,
+                c.site
+            ));
+        }
         return Err(format!(
             "{} was not a synchronous standby, and this is a sync tier (RPO 0): promoting it could lose acknowledged writes",
             c.site
@@ -770,6 +791,24 @@ mod tests {
         west.replayed_lsn = Some(1000);
         w.members[1] = west;
         assert!(matches!(decide(&w).action, Action::Failover { .. }));
+    }
+
+    #[test]
+    fn a_sync_record_too_old_to_trust_holds_and_says_why() {
+        let mut b = healthy("west", Role::Standby);
+        b.sync_record_too_old_s = Some(3 * 3600);
+        let w = world(
+            ReplicationMode::Sync,
+            vec![down("east", 3, Failure::Refused), b],
+        );
+        let d = decide(&w);
+        assert_eq!(d.action, Action::Hold, "{}", d.reason);
+        assert!(
+            d.reason.contains("west was last seen synchronous 3 h ago")
+                && d.reason.contains("--accept-data-loss"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

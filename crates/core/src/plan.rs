@@ -307,6 +307,13 @@ pub struct FailoverSpec {
     /// whole `interval` × `unhealthy_threshold` window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recheck_interval: Option<Duration>,
+    /// How long a restarted daemon trusts its record (kept on disk) of which standbys the
+    /// primary last listed as synchronous, counted from when that was last seen. In a sync
+    /// tier a daemon that restarts while the primary is down promotes only on this record;
+    /// older, the primary may have run unobserved with another synchronous set, so it holds
+    /// for a person (`lifeboat failover --accept-data-loss`). Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_record_max_age: Option<Duration>,
     /// HTTP health endpoints for external load balancers, one address per member site
     /// (as Patroni's REST API): `GET /primary` answers 200 only on the member Lifeboat routes
     /// writes to, `GET /replica` 200 only on a healthy streaming standby, `GET /health` 200

@@ -24,6 +24,75 @@ pub struct StateFile {
     path: PathBuf,
 }
 
+/// What the daemon last saw of a healthy primary's replication: which standbys it listed as
+/// synchronous and streaming, and where everyone was. In memory only, it was lost with the
+/// daemon: a daemon restarted while the primary was down could not tell a synchronous standby
+/// from any other, and a sync tier held until a person accepted data loss (Patroni keeps this
+/// in its DCS as `/sync` for the same reason). Written by the monitor alone, fsynced, at most
+/// once a second and whenever the sets change; `seen_at_ms` says how old it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRecord {
+    /// The primary it describes, and the epoch it was primary in: a record of another
+    /// primary or epoch says nothing about this one.
+    pub primary: String,
+    pub epoch: u64,
+    pub system_id: Option<String>,
+    pub timeline: Option<u32>,
+    /// The primary's write position.
+    pub primary_lsn: Option<u64>,
+    /// Sites the primary listed as synchronous.
+    pub synchronous: Vec<String>,
+    /// Sites the primary listed as streaming.
+    pub streaming: Vec<String>,
+    /// Sites' flushed positions as the primary reported them.
+    pub flushed: std::collections::BTreeMap<String, u64>,
+    /// When this was seen (Unix milliseconds).
+    pub seen_at_ms: i64,
+}
+
+pub struct SyncFile {
+    path: PathBuf,
+}
+
+impl SyncFile {
+    pub fn new(state_dir: &Path, service: &str) -> Self {
+        Self {
+            path: state_dir
+                .join("failover")
+                .join(format!("{service}.sync.json")),
+        }
+    }
+
+    /// The record, if there is a readable one. An unreadable record is no knowledge (the
+    /// daemon then holds a sync tier, as without one), not an error that stops monitoring.
+    pub fn load(&self) -> Option<SyncRecord> {
+        serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
+    }
+
+    pub fn store(&self, r: &SyncRecord) -> Result<(), StoreError> {
+        write_atomically(
+            &self.path,
+            &serde_json::to_vec_pretty(r).expect("serialisable"),
+        )
+    }
+}
+
+/// Replace `path` with `body`: write, fsync, rename, fsync the directory.
+fn write_atomically(path: &Path, body: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let dir = path.parent().expect("has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tmp = path.with_extension("json.tmp");
+    (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })()
+    .map_err(|e| io(path, e))
+}
+
 fn io(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::new(Kind::Io, format!("failover state {}: {e}", path.display()))
 }
@@ -51,7 +120,6 @@ impl StateFile {
 
     /// Replace the state. Refused if it would move the epoch backwards.
     pub fn store(&self, s: &FailoverState) -> Result<(), StoreError> {
-        use std::io::Write;
         let current = self.load()?;
         if s.epoch < current.epoch {
             return Err(StoreError::new(
@@ -62,18 +130,10 @@ impl StateFile {
                 ),
             ));
         }
-        let dir = self.path.parent().expect("has a parent");
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(s).expect("serialisable");
-        (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            std::fs::File::open(dir)?.sync_all()
-        })()
-        .map_err(|e| io(&self.path, e))
+        write_atomically(
+            &self.path,
+            &serde_json::to_vec_pretty(s).expect("serialisable"),
+        )
     }
 }
 

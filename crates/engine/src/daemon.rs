@@ -15,7 +15,7 @@ use lifeboat_store::{Kind, StoreError};
 use tokio::sync::watch;
 
 use crate::context::Context;
-use crate::coord::{FailoverState, StateFile};
+use crate::coord::{FailoverState, StateFile, SyncFile, SyncRecord};
 use crate::failpoint;
 use crate::health::{extra_checks, probe, Probe};
 use crate::healthapi::{MemberHealth, Shared};
@@ -391,6 +391,11 @@ async fn monitor(
     let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
     let mut last_reason = String::new();
     let mut primary_last_lsn: Option<u64> = None;
+    // What was last seen of the primary's replication, kept on disk for the next start.
+    let sync_file = SyncFile::new(&state_dir, &w.service);
+    let mut remembered = sync_file.load();
+    let sync_max_age = w.sync_record_max_age();
+    let mut remembered_at: Option<Instant> = None;
     let mut next = tokio::time::Instant::now();
     // Actions that failed: retried after 1, 2, 4 … 30 s, not at every tick.
     let mut backoff = Backoff::default();
@@ -493,7 +498,33 @@ async fn monitor(
                 next = tick + recheck;
             }
         }
-        let world = build_world(&w, &counts, &st, primary_last_lsn);
+        if let Some(rec) = sync_record(&w, &counts, &st, primary_last_lsn) {
+            let same_sets = remembered.as_ref().is_some_and(|r| {
+                (&r.primary, r.epoch, &r.synchronous, &r.streaming)
+                    == (&rec.primary, rec.epoch, &rec.synchronous, &rec.streaming)
+            });
+            if !same_sets || remembered_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                match sync_file.store(&rec) {
+                    Ok(()) => remembered_at = Some(Instant::now()),
+                    Err(e) => log(
+                        "error",
+                        &w.service,
+                        serde_json::json!({"error": e.to_string(), "note": "the synchronous standbys could not be recorded: a daemon restarted while the primary is down would hold"}),
+                    ),
+                }
+                remembered = Some(rec);
+            }
+        }
+        let world = build_world(
+            &w,
+            &counts,
+            &st,
+            primary_last_lsn,
+            remembered.as_ref().map(|record| Remembered {
+                record,
+                max_age: sync_max_age,
+            }),
+        );
         let d = decide(&world);
         if d.reason != last_reason {
             log(
@@ -872,34 +903,156 @@ fn publish(
 }
 
 /// The snapshot `decide` judges.
+/// What a daemon remembers of the primary from before it started (its [`SyncRecord`]), and
+/// how long that may be trusted.
+#[derive(Clone, Copy)]
+pub struct Remembered<'a> {
+    pub record: &'a SyncRecord,
+    pub max_age: Duration,
+}
+
+impl Watched {
+    /// How long a restarted daemon trusts its record of the synchronous standbys (default 5m).
+    pub fn sync_record_max_age(&self) -> Duration {
+        self.spec
+            .sync_record_max_age
+            .map(|d| d.std())
+            .unwrap_or(Duration::from_secs(300))
+    }
+}
+
+/// Per site: whether the primary's last successful check listed it as synchronous, and as
+/// streaming (None: the primary has not been seen healthy). Standbys are matched by
+/// application_name = site; with one standby and one listed, it is that one.
+fn replication_of(w: &Watched, primary: Option<&str>, p: &Probe) -> BTreeMap<String, (bool, bool)> {
+    let standby_count = w.members.len().saturating_sub(1);
+    let sync: Vec<&str> = p
+        .standbys
+        .iter()
+        .filter(|s| s.sync_state == "sync" || s.sync_state == "quorum")
+        .map(|s| s.application_name.as_str())
+        .collect();
+    let streaming: Vec<&str> = p
+        .standbys
+        .iter()
+        .filter(|s| s.state == "streaming")
+        .map(|s| s.application_name.as_str())
+        .collect();
+    w.members
+        .iter()
+        .filter(|m| Some(m.site.as_str()) != primary)
+        .map(|m| {
+            let s = m.site.as_str();
+            (
+                m.site.clone(),
+                (
+                    sync.contains(&s) || (standby_count == 1 && !sync.is_empty()),
+                    streaming.contains(&s) || (standby_count == 1 && !streaming.is_empty()),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The record to keep of a primary seen healthy in this tick (None: it was not).
+pub fn sync_record(
+    w: &Watched,
+    counts: &BTreeMap<String, Counts>,
+    st: &FailoverState,
+    primary_last_lsn: Option<u64>,
+) -> Option<SyncRecord> {
+    let primary = st.primary.as_ref()?;
+    let c = counts.get(primary)?;
+    if c.failures > 0 || c.role() != Some(Role::Primary) {
+        return None;
+    }
+    let p = c.last_ok.as_ref()?;
+    let repl = replication_of(w, Some(primary), p);
+    let standby_count = w.members.len().saturating_sub(1);
+    let flushed = w
+        .members
+        .iter()
+        .filter(|m| &m.site != primary)
+        .filter_map(|m| {
+            let row = p
+                .standbys
+                .iter()
+                .find(|s| s.application_name == m.site)
+                .or_else(|| {
+                    (standby_count == 1 && p.standbys.len() == 1).then(|| &p.standbys[0])
+                })?;
+            Some((m.site.clone(), row.flush_lsn?))
+        })
+        .collect();
+    Some(SyncRecord {
+        primary: primary.clone(),
+        epoch: st.epoch,
+        system_id: p.system_id.clone(),
+        timeline: p.timeline,
+        primary_lsn: primary_last_lsn,
+        synchronous: repl
+            .iter()
+            .filter(|(_, r)| r.0)
+            .map(|(s, _)| s.clone())
+            .collect(),
+        streaming: repl
+            .iter()
+            .filter(|(_, r)| r.1)
+            .map(|(s, _)| s.clone())
+            .collect(),
+        flushed,
+        seen_at_ms: jiff::Timestamp::now().as_millisecond(),
+    })
+}
+
+/// The world `decide` judges. What the primary last said of its standbys comes from this
+/// run's checks; until the primary has answered one (a daemon restarted while it is down),
+/// from `remembered` — trusted for synchronous standbys only while younger than its
+/// `max_age`, and only for the same primary and epoch.
 pub fn build_world(
     w: &Watched,
     counts: &BTreeMap<String, Counts>,
     st: &FailoverState,
     primary_last_lsn: Option<u64>,
+    remembered: Option<Remembered<'_>>,
 ) -> World {
     let primary_probe = st
         .primary
         .as_ref()
         .and_then(|p| counts.get(p))
         .and_then(|c| c.last_ok.as_ref());
-    let sync_names: Vec<String> = primary_probe
-        .map(|p| {
-            p.standbys
-                .iter()
-                .filter(|s| s.sync_state == "sync" || s.sync_state == "quorum")
-                .map(|s| s.application_name.clone())
-                .collect()
-        })
-        .unwrap_or_default();
-    let streaming_names: Option<Vec<String>> = primary_probe.map(|p| {
-        p.standbys
-            .iter()
-            .filter(|s| s.state == "streaming")
-            .map(|s| s.application_name.clone())
-            .collect()
+    let memory = remembered.filter(|r| {
+        primary_probe.is_none()
+            && Some(&r.record.primary) == st.primary.as_ref()
+            && r.record.epoch == st.epoch
     });
-    let standby_count = w.members.len().saturating_sub(1);
+    let memory_age_ms = memory
+        .map(|r| (jiff::Timestamp::now().as_millisecond() - r.record.seen_at_ms).max(0) as u64);
+    let memory_fresh = match (memory, memory_age_ms) {
+        (Some(r), Some(age)) => u128::from(age) <= r.max_age.as_millis(),
+        _ => false,
+    };
+    // site → (was synchronous, was streaming); None: unknown.
+    let repl: Option<BTreeMap<String, (bool, bool)>> = match (primary_probe, memory) {
+        (Some(p), _) => Some(replication_of(w, st.primary.as_deref(), p)),
+        (None, Some(r)) => Some(
+            w.members
+                .iter()
+                .filter(|m| Some(&m.site) != st.primary.as_ref())
+                .map(|m| {
+                    (
+                        m.site.clone(),
+                        (
+                            memory_fresh && r.record.synchronous.contains(&m.site),
+                            r.record.streaming.contains(&m.site),
+                        ),
+                    )
+                })
+                .collect(),
+        ),
+        (None, None) => None,
+    };
+    let primary_last_lsn = primary_last_lsn.or_else(|| memory.and_then(|r| r.record.primary_lsn));
     World {
         service: w.service.clone(),
         mode: w.mode,
@@ -913,32 +1066,37 @@ pub fn build_world(
             .map(|m| {
                 let c = counts.get(&m.site).cloned().unwrap_or_default();
                 let known = c.last_ok.as_ref();
+                // The primary not seen this run: what the record says it was.
+                let recalled = memory
+                    .filter(|_| known.is_none() && Some(&m.site) == st.primary.as_ref())
+                    .map(|r| r.record);
+                let r = repl.as_ref().and_then(|r| r.get(&m.site)).copied();
                 MemberView {
                     site: m.site.clone(),
                     failures: c.failures,
                     successes: c.successes,
                     last_failure: c.last.as_ref().and_then(|p| p.failure.clone()),
-                    role: known.and_then(|p| p.role),
-                    system_id: known.and_then(|p| p.system_id.clone()),
-                    timeline: known.and_then(|p| p.timeline),
+                    role: known
+                        .and_then(|p| p.role)
+                        .or(recalled.map(|_| Role::Primary)),
+                    system_id: known
+                        .and_then(|p| p.system_id.clone())
+                        .or_else(|| recalled.and_then(|r| r.system_id.clone())),
+                    timeline: known
+                        .and_then(|p| p.timeline)
+                        .or_else(|| recalled.and_then(|r| r.timeline)),
                     received_lsn: known
                         .and_then(|p| p.lsn)
                         .filter(|_| known.and_then(|p| p.role) == Some(Role::Standby)),
                     replayed_lsn: known.and_then(|p| p.replay_lsn),
-                    // Standbys are matched by application_name = site; with one standby and a
-                    // synchronous one listed, it is that one.
-                    was_sync: sync_names.contains(&m.site)
-                        || (standby_count == 1
-                            && !sync_names.is_empty()
-                            && Some(&m.site) != st.primary.as_ref()),
-                    was_streaming: streaming_names
-                        .as_ref()
-                        .filter(|_| Some(&m.site) != st.primary.as_ref())
-                        .map(|names| {
-                            names.contains(&m.site) || (standby_count == 1 && !names.is_empty())
-                        }),
+                    was_sync: r.is_some_and(|r| r.0),
+                    was_streaming: r.map(|r| r.1),
                     lag_seconds: known.and_then(|p| p.lag_s),
                     clients_reach_it: c.clients_reach_it,
+                    sync_record_too_old_s: memory
+                        .filter(|r| !memory_fresh && r.record.synchronous.contains(&m.site))
+                        .and(memory_age_ms)
+                        .map(|ms| ms / 1000),
                 }
             })
             .collect(),

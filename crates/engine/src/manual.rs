@@ -110,7 +110,18 @@ pub fn plan_failover(
         .and_then(|p| counts.get(p))
         .and_then(|c| c.last_ok.as_ref())
         .and_then(|p| p.lsn);
-    let world = build_world(w, counts, &st, primary_lsn);
+    // A daemon's record of the synchronous standbys, as the daemon itself would use it.
+    let record = crate::coord::SyncFile::new(&ctx.state_dir, &w.service).load();
+    let world = build_world(
+        w,
+        counts,
+        &st,
+        primary_lsn,
+        record.as_ref().map(|record| crate::daemon::Remembered {
+            record,
+            max_age: w.sync_record_max_age(),
+        }),
+    );
     let hold = |checks: Vec<Check>, reason: String| FailoverPlan {
         checks,
         steps: Vec::new(),
