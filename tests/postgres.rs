@@ -843,3 +843,130 @@ fn status_tells_a_down_server_from_a_hung_one() {
     assert_eq!(s[0]["members"][0]["probe"]["failure"], "refused", "{s}");
     assert_eq!(s[0]["decision"]["action"], "hold", "{s}");
 }
+
+/// A WAL object damaged in storage, in the segment after the one a target lies in. PostgreSQL
+/// reads ahead of what it replays and asked for it: the restore died (exit 126) although the
+/// target never needed it. Now a target before the damage is restored; a target that needs the
+/// damaged segment, or the latest point, still fails, naming it. `wal verify` read only names
+/// and cached metadata and reported the full window; `--read-data` finds the damage and the
+/// window it cuts.
+#[test]
+fn damaged_wal_after_the_target_does_not_break_the_restore_and_read_data_finds_it() {
+    let pg = Pg::start("", &[]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    pg.ok(&["backup", "db-base"]);
+    let a_at = insert(&pg, "a");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    insert(&pg, "b");
+    let seg_a = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.switch_wal();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let c_at = insert(&pg, "c");
+    pg.switch_wal();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    insert(&pg, "d");
+    pg.switch_wal();
+    // The segment after a's and b's: damaged in storage.
+    let wal_dir = pg.lab.p("repo/lifeboat/wal/db");
+    let mut names: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    names.sort();
+    let victim = names
+        .iter()
+        .find(|n| n.as_str() > seg_a.as_str())
+        .unwrap_or_else(|| panic!("{seg_a} {names:?}"))
+        .clone();
+    let mut obj = std::fs::read(wal_dir.join(&victim)).unwrap();
+    let len = obj.len();
+    obj[len - 20] ^= 0x01;
+    std::fs::write(wal_dir.join(&victim), obj).unwrap();
+
+    // Names and metadata alone see nothing wrong; reading the data back does.
+    pg.ok(&["wal", "verify", "db"]);
+    let r = pg.run(&["wal", "verify", "db", "--read-data"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains(&format!("replay stops at damaged segment {victim}")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("FAIL  {victim}: archived WAL file")),
+        "{}",
+        r.stdout
+    );
+    let v = json_of(&pg.run(&["--json", "wal", "verify", "db", "--read-data"]));
+    assert_eq!(v[0]["damaged"][0]["name"], victim.as_str(), "{v}");
+    let window_end = v[0]["window"][1].as_i64().unwrap();
+    let c_micros: i64 = pg
+        .sql(&format!(
+            "SELECT (extract(epoch FROM '{c_at}'::timestamptz) * 1000000)::bigint"
+        ))
+        .parse()
+        .unwrap();
+    assert!(window_end < c_micros, "the window must end before c: {v}");
+
+    // Between a and b: the target lies before the damage, and is restored.
+    let target: String = pg.sql(&format!(
+        "SELECT to_char(('{a_at}'::timestamptz + interval '150 ms') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+    ));
+    let port = free_port();
+    pg.ok(&[
+        "restore",
+        "db",
+        "--to",
+        &target,
+        "--target",
+        "r1",
+        "--start",
+        &port.to_string(),
+    ]);
+    assert_eq!(rows(&pg, port), vec!["a"]);
+    pg.stop_dir("r1");
+
+    // After c: it needs the damaged segment. Refused, naming it.
+    let after_c: String = pg.sql(&format!(
+        "SELECT to_char(('{c_at}'::timestamptz + interval '150 ms') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+    ));
+    let r = pg.run(&[
+        "restore",
+        "db",
+        "--to",
+        &after_c,
+        "--target",
+        "r2",
+        "--start",
+        &free_port().to_string(),
+    ]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("needs WAL that is damaged") && r.stderr.contains(&victim),
+        "{}",
+        r.stderr
+    );
+    // The latest point also needs it: refused (recovery stops on the damaged segment).
+    let r = pg.run(&[
+        "restore",
+        "db",
+        "--latest",
+        "--target",
+        "r3",
+        "--start",
+        &free_port().to_string(),
+    ]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.all().contains("126")
+            || r.all().contains("unreadable")
+            || r.all().contains("stopped during recovery"),
+        "{}",
+        r.all()
+    );
+}

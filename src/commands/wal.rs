@@ -33,11 +33,22 @@ pub enum Cmd {
         /// archived" (exit 1), so the standby falls back to streaming instead of stopping.
         #[arg(long)]
         standby: bool,
+        /// The recovery stops at a target (`lifeboat restore --to …` sets this): a damaged
+        /// segment is reported (printed) as "not archived" (exit 1). PostgreSQL reads ahead of
+        /// the point it replays; a target before the damage is then still reached, and one
+        /// that needs the damaged segment fails ("recovery ended before configured recovery
+        /// target was reached") instead of the whole restore dying on a segment it never needed.
+        #[arg(long)]
+        has_target: bool,
     },
     /// Walk the archive: timelines, gaps, and the recoverable window per base backup.
     Verify {
         /// Only this service (default: every postgres service).
         service: Option<String>,
+        /// Read back and authenticate every archived object (slow: downloads the archive);
+        /// damaged segments are named and cut the recoverable window.
+        #[arg(long)]
+        read_data: bool,
     },
 }
 
@@ -57,10 +68,19 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             dest,
             prefetch,
             standby,
+            has_target,
         } => match lifeboat_engine::wal::fetch(&ctx, service, name, dest, *prefetch) {
             Ok(true) => Ok(0),
             Ok(false) => Ok(1),
             Err(e) => {
+                let damaged_segment = e.kind == lifeboat_store::Kind::Integrity
+                    && lifeboat_core::wal::WalFile::parse(name, 16 << 20)
+                        .is_some_and(|f| matches!(f, lifeboat_core::wal::WalFile::Segment { .. }));
+                if damaged_segment && *has_target {
+                    // The marker `lifeboat restore` looks for in the server's log.
+                    eprintln!("lifeboat wal fetch {name}: DAMAGED: {e:#}; reported as not archived, so recovery stops at its target if the target lies before this segment, and fails if it needs it");
+                    return Ok(1);
+                }
                 eprintln!("lifeboat wal fetch {name}: {e:#}");
                 if let Some(h) = &e.hint {
                     eprintln!("hint: {h}");
@@ -68,12 +88,12 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 Ok(if *standby { 1 } else { 126 })
             }
         },
-        Cmd::Verify { service } => {
+        Cmd::Verify { service, read_data } => {
             let services = ctx.postgres_services(service.as_deref())?;
             let mut ok = true;
             let mut reports = Vec::new();
             for s in services {
-                let r = lifeboat_engine::wal::verify(&ctx, &s)?;
+                let r = lifeboat_engine::wal::verify(&ctx, &s, *read_data)?;
                 ok &= r.ok;
                 if !cli.json {
                     print_report(&r);
@@ -119,7 +139,16 @@ fn print_report(r: &lifeboat_engine::wal::WalReport) {
             b.reach
                 .first_missing
                 .as_ref()
-                .map(|g| format!(" — replay stops at missing segment {g}"))
+                .map(|g| {
+                    let damaged = r
+                        .damaged
+                        .as_ref()
+                        .is_some_and(|d| d.iter().any(|d| &d.name == g));
+                    format!(
+                        " — replay stops at {} segment {g}",
+                        if damaged { "damaged" } else { "missing" }
+                    )
+                })
                 .unwrap_or_default()
         );
     }
@@ -130,6 +159,11 @@ fn print_report(r: &lifeboat_engine::wal::WalReport) {
             fmt_micros(to)
         ),
         None => println!("  recoverable window: none"),
+    }
+    if let Some(d) = &r.damaged {
+        if d.is_empty() {
+            println!("  every archived object read back and authenticated");
+        }
     }
     for p in &r.problems {
         println!("  FAIL  {p}");

@@ -539,11 +539,17 @@ fn configure_recovery(
     let exe = std::env::current_exe()
         .map_err(|e| StoreError::new(Kind::Internal, format!("locating lifeboat: {e}")))?;
     let fetch = format!(
-        "LIFEBOAT_STATE_DIR={} {} --plan {} wal fetch {} \"%f\" \"%p\"",
+        "LIFEBOAT_STATE_DIR={} {} --plan {} wal fetch {}{} \"%f\" \"%p\"",
         sh_quote(&ctx.state_dir.display().to_string()),
         sh_quote(&exe.display().to_string()),
         sh_quote(&ctx.plan_path.display().to_string()),
-        sh_quote(service)
+        sh_quote(service),
+        // With a target, a damaged segment read ahead of it must not end the restore.
+        if matches!(target, Target::Latest) {
+            ""
+        } else {
+            " --has-target"
+        }
     );
     // Segments prefetched for an earlier restore are not this one's to trust.
     let _ = std::fs::remove_dir_all(crate::wal::prefetch_dir(ctx, service));
@@ -720,6 +726,21 @@ fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, StoreError
             .rfind(|l| l.contains("FATAL") || l.contains("PANIC"));
         let pid_gone = !run.data.join("postmaster.pid").exists();
         if pid_gone && (fatal.is_some() || begun.elapsed() > Duration::from_secs(10)) {
+            // A damaged segment the target needed: say which, and what to do.
+            if let Some(d) = log.lines().find_map(|l| l.split_once(": DAMAGED: ")) {
+                let what =
+                    d.1.split("; reported as not archived")
+                        .next()
+                        .unwrap_or(d.1);
+                return Err(StoreError::new(
+                    Kind::Integrity,
+                    format!(
+                        "the restored server stopped during recovery ({}): the target needs WAL that is damaged in the archive: {what}",
+                        fatal.map(str::trim).unwrap_or("it is not running")
+                    ),
+                )
+                .hint(format!("a target before the damaged segment can still be restored (`lifeboat wal verify --read-data` shows the window it cuts); its log is {}", log_path.display())));
+            }
             return Err(StoreError::new(
                 Kind::Source,
                 format!(
