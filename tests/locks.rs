@@ -157,6 +157,10 @@ fn forget_reports_the_packs_a_killed_backup_left() {
         added += std::fs::metadata(&dest).unwrap().len();
     }
     assert!(added > 0);
+    // check names them in Lifeboat's words, not rustic's ("rustic repair index").
+    let c = lab.run(&["repo", "check"]);
+    assert!(!c.all().contains("rustic"), "{}", c.all());
+    assert!(c.all().contains("lifeboat forget"), "{}", c.all());
     let r = lab.ok(&["--json", "forget"]);
     let v = r.json()[0].clone();
     assert!(v["packs_removed"].as_u64().unwrap() >= 1, "{v}");

@@ -72,3 +72,52 @@ fn missing_bucket_says_so() {
         r.stderr
     );
 }
+
+/// An S3 server that accepts connections and never answers (stopped with SIGSTOP): every call
+/// has a deadline and bounded retries, so the backup ends with a clear error (exit 5) and
+/// records no snapshot, instead of hanging with no end in sight.
+#[test]
+fn a_server_that_never_answers_ends_the_backup_with_a_clear_error() {
+    let m = moto();
+    let lab = Lab::new();
+    let plan = s3_plan(m.port).replace(
+        "&region=us-east-1",
+        "&region=us-east-1&timeout=2s&io_timeout=2s&retries=1",
+    );
+    lab.plan(&plan);
+    make_data(&lab);
+    lab.ok(&["repo", "init"]);
+    lab.ok(&["backup", "files"]);
+    lab.write("data/text/new.txt", "changed\n");
+    m.signal(libc::SIGSTOP);
+    let mut child = lab
+        .cmd(&["backup", "files"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a few deadlines with their retries, far below the 2 minutes it hung before.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            m.signal(libc::SIGCONT);
+            panic!("the backup still hangs on a server that never answers");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    m.signal(libc::SIGCONT);
+    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("did not answer in time"), "{stderr}");
+    assert!(!stderr.contains("check if the given path"), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+    // No snapshot of the failed run once the server answers again.
+    assert_eq!(lab.snapshot_count("main"), 1);
+    let ev = lab.events();
+    assert_eq!(ev.last().unwrap()["outcome"], "failed");
+}

@@ -18,6 +18,13 @@ impl Drop for Moto {
     }
 }
 
+impl Moto {
+    /// Stop or continue the server (SIGSTOP: it accepts connections and never answers).
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
 fn http(port: u16, request: &str) -> String {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();

@@ -18,6 +18,11 @@ const S3_OPTIONS: &[&str] = &[
     "region",
     "allow_anonymous",
     "enable_virtual_host_style",
+    // Lifeboat's own: the deadline of one S3 call, of one body read or write without
+    // progress, and how often a failed call is tried again.
+    "timeout",
+    "io_timeout",
+    "retries",
 ];
 
 impl RepoUrl {
@@ -40,7 +45,19 @@ impl RepoUrl {
                         S3_OPTIONS.join(", ")
                     ));
                 }
-                options.insert(k.to_string(), percent_decode(v));
+                let v = percent_decode(v);
+                match k {
+                    "timeout" | "io_timeout" => match v.parse::<crate::units::Duration>() {
+                        Ok(d) if !d.std().is_zero() => {}
+                        Ok(_) => return Err(format!("`{url}`: `{k}` must be more than 0")),
+                        Err(e) => return Err(format!("`{url}`: `{k}`: {e}")),
+                    },
+                    "retries" if v.parse::<u32>().is_err() => {
+                        return Err(format!("`{url}`: `retries` must be a whole number"))
+                    }
+                    _ => {}
+                }
+                options.insert(k.to_string(), v);
             }
             return Ok(RepoUrl::S3 {
                 bucket: bucket.to_string(),

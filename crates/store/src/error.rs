@@ -192,6 +192,9 @@ pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> StoreErro
 /// The useful tail of a (possibly long, nested) root-cause message: an S3 error code when there
 /// is one, else the last `: `-separated part if it is plain text, else the whole, capped.
 pub(crate) fn root_summary(r: &str) -> String {
+    if r.contains("timeout reached") || r.contains("operation timed out") {
+        return "the S3 server did not answer in time (each try has a deadline; set `timeout`, `io_timeout`, `retries` in the repository URL)".into();
+    }
     for code in [
         "NoSuchBucket",
         "AccessDenied",
@@ -216,8 +219,22 @@ pub(crate) fn root_summary(r: &str) -> String {
 }
 
 /// rustic's log line without its decoration ("Error: …  (kind: related to …)").
+/// rustic's advice is for rustic's users: replace it with what a Lifeboat user runs.
+pub(crate) fn reword(text: &str) -> String {
+    text.replace(" Please check if the given path is correct.", "")
+        .replace("Please check if the given path is correct.", "")
+        .replace(
+            "Can be a parallel backup job. To repair: 'rustic repair index'.",
+            "A backup that is still running or was killed leaves such packs: `lifeboat forget` removes them once no backup runs.",
+        )
+        .replace(
+            "To repair: 'rustic repair index'.",
+            "The index does not match the stored packs: run `lifeboat repo check --read-data` and restore damaged snapshots from a copy.",
+        )
+}
+
 fn summary(text: &str) -> String {
-    let line = one_line(text);
+    let line = reword(&one_line(text));
     let line = line.trim_start_matches("Error:").trim();
     let line = line.split(" (kind: related to").next().unwrap_or(line);
     line.trim().to_string()

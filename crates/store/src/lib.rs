@@ -8,6 +8,7 @@ pub mod objects;
 pub mod progress;
 pub mod repo;
 pub mod restore;
+pub mod s3;
 pub mod spool;
 pub mod walarchive;
 

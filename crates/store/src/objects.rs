@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use crate::error::{Kind, Result, StoreError};
 
@@ -121,38 +120,23 @@ impl ObjectStore for LocalObjects {
     }
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
-}
-
 pub struct S3Objects {
     op: opendal::blocking::Operator,
 }
 
 impl S3Objects {
-    /// `options` are OpenDAL's S3 options (bucket, root, endpoint, region, keys).
-    pub fn new(options: &BTreeMap<String, String>) -> Result<Self> {
-        let op =
-            opendal::Operator::via_iter("s3", options.iter().map(|(k, v)| (k.clone(), v.clone())))
-                .map_err(|e| StoreError::new(Kind::Input, format!("configuring S3 access: {e}")))?
-                .layer(opendal::layers::RetryLayer::new().with_max_times(4));
-        let _guard = runtime().enter();
-        let op = opendal::blocking::Operator::new(op)
-            .map_err(|e| StoreError::new(Kind::Internal, format!("S3 client: {e}")))?;
-        Ok(Self { op })
+    /// `options` are OpenDAL's S3 options (bucket, root, endpoint, region, keys); every call
+    /// has the deadlines `d` (see [`crate::s3`]).
+    pub fn new(options: &BTreeMap<String, String>, d: crate::s3::Deadlines) -> Result<Self> {
+        Ok(Self {
+            op: crate::s3::operator(options, d)?,
+        })
     }
 }
 
 fn s3err(e: opendal::Error, what: &str) -> StoreError {
-    StoreError::new(Kind::Backend, format!("{what}: {e}"))
-        .hint("check that the S3 endpoint is reachable and the credentials are right")
+    StoreError::new(Kind::Backend, format!("{what}: {}", crate::s3::describe(&e)))
+        .hint("check that the S3 endpoint is reachable, answers, and takes the credentials; then run the command again")
 }
 
 impl ObjectStore for S3Objects {

@@ -150,23 +150,25 @@ impl RepoSpec {
         Ok(match &self.url {
             RepoUrl::Local(p) => Arc::new(LocalObjects::new(p)),
             RepoUrl::S3 { .. } => {
-                let mut o = self.s3_options().expect("s3");
-                o.insert("retry".into(), "4".into());
-                Arc::new(S3Objects::new(&o)?)
+                let (o, d) = self.s3_options()?.expect("s3");
+                Arc::new(S3Objects::new(&o, d)?)
             }
         })
     }
 
-    fn s3_options(&self) -> Option<BTreeMap<String, String>> {
+    /// The S3 client's options, and the deadlines of its calls (taken out of the URL's query).
+    fn s3_options(&self) -> Result<Option<(BTreeMap<String, String>, crate::s3::Deadlines)>> {
         let RepoUrl::S3 {
             bucket,
             prefix,
             options,
         } = &self.url
         else {
-            return None;
+            return Ok(None);
         };
         let mut o = options.clone();
+        let d = crate::s3::Deadlines::take_from(&mut o)
+            .map_err(|e| e.context(format!("repository {}", self.name)))?;
         o.insert("bucket".into(), bucket.clone());
         o.insert("root".into(), format!("/{prefix}"));
         o.entry("region".into())
@@ -175,24 +177,25 @@ impl RepoSpec {
             o.insert("access_key_id".into(), a.clone());
             o.insert("secret_access_key".into(), s.clone());
         }
-        Some(o)
+        Ok(Some((o, d)))
     }
 
     fn backends(&self) -> Result<(rustic_core::RepositoryBackends, Arc<dyn ObjectStore>)> {
         let objects = self.objects()?;
-        let opts = match &self.url {
-            RepoUrl::Local(p) => BackendOptions::default().repository(format!("local:{p}")),
+        let b = match &self.url {
+            RepoUrl::Local(p) => BackendOptions::default()
+                .repository(format!("local:{p}"))
+                .to_backends()
+                .map_err(|e| rustic(e, &format!("opening repository {}", self.name)))?,
+            // Lifeboat's own S3 backend: rustic_backend's has no deadline on a call.
             RepoUrl::S3 { .. } => {
-                let mut o = self.s3_options().expect("s3");
-                o.insert("retry".into(), "4".into());
-                BackendOptions::default()
-                    .repository("opendal:s3")
-                    .options(o)
+                let (o, d) = self.s3_options()?.expect("s3");
+                rustic_core::RepositoryBackends::new(
+                    Arc::new(crate::s3::S3Backend::new(&o, d)?),
+                    None,
+                )
             }
         };
-        let b = opts
-            .to_backends()
-            .map_err(|e| rustic(e, &format!("opening repository {}", self.name)))?;
         Ok((b, objects))
     }
 
@@ -786,7 +789,7 @@ impl Store {
         let mut warnings = Vec::new();
         let mut damaged = BTreeSet::new();
         for (level, err) in &results.0 {
-            let text = compact(&format!("{err}"));
+            let text = crate::error::reword(&compact(&format!("{err}")));
             if format!("{level:?}") == "Error" {
                 // "error reading/checking pack d7ce4efa : …": the (short) id of the damaged pack
                 if let Some(rest) = text.split("pack ").nth(1) {
