@@ -970,3 +970,34 @@ fn damaged_wal_after_the_target_does_not_break_the_restore_and_read_data_finds_i
         r.all()
     );
 }
+
+/// A frozen server (SIGSTOP: the kernel still accepts connections, nothing answers): a base
+/// backup ends with an error that says so, within its deadline, and records no snapshot.
+#[test]
+fn a_frozen_server_ends_a_backup_with_an_error_not_a_hang() {
+    let pg = Pg::start("", &[]);
+    let pid = pg.postmaster_pid("pgdata");
+    // SAFETY: signals to the test's own postmaster.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut child = pg
+        .cmd(&["backup", "db-base"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            panic!("the backup hangs on a frozen server");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no answer within"), "{stderr}");
+    assert_eq!(pg.lab.snapshot_count("main"), 0);
+}

@@ -262,30 +262,66 @@ impl Member {
         };
     }
 
-    pub fn connect(&self) -> Result<postgres::Client, StoreError> {
-        connect_with(&self.config(Duration::from_secs(10)), &self.describe())
+    /// Run `work` on a session with this member from synchronous code, the connection and
+    /// every statement within `deadline`: a server that accepts and never answers ends the
+    /// call with an error instead of hanging the command.
+    pub fn within<T, F, Fut>(&self, deadline: Duration, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(tokio_postgres::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::new(Kind::Internal, format!("runtime: {e}")))?;
+        let what = self.describe();
+        rt.block_on(async {
+            let run = async {
+                let (client, conn) = self
+                    .async_config(deadline)
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| connect_error(&what, &e))?;
+                let conn = tokio::spawn(conn);
+                let r = work(client).await;
+                conn.abort();
+                r
+            };
+            match tokio::time::timeout(deadline, run).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::new(
+                    Kind::Source,
+                    format!(
+                        "{what}: no answer within {} s: the server is hung or cut off",
+                        deadline.as_secs()
+                    ),
+                )
+                .hint("check that the server runs normally (not stopped or starved) and the network to it, then run again")),
+            }
+        })
     }
 
-    /// Connect and ask the server what it is.
+    /// Connect and ask the server what it is (within 10 s).
     pub fn probe(&self) -> Result<ServerInfo, StoreError> {
-        let mut c = self.connect()?;
-        server_info(&mut c).map_err(|e| e.context(self.describe()))
+        self.within(
+            Duration::from_secs(10),
+            |c| async move { server_info(&c).await },
+        )
+        .map_err(|e| e.context(self.describe()))
     }
 }
 
-pub fn connect_with(cfg: &postgres::Config, what: &str) -> Result<postgres::Client, StoreError> {
-    cfg.connect(postgres::NoTls).map_err(|e| {
-        let msg = db_error_text(&e);
-        let hint = if msg.contains("password authentication failed")
-            || msg.contains("no password supplied")
-            || msg.contains("role") && msg.contains("does not exist")
-        {
-            "check the member's user and password in the plan (and pg_hba.conf on the server)"
-        } else {
-            "check that the server is running and reachable at the member's host and port"
-        };
-        StoreError::new(Kind::Source, format!("cannot connect to {what}: {msg}")).hint(hint)
-    })
+fn connect_error(what: &str, e: &tokio_postgres::Error) -> StoreError {
+    let msg = db_error_text(e);
+    let hint = if msg.contains("password authentication failed")
+        || msg.contains("no password supplied")
+        || msg.contains("role") && msg.contains("does not exist")
+    {
+        "check the member's user and password in the plan (and pg_hba.conf on the server)"
+    } else {
+        "check that the server is running and reachable at the member's host and port"
+    };
+    StoreError::new(Kind::Source, format!("cannot connect to {what}: {msg}")).hint(hint)
 }
 
 /// A PostgreSQL error as one line: the server's message when there is one.
@@ -304,14 +340,14 @@ pub fn db_error_text(e: &postgres::Error) -> String {
     }
 }
 
-pub fn server_info(c: &mut postgres::Client) -> Result<ServerInfo, StoreError> {
+pub async fn server_info(c: &tokio_postgres::Client) -> Result<ServerInfo, StoreError> {
     let q = "SELECT current_setting('server_version_num')::int, pg_is_in_recovery(), \
              (SELECT system_identifier::text FROM pg_control_system()), \
              CASE WHEN pg_is_in_recovery() \
                   THEN COALESCE(pg_last_wal_replay_lsn(), '0/0')::text \
                   ELSE pg_current_wal_lsn()::text END, \
              current_setting('archive_mode'), current_setting('archive_command')";
-    let row = c.query_one(q, &[]).map_err(|e| {
+    let row = c.query_one(q, &[]).await.map_err(|e| {
         StoreError::new(
             Kind::Source,
             format!("querying server state: {}", db_error_text(&e)),
@@ -327,9 +363,10 @@ pub fn server_info(c: &mut postgres::Client) -> Result<ServerInfo, StoreError> {
              ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
             &[],
         )
+        .await
         .map(|r| r.get(0))
         .unwrap_or(0);
-    let tli = match c.query_one(crate::health::WAL_DIR_TIMELINE, &[]) {
+    let tli = match c.query_one(crate::health::WAL_DIR_TIMELINE, &[]).await {
         Ok(r) if row.get::<_, bool>(1) => tli.max(r.get::<_, Option<i32>>(0).unwrap_or(0)),
         _ => tli,
     };

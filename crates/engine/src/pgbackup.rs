@@ -9,6 +9,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use lifeboat_core::plan::{BackupJob, BackupMethod, Service};
 use lifeboat_store::{BackupSummary, Kind, SnapshotTags, Store, StoreError};
@@ -93,14 +94,15 @@ pub fn run(
         .push(("pg.version".into(), info.version_num.to_string()));
     // Tablespaces outside the data directory would be written to their original paths by a
     // plain-format pg_basebackup: refuse them clearly instead.
-    let extra_ts: i64 = member
-        .connect()?
-        .query_one(
+    let extra_ts: i64 = member.within(Duration::from_secs(30), |c| async move {
+        Ok(c.query_one(
             "SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')",
             &[],
         )
+        .await
         .map(|r| r.get(0))
-        .unwrap_or(0);
+        .unwrap_or(0))
+    })?;
     if extra_ts > 0 && job.method.unwrap_or_default() == BackupMethod::Base {
         return Err(StoreError::new(
             Kind::Source,
@@ -133,12 +135,12 @@ pub fn run(
             // The end of the backup on the server's clock: recovery targets are compared with
             // commit times the server wrote, so a skewed local clock must not pick the backup.
             let stop_time = member
-                .connect()
-                .and_then(|mut c| {
+                .within(Duration::from_secs(30), |c| async move {
                     c.query_one(
                         "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
                         &[],
                     )
+                    .await
                     .map(|r| r.get::<_, i64>(0))
                     .map_err(|e| StoreError::new(Kind::Source, crate::pg::db_error_text(&e)))
                 })

@@ -9,12 +9,20 @@ use lifeboat_store::{Kind, StoreError};
 
 use crate::pg::{db_error_text, Member};
 
-/// One connection to a member; errors say which member and what was being done.
+/// One connection to a member; errors say which member and what was being done. Every
+/// statement has a deadline ([`QUERY_DEADLINE`], longer for a `CHECKPOINT`): a server that
+/// accepts and then never answers (frozen, or cut off without a reset) ends the call with an
+/// error instead of holding a failover, switchover or rejoin forever.
 pub struct Session {
     pub site: String,
     client: tokio_postgres::Client,
     conn: tokio::task::JoinHandle<()>,
 }
+
+/// The longest one statement may take before the session gives up on the server.
+pub const QUERY_DEADLINE: Duration = Duration::from_secs(60);
+/// A `CHECKPOINT` writes every dirty buffer: on a big, busy server that takes minutes.
+pub const CHECKPOINT_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -51,30 +59,44 @@ impl Session {
         )
     }
 
+    /// `work` (one statement of `sql`) within its deadline.
+    async fn within<T>(
+        &self,
+        sql: &str,
+        work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        let limit = if sql.trim().eq_ignore_ascii_case("CHECKPOINT") {
+            CHECKPOINT_DEADLINE
+        } else {
+            QUERY_DEADLINE
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(r) => r.map_err(|e| self.err(sql, e)),
+            Err(_) => Err(StoreError::new(
+                Kind::Source,
+                format!(
+                    "{} ({sql}): no answer within {} s: the server is hung or cut off",
+                    self.site,
+                    limit.as_secs()
+                ),
+            )
+            .hint("check the member's host (is the postmaster stopped or starved?) and the network, then run the command again")),
+        }
+    }
+
     /// Run statements (no result).
     pub async fn exec(&self, sql: &str) -> Result<(), StoreError> {
-        self.client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| self.err(sql, e))
+        self.within(sql, self.client.batch_execute(sql)).await
     }
 
     /// One text value (NULL as empty).
     pub async fn text(&self, sql: &str) -> Result<String, StoreError> {
-        let row = self
-            .client
-            .query_one(sql, &[])
-            .await
-            .map_err(|e| self.err(sql, e))?;
+        let row = self.within(sql, self.client.query_one(sql, &[])).await?;
         Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
     }
 
     pub async fn bool(&self, sql: &str) -> Result<bool, StoreError> {
-        let row = self
-            .client
-            .query_one(sql, &[])
-            .await
-            .map_err(|e| self.err(sql, e))?;
+        let row = self.within(sql, self.client.query_one(sql, &[])).await?;
         Ok(row.get(0))
     }
 
