@@ -17,6 +17,26 @@ fn insert(pg: &Pg, v: &str) -> String {
     ))
 }
 
+/// The archived segments of service db, in order.
+fn archived_segments(pg: &Pg) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(pg.lab.p("repo/lifeboat/wal/db"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Flip one bit of an archived WAL object in storage.
+fn damage_archived(pg: &Pg, name: &str) {
+    let path = pg.lab.p("repo/lifeboat/wal/db").join(name);
+    let mut obj = std::fs::read(&path).unwrap();
+    let len = obj.len();
+    obj[len - 20] ^= 0x01;
+    std::fs::write(&path, obj).unwrap();
+}
+
 fn rows(pg: &Pg, port: u16) -> Vec<String> {
     pg.sql_on(port, "postgres", "SELECT v FROM t ORDER BY id")
         .lines()
@@ -273,12 +293,7 @@ fn archive_is_idempotent_refuses_conflicts_and_names_gaps() {
         pg.switch_wal();
     }
     let wal_dir = pg.lab.p("repo/lifeboat/wal/db");
-    let mut names: Vec<String> = std::fs::read_dir(&wal_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.len() == 24)
-        .collect();
-    names.sort();
+    let names = archived_segments(&pg);
     assert!(names.len() >= 5, "{names:?}");
 
     // archive_command retried with the same segment: success, nothing rewritten.
@@ -355,10 +370,7 @@ fn archive_is_idempotent_refuses_conflicts_and_names_gaps() {
 
     // A WAL object damaged in storage is detected on fetch (exit 126: recovery must stop).
     let victim = names[names.len() - 1].clone();
-    let mut obj = std::fs::read(wal_dir.join(&victim)).unwrap();
-    let len = obj.len();
-    obj[len - 20] ^= 0x01;
-    std::fs::write(wal_dir.join(&victim), obj).unwrap();
+    damage_archived(&pg, &victim);
     let r = pg.run(&["wal", "fetch", "db", &victim, "damaged", "--prefetch", "0"]);
     assert_eq!(r.code, 126, "{}", r.all());
     assert!(r.stderr.contains("unreadable"), "{}", r.stderr);
@@ -869,22 +881,13 @@ fn damaged_wal_after_the_target_does_not_break_the_restore_and_read_data_finds_i
     insert(&pg, "d");
     pg.switch_wal();
     // The segment after a's and b's: damaged in storage.
-    let wal_dir = pg.lab.p("repo/lifeboat/wal/db");
-    let mut names: Vec<String> = std::fs::read_dir(&wal_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.len() == 24)
-        .collect();
-    names.sort();
+    let names = archived_segments(&pg);
     let victim = names
         .iter()
         .find(|n| n.as_str() > seg_a.as_str())
         .unwrap_or_else(|| panic!("{seg_a} {names:?}"))
         .clone();
-    let mut obj = std::fs::read(wal_dir.join(&victim)).unwrap();
-    let len = obj.len();
-    obj[len - 20] ^= 0x01;
-    std::fs::write(wal_dir.join(&victim), obj).unwrap();
+    damage_archived(&pg, &victim);
 
     // Names and metadata alone see nothing wrong; reading the data back does.
     pg.ok(&["wal", "verify", "db"]);
@@ -979,23 +982,9 @@ fn a_frozen_server_ends_a_backup_with_an_error_not_a_hang() {
     let pid = pg.postmaster_pid("pgdata");
     // SAFETY: signals to the test's own postmaster.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let mut child = pg
-        .cmd(&["backup", "db-base"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            unsafe { libc::kill(pid, libc::SIGCONT) };
-            panic!("the backup hangs on a frozen server");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let out = run_bounded(pg.cmd(&["backup", "db-base"]), 60);
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    let out = child.wait_with_output().unwrap();
+    let out = out.expect("the backup hangs on a frozen server");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("no answer within"), "{stderr}");

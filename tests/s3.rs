@@ -90,28 +90,12 @@ fn a_server_that_never_answers_ends_the_backup_with_a_clear_error() {
     lab.ok(&["backup", "files"]);
     lab.write("data/text/new.txt", "changed\n");
     m.signal(libc::SIGSTOP);
-    let mut child = lab
-        .cmd(&["backup", "files"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Bounded: a few deadlines with their retries, far below the 2 minutes it hung before.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            m.signal(libc::SIGCONT);
-            panic!("the backup still hangs on a server that never answers");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run_bounded(lab.cmd(&["backup", "files"]), 90);
     m.signal(libc::SIGCONT);
+    let out = out.expect("the backup still hangs on a server that never answers");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = out.status;
     assert_eq!(status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("did not answer in time"), "{stderr}");
     assert!(!stderr.contains("check if the given path"), "{stderr}");

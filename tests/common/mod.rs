@@ -258,3 +258,23 @@ pub fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>
     });
     (port, got)
 }
+
+/// Run `cmd` to its end, but at most `secs` seconds: `Err(())` (the child killed) when it is
+/// still running then. stdout and stderr are captured.
+pub fn run_bounded(mut cmd: Command, secs: u64) -> Result<std::process::Output, ()> {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(child.wait_with_output().unwrap())
+}

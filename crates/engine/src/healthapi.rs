@@ -51,8 +51,12 @@ pub fn status_for(path: &str, m: &MemberHealth) -> u16 {
             let max_lag = query
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("lag="))
-                .and_then(|v| v.parse::<lifeboat_core::units::Size>().ok())
-                .map(|s| s.0);
+                // A bare number is bytes, as in Patroni's `?lag=` (load balancer configs use it).
+                .and_then(|v| {
+                    v.parse::<u64>()
+                        .ok()
+                        .or_else(|| v.parse::<lifeboat_core::units::Size>().ok().map(|s| s.0))
+                });
             m.healthy
                 && m.role == Some(Role::Standby)
                 && m.streaming == Some(true)
