@@ -752,7 +752,8 @@ fn interrupted_sandbox_is_torn_down() {
     let mut child = pg.cmd(&["verify", "--restore", "db"]).spawn().unwrap();
     // Wait until the restore has started writing the sandbox.
     let mut seen = false;
-    for _ in 0..2000 {
+    // Up to 60 s: a loaded machine (CI runs tests in parallel) may be slow to get there.
+    for _ in 0..12000 {
         if std::fs::read_dir(&sandbox)
             .map(|rd| rd.flatten().any(|e| e.path().join("base").exists()))
             .unwrap_or(false)
@@ -989,4 +990,27 @@ fn a_frozen_server_ends_a_backup_with_an_error_not_a_hang() {
     assert_ne!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("no answer within"), "{stderr}");
     assert_eq!(pg.lab.snapshot_count("main"), 0);
+}
+
+/// A server that stops answering in the middle of a base backup (its checkpointer frozen, so
+/// the backup's fast checkpoint never completes while connections still work): pg_basebackup
+/// would wait forever; the job's `stall_timeout` stops it and the backup fails, no snapshot.
+#[test]
+fn a_base_backup_that_stalls_is_stopped_and_fails() {
+    let pg = Pg::start("  stalled: { service: db, stall_timeout: 2s }\n", &[]);
+    let ckpt: i32 = pg
+        .sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+        .parse()
+        .unwrap();
+    // SAFETY: signals to the test's own checkpointer.
+    unsafe { libc::kill(ckpt, libc::SIGSTOP) };
+    let out = run_bounded(pg.cmd(&["backup", "stalled"]), 60);
+    unsafe { libc::kill(ckpt, libc::SIGCONT) };
+    let out = out.expect("the backup waits forever on a stalled server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("wrote nothing for 2 s"), "{stderr}");
+    assert_eq!(pg.lab.snapshot_count("main"), 0);
+    // The server is fine again: the next run succeeds.
+    pg.ok(&["backup", "stalled"]);
 }

@@ -459,6 +459,12 @@ pub struct BackupJob {
     /// primary). Default: the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// For postgres services: a `pg_basebackup` or `pg_dump` that writes nothing for this long
+    /// is stopped and the job fails (a server that froze in the middle of a backup would
+    /// otherwise keep it waiting forever). Default 10m: a fast checkpoint on a big, busy server
+    /// can take minutes before the first byte arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]

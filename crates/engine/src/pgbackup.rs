@@ -7,7 +7,7 @@
 //! `pg.system_id`) so recovery can pick the right one for a target.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -45,7 +45,49 @@ impl Drop for Staging {
 }
 
 /// Run a PostgreSQL program; its stderr (last lines) goes into the error.
-pub(crate) fn run_tool(mut cmd: Command, what: &str) -> Result<(), StoreError> {
+/// Bytes below `dir` (files only, recursively): how far a tool writing there has come.
+fn bytes_below(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => todo.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Run a PostgreSQL tool that writes below `progress`. One that writes nothing there for
+/// `stall` is killed (with its process group) and the run fails: its server froze or the
+/// network to it went silent, and the tool itself would wait forever.
+fn run_watched(
+    mut cmd: Command,
+    what: &str,
+    progress: &Path,
+    stall: Duration,
+) -> Result<(), StoreError> {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    run_tool_inner(cmd, what, Some((progress, stall)))
+}
+
+/// Run a PostgreSQL tool to its end (one that returns at once, as `pg_ctl start`).
+pub(crate) fn run_tool(cmd: Command, what: &str) -> Result<(), StoreError> {
+    run_tool_inner(cmd, what, None)
+}
+
+fn run_tool_inner(
+    mut cmd: Command,
+    what: &str,
+    watch: Option<(&Path, Duration)>,
+) -> Result<(), StoreError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -56,13 +98,50 @@ pub(crate) fn run_tool(mut cmd: Command, what: &str) -> Result<(), StoreError> {
         )
         .hint("set bin_dir of the service in the plan to the directory holding the PostgreSQL programs")
     })?;
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let status = child
-        .wait()
-        .map_err(|e| StoreError::new(Kind::Source, format!("{what}: {e}")))?;
+    // stderr on its own thread: a tool that fills the pipe must not block the watchdog.
+    let reader = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = e.read_to_string(&mut err);
+            err
+        })
+    });
+    let mut seen = watch.map(|(p, _)| bytes_below(p)).unwrap_or(0);
+    let mut moved = std::time::Instant::now();
+    let mut checked = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(e) => return Err(StoreError::new(Kind::Source, format!("{what}: {e}"))),
+        }
+        let Some((progress, stall)) = watch else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        if checked.elapsed() >= Duration::from_secs(1).min(stall) {
+            checked = std::time::Instant::now();
+            let now = bytes_below(progress);
+            if now != seen {
+                seen = now;
+                moved = std::time::Instant::now();
+            } else if moved.elapsed() >= stall {
+                // SAFETY: signalling the process group this function started.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(StoreError::new(
+                    Kind::Source,
+                    format!(
+                        "{what} wrote nothing for {} s and was stopped: the server is hung or the network to it went silent",
+                        stall.as_secs()
+                    ),
+                )
+                .hint("no snapshot was recorded; check the server, then run the backup again (the job's `stall_timeout` sets how long to wait)"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = reader.and_then(|r| r.join().ok()).unwrap_or_default();
     if status.success() {
         return Ok(());
     }
@@ -114,6 +193,11 @@ pub fn run(
         .hint("use a `method: dump` job for this cluster meanwhile"));
     }
     let staging = Staging::new(ctx, job_name)?;
+    let stall = job
+        .stall_timeout
+        .map(|d| d.std())
+        .unwrap_or(Duration::from_secs(600))
+        .max(Duration::from_secs(1));
     match job.method.unwrap_or_default() {
         BackupMethod::Base => {
             let data = staging.0.join("pgdata");
@@ -131,7 +215,12 @@ pub fn run(
                 ])
                 .args(["--manifest-checksums=NONE", "-l"])
                 .arg(format!("lifeboat {job_name}"));
-            run_tool(cmd, &format!("pg_basebackup of {}", member.describe()))?;
+            run_watched(
+                cmd,
+                &format!("pg_basebackup of {}", member.describe()),
+                &staging.0,
+                stall,
+            )?;
             // The end of the backup on the server's clock: recovery targets are compared with
             // commit times the server wrote, so a skewed local clock must not pick the backup.
             let stop_time = member
@@ -188,9 +277,11 @@ pub fn run(
                 cmd.env("PGDATABASE", db)
                     .args(["-F", "c", "--no-password", "-f"])
                     .arg(staging.0.join(format!("{db}.dump")));
-                run_tool(
+                run_watched(
                     cmd,
                     &format!("pg_dump of database {db} on {}", member.describe()),
+                    &staging.0,
+                    stall,
                 )?;
             }
             store.backup_dir_as(&staging.0, "/dumps", &tags)
