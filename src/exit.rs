@@ -1,7 +1,7 @@
 //! Exit codes, one table for every command (documented in the README).
 
+use lifeboat_core::{Error, Kind};
 use lifeboat_engine::PlanError;
-use lifeboat_store::{Kind, StoreError};
 
 #[allow(dead_code)]
 pub const OK: i32 = 0;
@@ -17,7 +17,7 @@ pub const KEY: i32 = 4;
 pub const BACKEND: i32 = 5;
 
 pub fn code_for(e: &anyhow::Error) -> i32 {
-    if let Some(s) = e.downcast_ref::<StoreError>() {
+    if let Some(s) = e.downcast_ref::<Error>() {
         return for_kind(s.kind);
     }
     if e.downcast_ref::<PlanError>().is_some() {

@@ -107,7 +107,7 @@ fn main() {
                 // `retryable`: whether running the same command later may succeed (a lock, an
                 // unreachable backend): for schedulers deciding whether to retry.
                 let retryable = e
-                    .downcast_ref::<lifeboat_store::StoreError>()
+                    .downcast_ref::<lifeboat_core::Error>()
                     .is_some_and(|s| s.retryable);
                 println!(
                     "{}",

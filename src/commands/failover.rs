@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use lifeboat_core::decide::Action;
 use lifeboat_core::plan::Severity;
+use lifeboat_core::{Error, Kind};
 use lifeboat_engine::control::{Control, Request};
 use lifeboat_engine::coord::StateFile;
 use lifeboat_engine::daemon::{Counts, Watched};
 use lifeboat_engine::manual::{plan_failover, run_failover, FailoverPlan, Level, Overrides};
-use lifeboat_store::{Kind, StoreError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -101,11 +101,11 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         show(&plan);
     }
     let Action::Failover { to, .. } = plan.decision.action.clone() else {
-        return Err(StoreError::new(Kind::Input, plan.decision.reason).into());
+        return Err(Error::new(Kind::Input, plan.decision.reason).into());
     };
     if !a.yes {
         if !std::io::stdin().is_terminal() {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Input,
                 "refusing to fail over without a typed confirmation: no terminal",
             )
@@ -120,7 +120,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
         if line.trim() != a.service {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Input,
                 format!(
                     "confirmation `{}` does not match `{}`: nothing done",
@@ -142,8 +142,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         let id = req.id;
         let answer = control.wait(&a.service, &id, Duration::from_secs(180))?;
         if let Some(e) = answer["error"].as_str() {
-            let mut err =
-                StoreError::new(Kind::Source, format!("the daemon refused or failed: {e}"));
+            let mut err = Error::new(Kind::Source, format!("the daemon refused or failed: {e}"));
             err = err.hint(
                 answer["hint"]
                     .as_str()

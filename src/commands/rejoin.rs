@@ -197,7 +197,7 @@ pub fn failback(cli: &crate::Cli, a: &FailbackArgs) -> anyhow::Result<i32> {
     let streams = w.members.iter().filter(|m| m.site != a.to).any(|pm| {
         rt.block_on(async {
             let s = Session::connect(pm, Duration::from_secs(3)).await?;
-            Ok::<_, lifeboat_store::StoreError>(
+            Ok::<_, lifeboat_core::Error>(
                 !s.in_recovery().await? && s.standby_state(&a.to).await? == "streaming",
             )
         })

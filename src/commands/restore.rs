@@ -53,8 +53,8 @@ pub struct Args {
 fn pitr_target(a: &Args) -> anyhow::Result<Target> {
     Ok(if let Some(t) = &a.to {
         let micros = lifeboat_engine::pitr::parse_pg_time(t).ok_or_else(|| {
-            anyhow::Error::new(lifeboat_store::StoreError::new(
-                lifeboat_store::Kind::Input,
+            anyhow::Error::new(lifeboat_core::Error::new(
+                lifeboat_core::Kind::Input,
                 format!(
                     "--to `{t}` is not a time with a UTC offset (e.g. \"2026-11-20 14:03:00+00\")"
                 ),
@@ -63,7 +63,7 @@ fn pitr_target(a: &Args) -> anyhow::Result<Target> {
         Target::Time(micros)
     } else if let Some(l) = &a.to_lsn {
         l.parse::<lifeboat_core::wal::Lsn>()
-            .map_err(|e| lifeboat_store::StoreError::new(lifeboat_store::Kind::Input, e))?;
+            .map_err(|e| lifeboat_core::Error::new(lifeboat_core::Kind::Input, e))?;
         Target::Lsn(l.clone())
     } else if let Some(n) = &a.to_name {
         Target::Name(n.clone())
@@ -137,8 +137,8 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     if pitr_flags {
-        anyhow::bail!(lifeboat_store::StoreError::new(
-            lifeboat_store::Kind::Input,
+        anyhow::bail!(lifeboat_core::Error::new(
+            lifeboat_core::Kind::Input,
             format!(
                 "`{}` is not a postgres service: --to/--to-lsn/--to-name/--latest/--start need one",
                 a.snapshot

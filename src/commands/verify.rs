@@ -21,8 +21,8 @@ fn verify_restore(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
     let services = ctx.postgres_services(a.job.as_deref())?;
     if services.is_empty() {
-        anyhow::bail!(lifeboat_store::StoreError::new(
-            lifeboat_store::Kind::Input,
+        anyhow::bail!(lifeboat_core::Error::new(
+            lifeboat_core::Kind::Input,
             "the plan has no postgres service to restore (--restore proves postgres services)",
         ));
     }

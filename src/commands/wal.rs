@@ -73,7 +73,7 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             Ok(true) => Ok(0),
             Ok(false) => Ok(1),
             Err(e) => {
-                let damaged_segment = e.kind == lifeboat_store::Kind::Integrity
+                let damaged_segment = e.kind == lifeboat_core::Kind::Integrity
                     && lifeboat_core::wal::WalFile::parse(name, 16 << 20)
                         .is_some_and(|f| matches!(f, lifeboat_core::wal::WalFile::Segment { .. }));
                 if damaged_segment && *has_target {

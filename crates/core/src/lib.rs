@@ -3,6 +3,7 @@
 //! here is a unit test away.
 
 pub mod decide;
+pub mod error;
 pub mod load;
 pub mod plan;
 pub mod repo_url;
@@ -13,6 +14,7 @@ pub mod validate;
 pub mod verdict;
 pub mod wal;
 
+pub use error::{Error, Kind};
 pub use load::{parse_plan, Diagnostic};
 pub use plan::Plan;
 

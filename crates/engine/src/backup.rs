@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lifeboat_core::plan::{BackupJob, Service};
-use lifeboat_store::{BackupSummary, Kind, SnapshotTags, Store, StoreError};
+use lifeboat_core::{Error, Kind};
+use lifeboat_store::{BackupSummary, SnapshotTags, Store};
 use serde::Serialize;
 
 use crate::context::Context;
@@ -38,11 +39,11 @@ pub struct CopyOutcome {
     pub bytes_uploaded: u64,
 }
 
-fn job_repo(ctx: &Context, name: &str, job: &BackupJob) -> Result<String, StoreError> {
+fn job_repo(ctx: &Context, name: &str, job: &BackupJob) -> Result<String, Error> {
     ctx.plan
         .job_repository(job)
         .map(str::to_string)
-        .ok_or_else(|| StoreError::new(Kind::Input, format!("job {name} names no repository")))
+        .ok_or_else(|| Error::new(Kind::Input, format!("job {name} names no repository")))
 }
 
 /// Run one job. Never panics on a bad source: the error is returned in the outcome and recorded.
@@ -63,9 +64,9 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
         stale_locks: Vec::new(),
         stale_locks_removed: Vec::new(),
     };
-    let result = (|| -> Result<(), StoreError> {
+    let result = (|| -> Result<(), Error> {
         let job = job.ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Input,
                 format!(
                     "no backup job `{name}` in the plan (jobs: {})",
@@ -81,7 +82,7 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
         let repo_name = job_repo(ctx, name, &job)?;
         out.repository = repo_name.clone();
         let svc = ctx.plan.services.get(&job.service).ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Input,
                 format!("job {name}: no service `{}`", job.service),
             )
@@ -164,7 +165,7 @@ fn backup_service(
     job: &BackupJob,
     svc: &Service,
     tags: SnapshotTags,
-) -> Result<BackupSummary, StoreError> {
+) -> Result<BackupSummary, Error> {
     let job_def = job;
     let (job, service, tags) = (job_name, job.service.as_str(), &tags);
     match svc {
@@ -190,7 +191,7 @@ fn backup_service(
         Service::Postgres { .. } => {
             crate::pgbackup::run(ctx, store, job_name, job_def, svc, tags.clone())
         }
-        Service::Http { .. } => Err(StoreError::new(
+        Service::Http { .. } => Err(Error::new(
             Kind::Input,
             format!("service {service} is an http service: there is nothing to back up"),
         )),
@@ -224,11 +225,11 @@ fn run_to_spool(
     job: &str,
     command: &str,
     limit: Duration,
-) -> Result<PathBuf, StoreError> {
+) -> Result<PathBuf, Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = ctx.state_dir.join("spool");
     std::fs::create_dir_all(&dir)
-        .map_err(|e| StoreError::new(Kind::Io, format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| Error::new(Kind::Io, format!("cannot create {}: {e}", dir.display())))?;
     clean_spool(&dir);
     let path = dir.join(format!("{job}-{}.out", std::process::id()));
     let file = std::fs::OpenOptions::new()
@@ -237,7 +238,7 @@ fn run_to_spool(
         .truncate(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| StoreError::new(Kind::Io, format!("cannot create {}: {e}", path.display())))?;
+        .map_err(|e| Error::new(Kind::Io, format!("cannot create {}: {e}", path.display())))?;
     use std::os::unix::process::CommandExt;
     let mut child = Command::new("sh")
         .arg("-c")
@@ -248,7 +249,7 @@ fn run_to_spool(
         .stdout(file)
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| StoreError::new(Kind::Source, format!("cannot start `{command}`: {e}")))?;
+        .map_err(|e| Error::new(Kind::Source, format!("cannot start `{command}`: {e}")))?;
     let mut stderr = child.stderr.take();
     let err_reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -279,7 +280,7 @@ fn run_to_spool(
     let tail = stderr_tail(&String::from_utf8_lossy(&stderr), 5);
     let fail = |why: String| {
         let _ = std::fs::remove_file(&path);
-        Err(StoreError::new(
+        Err(Error::new(
             Kind::Source,
             format!(
                 "command `{command}` {why}{}",

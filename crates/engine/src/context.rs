@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use lifeboat_core::Error;
 use lifeboat_core::{parse_plan, Diagnostic, Plan};
-use lifeboat_store::{RepoSpec, Store, StoreError};
+use lifeboat_store::{RepoSpec, Store};
 
 use crate::evidence::{default_actor, Draft, Event, Evidence, EvidenceError};
 
@@ -67,10 +68,10 @@ impl Context {
         names.join(", ")
     }
 
-    pub fn repo_spec(&self, name: &str) -> Result<RepoSpec, StoreError> {
+    pub fn repo_spec(&self, name: &str) -> Result<RepoSpec, Error> {
         let repo = self.plan.repositories.get(name).ok_or_else(|| {
-            StoreError::new(
-                lifeboat_store::Kind::Input,
+            Error::new(
+                lifeboat_core::Kind::Input,
                 format!(
                     "no repository `{name}` in the plan (declared: {})",
                     self.repo_names()
@@ -83,12 +84,12 @@ impl Context {
         Ok(spec)
     }
 
-    pub fn open_repo(&self, name: &str) -> Result<Store, StoreError> {
+    pub fn open_repo(&self, name: &str) -> Result<Store, Error> {
         Store::open(&self.repo_spec(name)?)
     }
 
     /// The repository commands use when none is named: the only one, or the first job's.
-    pub fn default_repo(&self) -> Result<String, StoreError> {
+    pub fn default_repo(&self) -> Result<String, Error> {
         if self.plan.repositories.len() == 1 {
             return Ok(self
                 .plan
@@ -108,8 +109,8 @@ impl Context {
         if used.len() == 1 {
             return Ok(used.into_iter().next().unwrap_or_default().to_string());
         }
-        Err(StoreError::new(
-            lifeboat_store::Kind::Input,
+        Err(Error::new(
+            lifeboat_core::Kind::Input,
             format!(
                 "the plan has {} repositories: name one with --repo ({})",
                 self.plan.repositories.len(),
@@ -119,7 +120,7 @@ impl Context {
     }
 
     /// The plan's postgres services, or only `only` (which must be one).
-    pub fn postgres_services(&self, only: Option<&str>) -> Result<Vec<String>, StoreError> {
+    pub fn postgres_services(&self, only: Option<&str>) -> Result<Vec<String>, Error> {
         let all: Vec<String> = self
             .plan
             .services
@@ -130,8 +131,8 @@ impl Context {
         match only {
             None => Ok(all),
             Some(s) if all.iter().any(|a| a == s) => Ok(vec![s.to_string()]),
-            Some(s) => Err(StoreError::new(
-                lifeboat_store::Kind::Input,
+            Some(s) => Err(Error::new(
+                lifeboat_core::Kind::Input,
                 format!(
                     "`{s}` is not a postgres service of the plan (postgres services: {})",
                     if all.is_empty() {
@@ -157,7 +158,7 @@ impl Context {
         exclusive: bool,
         command: &str,
         job: Option<&str>,
-    ) -> Result<lifeboat_store::lock::LockGuard, StoreError> {
+    ) -> Result<lifeboat_store::lock::LockGuard, Error> {
         let started = Instant::now();
         let guard = store.lock(exclusive, command, job)?;
         if !guard.removed.is_empty() {

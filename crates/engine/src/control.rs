@@ -10,7 +10,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,8 +53,8 @@ pub struct Control {
     dir: PathBuf,
 }
 
-fn io(p: &Path, e: std::io::Error) -> StoreError {
-    StoreError::new(Kind::Io, format!("{}: {e}", p.display()))
+fn io(p: &Path, e: std::io::Error) -> Error {
+    Error::new(Kind::Io, format!("{}: {e}", p.display()))
 }
 
 fn flock(f: &File, nonblocking: bool) -> bool {
@@ -76,7 +76,7 @@ impl Control {
     }
 
     /// For the daemon: hold the lock for as long as the returned file lives.
-    pub fn hold(&self) -> Result<File, StoreError> {
+    pub fn hold(&self) -> Result<File, Error> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
         let p = self.lock_path();
         let f = File::options()
@@ -86,7 +86,7 @@ impl Control {
             .open(&p)
             .map_err(|e| io(&p, e))?;
         if !flock(&f, true) {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Locked,
                 "another `lifeboat serve` runs with this state directory",
             )
@@ -112,11 +112,11 @@ impl Control {
     }
 
     /// Hand a request to the daemon (refused while another one waits).
-    pub fn submit(&self, service: &str, r: &Request) -> Result<(), StoreError> {
+    pub fn submit(&self, service: &str, r: &Request) -> Result<(), Error> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
         let p = self.request_path(service);
         if p.exists() {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Conflict,
                 format!(
                     "another request for {service} is waiting for the daemon ({})",
@@ -155,7 +155,7 @@ impl Control {
         to: &str,
         catch_up: Duration,
         actor: &str,
-    ) -> Result<crate::switchover::Report, StoreError> {
+    ) -> Result<crate::switchover::Report, Error> {
         let req = Request {
             timeout_ms: catch_up.as_millis() as u64,
             ..Request::new("switchover", Some(to.to_string()), actor)
@@ -163,14 +163,14 @@ impl Control {
         self.submit(service, &req)?;
         let answer = self.wait(service, &req.id, catch_up * 2 + Duration::from_secs(120))?;
         if let Some(err) = answer["error"].as_str() {
-            let mut e = StoreError::new(Kind::Source, err);
+            let mut e = Error::new(Kind::Source, err);
             if let Some(h) = answer["hint"].as_str() {
                 e = e.hint(h);
             }
             return Err(e);
         }
         serde_json::from_value(answer["report"].clone())
-            .map_err(|e| StoreError::new(Kind::Source, format!("the daemon's answer: {e}")))
+            .map_err(|e| Error::new(Kind::Source, format!("the daemon's answer: {e}")))
     }
 
     pub fn wait(
@@ -178,26 +178,26 @@ impl Control {
         service: &str,
         id: &str,
         timeout: Duration,
-    ) -> Result<serde_json::Value, StoreError> {
+    ) -> Result<serde_json::Value, Error> {
         let p = self.result_path(service, id);
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(b) = std::fs::read(&p) {
                 let _ = std::fs::remove_file(&p);
                 return serde_json::from_slice(&b).map_err(|e| {
-                    StoreError::new(Kind::Internal, format!("daemon's answer unreadable: {e}"))
+                    Error::new(Kind::Internal, format!("daemon's answer unreadable: {e}"))
                 });
             }
             if Instant::now() > deadline {
                 let _ = std::fs::remove_file(self.request_path(service));
-                return Err(StoreError::new(
+                return Err(Error::new(
                     Kind::Source,
                     format!("the daemon did not answer within {timeout:?}"),
                 )
                 .hint("see its log; `lifeboat status` shows what it decided"));
             }
             if !self.daemon_running() {
-                return Err(StoreError::new(
+                return Err(Error::new(
                     Kind::Source,
                     "the daemon stopped before answering",
                 )

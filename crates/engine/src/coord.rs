@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +69,7 @@ impl SyncFile {
         serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
     }
 
-    pub fn store(&self, r: &SyncRecord) -> Result<(), StoreError> {
+    pub fn store(&self, r: &SyncRecord) -> Result<(), Error> {
         write_atomically(
             &self.path,
             &serde_json::to_vec_pretty(r).expect("serialisable"),
@@ -78,7 +78,7 @@ impl SyncFile {
 }
 
 /// Replace `path` with `body`: write, fsync, rename, fsync the directory.
-fn write_atomically(path: &Path, body: &[u8]) -> Result<(), StoreError> {
+fn write_atomically(path: &Path, body: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     let dir = path.parent().expect("has a parent");
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -93,8 +93,8 @@ fn write_atomically(path: &Path, body: &[u8]) -> Result<(), StoreError> {
     .map_err(|e| io(path, e))
 }
 
-fn io(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::new(Kind::Io, format!("failover state {}: {e}", path.display()))
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::new(Kind::Io, format!("failover state {}: {e}", path.display()))
 }
 
 impl StateFile {
@@ -104,10 +104,10 @@ impl StateFile {
         }
     }
 
-    pub fn load(&self) -> Result<FailoverState, StoreError> {
+    pub fn load(&self) -> Result<FailoverState, Error> {
         match std::fs::read(&self.path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                StoreError::new(
+                Error::new(
                     Kind::Integrity,
                     format!("failover state {} is unreadable: {e}", self.path.display()),
                 )
@@ -119,10 +119,10 @@ impl StateFile {
     }
 
     /// Replace the state. Refused if it would move the epoch backwards.
-    pub fn store(&self, s: &FailoverState) -> Result<(), StoreError> {
+    pub fn store(&self, s: &FailoverState) -> Result<(), Error> {
         let current = self.load()?;
         if s.epoch < current.epoch {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Conflict,
                 format!(
                     "refusing to move the fencing epoch back from {} to {}",

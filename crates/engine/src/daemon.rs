@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_core::decide::{decide, Action, Decision, Failure, MemberView, Role, World};
 use lifeboat_core::plan::{FailoverSpec, HealthCheck, ReplicationMode, Service, Severity};
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 use tokio::sync::watch;
 
 use crate::context::Context;
@@ -115,7 +115,7 @@ impl Watched {
 
     /// `None` for services that are not postgres. The failover settings are the service's, or
     /// the defaults when it has none.
-    pub fn from_plan(ctx: &Context, name: &str) -> Result<Option<Watched>, StoreError> {
+    pub fn from_plan(ctx: &Context, name: &str) -> Result<Option<Watched>, Error> {
         let Some(
             svc @ Service::Postgres {
                 failover,
@@ -153,7 +153,7 @@ impl Watched {
                         .map(|p| p.resolve())
                         .transpose()
                         .map_err(|e| {
-                            StoreError::new(
+                            Error::new(
                                 Kind::Input,
                                 format!("service {name}: replication.password: {e}"),
                             )
@@ -179,7 +179,7 @@ fn log(event: &str, service: &str, fields: serde_json::Value) {
 }
 
 /// The services `serve` protects.
-fn watched(ctx: &Context) -> Result<Vec<Watched>, StoreError> {
+fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
     let mut out = Vec::new();
     for (name, svc) in &ctx.plan.services {
         if let Service::Postgres {
@@ -190,7 +190,7 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, StoreError> {
         }
     }
     if out.is_empty() {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Input,
             "no postgres service in the plan has `failover:`: nothing to protect",
         )
@@ -200,7 +200,7 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, StoreError> {
 }
 
 /// Run until SIGTERM/SIGINT.
-pub fn serve(ctx: &Context) -> Result<(), StoreError> {
+pub fn serve(ctx: &Context) -> Result<(), Error> {
     let services = watched(ctx)?;
     let _lock = crate::control::Control::new(&ctx.state_dir).hold()?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -212,7 +212,7 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| StoreError::new(Kind::Internal, format!("runtime: {e}")))?;
+        .map_err(|e| Error::new(Kind::Internal, format!("runtime: {e}")))?;
     rt.block_on(async {
         let (notifier, notify_worker) = crate::notify::Notifier::start(ctx);
         let mut servers = Vec::new();
@@ -253,7 +253,7 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
             if let Some(d) = &w.spec.dns {
                 if !dns.contains_key(&d.listen) {
                     let sock = crate::dns::bind(&d.listen).await.map_err(|e| {
-                        StoreError::new(
+                        Error::new(
                             Kind::Io,
                             format!(
                                 "service {}: cannot answer DNS on {}: {e}",
@@ -322,15 +322,15 @@ pub fn serve(ctx: &Context) -> Result<(), StoreError> {
         }
         // Notifications under way get a few seconds to finish.
         notifier.drain(notify_worker, Duration::from_secs(10)).await;
-        Ok::<(), StoreError>(())
+        Ok::<(), Error>(())
     })?;
     log("stopped", "*", serde_json::json!({}));
     Ok(())
 }
 
-async fn bind(service: &str, listen: &str) -> Result<tokio::net::TcpListener, StoreError> {
+async fn bind(service: &str, listen: &str) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        StoreError::new(
+        Error::new(
             Kind::Io,
             format!("service {service}: cannot listen on {listen}: {e}"),
         )
@@ -808,7 +808,7 @@ pub async fn run_switchover(
     timeout: Duration,
     ctx: &Context,
     progress: &(dyn Fn(&crate::switchover::Step) + Send + Sync),
-) -> Result<crate::switchover::Report, StoreError> {
+) -> Result<crate::switchover::Report, Error> {
     let started = Instant::now();
     let r = crate::switchover::switchover(w, state, route, to, timeout, progress).await;
     let (outcome, figures) = match &r {
@@ -1117,7 +1117,7 @@ pub(crate) async fn failover(
     to: &str,
     epoch: u64,
     counts: &BTreeMap<String, Counts>,
-) -> Result<Vec<crate::runbook::BuiltinStep>, StoreError> {
+) -> Result<Vec<crate::runbook::BuiltinStep>, Error> {
     let mut steps = Vec::new();
     let mut t = Instant::now();
     let mut step = |action: &str, detail: String, t: &mut Instant| {
@@ -1175,7 +1175,7 @@ pub(crate) async fn failover(
         .members
         .iter()
         .find(|m| m.site == to)
-        .ok_or_else(|| StoreError::new(Kind::Input, format!("no member {to}")))?
+        .ok_or_else(|| Error::new(Kind::Input, format!("no member {to}")))?
         .clone();
     let session = Session::connect(&target, Duration::from_secs(5)).await?;
     let mut promoted = format!("{to} already promoted");
@@ -1215,12 +1215,12 @@ pub(crate) async fn failover(
 }
 
 /// Stop a member that must not take writes, when its data directory is on this host.
-async fn fence(w: &Watched, site: &str) -> Result<(), StoreError> {
+async fn fence(w: &Watched, site: &str) -> Result<(), Error> {
     let Some(m) = w.members.iter().find(|m| m.site == site) else {
         return Ok(());
     };
     if m.data_dir.is_none() {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Input,
             format!("{site} has no data_dir on this host: it is refused by the endpoint only"),
         ));

@@ -299,10 +299,10 @@ fn db_err(path: &Path, cause: rusqlite::Error) -> EvidenceError {
 }
 
 /// Commands report evidence failures like storage failures: what failed, and what to check.
-impl From<EvidenceError> for lifeboat_store::StoreError {
+impl From<EvidenceError> for lifeboat_core::Error {
     fn from(e: EvidenceError) -> Self {
-        lifeboat_store::StoreError::new(
-            lifeboat_store::Kind::Io,
+        lifeboat_core::Error::new(
+            lifeboat_core::Kind::Io,
             format!("recording in the evidence log failed: {e}"),
         )
         .hint("check the state directory (free space, permissions), or set state_dir / LIFEBOAT_STATE_DIR")

@@ -8,7 +8,7 @@ use std::time::Instant;
 use lifeboat_core::decide::{
     eligibility, eligibility_accepting_loss, Action, Decision, Failure, Role,
 };
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -323,11 +323,11 @@ pub async fn run_failover(
     counts: &BTreeMap<String, Counts>,
     to: Option<&str>,
     o: Overrides,
-) -> Result<FailoverPlan, StoreError> {
+) -> Result<FailoverPlan, Error> {
     let mut st = state.load()?;
     let plan = plan_failover(ctx, w, counts, &st, to, o);
     let Action::Failover { from, to, epoch } = plan.decision.action.clone() else {
-        return Err(StoreError::new(Kind::Input, plan.decision.reason.clone()));
+        return Err(Error::new(Kind::Input, plan.decision.reason.clone()));
     };
     let started = Instant::now();
     let r = crate::daemon::failover(w, state, route, &mut st, from, &to, epoch, counts).await;

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use lifeboat_core::retention::{self, Verdict};
 use lifeboat_core::verdict::{judge_job, Finding, JobObservation};
-use lifeboat_store::{Kind, SnapshotInfo, StoreError};
+use lifeboat_core::{Error, Kind};
+use lifeboat_store::SnapshotInfo;
 use serde::Serialize;
 
 use crate::context::Context;
@@ -27,7 +28,7 @@ pub struct ForgetReport {
 }
 
 /// Apply every job's retention in `repo`, then prune. With `dry_run`, only report.
-pub fn forget(ctx: &Context, repo: &str, dry_run: bool) -> Result<ForgetReport, StoreError> {
+pub fn forget(ctx: &Context, repo: &str, dry_run: bool) -> Result<ForgetReport, Error> {
     let started = Instant::now();
     let store = ctx.open_repo(repo)?;
     let _lock = if dry_run {
@@ -136,12 +137,12 @@ pub fn verify(
     job: Option<&str>,
     read_data: bool,
     subset: Option<&str>,
-) -> Result<VerifyReport, StoreError> {
+) -> Result<VerifyReport, Error> {
     let started = Instant::now();
     let mut findings = Vec::new();
     let jobs: Vec<String> = match job {
         Some(j) if !ctx.plan.backups.contains_key(j) => {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Input,
                 format!("no backup job `{j}` in the plan"),
             ))
@@ -282,9 +283,9 @@ pub fn restore(
     job: Option<&str>,
     path: Option<&str>,
     target: &Path,
-) -> Result<RestoreReport, StoreError> {
+) -> Result<RestoreReport, Error> {
     let started = Instant::now();
-    let result = (|| -> Result<_, StoreError> {
+    let result = (|| -> Result<_, Error> {
         let store = ctx.open_repo(repo)?;
         let snap = store.find_snapshot(snapshot, job)?;
         let s = store.restore(&snap.id, path, target)?;
@@ -317,9 +318,9 @@ pub struct CopyReport {
 }
 
 /// Copy every snapshot of this plan from `from` to `to` (cross-region copy).
-pub fn copy(ctx: &Context, from: &str, to: &str) -> Result<CopyReport, StoreError> {
+pub fn copy(ctx: &Context, from: &str, to: &str) -> Result<CopyReport, Error> {
     let started = Instant::now();
-    let result = (|| -> Result<_, StoreError> {
+    let result = (|| -> Result<_, Error> {
         let src = ctx.open_repo(from)?;
         let dest = ctx.open_repo(to)?;
         let _lock = ctx.lock_repo(&dest, false, "copy", None)?;
@@ -353,7 +354,7 @@ pub fn copy(ctx: &Context, from: &str, to: &str) -> Result<CopyReport, StoreErro
 }
 
 /// Create a plan's repository (or all of them).
-pub fn init_repo(ctx: &Context, repo: &str) -> Result<String, StoreError> {
+pub fn init_repo(ctx: &Context, repo: &str) -> Result<String, Error> {
     let started = Instant::now();
     let spec = ctx.repo_spec(repo)?;
     let r = lifeboat_store::Store::init(&spec).map(|s| s.spec.display.clone());
@@ -371,7 +372,7 @@ pub fn check(
     repo: &str,
     read_data: bool,
     subset: Option<&str>,
-) -> Result<lifeboat_store::CheckReport, StoreError> {
+) -> Result<lifeboat_store::CheckReport, Error> {
     let started = Instant::now();
     let store = ctx.open_repo(repo)?;
     let report = store.check(read_data || subset.is_some(), subset)?;
@@ -395,7 +396,7 @@ pub fn unlock(
     ctx: &Context,
     store: &lifeboat_store::Store,
     all: bool,
-) -> Result<Vec<lifeboat_store::lock::FoundLock>, StoreError> {
+) -> Result<Vec<lifeboat_store::lock::FoundLock>, Error> {
     let started = Instant::now();
     let removed = store.unlock(all)?;
     let figures = serde_json::json!({

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lifeboat_core::plan::{PgMember, Service};
 use lifeboat_core::wal::Lsn;
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 
 /// A member with its secrets resolved (in memory only).
 #[derive(Clone)]
@@ -54,7 +54,7 @@ pub struct PgService<'a> {
 }
 
 impl<'a> PgService<'a> {
-    pub fn from_plan(name: &str, svc: &'a Service, base: &Path) -> Result<Self, StoreError> {
+    pub fn from_plan(name: &str, svc: &'a Service, base: &Path) -> Result<Self, Error> {
         let Service::Postgres {
             members,
             bin_dir,
@@ -63,7 +63,7 @@ impl<'a> PgService<'a> {
             ..
         } = svc
         else {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Input,
                 format!("service {name} is a {} service, not postgres", svc.kind()),
             ));
@@ -81,9 +81,9 @@ impl<'a> PgService<'a> {
         })
     }
 
-    pub fn member(&self, site: &str) -> Result<Member, StoreError> {
+    pub fn member(&self, site: &str) -> Result<Member, Error> {
         let m = self.members.get(site).ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Input,
                 format!(
                     "service {} has no member in site `{site}` (members: {})",
@@ -94,7 +94,7 @@ impl<'a> PgService<'a> {
         })?;
         let password = match &m.password {
             Some(s) => Some(s.resolve().map_err(|e| {
-                StoreError::new(
+                Error::new(
                     Kind::Input,
                     format!("service {} member {site}: password: {e}", self.name),
                 )
@@ -114,7 +114,7 @@ impl<'a> PgService<'a> {
     }
 
     /// The member to take a backup from: the site asked for, or the reachable primary.
-    pub fn pick(&self, from: Option<&str>) -> Result<(Member, ServerInfo), StoreError> {
+    pub fn pick(&self, from: Option<&str>) -> Result<(Member, ServerInfo), Error> {
         if let Some(site) = from {
             let m = self.member(site)?;
             let info = m.probe()?;
@@ -129,7 +129,7 @@ impl<'a> PgService<'a> {
                 Err(e) => seen.push(format!("{site}: {}", e.message)),
             }
         }
-        Err(StoreError::new(
+        Err(Error::new(
             Kind::Source,
             format!(
                 "service {}: no reachable primary ({})",
@@ -265,15 +265,15 @@ impl Member {
     /// Run `work` on a session with this member from synchronous code, the connection and
     /// every statement within `deadline`: a server that accepts and never answers ends the
     /// call with an error instead of hanging the command.
-    pub fn within<T, F, Fut>(&self, deadline: Duration, work: F) -> Result<T, StoreError>
+    pub fn within<T, F, Fut>(&self, deadline: Duration, work: F) -> Result<T, Error>
     where
         F: FnOnce(tokio_postgres::Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, StoreError>>,
+        Fut: std::future::Future<Output = Result<T, Error>>,
     {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| StoreError::new(Kind::Internal, format!("runtime: {e}")))?;
+            .map_err(|e| Error::new(Kind::Internal, format!("runtime: {e}")))?;
         let what = self.describe();
         rt.block_on(async {
             let run = async {
@@ -289,7 +289,7 @@ impl Member {
             };
             match tokio::time::timeout(deadline, run).await {
                 Ok(r) => r,
-                Err(_) => Err(StoreError::new(
+                Err(_) => Err(Error::new(
                     Kind::Source,
                     format!(
                         "{what}: no answer within {} s: the server is hung or cut off",
@@ -302,7 +302,7 @@ impl Member {
     }
 
     /// Connect and ask the server what it is (within 10 s).
-    pub fn probe(&self) -> Result<ServerInfo, StoreError> {
+    pub fn probe(&self) -> Result<ServerInfo, Error> {
         self.within(
             Duration::from_secs(10),
             |c| async move { server_info(&c).await },
@@ -311,7 +311,7 @@ impl Member {
     }
 }
 
-fn connect_error(what: &str, e: &tokio_postgres::Error) -> StoreError {
+fn connect_error(what: &str, e: &tokio_postgres::Error) -> Error {
     let msg = db_error_text(e);
     let hint = if msg.contains("password authentication failed")
         || msg.contains("no password supplied")
@@ -321,7 +321,7 @@ fn connect_error(what: &str, e: &tokio_postgres::Error) -> StoreError {
     } else {
         "check that the server is running and reachable at the member's host and port"
     };
-    StoreError::new(Kind::Source, format!("cannot connect to {what}: {msg}")).hint(hint)
+    Error::new(Kind::Source, format!("cannot connect to {what}: {msg}")).hint(hint)
 }
 
 /// A PostgreSQL error as one line: the server's message when there is one.
@@ -340,7 +340,7 @@ pub fn db_error_text(e: &postgres::Error) -> String {
     }
 }
 
-pub async fn server_info(c: &tokio_postgres::Client) -> Result<ServerInfo, StoreError> {
+pub async fn server_info(c: &tokio_postgres::Client) -> Result<ServerInfo, Error> {
     let q = "SELECT current_setting('server_version_num')::int, pg_is_in_recovery(), \
              (SELECT system_identifier::text FROM pg_control_system()), \
              CASE WHEN pg_is_in_recovery() \
@@ -348,7 +348,7 @@ pub async fn server_info(c: &tokio_postgres::Client) -> Result<ServerInfo, Store
                   ELSE pg_current_wal_lsn()::text END, \
              current_setting('archive_mode'), current_setting('archive_command')";
     let row = c.query_one(q, &[]).await.map_err(|e| {
-        StoreError::new(
+        Error::new(
             Kind::Source,
             format!("querying server state: {}", db_error_text(&e)),
         )

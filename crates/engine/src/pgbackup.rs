@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lifeboat_core::plan::{BackupJob, BackupMethod, Service};
-use lifeboat_store::{BackupSummary, Kind, SnapshotTags, Store, StoreError};
+use lifeboat_core::{Error, Kind};
+use lifeboat_store::{BackupSummary, SnapshotTags, Store};
 
 use crate::context::Context;
 use crate::pg::{manifest_end_lsn, parse_backup_label, PgService};
@@ -21,7 +22,7 @@ use crate::pg::{manifest_end_lsn, parse_backup_label, PgService};
 pub(crate) struct Staging(pub PathBuf);
 
 impl Staging {
-    pub fn new(ctx: &Context, name: &str) -> Result<Self, StoreError> {
+    pub fn new(ctx: &Context, name: &str) -> Result<Self, Error> {
         let dir = ctx
             .state_dir
             .join("spool")
@@ -29,9 +30,8 @@ impl Staging {
         if dir.exists() {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            StoreError::new(Kind::Io, format!("cannot create {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::new(Kind::Io, format!("cannot create {}: {e}", dir.display())))?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         Ok(Self(dir))
@@ -72,14 +72,14 @@ fn run_watched(
     what: &str,
     progress: &Path,
     stall: Duration,
-) -> Result<(), StoreError> {
+) -> Result<(), Error> {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
     run_tool_inner(cmd, what, Some((progress, stall)))
 }
 
 /// Run a PostgreSQL tool to its end (one that returns at once, as `pg_ctl start`).
-pub(crate) fn run_tool(cmd: Command, what: &str) -> Result<(), StoreError> {
+pub(crate) fn run_tool(cmd: Command, what: &str) -> Result<(), Error> {
     run_tool_inner(cmd, what, None)
 }
 
@@ -87,12 +87,12 @@ fn run_tool_inner(
     mut cmd: Command,
     what: &str,
     watch: Option<(&Path, Duration)>,
-) -> Result<(), StoreError> {
+) -> Result<(), Error> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
-        StoreError::new(
+        Error::new(
             Kind::Source,
             format!("cannot run {}: {e}", cmd.get_program().to_string_lossy()),
         )
@@ -113,7 +113,7 @@ fn run_tool_inner(
         match child.try_wait() {
             Ok(Some(st)) => break st,
             Ok(None) => {}
-            Err(e) => return Err(StoreError::new(Kind::Source, format!("{what}: {e}"))),
+            Err(e) => return Err(Error::new(Kind::Source, format!("{what}: {e}"))),
         }
         let Some((progress, stall)) = watch else {
             std::thread::sleep(Duration::from_millis(20));
@@ -129,7 +129,7 @@ fn run_tool_inner(
                 // SAFETY: signalling the process group this function started.
                 unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.wait();
-                return Err(StoreError::new(
+                return Err(Error::new(
                     Kind::Source,
                     format!(
                         "{what} wrote nothing for {} s and was stopped: the server is hung or the network to it went silent",
@@ -153,7 +153,7 @@ fn run_tool_inner(
     } else {
         "no snapshot was recorded; fix the cause and run the backup again"
     };
-    Err(StoreError::new(Kind::Source, format!("{what} failed ({status}): {tail}")).hint(hint))
+    Err(Error::new(Kind::Source, format!("{what} failed ({status}): {tail}")).hint(hint))
 }
 
 pub fn run(
@@ -163,7 +163,7 @@ pub fn run(
     job: &BackupJob,
     svc: &Service,
     mut tags: SnapshotTags,
-) -> Result<BackupSummary, StoreError> {
+) -> Result<BackupSummary, Error> {
     let pg = PgService::from_plan(&job.service, svc, &ctx.base)?;
     let (member, info) = pg.pick(job.from.as_deref())?;
     tags.extra.push(("pg.member".into(), member.site.clone()));
@@ -183,7 +183,7 @@ pub fn run(
         .unwrap_or(0))
     })?;
     if extra_ts > 0 && job.method.unwrap_or_default() == BackupMethod::Base {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Source,
             format!(
                 "{} has {extra_ts} tablespace(s) outside the data directory: base backups of those are not supported yet",
@@ -231,19 +231,19 @@ pub fn run(
                     )
                     .await
                     .map(|r| r.get::<_, i64>(0))
-                    .map_err(|e| StoreError::new(Kind::Source, crate::pg::db_error_text(&e)))
+                    .map_err(|e| Error::new(Kind::Source, crate::pg::db_error_text(&e)))
                 })
                 .ok()
                 .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
                 .unwrap_or_else(jiff::Timestamp::now);
             let label = std::fs::read_to_string(data.join("backup_label")).unwrap_or_default();
             let (start, tli) = parse_backup_label(&label).ok_or_else(|| {
-                StoreError::new(Kind::Source, "pg_basebackup wrote no readable backup_label")
+                Error::new(Kind::Source, "pg_basebackup wrote no readable backup_label")
             })?;
             let manifest =
                 std::fs::read_to_string(data.join("backup_manifest")).unwrap_or_default();
             let stop = manifest_end_lsn(&manifest).ok_or_else(|| {
-                StoreError::new(
+                Error::new(
                     Kind::Source,
                     "pg_basebackup wrote no backup_manifest with WAL ranges",
                 )
@@ -263,7 +263,7 @@ pub fn run(
         }
         BackupMethod::Dump => {
             if pg.databases.is_empty() {
-                return Err(StoreError::new(
+                return Err(Error::new(
                     Kind::Input,
                     format!(
                         "job {job_name} dumps service {} but the service lists no `databases`",
@@ -326,7 +326,7 @@ impl BaseBackup {
 }
 
 /// Base backups of a service in a repository, oldest first.
-pub fn base_backups(store: &Store, service: &str) -> Result<Vec<BaseBackup>, StoreError> {
+pub fn base_backups(store: &Store, service: &str) -> Result<Vec<BaseBackup>, Error> {
     Ok(store
         .snapshots()?
         .iter()

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 
 use crate::pg::{db_error_text, Member};
 
@@ -31,13 +31,13 @@ impl Drop for Session {
 }
 
 impl Session {
-    pub async fn connect(m: &Member, timeout: Duration) -> Result<Session, StoreError> {
+    pub async fn connect(m: &Member, timeout: Duration) -> Result<Session, Error> {
         let (client, conn) = m
             .async_config(timeout)
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(|e| {
-                StoreError::new(
+                Error::new(
                     Kind::Source,
                     format!("connecting to {}: {}", m.site, db_error_text(&e)),
                 )
@@ -52,8 +52,8 @@ impl Session {
         })
     }
 
-    fn err(&self, what: &str, e: tokio_postgres::Error) -> StoreError {
-        StoreError::new(
+    fn err(&self, what: &str, e: tokio_postgres::Error) -> Error {
+        Error::new(
             Kind::Source,
             format!("{} ({what}): {}", self.site, db_error_text(&e)),
         )
@@ -64,7 +64,7 @@ impl Session {
         &self,
         sql: &str,
         work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, Error> {
         let limit = if sql.trim().eq_ignore_ascii_case("CHECKPOINT") {
             CHECKPOINT_DEADLINE
         } else {
@@ -72,7 +72,7 @@ impl Session {
         };
         match tokio::time::timeout(limit, work).await {
             Ok(r) => r.map_err(|e| self.err(sql, e)),
-            Err(_) => Err(StoreError::new(
+            Err(_) => Err(Error::new(
                 Kind::Source,
                 format!(
                     "{} ({sql}): no answer within {} s: the server is hung or cut off",
@@ -85,24 +85,24 @@ impl Session {
     }
 
     /// Run statements (no result).
-    pub async fn exec(&self, sql: &str) -> Result<(), StoreError> {
+    pub async fn exec(&self, sql: &str) -> Result<(), Error> {
         self.within(sql, self.client.batch_execute(sql)).await
     }
 
     /// One text value (NULL as empty).
-    pub async fn text(&self, sql: &str) -> Result<String, StoreError> {
+    pub async fn text(&self, sql: &str) -> Result<String, Error> {
         let row = self.within(sql, self.client.query_one(sql, &[])).await?;
         Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
     }
 
-    pub async fn bool(&self, sql: &str) -> Result<bool, StoreError> {
+    pub async fn bool(&self, sql: &str) -> Result<bool, Error> {
         let row = self.within(sql, self.client.query_one(sql, &[])).await?;
         Ok(row.get(0))
     }
 
     /// On a primary: the replication state (`streaming`, `catchup`, …) of the standby that
     /// connects with application_name `site`, empty when it is not connected.
-    pub async fn standby_state(&self, site: &str) -> Result<String, StoreError> {
+    pub async fn standby_state(&self, site: &str) -> Result<String, Error> {
         self.text(&format!(
             "SELECT coalesce(max(state), '') FROM pg_stat_replication WHERE application_name = '{}'",
             site.replace('\'', "''")
@@ -110,13 +110,13 @@ impl Session {
         .await
     }
 
-    pub async fn in_recovery(&self) -> Result<bool, StoreError> {
+    pub async fn in_recovery(&self) -> Result<bool, Error> {
         self.bool("SELECT pg_is_in_recovery()").await
     }
 
     /// Set a reloadable parameter with ALTER SYSTEM and reload (ALTER SYSTEM cannot run in a
     /// multi-statement batch: it refuses transaction blocks).
-    pub async fn set(&self, name: &str, value: &str) -> Result<(), StoreError> {
+    pub async fn set(&self, name: &str, value: &str) -> Result<(), Error> {
         let quoted = value.replace('\'', "''");
         self.exec(&format!("ALTER SYSTEM SET {name} = '{quoted}'"))
             .await?;
@@ -127,7 +127,7 @@ impl Session {
     /// `synchronous_standby_names` it had if they were cleared first: a promoted standby that
     /// names synchronous standbys would make every commit wait for a standby that follows
     /// nobody yet.
-    pub async fn promote(&self) -> Result<Option<String>, StoreError> {
+    pub async fn promote(&self) -> Result<Option<String>, Error> {
         let ssn = self.text("SHOW synchronous_standby_names").await?;
         let cleared = if ssn.trim().is_empty() {
             None
@@ -137,7 +137,7 @@ impl Session {
         };
         // pg_promote(wait => true) polls every 100 ms; ask without waiting and poll faster.
         if !self.bool("SELECT pg_promote(false)").await? {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Source,
                 format!(
                     "{} refused to promote (pg_promote returned false)",
@@ -149,7 +149,7 @@ impl Session {
         let mut nudged = asked;
         while self.in_recovery().await? {
             if asked.elapsed() > Duration::from_secs(60) {
-                return Err(StoreError::new(
+                return Err(Error::new(
                     Kind::Source,
                     format!(
                         "{} was asked to promote but is still in recovery after 60 s",
@@ -172,13 +172,13 @@ impl Session {
     }
 
     /// A write commits (a temporary table: nothing is left behind).
-    pub async fn check_write(&self) -> Result<(), StoreError> {
+    pub async fn check_write(&self) -> Result<(), Error> {
         self.exec(
             "CREATE TEMP TABLE lifeboat_write_probe(x int); INSERT INTO lifeboat_write_probe VALUES (1)",
         )
         .await
         .map_err(|e| {
-            StoreError::new(
+            Error::new(
                 Kind::Source,
                 format!("{} refused a write: {}", self.site, e.message),
             )
@@ -191,13 +191,13 @@ impl Session {
 pub fn run_as_owner(
     cmd: &mut std::process::Command,
     data: &Path,
-) -> Result<std::process::Output, StoreError> {
+) -> Result<std::process::Output, Error> {
     crate::pg::as_owner_of(cmd, data);
     cmd.stdin(std::process::Stdio::null())
         .env("LC_ALL", "C")
         .output()
         .map_err(|e| {
-            StoreError::new(
+            Error::new(
                 Kind::Source,
                 format!("{}: {e}", cmd.get_program().to_string_lossy()),
             )
@@ -208,17 +208,17 @@ pub fn run_as_owner(
 pub async fn run_as_owner_async(
     mut cmd: std::process::Command,
     data: &Path,
-) -> Result<std::process::Output, StoreError> {
+) -> Result<std::process::Output, Error> {
     let data = data.to_path_buf();
     tokio::task::spawn_blocking(move || run_as_owner(&mut cmd, &data))
         .await
-        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))?
+        .map_err(|e| Error::new(Kind::Internal, e.to_string()))?
 }
 
 /// A member's data directory on this host.
-pub fn data_dir(m: &Member) -> Result<PathBuf, StoreError> {
+pub fn data_dir(m: &Member) -> Result<PathBuf, Error> {
     m.data_dir.clone().ok_or_else(|| {
-        StoreError::new(
+        Error::new(
             Kind::Input,
             format!("{} has no data_dir on this host", m.site),
         )
@@ -231,13 +231,13 @@ pub async fn pg_ctl(
     bin_dir: &Path,
     m: &Member,
     args: &[&str],
-) -> Result<std::process::Output, StoreError> {
+) -> Result<std::process::Output, Error> {
     let data = data_dir(m)?;
     let mut c = std::process::Command::new(bin_dir.join("pg_ctl"));
     c.arg("-D").arg(&data).args(args);
     tokio::task::spawn_blocking(move || run_as_owner(&mut c, &data))
         .await
-        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))?
+        .map_err(|e| Error::new(Kind::Internal, e.to_string()))?
 }
 
 fn alive(pid: u32) -> bool {
@@ -282,7 +282,7 @@ pub fn running(m: &Member) -> bool {
 /// Stop a member on this host (`pg_ctl stop -m fast`, waiting up to `secs`) and wait until
 /// none of its processes is left. A member that does not run counts as stopped; anything that
 /// keeps it running is an error.
-pub async fn stop_fast(bin_dir: &Path, m: &Member, secs: u32) -> Result<(), StoreError> {
+pub async fn stop_fast(bin_dir: &Path, m: &Member, secs: u32) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(secs.into());
     let postmaster = m
         .data_dir
@@ -311,17 +311,17 @@ pub async fn stop_fast(bin_dir: &Path, m: &Member, secs: u32) -> Result<(), Stor
                     processes(m)
                 );
             }
-            return Err(StoreError::new(
-                Kind::Source,
-                format!("stopping {} failed: {why}", m.site),
-            )
-            .hint(format!(
+            return Err(
+                Error::new(Kind::Source, format!("stopping {} failed: {why}", m.site)).hint(
+                    format!(
                 "it may still take writes: stop it by hand (pg_ctl stop -m immediate -D {})",
                 m.data_dir
                     .as_deref()
                     .map(|d| d.display().to_string())
                     .unwrap_or_default()
-            )));
+            ),
+                ),
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -346,7 +346,7 @@ pub struct ControlData {
     pub clean: bool,
 }
 
-pub async fn control_data(bin_dir: &Path, m: &Member) -> Result<ControlData, StoreError> {
+pub async fn control_data(bin_dir: &Path, m: &Member) -> Result<ControlData, Error> {
     let data = data_dir(m)?;
     let mut c = std::process::Command::new(bin_dir.join("pg_controldata"));
     c.arg("-D").arg(&data);
@@ -360,7 +360,7 @@ pub async fn control_data(bin_dir: &Path, m: &Member) -> Result<ControlData, Sto
     let checkpoint = field("Latest checkpoint location:")
         .and_then(|v| v.parse::<lifeboat_core::wal::Lsn>().ok())
         .ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Source,
                 format!(
                     "pg_controldata on {} gave no checkpoint location: {}",

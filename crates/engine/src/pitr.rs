@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lifeboat_core::wal::Lsn;
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 use serde::Serialize;
 
 use crate::context::Context;
@@ -83,8 +83,8 @@ pub struct PitrReport {
     pub warnings: Vec<String>,
 }
 
-fn refuse(msg: String, hint: &str) -> StoreError {
-    StoreError::new(Kind::Input, msg).hint(hint)
+fn refuse(msg: String, hint: &str) -> Error {
+    Error::new(Kind::Input, msg).hint(hint)
 }
 
 /// Choose the base backup for a target and check that the archive reaches it.
@@ -92,12 +92,12 @@ fn plan_recovery(
     ctx: &Context,
     service: &str,
     target: &Target,
-) -> Result<(BaseBackup, String, Vec<String>), StoreError> {
+) -> Result<(BaseBackup, String, Vec<String>), Error> {
     let (a, repo) = archive(ctx, service)?;
     let store = ctx.open_repo(&repo)?;
     let backups = base_backups(&store, service)?;
     if backups.is_empty() {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Input,
             format!("no base backup of service {service} in repository {repo}"),
         )
@@ -129,9 +129,7 @@ fn plan_recovery(
     let chosen = match target {
         Target::Time(t) => backups.iter().rev().find(|b| b.stop_time <= *t),
         Target::Lsn(l) => {
-            let l: Lsn = l
-                .parse()
-                .map_err(|e: String| StoreError::new(Kind::Input, e))?;
+            let l: Lsn = l.parse().map_err(|e: String| Error::new(Kind::Input, e))?;
             backups.iter().rev().find(|b| b.stop_lsn <= l)
         }
         Target::Name(n) => {
@@ -196,9 +194,7 @@ fn plan_recovery(
             }
         }
         Target::Lsn(l) => {
-            let l: Lsn = l
-                .parse()
-                .map_err(|e: String| StoreError::new(Kind::Input, e))?;
+            let l: Lsn = l.parse().map_err(|e: String| Error::new(Kind::Input, e))?;
             let end = w
                 .reach
                 .last_segment
@@ -254,9 +250,8 @@ fn sh_quote(s: &str) -> String {
 }
 
 /// Prepare a target directory: missing or empty, or emptied with `force`.
-fn prepare_dest(dest: &Path, force: bool) -> Result<(), StoreError> {
-    let io =
-        |e: std::io::Error| StoreError::new(Kind::Io, format!("preparing {}: {e}", dest.display()));
+fn prepare_dest(dest: &Path, force: bool) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::new(Kind::Io, format!("preparing {}: {e}", dest.display()));
     if dest.exists() {
         let mut entries = std::fs::read_dir(dest).map_err(io)?.peekable();
         if entries.peek().is_some() {
@@ -291,7 +286,7 @@ fn prepare_dest(dest: &Path, force: bool) -> Result<(), StoreError> {
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
-fn owner_ids(dest: &Path, owner: Option<&str>) -> Result<Option<(u32, u32)>, StoreError> {
+fn owner_ids(dest: &Path, owner: Option<&str>) -> Result<Option<(u32, u32)>, Error> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -300,7 +295,7 @@ fn owner_ids(dest: &Path, owner: Option<&str>) -> Result<Option<(u32, u32)>, Sto
     if let Some(name) = owner {
         return user_ids(name)
             .map(Some)
-            .ok_or_else(|| StoreError::new(Kind::Input, format!("no user `{name}` on this host")));
+            .ok_or_else(|| Error::new(Kind::Input, format!("no user `{name}` on this host")));
     }
     if let Some(md) = dest.parent().and_then(|p| std::fs::metadata(p).ok()) {
         if md.uid() != 0 {
@@ -308,7 +303,7 @@ fn owner_ids(dest: &Path, owner: Option<&str>) -> Result<Option<(u32, u32)>, Sto
         }
     }
     user_ids("postgres").map(Some).ok_or_else(|| {
-        StoreError::new(
+        Error::new(
             Kind::Input,
             "running as root and there is no `postgres` user to own the restored data directory",
         )
@@ -460,7 +455,7 @@ pub fn parse_pg_time(s: &str) -> Option<i64> {
 }
 
 /// Restore a service to a target.
-pub fn restore(ctx: &Context, service: &str, o: &RestoreOpts) -> Result<PitrReport, StoreError> {
+pub fn restore(ctx: &Context, service: &str, o: &RestoreOpts) -> Result<PitrReport, Error> {
     let started = Instant::now();
     let result = restore_inner(ctx, service, o, started).map(|(r, running)| {
         if let Some(mut run) = running {
@@ -486,10 +481,11 @@ fn restore_inner(
     service: &str,
     o: &RestoreOpts,
     started: Instant,
-) -> Result<(PitrReport, Option<Running>), StoreError> {
-    let svc = ctx.plan.services.get(service).ok_or_else(|| {
-        StoreError::new(Kind::Input, format!("no service `{service}` in the plan"))
-    })?;
+) -> Result<(PitrReport, Option<Running>), Error> {
+    let svc =
+        ctx.plan.services.get(service).ok_or_else(|| {
+            Error::new(Kind::Input, format!("no service `{service}` in the plan"))
+        })?;
     let pg = PgService::from_plan(service, svc, &ctx.base)?;
     let (b, repo, warnings) = plan_recovery(ctx, service, &o.target)?;
     prepare_dest(&o.dest, o.force)?;
@@ -499,7 +495,7 @@ fn restore_inner(
     let ids = owner_ids(&o.dest, o.owner.as_deref())?;
     if let Some((uid, gid)) = ids {
         chown_tree(&o.dest, uid, gid)
-            .map_err(|e| StoreError::new(Kind::Io, format!("chown {}: {e}", o.dest.display())))?;
+            .map_err(|e| Error::new(Kind::Io, format!("chown {}: {e}", o.dest.display())))?;
     }
     let mut report = PitrReport {
         service: service.into(),
@@ -535,9 +531,9 @@ fn configure_recovery(
     dest: &Path,
     target: &Target,
     port: Option<u16>,
-) -> Result<(), StoreError> {
+) -> Result<(), Error> {
     let exe = std::env::current_exe()
-        .map_err(|e| StoreError::new(Kind::Internal, format!("locating lifeboat: {e}")))?;
+        .map_err(|e| Error::new(Kind::Internal, format!("locating lifeboat: {e}")))?;
     let fetch = format!(
         "LIFEBOAT_STATE_DIR={} {} --plan {} wal fetch {}{} \"%f\" \"%p\"",
         sh_quote(&ctx.state_dir.display().to_string()),
@@ -558,7 +554,7 @@ fn configure_recovery(
     match target {
         Target::Time(t) => {
             let ts = jiff::Timestamp::from_microsecond(*t)
-                .map_err(|e| StoreError::new(Kind::Input, e.to_string()))?;
+                .map_err(|e| Error::new(Kind::Input, e.to_string()))?;
             conf.push_str(&format!(
                 "recovery_target_time = '{}'\n",
                 ts.strftime("%Y-%m-%d %H:%M:%S%.6f+00")
@@ -575,7 +571,7 @@ fn configure_recovery(
         conf.push_str(&format!("port = {p}\n"));
     }
     let io = |e: std::io::Error| {
-        StoreError::new(
+        Error::new(
             Kind::Io,
             format!("configuring recovery in {}: {e}", dest.display()),
         )
@@ -597,9 +593,9 @@ fn configure_recovery(
 /// Run the configured `restore_command` once, as the user the server will run as, for a file
 /// no archive has: it must answer "not archived" (exit 1). Anything else — the binary, the plan
 /// or the key unreadable for that user — would only surface later as a failed recovery.
-fn preflight_restore_command(ctx: &Context, service: &str, data: &Path) -> Result<(), StoreError> {
+fn preflight_restore_command(ctx: &Context, service: &str, data: &Path) -> Result<(), Error> {
     let exe = std::env::current_exe()
-        .map_err(|e| StoreError::new(Kind::Internal, format!("locating lifeboat: {e}")))?;
+        .map_err(|e| Error::new(Kind::Internal, format!("locating lifeboat: {e}")))?;
     let mut c = Command::new(&exe);
     c.arg("--plan")
         .arg(&ctx.plan_path)
@@ -618,7 +614,7 @@ fn preflight_restore_command(ctx: &Context, service: &str, data: &Path) -> Resul
         .stdout(std::process::Stdio::null());
     as_owner_of(&mut c, data);
     let out = c.output().map_err(|e| {
-        StoreError::new(
+        Error::new(
             Kind::Source,
             format!("the restored server could not run {}: {e}", exe.display()),
         )
@@ -626,7 +622,7 @@ fn preflight_restore_command(ctx: &Context, service: &str, data: &Path) -> Resul
     })?;
     match out.status.code() {
         Some(0) | Some(1) => Ok(()),
-        _ => Err(StoreError::new(
+        _ => Err(Error::new(
             Kind::Source,
             format!(
                 "restore_command would fail for the data directory's owner: {}",
@@ -644,8 +640,8 @@ fn start_server(
     port: u16,
     ids: Option<(u32, u32)>,
     sandbox: bool,
-) -> Result<Running, StoreError> {
-    let io = |e: std::io::Error| StoreError::new(Kind::Io, format!("starting the server: {e}"));
+) -> Result<Running, Error> {
+    let io = |e: std::io::Error| Error::new(Kind::Io, format!("starting the server: {e}"));
     let socket_dir = PathBuf::from(format!("/tmp/lifeboat-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&socket_dir).map_err(io)?;
     use std::os::unix::fs::PermissionsExt;
@@ -692,7 +688,7 @@ fn start_server(
 }
 
 /// Wait until recovery ends, the server is promoted, and a write succeeds.
-fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, StoreError> {
+fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, Error> {
     let begun = Instant::now();
     let deadline = begun + timeout;
     let log_path = run.data.join("lifeboat-recovery.log");
@@ -712,7 +708,7 @@ fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, StoreError
             if !in_recovery {
                 c.batch_execute("CREATE TEMP TABLE lifeboat_write_probe(x int); INSERT INTO lifeboat_write_probe VALUES (1);")
                     .map_err(|e| {
-                        StoreError::new(
+                        Error::new(
                             Kind::Source,
                             format!("the restored server was promoted but refused a write: {}", crate::pg::db_error_text(&e)),
                         )
@@ -732,7 +728,7 @@ fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, StoreError
                     d.1.split("; reported as not archived")
                         .next()
                         .unwrap_or(d.1);
-                return Err(StoreError::new(
+                return Err(Error::new(
                     Kind::Integrity,
                     format!(
                         "the restored server stopped during recovery ({}): the target needs WAL that is damaged in the archive: {what}",
@@ -741,7 +737,7 @@ fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, StoreError
                 )
                 .hint(format!("a target before the damaged segment can still be restored (`lifeboat wal verify --read-data` shows the window it cuts); its log is {}", log_path.display())));
             }
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Source,
                 format!(
                     "the restored server stopped during recovery: {}",
@@ -753,7 +749,7 @@ fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, StoreError
             .hint(format!("its log is {}", log_path.display())));
         }
         if Instant::now() >= deadline {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Source,
                 format!("recovery did not finish within {}s", timeout.as_secs()),
             )
@@ -805,11 +801,12 @@ pub struct SandboxReport {
 
 /// `lifeboat verify --restore`: restore the latest recovery point into a sandbox, start it,
 /// run the plan's checks, measure, tear down, record.
-pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, StoreError> {
+pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Error> {
     let started = Instant::now();
-    let svc = ctx.plan.services.get(service).ok_or_else(|| {
-        StoreError::new(Kind::Input, format!("no service `{service}` in the plan"))
-    })?;
+    let svc =
+        ctx.plan.services.get(service).ok_or_else(|| {
+            Error::new(Kind::Input, format!("no service `{service}` in the plan"))
+        })?;
     let pg = PgService::from_plan(service, svc, &ctx.base)?;
     let tier = ctx.plan.tiers.get(svc.tier());
     let mut report = SandboxReport {
@@ -825,10 +822,10 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Sto
         rto_ms: tier.map(|t| t.rto.0.as_millis() as u64),
         rpo_ms: tier.map(|t| t.rpo.0.as_millis() as u64),
     };
-    let r = (|| -> Result<(), StoreError> {
+    let r = (|| -> Result<(), Error> {
         let sandbox_root = ctx.state_dir.join("sandbox");
         std::fs::create_dir_all(&sandbox_root).map_err(|e| {
-            StoreError::new(
+            Error::new(
                 Kind::Io,
                 format!("creating {}: {e}", sandbox_root.display()),
             )
@@ -851,7 +848,7 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Sto
         let store = ctx.open_repo(&repo)?;
         store.restore(&b.snapshot, Some("/pgdata"), &data)?;
         let port = free_port().map_err(|e| {
-            StoreError::new(
+            Error::new(
                 Kind::Io,
                 format!("finding a free port for the sandbox: {e}"),
             )
@@ -860,7 +857,7 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Sto
         let ids = owner_ids(&data, None)?;
         if let Some((uid, gid)) = ids {
             chown_tree(&data, uid, gid)
-                .map_err(|e| StoreError::new(Kind::Io, format!("chown sandbox: {e}")))?;
+                .map_err(|e| Error::new(Kind::Io, format!("chown sandbox: {e}")))?;
             // The owner must be able to reach the sandbox directory.
             let _ = std::os::unix::fs::chown(&sandbox_root, Some(uid), Some(gid));
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lifeboat_core::wal::Lsn;
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::Watched;
@@ -67,7 +67,7 @@ fn divergence(
     fork: u64,
     out_dir: &Path,
     site: &str,
-) -> Result<Divergence, StoreError> {
+) -> Result<Divergence, Error> {
     let mut d = Divergence {
         old_timeline: old_tli,
         new_timeline: new_tli,
@@ -152,7 +152,7 @@ fn divergence(
         && !nothing_after
         && !out.status.success()
     {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Source,
             format!("pg_waldump on {site}'s WAL: {}", err.trim()),
         ));
@@ -160,13 +160,13 @@ fn divergence(
     d.old_end_lsn = end.map(|e| Lsn(e).to_string());
     d.bytes = end.map(|e| e.saturating_sub(fork)).unwrap_or(0);
     std::fs::create_dir_all(out_dir)
-        .map_err(|e| StoreError::new(Kind::Io, format!("{}: {e}", out_dir.display())))?;
+        .map_err(|e| Error::new(Kind::Io, format!("{}: {e}", out_dir.display())))?;
     let file = out_dir.join(format!(
         "{service}-{site}-{}.waldump.txt",
         jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
     ));
     std::fs::write(&file, format!("{text}{err}"))
-        .map_err(|e| StoreError::new(Kind::Io, format!("{}: {e}", file.display())))?;
+        .map_err(|e| Error::new(Kind::Io, format!("{}: {e}", file.display())))?;
     d.file = Some(file);
     Ok(d)
 }
@@ -209,7 +209,7 @@ fn newest_timeline(wal: &Path) -> u32 {
 
 /// Crash recovery of a stopped, crashed data directory in single-user mode, with
 /// `wal_keep_size` covering all of its `pg_wal` so the recovery's checkpoint removes nothing.
-async fn crash_recovery(bin_dir: &Path, data: &Path) -> Result<(), StoreError> {
+async fn crash_recovery(bin_dir: &Path, data: &Path) -> Result<(), Error> {
     let wal_bytes: u64 = std::fs::read_dir(data.join("pg_wal"))
         .map(|rd| {
             rd.flatten()
@@ -228,7 +228,7 @@ async fn crash_recovery(bin_dir: &Path, data: &Path) -> Result<(), StoreError> {
         .arg("template1");
     let out = crate::pgops::run_as_owner_async(c, data).await?;
     if !out.status.success() {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Source,
             format!(
                 "crash recovery of {} failed: {}",
@@ -260,16 +260,16 @@ pub async fn rejoin(
     state_dir: &Path,
     site: &str,
     progress: &(dyn Fn(&str) + Send + Sync),
-) -> Result<Report, StoreError> {
+) -> Result<Report, Error> {
     let started = Instant::now();
     let old = w
         .members
         .iter()
         .find(|m| m.site == site)
-        .ok_or_else(|| StoreError::new(Kind::Input, format!("{} has no member {site}", w.service)))?
+        .ok_or_else(|| Error::new(Kind::Input, format!("{} has no member {site}", w.service)))?
         .clone();
     let data = old.data_dir.clone().ok_or_else(|| {
-        StoreError::new(
+        Error::new(
             Kind::Input,
             format!("rejoin rewrites {site}'s data directory: it needs its data_dir on this host"),
         )
@@ -284,7 +284,7 @@ pub async fn rejoin(
                         .load()?
                         .primary;
                     if recorded.as_deref() == Some(site) || recorded.is_none() {
-                        return Err(StoreError::new(
+                        return Err(Error::new(
                             Kind::Input,
                             format!(
                                 "{site} is the primary of {}: there is nothing to rejoin",
@@ -303,7 +303,7 @@ pub async fn rejoin(
         }
     }
     let (pm, ps) = primary.ok_or_else(|| {
-        StoreError::new(
+        Error::new(
             Kind::Source,
             format!("{}: no other member answers as primary", w.service),
         )
@@ -337,7 +337,7 @@ pub async fn rejoin(
         .await
         .timeline
         .ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Source,
                 format!("{} did not say which timeline it is on", pm.site),
             )
@@ -367,7 +367,7 @@ pub async fn rejoin(
             divergence(&bin_dir, &service, &d2, old_tli, new_tli, f, &out_dir, &s2)
         })
         .await
-        .map_err(|e| StoreError::new(Kind::Internal, e.to_string()))??;
+        .map_err(|e| Error::new(Kind::Internal, e.to_string()))??;
         progress(&format!(
             "divergence: {} bytes of WAL on {site}'s timeline {old_tli} after the fork at {} ({} committed transaction(s)); saved to {}",
             div.bytes,
@@ -419,7 +419,7 @@ pub async fn rejoin(
                 let said = String::from_utf8_lossy(&out.stdout).into_owned()
                     + &String::from_utf8_lossy(&out.stderr);
                 if out.status.success() && said.contains("no rewind required") && diverged {
-                    return Err(StoreError::new(
+                    return Err(Error::new(
                         Kind::Source,
                         format!("pg_rewind found nothing to rewind, but {site} diverged: refusing to start it as a standby"),
                     ));
@@ -465,14 +465,14 @@ pub async fn rejoin(
 }
 
 /// Clone `old` again from the primary (its old directory is kept beside, renamed).
-async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<(), StoreError> {
+async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<(), Error> {
     let aside = data.with_file_name(format!(
         "{}.lifeboat-old-{}",
         data.file_name().and_then(|n| n.to_str()).unwrap_or("data"),
         jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
     ));
     let md = std::fs::metadata(data)
-        .map_err(|e| StoreError::new(Kind::Io, format!("{}: {e}", data.display())))?;
+        .map_err(|e| Error::new(Kind::Io, format!("{}: {e}", data.display())))?;
     std::fs::rename(data, &aside)
         .and_then(|_| std::fs::create_dir(data))
         .and_then(|_| {
@@ -480,7 +480,7 @@ async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<
             std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
             std::os::unix::fs::chown(data, Some(md.uid()), Some(md.gid()))
         })
-        .map_err(|e| StoreError::new(Kind::Io, format!("moving {} aside: {e}", data.display())))?;
+        .map_err(|e| Error::new(Kind::Io, format!("moving {} aside: {e}", data.display())))?;
     let mut c = std::process::Command::new(w.bin_dir.join("pg_basebackup"));
     c.arg("-D")
         .arg(data)
@@ -506,7 +506,7 @@ async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<
     }
     let out = crate::pgops::run_as_owner_async(c, data).await?;
     if !out.status.success() {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Source,
             format!(
                 "pg_basebackup of {} from {}: {}",

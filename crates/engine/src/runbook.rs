@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeboat_core::plan::{Runbook, RunbookStep, Service, Severity};
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
@@ -141,11 +141,13 @@ fn step_name(st: &RunbookStep) -> String {
 }
 
 /// Run runbook `name`.
-pub async fn run(ctx: &Context, name: &str, opts: Options) -> Result<RunReport, StoreError> {
-    let rb =
-        ctx.plan.runbooks.get(name).cloned().ok_or_else(|| {
-            StoreError::new(Kind::Input, format!("no runbook `{name}` in the plan"))
-        })?;
+pub async fn run(ctx: &Context, name: &str, opts: Options) -> Result<RunReport, Error> {
+    let rb = ctx
+        .plan
+        .runbooks
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::new(Kind::Input, format!("no runbook `{name}` in the plan")))?;
     Ok(run_runbook(ctx, name, &rb, opts).await)
 }
 
@@ -414,7 +416,7 @@ async fn attempt_step(
     st: &RunbookStep,
     opts: &Options,
 ) -> Result<String, String> {
-    let e = |e: StoreError| e.to_string();
+    let e = |e: Error| e.to_string();
     if let Some(cmd) = &st.command {
         let mut c = tokio::process::Command::new("sh");
         c.arg("-c")
@@ -622,7 +624,7 @@ pub async fn switchover(
     w: &Watched,
     to: &str,
     catch_up: Duration,
-) -> Result<crate::switchover::Report, StoreError> {
+) -> Result<crate::switchover::Report, Error> {
     let control = crate::control::Control::new(&ctx.state_dir);
     if !control.daemon_running() {
         let state = StateFile::new(&ctx.state_dir, &w.service);
@@ -638,7 +640,7 @@ pub async fn switchover(
         crate::control::Control::new(&state_dir).switchover(&service, &to, catch_up, &actor)
     })
     .await
-    .map_err(|e| StoreError::new(Kind::Source, e.to_string()))?
+    .map_err(|e| Error::new(Kind::Source, e.to_string()))?
 }
 
 async fn wait_healthy(ctx: &Context, st: &RunbookStep) -> Result<String, String> {

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use lifeboat_core::wal::Lsn;
-use lifeboat_store::{Kind, StoreError};
+use lifeboat_core::{Error, Kind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -66,9 +66,9 @@ impl Clock<'_> {
     }
 }
 
-fn member<'a>(w: &'a Watched, site: &str) -> Result<&'a Member, StoreError> {
+fn member<'a>(w: &'a Watched, site: &str) -> Result<&'a Member, Error> {
     w.members.iter().find(|m| m.site == site).ok_or_else(|| {
-        StoreError::new(
+        Error::new(
             Kind::Input,
             format!("{} has no member at site {site}", w.service),
         )
@@ -83,7 +83,7 @@ async fn start_logged(
     w: &Watched,
     m: &Member,
     wait_s: u32,
-) -> Result<(std::process::Output, std::path::PathBuf), StoreError> {
+) -> Result<(std::process::Output, std::path::PathBuf), Error> {
     let data = crate::pgops::data_dir(m)?;
     let log = data.join("log");
     let _ = std::fs::create_dir_all(&log);
@@ -138,11 +138,7 @@ pub async fn replication_conninfo(w: &Watched, site: &str, primary: &Member) -> 
 
 /// Make a stopped old primary a standby of `primary` (standby.signal, primary_conninfo with
 /// application_name = its site) and start it.
-pub async fn start_as_standby(
-    w: &Watched,
-    old: &Member,
-    primary: &Member,
-) -> Result<(), StoreError> {
+pub async fn start_as_standby(w: &Watched, old: &Member, primary: &Member) -> Result<(), Error> {
     let data = crate::pgops::data_dir(old)?;
     let conninfo = replication_conninfo(w, &old.site, primary).await;
     let owner = std::fs::metadata(&data).ok();
@@ -177,14 +173,14 @@ pub async fn start_as_standby(
             )
         })
         .map_err(|e| {
-            StoreError::new(
+            Error::new(
                 Kind::Io,
                 format!("writing the standby configuration of {}: {e}", old.site),
             )
         })?;
     let (out, logfile) = start_logged(w, old, 300).await?;
     if !out.status.success() {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Source,
             format!(
                 "{} did not start as a standby: {}",
@@ -205,10 +201,10 @@ pub async fn switchover(
     to: &str,
     timeout: Duration,
     progress: &(dyn Fn(&Step) + Send + Sync),
-) -> Result<Report, StoreError> {
+) -> Result<Report, Error> {
     let mut st = state.load()?;
     if let Some((t, e)) = &st.in_progress {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Conflict,
             format!(
                 "a failover of {} to {t} (epoch {e}) is under way",
@@ -229,18 +225,17 @@ pub async fn switchover(
             }
         }
     }
-    let from = from.ok_or_else(|| {
-        StoreError::new(Kind::Source, format!("{}: no member is primary", w.service))
-    })?;
+    let from = from
+        .ok_or_else(|| Error::new(Kind::Source, format!("{}: no member is primary", w.service)))?;
     if from == to {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Input,
             format!("{to} is already the primary of {}", w.service),
         ));
     }
     let old = member(w, &from)?;
     if old.data_dir.is_none() {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Input,
             format!("switchover stops the primary {from} cleanly and restarts it as a standby: it needs its data_dir on this host"),
         )
@@ -261,14 +256,14 @@ pub async fn switchover(
     // that streams from it.
     let p = Session::connect(old, w.timeout().max(Duration::from_secs(2))).await?;
     if p.in_recovery().await? {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Source,
             format!("{from} is not a primary (it is in recovery)"),
         ));
     }
     let t = Session::connect(target, w.timeout().max(Duration::from_secs(2))).await?;
     if !t.in_recovery().await? {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Source,
             format!(
                 "{to} is not a standby: two primaries? run `lifeboat status {}`",
@@ -278,14 +273,14 @@ pub async fn switchover(
     }
     let sid = "SELECT system_identifier::text FROM pg_control_system()";
     if p.text(sid).await? != t.text(sid).await? {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Source,
             format!("{to} belongs to another cluster (system identifier differs from {from}'s)"),
         ));
     }
     let streaming = p.standby_state(to).await?;
     if streaming != "streaming" {
-        return Err(StoreError::new(
+        return Err(Error::new(
             Kind::Source,
             format!("{to} does not stream from {from} (pg_stat_replication: {:?}): a switchover would wait for WAL it cannot receive",
                 if streaming.is_empty() { "not listed" } else { streaming.as_str() }),
@@ -416,7 +411,7 @@ pub async fn await_streaming(
     primary: &Member,
     site: &str,
     timeout: Duration,
-) -> Result<bool, StoreError> {
+) -> Result<bool, Error> {
     let s = Session::connect(primary, Duration::from_secs(5)).await?;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

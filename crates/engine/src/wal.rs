@@ -12,19 +12,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lifeboat_core::wal::{segment_name, segno_of, Lsn, WalFile, DEFAULT_SEGMENT_SIZE};
+use lifeboat_core::{Error, Kind};
 use lifeboat_store::walarchive::{EntryMeta, PushOutcome, WalArchive};
-use lifeboat_store::{Kind, RepoKey, StoreError};
+use lifeboat_store::RepoKey;
 use serde::Serialize;
 
 use crate::context::Context;
 use crate::pgbackup::{base_backups, BaseBackup};
 
 /// The repository holding a service's WAL.
-pub fn wal_repo(ctx: &Context, service: &str) -> Result<String, StoreError> {
+pub fn wal_repo(ctx: &Context, service: &str) -> Result<String, Error> {
     match ctx.plan.services.get(service) {
         Some(lifeboat_core::plan::Service::Postgres { .. }) => {}
         Some(s) => {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Input,
                 format!(
                     "service {service} is a {} service: only postgres services archive WAL",
@@ -33,7 +34,7 @@ pub fn wal_repo(ctx: &Context, service: &str) -> Result<String, StoreError> {
             ))
         }
         None => {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Input,
                 format!("no service `{service}` in the plan"),
             ))
@@ -43,7 +44,7 @@ pub fn wal_repo(ctx: &Context, service: &str) -> Result<String, StoreError> {
         .wal_repository(service)
         .map(str::to_string)
         .ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Input,
                 format!("service {service}: no repository for its WAL archive"),
             )
@@ -79,11 +80,12 @@ fn write_key_cache(path: &Path, key: &RepoKey) {
 }
 
 /// The WAL archive of a service, opened as cheaply as is safe.
-pub fn archive(ctx: &Context, service: &str) -> Result<(WalArchive, String), StoreError> {
+pub fn archive(ctx: &Context, service: &str) -> Result<(WalArchive, String), Error> {
     let repo = wal_repo(ctx, service)?;
-    let plan_repo = ctx.plan.repositories.get(&repo).ok_or_else(|| {
-        StoreError::new(Kind::Input, format!("no repository `{repo}` in the plan"))
-    })?;
+    let plan_repo =
+        ctx.plan.repositories.get(&repo).ok_or_else(|| {
+            Error::new(Kind::Input, format!("no repository `{repo}` in the plan"))
+        })?;
     let spec = lifeboat_store::RepoSpec::locate(&repo, plan_repo, &ctx.base)?;
     let cache = key_cache_path(ctx, &spec.display);
     if let Some(key) = std::fs::read_to_string(&cache)
@@ -121,14 +123,14 @@ pub struct PushReport {
 
 /// `archive_command`: archive the file at `path` (relative to the data directory PostgreSQL
 /// runs us in).
-pub fn push(ctx: &Context, service: &str, path: &Path) -> Result<PushReport, StoreError> {
+pub fn push(ctx: &Context, service: &str, path: &Path) -> Result<PushReport, Error> {
     let started = Instant::now();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let data = std::fs::read(path).map_err(|e| {
-        StoreError::new(
+        Error::new(
             Kind::Source,
             format!("cannot read WAL file {}: {e}", path.display()),
         )
@@ -136,7 +138,7 @@ pub fn push(ctx: &Context, service: &str, path: &Path) -> Result<PushReport, Sto
     let (a, _) = archive(ctx, service)?;
     let result = a.push(&name, &data);
     if let Err(e) = &result {
-        if e.kind == lifeboat_store::Kind::Conflict {
+        if e.kind == lifeboat_core::Kind::Conflict {
             // A conflict is an incident: keep it in the evidence log (best effort: the
             // archiver may run as a user that cannot write there).
             let _ = ctx.record(
@@ -180,7 +182,7 @@ pub fn fetch(
     name: &str,
     dest: &Path,
     prefetch: usize,
-) -> Result<bool, StoreError> {
+) -> Result<bool, Error> {
     let cache = prefetch_dir(ctx, service);
     let cached = cache.join(name);
     if WalFile::parse(name, DEFAULT_SEGMENT_SIZE).is_some()
@@ -233,7 +235,7 @@ pub fn fetch(
     match found? {
         Some(data) => {
             write_atomic(dest, &data).map_err(|e| {
-                StoreError::new(Kind::Io, format!("cannot write {}: {e}", dest.display()))
+                Error::new(Kind::Io, format!("cannot write {}: {e}", dest.display()))
             })?;
             Ok(true)
         }
@@ -269,7 +271,7 @@ fn meta_cache(ctx: &Context, service: &str) -> PathBuf {
 
 /// List the archive and read each segment's meta (cached locally: archived files never
 /// change).
-pub fn inventory(ctx: &Context, a: &WalArchive) -> Result<Inventory, StoreError> {
+pub fn inventory(ctx: &Context, a: &WalArchive) -> Result<Inventory, Error> {
     let meta = a.meta()?;
     let seg_size = meta.as_ref().map_or(DEFAULT_SEGMENT_SIZE, |m| m.seg_size);
     let mut inv = Inventory {
@@ -484,13 +486,13 @@ pub struct Damaged {
 /// Read back and authenticate every archived object (`names`), a few at a time: the damaged
 /// ones, with why. An object that cannot be read for another reason (storage down) is an
 /// error of the whole check, not a finding.
-fn read_back(a: &Arc<WalArchive>, names: Vec<String>) -> Result<Vec<Damaged>, StoreError> {
+fn read_back(a: &Arc<WalArchive>, names: Vec<String>) -> Result<Vec<Damaged>, Error> {
     let names = Arc::new(names);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let (a, names, next) = (a.clone(), names.clone(), next.clone());
-            std::thread::spawn(move || -> Result<Vec<Damaged>, StoreError> {
+            std::thread::spawn(move || -> Result<Vec<Damaged>, Error> {
                 let mut out = Vec::new();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -514,9 +516,8 @@ fn read_back(a: &Arc<WalArchive>, names: Vec<String>) -> Result<Vec<Damaged>, St
     let mut damaged = Vec::new();
     for w in workers {
         damaged.extend(
-            w.join().map_err(|_| {
-                StoreError::new(Kind::Internal, "a WAL read-back thread panicked")
-            })??,
+            w.join()
+                .map_err(|_| Error::new(Kind::Internal, "a WAL read-back thread panicked"))??,
         );
     }
     damaged.sort_by(|x, y| x.name.cmp(&y.name));
@@ -526,9 +527,9 @@ fn read_back(a: &Arc<WalArchive>, names: Vec<String>) -> Result<Vec<Damaged>, St
 /// `lifeboat wal verify`: timelines, gaps, and the recoverable window. With `read_data`,
 /// every archived object is read back and authenticated too; a damaged segment cuts the
 /// window as a missing one does (names and cached metadata alone never notice a flipped bit).
-pub fn verify(ctx: &Context, service: &str, read_data: bool) -> Result<WalReport, StoreError> {
+pub fn verify(ctx: &Context, service: &str, read_data: bool) -> Result<WalReport, Error> {
     let started = Instant::now();
-    let result = (|| -> Result<WalReport, StoreError> {
+    let result = (|| -> Result<WalReport, Error> {
         let (a, repo) = archive(ctx, service)?;
         let mut inv = inventory(ctx, &a)?;
         let mut problems = Vec::new();
@@ -642,7 +643,7 @@ pub fn retain(
     service: &str,
     retained: &[BaseBackup],
     dry_run: bool,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<String>, Error> {
     let Some(oldest) = retained.iter().map(|b| b.start_lsn).min() else {
         // No base backup left: WAL cannot be restored without one, but deleting it would
         // throw away the only copy of recent history. Keep it.

@@ -12,6 +12,6 @@ pub mod s3;
 pub mod spool;
 pub mod walarchive;
 
-pub use error::{Kind, StoreError};
+pub use error::{Error, Kind};
 pub use lock::RepoKey;
 pub use repo::{BackupSummary, CheckReport, RepoSpec, SnapshotInfo, SnapshotTags, Store};

@@ -17,7 +17,7 @@ use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::error::{Kind, Result, StoreError};
+use crate::error::{Error, Kind, Result};
 use crate::objects::ObjectStore;
 
 const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -54,10 +54,7 @@ impl RepoKey {
     pub fn from_master(key: &rustic_core::repofile::MasterKey) -> Result<Self> {
         let mut k = [0u8; 64];
         if key.encrypt.len() != 32 || key.mac.k.len() != 16 || key.mac.r.len() != 16 {
-            return Err(StoreError::new(
-                Kind::Internal,
-                "unexpected master key layout",
-            ));
+            return Err(Error::new(Kind::Internal, "unexpected master key layout"));
         }
         k[..32].copy_from_slice(&key.encrypt);
         k[32..48].copy_from_slice(&key.mac.k);
@@ -337,8 +334,8 @@ pub fn acquire(
     })
 }
 
-fn locked(holder: String) -> StoreError {
-    StoreError::new(Kind::Locked, format!("repository is locked: {holder}")).hint(
+fn locked(holder: String) -> Error {
+    Error::new(Kind::Locked, format!("repository is locked: {holder}")).hint(
         "wait for it to finish; if that process is gone for good, `lifeboat repo unlock` removes stale locks",
     )
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::error::{Kind, Result, StoreError};
+use crate::error::{Error, Kind, Result};
 
 pub trait ObjectStore: Send + Sync {
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
@@ -34,13 +34,13 @@ impl LocalObjects {
     }
 }
 
-fn io(e: std::io::Error, what: &str) -> StoreError {
+fn io(e: std::io::Error, what: &str) -> Error {
     let kind = if e.raw_os_error() == Some(libc::ENOSPC) {
         Kind::Io
     } else {
         Kind::Backend
     };
-    StoreError::new(kind, format!("{what}: {e}"))
+    Error::new(kind, format!("{what}: {e}"))
 }
 
 impl ObjectStore for LocalObjects {
@@ -134,8 +134,8 @@ impl S3Objects {
     }
 }
 
-fn s3err(e: opendal::Error, what: &str) -> StoreError {
-    StoreError::new(Kind::Backend, format!("{what}: {}", crate::s3::describe(&e)))
+fn s3err(e: opendal::Error, what: &str) -> Error {
+    Error::new(Kind::Backend, format!("{what}: {}", crate::s3::describe(&e)))
         .hint("check that the S3 endpoint is reachable, answers, and takes the credentials; then run the command again")
 }
 

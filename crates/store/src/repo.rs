@@ -15,7 +15,7 @@ use rustic_core::{
 };
 use serde::Serialize;
 
-use crate::error::{rustic, Kind, Result, StoreError};
+use crate::error::{rustic, Error, Kind, Result};
 use crate::lock::{self, FoundLock, LockGuard, RepoKey};
 use crate::objects::{LocalObjects, ObjectStore, S3Objects};
 use crate::progress::Bars;
@@ -47,15 +47,15 @@ fn run_key_command(cmd: &str) -> Result<String> {
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .output()
-        .map_err(|e| StoreError::new(Kind::Key, format!("cannot run key_command: {e}")))?;
+        .map_err(|e| Error::new(Kind::Key, format!("cannot run key_command: {e}")))?;
     if !out.status.success() {
         return Err(
-            StoreError::new(Kind::Key, format!("key_command failed ({})", out.status))
+            Error::new(Kind::Key, format!("key_command failed ({})", out.status))
                 .hint("run the key_command by hand to see why it fails"),
         );
     }
     let s = String::from_utf8(out.stdout)
-        .map_err(|_| StoreError::new(Kind::Key, "key_command printed non-UTF-8 output"))?;
+        .map_err(|_| Error::new(Kind::Key, "key_command printed non-UTF-8 output"))?;
     Ok(s.trim_end_matches(['\n', '\r']).to_string())
 }
 
@@ -71,7 +71,7 @@ impl RepoSpec {
     /// Where a repository is and how to reach its storage, without its key: enough to read
     /// and write raw objects ([`RepoSpec::objects`]), not to open it.
     pub fn locate(name: &str, repo: &plan::Repository, base: &Path) -> Result<Self> {
-        let url = RepoUrl::parse(&repo.url).map_err(|e| StoreError::new(Kind::Input, e))?;
+        let url = RepoUrl::parse(&repo.url).map_err(|e| Error::new(Kind::Input, e))?;
         let (url, display) = match url {
             RepoUrl::Local(p) => {
                 let abs = base.join(&p);
@@ -86,7 +86,7 @@ impl RepoSpec {
                     Some(s) => s
                         .resolve()
                         .map(Some)
-                        .map_err(|e| StoreError::new(Kind::Key, format!("repository {name}: {e}"))),
+                        .map_err(|e| Error::new(Kind::Key, format!("repository {name}: {e}"))),
                     None => Ok(std::env::var(env).ok()),
                 }
             };
@@ -114,7 +114,7 @@ impl RepoSpec {
             std::fs::read_to_string(&path)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
                 .map_err(|e| {
-                    StoreError::new(
+                    Error::new(
                         Kind::Key,
                         format!("cannot read key file {} of repository {name}: {e}", path.display()),
                     )
@@ -122,7 +122,7 @@ impl RepoSpec {
                 })?
         } else if let Some(v) = &repo.key_env {
             std::env::var(v).map_err(|_| {
-                StoreError::new(
+                Error::new(
                     Kind::Key,
                     format!("environment variable {v} (the key of repository {name}) is not set"),
                 )
@@ -131,13 +131,13 @@ impl RepoSpec {
         } else if let Some(c) = &repo.key_command {
             run_key_command(c).map_err(|e| e.context(format!("repository {name}")))?
         } else {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Key,
                 format!("repository {name} has no key_file, key_env or key_command"),
             ));
         };
         if password.is_empty() {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Key,
                 format!("the key of repository {name} is empty"),
             ));
@@ -377,7 +377,7 @@ impl Store {
     pub fn init(spec: &RepoSpec) -> Result<Store> {
         let (repo, objects, exists) = Self::connect(spec)?;
         if exists {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::Input,
                 format!(
                     "repository {} at {} already exists",
@@ -400,7 +400,7 @@ impl Store {
     pub fn open(spec: &RepoSpec) -> Result<Store> {
         let (repo, objects, exists) = Self::connect(spec)?;
         if !exists {
-            return Err(StoreError::new(
+            return Err(Error::new(
                 Kind::NotARepository,
                 format!(
                     "no repository at {} (repository {})",
@@ -411,7 +411,7 @@ impl Store {
         }
         let repo = repo.open(&spec.credentials()).map_err(|e| {
             if e.is_incorrect_password() {
-                StoreError::new(
+                Error::new(
                     Kind::Key,
                     format!(
                         "wrong key for repository {} at {}: no key in the repository matches it",
@@ -480,7 +480,7 @@ impl Store {
     ) -> Result<BackupSummary> {
         for p in paths {
             if let Err(e) = std::fs::symlink_metadata(p) {
-                return Err(StoreError::new(
+                return Err(Error::new(
                     Kind::Source,
                     format!("backup path {} cannot be read: {e}", p.display()),
                 )
@@ -493,7 +493,7 @@ impl Store {
             .collect::<Vec<_>>();
         let source = PathList::from_iter(list.iter().map(PathBuf::from))
             .sanitize()
-            .map_err(|e| StoreError::new(Kind::Input, format!("bad backup path: {e}")))?;
+            .map_err(|e| Error::new(Kind::Input, format!("bad backup path: {e}")))?;
         let mut opts = BackupOptions::default();
         if !excludes.is_empty() {
             let mut ex = rustic_core::Excludes::default();
@@ -514,7 +514,7 @@ impl Store {
     ) -> Result<BackupSummary> {
         let source = PathList::from_iter([dir.to_path_buf()])
             .sanitize()
-            .map_err(|e| StoreError::new(Kind::Input, format!("bad backup path: {e}")))?;
+            .map_err(|e| Error::new(Kind::Input, format!("bad backup path: {e}")))?;
         let mut opts = BackupOptions::default().as_path(PathBuf::from(as_path));
         opts.parent_opts = opts.parent_opts.force(true);
         self.backup_source(&opts, &source, tags)
@@ -564,7 +564,7 @@ impl Store {
 
     fn take(&self) -> Result<Repository<OpenStatus>> {
         self.repo.lock().expect("repo lock").take().ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Internal,
                 format!(
                     "repository {} handle lost after an earlier error",
@@ -582,7 +582,7 @@ impl Store {
     fn with_open<T>(&self, f: impl FnOnce(&Repository<OpenStatus>) -> Result<T>) -> Result<T> {
         let guard = self.repo.lock().expect("repo lock");
         let repo = guard.as_ref().ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Internal,
                 "repository handle lost after an earlier error",
             )
@@ -636,12 +636,12 @@ impl Store {
         };
         match found.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(StoreError::new(
+            [] => Err(Error::new(
                 Kind::Input,
                 format!("no snapshot `{id}` in repository {}", self.spec.name),
             )
             .hint("`lifeboat snapshots` lists them")),
-            many => Err(StoreError::new(
+            many => Err(Error::new(
                 Kind::Input,
                 format!("snapshot id `{id}` is ambiguous ({} matches)", many.len()),
             )
@@ -776,9 +776,9 @@ impl Store {
     pub fn check(&self, read_data: bool, subset: Option<&str>) -> Result<CheckReport> {
         let mut opts = CheckOptions::default().read_data(read_data);
         if let Some(s) = subset {
-            let sub: ReadSubsetOption = s.parse().map_err(|e| {
-                StoreError::new(Kind::Input, format!("bad read-data subset `{s}`: {e}"))
-            })?;
+            let sub: ReadSubsetOption = s
+                .parse()
+                .map_err(|e| Error::new(Kind::Input, format!("bad read-data subset `{s}`: {e}")))?;
             opts = opts.read_data_subset(sub);
         }
         let results = self.with_open(|r| {
@@ -887,18 +887,18 @@ fn compact(text: &str) -> String {
         .join(" ")
 }
 
-fn backend_err(spec: &RepoSpec, e: Box<rustic_core::RusticError>) -> StoreError {
+fn backend_err(spec: &RepoSpec, e: Box<rustic_core::RusticError>) -> Error {
     let p = crate::error::parse(e);
     let cause = p.cause();
     // A known cause (missing bucket, refused credentials) is named as such; anything else is
     // "cannot reach".
     let mut out = match p.hint {
-        Some(hint) => StoreError::new(
+        Some(hint) => Error::new(
             Kind::Backend,
             format!("repository {} at {}: {cause}", spec.name, spec.display),
         )
         .hint(hint),
-        None => StoreError::new(
+        None => Error::new(
             Kind::Backend,
             format!(
                 "cannot reach repository {} at {} (gave up after retries): {cause}",

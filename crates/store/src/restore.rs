@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use rustic_core::repofile::{BlobType, Node, NodeType};
 use rustic_core::{IndexedFull, LsOptions, Progress, Repository};
 
-use crate::error::{rustic, Kind, Result, StoreError};
+use crate::error::{rustic, Error, Kind, Result};
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RestoreSummary {
@@ -65,9 +65,9 @@ fn unix_mode(go_mode: u32) -> u32 {
     m
 }
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
     let kind = Kind::Io;
-    let mut err = StoreError::new(kind, format!("{what} {}: {e}", path.display()));
+    let mut err = Error::new(kind, format!("{what} {}: {e}", path.display()));
     if e.raw_os_error() == Some(libc::ENOSPC) {
         err = err.hint("the target disk is full: free space or restore elsewhere");
     }
@@ -312,7 +312,7 @@ pub fn restore_tree<S: IndexedFull + Sync>(
         .clamp(2, 8);
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
-    let failures: Mutex<Vec<(PathBuf, StoreError)>> = Mutex::new(Vec::new());
+    let failures: Mutex<Vec<(PathBuf, Error)>> = Mutex::new(Vec::new());
     let failed: Vec<std::sync::atomic::AtomicBool> = (0..files.len())
         .map(|_| std::sync::atomic::AtomicBool::new(false))
         .collect();
@@ -339,7 +339,7 @@ pub fn restore_tree<S: IndexedFull + Sync>(
         if failed[l.first].load(Ordering::Relaxed) {
             failures.lock().expect("failures lock").push((
                 l.dest.clone(),
-                StoreError::new(
+                Error::new(
                     Kind::Integrity,
                     format!("a hard link of {}, which was not restored", first.display()),
                 ),
@@ -389,7 +389,7 @@ pub fn restore_tree<S: IndexedFull + Sync>(
                 None => "the target refused the write: check its free space and permissions, then restore again".into(),
             });
         }
-        return Err(StoreError::new(
+        return Err(Error::new(
             if damaged { Kind::Integrity } else { Kind::Io },
             format!(
                 "{} file(s) could not be restored and were not written: {}{more}",

@@ -21,7 +21,7 @@ use rustic_core::{
     ALL_FILE_TYPES,
 };
 
-use crate::error::{Kind, Result, StoreError};
+use crate::error::{Error, Kind, Result};
 
 /// Deadlines and retries of S3 calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,10 +51,10 @@ impl Deadlines {
         let dur = |k: &str, v: String| -> Result<Duration> {
             v.parse::<lifeboat_core::units::Duration>()
                 .map(|d| d.std())
-                .map_err(|e| StoreError::new(Kind::Input, format!("repository URL `{k}`: {e}")))
+                .map_err(|e| Error::new(Kind::Input, format!("repository URL `{k}`: {e}")))
                 .and_then(|d| {
                     if d.is_zero() {
-                        Err(StoreError::new(
+                        Err(Error::new(
                             Kind::Input,
                             format!("repository URL `{k}` must be more than 0"),
                         ))
@@ -71,7 +71,7 @@ impl Deadlines {
         }
         if let Some(v) = options.remove("retries") {
             d.retries = v.parse().map_err(|_| {
-                StoreError::new(
+                Error::new(
                     Kind::Input,
                     format!("repository URL `retries`: `{v}` is not a whole number"),
                 )
@@ -95,7 +95,7 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
 /// A blocking S3 operator whose every call has a deadline and bounded retries.
 pub fn operator(options: &BTreeMap<String, String>, d: Deadlines) -> Result<Operator> {
     let op = opendal::Operator::via_iter("s3", options.iter().map(|(k, v)| (k.clone(), v.clone())))
-        .map_err(|e| StoreError::new(Kind::Input, format!("configuring S3 access: {e}")))?
+        .map_err(|e| Error::new(Kind::Input, format!("configuring S3 access: {e}")))?
         // Inside the retries: each attempt has its own deadline, and a timed-out attempt is
         // retried (OpenDAL marks timeouts temporary).
         .layer(
@@ -110,7 +110,7 @@ pub fn operator(options: &BTreeMap<String, String>, d: Deadlines) -> Result<Oper
                 .with_jitter(),
         );
     let _guard = runtime().enter();
-    Operator::new(op).map_err(|e| StoreError::new(Kind::Internal, format!("S3 client: {e}")))
+    Operator::new(op).map_err(|e| Error::new(Kind::Internal, format!("S3 client: {e}")))
 }
 
 /// What an S3 failure means for the user, in words.

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use rustic_core::repofile::{Metadata, Node, NodeType};
 use rustic_core::{ErrorKind, ReadSource, ReadSourceEntry, RusticError, RusticResult};
 
-use crate::error::{Kind, Result, StoreError};
+use crate::error::{Error, Kind, Result};
 
 #[derive(Debug)]
 pub struct SpoolSource {
@@ -25,7 +25,7 @@ pub struct SpoolSource {
 impl SpoolSource {
     pub fn new(file: &Path, name: PathBuf) -> Result<Self> {
         let f = File::open(file).map_err(|e| {
-            StoreError::new(
+            Error::new(
                 Kind::Io,
                 format!("cannot read spool file {}: {e}", file.display()),
             )

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use lifeboat_core::wal::{scan_segment, SegmentSummary, WalFile, DEFAULT_SEGMENT_SIZE};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Kind, Result, StoreError};
+use crate::error::{Error, Kind, Result};
 use crate::lock::RepoKey;
 use crate::objects::ObjectStore;
 
@@ -95,8 +95,8 @@ impl WalArchive {
         hex::encode(&self.key.mac("key-check", b"")[..16])
     }
 
-    fn corrupt(&self, name: &str, why: &str) -> StoreError {
-        StoreError::new(
+    fn corrupt(&self, name: &str, why: &str) -> Error {
+        Error::new(
             Kind::Integrity,
             format!(
                 "archived WAL file {name} of service {} is unreadable: {why}",
@@ -112,7 +112,7 @@ impl WalArchive {
             return Ok(None);
         };
         let plain = self.key.decrypt(&raw).ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Key,
                 format!(
                     "the WAL archive of service {} was written with another repository key",
@@ -171,7 +171,7 @@ impl WalArchive {
             .as_ref()
             .map_or(DEFAULT_SEGMENT_SIZE, |m| m.seg_size);
         let file = WalFile::parse(name, seg_size).ok_or_else(|| {
-            StoreError::new(
+            Error::new(
                 Kind::Input,
                 format!("`{name}` is not a WAL file name PostgreSQL archives"),
             )
@@ -187,7 +187,7 @@ impl WalArchive {
                 if existing.mac == mac {
                     return Ok(None);
                 }
-                return Err(StoreError::new(
+                return Err(Error::new(
                     Kind::Conflict,
                     format!(
                         "WAL file {name} of service {} is already archived with different content ({} bytes stored at {}, {} bytes offered): refusing to overwrite it",
@@ -204,7 +204,7 @@ impl WalArchive {
             let summary = match file {
                 WalFile::Segment { .. } | WalFile::Partial { .. } => {
                     let s = scan_segment(data).map_err(|e| {
-                        StoreError::new(Kind::Input, format!("{name} is not a WAL segment: {e}"))
+                        Error::new(Kind::Input, format!("{name} is not a WAL segment: {e}"))
                     })?;
                     self.check_cluster(archive.as_ref(), &s)?;
                     Some(s)
@@ -220,8 +220,8 @@ impl WalArchive {
             };
             let compressed = compressing
                 .join()
-                .map_err(|_| StoreError::new(Kind::Internal, "compression thread panicked"))?
-                .map_err(|e| StoreError::new(Kind::Internal, format!("compressing {name}: {e}")))?;
+                .map_err(|_| Error::new(Kind::Internal, "compression thread panicked"))?
+                .map_err(|e| Error::new(Kind::Internal, format!("compressing {name}: {e}")))?;
             Ok(Some((meta, compressed)))
         })?;
         let Some((meta, compressed)) = prepared else {
@@ -247,7 +247,7 @@ impl WalArchive {
         match archive {
             Some(m) => {
                 if m.key_check != self.key_check() {
-                    return Err(StoreError::new(
+                    return Err(Error::new(
                         Kind::Key,
                         format!(
                             "the WAL archive of service {} was written with another repository key",
@@ -256,7 +256,7 @@ impl WalArchive {
                     ));
                 }
                 if m.system_id != s.system_id.to_string() {
-                    return Err(StoreError::new(
+                    return Err(Error::new(
                         Kind::Conflict,
                         format!(
                             "this segment comes from cluster {} but the WAL archive of service {} belongs to cluster {}: refusing to mix them",
