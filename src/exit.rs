@@ -1,7 +1,7 @@
 //! Exit codes, one table for every command (documented in the README).
 
+use lifeboat_context::PlanError;
 use lifeboat_core::{Error, Kind};
-use lifeboat_engine::PlanError;
 
 #[allow(dead_code)]
 pub const OK: i32 = 0;

@@ -58,7 +58,7 @@ pub enum Command {
     Serve(commands::serve::Args),
     /// Probe every PostgreSQL member once: roles, health, WAL positions, and what would be decided.
     Status(commands::status::Args),
-    /// Manual failover (seed 001): pre-checks, the steps, a typed confirmation, then the failover.
+    /// Manual failover: pre-checks, the steps, a typed confirmation, then the failover.
     Failover(commands::failover::Args),
     /// Planned switchover without data loss: the old primary becomes the new one's standby.
     Switchover(commands::switchover::Args),

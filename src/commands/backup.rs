@@ -1,6 +1,6 @@
 //! `lifeboat backup [JOB]`.
 
-use lifeboat_engine::backup::{run_job, select_jobs};
+use lifeboat_protect::backup::{run_job, select_jobs};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -212,7 +212,7 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     step("9. the evidence log: every act, hash-chained");
     must(dir, &["audit", "list"])?;
     must(dir, &["audit", "verify"])?;
-    match lifeboat_engine::pg::detect_bin_dir() {
+    match lifeboat_pg::detect_bin_dir() {
         bin if bin.join("initdb").exists() => postgres_tour(&dir.join("pg"), &bin)?,
         _ => println!(
             "\n(PostgreSQL is not installed here: the point-in-time recovery part is skipped)"
@@ -246,7 +246,7 @@ fn pg_user() -> Option<(u32, u32)> {
     if unsafe { libc::geteuid() } != 0 {
         return None;
     }
-    lifeboat_engine::pg::user_ids("postgres")
+    lifeboat_pg::user_ids("postgres")
 }
 
 fn as_pg(c: &mut Command, dir: &Path) {
@@ -318,18 +318,18 @@ impl Drop for Servers<'_> {
     }
 }
 
-/// Seed 004, scenario 4: "restore the database to 14:03, before the bad migration".
+/// The classic recovery: "restore the database to 14:03, before the bad migration".
 fn postgres_tour(dir: &Path, bin: &Path) -> anyhow::Result<()> {
     step("10. PostgreSQL: a real cluster whose archive_command is `lifeboat wal push`");
     std::fs::create_dir_all(dir)?;
-    let port = lifeboat_engine::pitr::free_port()?;
+    let port = lifeboat_protect::pitr::free_port()?;
     std::fs::write(
         dir.join("lifeboat.yaml"),
         PG_PLAN.replace("PORT", &port.to_string()),
     )?;
     std::fs::write(dir.join("demo.key"), "demo-only-key-do-not-reuse\n")?;
     if let Some((uid, gid)) = pg_user() {
-        lifeboat_engine::pg::chown_tree(dir, uid, gid)?;
+        lifeboat_pg::chown_tree(dir, uid, gid)?;
     }
     // PostgreSQL runs lifeboat (archive_command, restore_command) as its own user, who may not
     // reach the build directory: link (or copy) the binary into the demo directory.
@@ -421,7 +421,7 @@ fn postgres_tour(dir: &Path, bin: &Path) -> anyhow::Result<()> {
     must_pg(dir, &["wal", "verify"])?;
 
     step("14. point-in-time recovery to just before the drop, started on a new port");
-    let port2 = lifeboat_engine::pitr::free_port()?;
+    let port2 = lifeboat_protect::pitr::free_port()?;
     servers.2.push("restored");
     must_pg(
         dir,

@@ -1,4 +1,4 @@
-//! `lifeboat failover SERVICE [--to SITE] [--dry-run] [--force] [--yes]`: seed 001's manual
+//! `lifeboat failover SERVICE [--to SITE] [--dry-run] [--force] [--yes]`: the manual
 //! failover. Pre-checks (primary down, target healthy and caught up, backups recent, plan
 //! valid), the steps, then — after the operator types the service name — the same failover
 //! the daemon performs automatically (handed to `lifeboat serve` when it runs).
@@ -10,10 +10,10 @@ use std::time::Duration;
 use lifeboat_core::decide::Action;
 use lifeboat_core::plan::Severity;
 use lifeboat_core::{Error, Kind};
-use lifeboat_engine::control::{Control, Request};
-use lifeboat_engine::coord::StateFile;
-use lifeboat_engine::daemon::{Counts, Watched};
-use lifeboat_engine::manual::{plan_failover, run_failover, FailoverPlan, Level, Overrides};
+use lifeboat_failover::control::{Control, Request};
+use lifeboat_failover::coord::StateFile;
+use lifeboat_failover::manual::{plan_failover, run_failover, FailoverPlan, Level, Overrides};
+use lifeboat_failover::world::{Counts, Watched};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -162,7 +162,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         }
         p
     } else {
-        let (route, _rx) = tokio::sync::watch::channel(lifeboat_engine::traffic::Route {
+        let (route, _rx) = tokio::sync::watch::channel(lifeboat_failover::traffic::Route {
             epoch: 0,
             target: None,
         });

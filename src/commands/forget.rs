@@ -18,7 +18,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     };
     let mut reports = Vec::new();
     for repo in repos {
-        let r = lifeboat_engine::ops::forget(&ctx, &repo, a.dry_run)?;
+        let r = lifeboat_protect::ops::forget(&ctx, &repo, a.dry_run)?;
         if !cli.json {
             for (job, verdicts) in &r.jobs {
                 for v in verdicts {

@@ -18,7 +18,7 @@ pub mod switchover;
 pub mod verify;
 pub mod wal;
 
-use lifeboat_engine::Context;
+use lifeboat_context::Context;
 
 /// Load the plan named by `--plan`.
 pub fn context(cli: &crate::Cli) -> anyhow::Result<Context> {
@@ -30,7 +30,7 @@ pub fn context(cli: &crate::Cli) -> anyhow::Result<Context> {
 /// and `finish` waits for them a bounded time before the command exits, so a hanging endpoint
 /// delays the exit, never the work. (With a daemon, the daemon notifies.)
 pub struct Notes {
-    notifier: lifeboat_engine::notify::Notifier,
+    notifier: lifeboat_context::notify::Notifier,
     worker: Option<tokio::task::JoinHandle<()>>,
     service: String,
 }
@@ -38,7 +38,7 @@ pub struct Notes {
 impl Notes {
     pub fn start(ctx: &Context, rt: &tokio::runtime::Runtime, service: &str) -> Notes {
         let _in_rt = rt.enter();
-        let (notifier, worker) = lifeboat_engine::notify::Notifier::start(ctx);
+        let (notifier, worker) = lifeboat_context::notify::Notifier::start(ctx);
         Notes {
             notifier,
             worker,
@@ -53,7 +53,7 @@ impl Notes {
         summary: String,
         details: serde_json::Value,
     ) {
-        self.notifier.send(lifeboat_engine::notify::Note {
+        self.notifier.send(lifeboat_context::notify::Note {
             severity,
             event: event.to_string(),
             service: self.service.clone(),

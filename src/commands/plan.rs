@@ -1,6 +1,6 @@
 //! `lifeboat plan check | schema | show`.
 
-use lifeboat_engine::context::{load_plan, PlanError};
+use lifeboat_context::{load_plan, PlanError};
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {

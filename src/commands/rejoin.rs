@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use lifeboat_core::plan::Severity;
-use lifeboat_engine::daemon::Watched;
-use lifeboat_engine::pgops::Session;
-use lifeboat_engine::rejoin::{rejoin, Report};
+use lifeboat_failover::rejoin::{rejoin, Report};
+use lifeboat_failover::world::Watched;
+use lifeboat_pg::ops::Session;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -69,7 +69,7 @@ fn print_divergence(r: &Report) {
 
 fn do_rejoin(
     cli: &crate::Cli,
-    ctx: &lifeboat_engine::Context,
+    ctx: &lifeboat_context::Context,
     w: &Watched,
     rt: &tokio::runtime::Runtime,
     site: &str,
@@ -114,7 +114,7 @@ fn do_rejoin(
     Ok(r?)
 }
 
-fn watched(ctx: &lifeboat_engine::Context, service: &str) -> anyhow::Result<Watched> {
+fn watched(ctx: &lifeboat_context::Context, service: &str) -> anyhow::Result<Watched> {
     Watched::from_plan(ctx, service)?
         .ok_or_else(|| anyhow::anyhow!("`{service}` is not a postgres service of the plan"))
 }

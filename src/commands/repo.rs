@@ -1,6 +1,6 @@
 //! `lifeboat repo init | copy | locks | unlock`.
 
-use lifeboat_engine::ops;
+use lifeboat_protect::ops;
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lifeboat_engine::pitr::{RestoreOpts, Target};
+use lifeboat_protect::pitr::{RestoreOpts, Target};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,7 +52,7 @@ pub struct Args {
 
 fn pitr_target(a: &Args) -> anyhow::Result<Target> {
     Ok(if let Some(t) = &a.to {
-        let micros = lifeboat_engine::pitr::parse_pg_time(t).ok_or_else(|| {
+        let micros = lifeboat_protect::pitr::parse_pg_time(t).ok_or_else(|| {
             anyhow::Error::new(lifeboat_core::Error::new(
                 lifeboat_core::Kind::Input,
                 format!(
@@ -85,7 +85,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         || a.start.is_some();
     if is_pg {
         if a.start.is_some() {
-            lifeboat_engine::pitr::install_teardown_on_signal();
+            lifeboat_protect::pitr::install_teardown_on_signal();
         }
         let o = RestoreOpts {
             target: pitr_target(a)?,
@@ -95,7 +95,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             owner: a.owner.clone(),
             wait_timeout: Duration::from_secs(a.wait_timeout),
         };
-        let r = lifeboat_engine::pitr::restore(&ctx, &a.snapshot, &o)?;
+        let r = lifeboat_protect::pitr::restore(&ctx, &a.snapshot, &o)?;
         if cli.json {
             crate::output::json(&r);
             return Ok(0);
@@ -126,7 +126,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                     reached.lsn.as_deref().unwrap_or("?"),
                     reached
                         .last_xact_time
-                        .map(lifeboat_engine::wal::fmt_micros)
+                        .map(lifeboat_protect::wal::fmt_micros)
                         .unwrap_or_else(|| "?".into())
                 );
             }
@@ -146,7 +146,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         ));
     }
     let repo = a.repo.clone().map_or_else(|| ctx.default_repo(), Ok)?;
-    let r = lifeboat_engine::ops::restore(
+    let r = lifeboat_protect::ops::restore(
         &ctx,
         &repo,
         &a.snapshot,

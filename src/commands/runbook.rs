@@ -5,7 +5,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use lifeboat_core::plan::Runbook;
-use lifeboat_engine::runbook::{order, run_runbook, Options, Phase, StepResult};
+use lifeboat_failover::runbook::{order, run_runbook, Options, Phase, StepResult};
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {
@@ -138,7 +138,7 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
 /// Run `rb` under `name`, printing each step as it ends; 0 when every step passed.
 pub fn execute(
     cli: &crate::Cli,
-    ctx: &lifeboat_engine::Context,
+    ctx: &lifeboat_context::Context,
     name: &str,
     rb: &Runbook,
     yes: bool,

@@ -7,6 +7,6 @@ pub struct Args {}
 
 pub fn run(cli: &crate::Cli, _a: &Args) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
-    lifeboat_engine::daemon::serve(&ctx)?;
+    lifeboat_server::serve(&ctx)?;
     Ok(0)
 }

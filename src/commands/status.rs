@@ -1,14 +1,14 @@
 //! `lifeboat status [SERVICE]`: probe every member of the postgres services once and show
 //! roles, health, WAL positions and lag, and what `decide` would conclude if this state held
-//! (the daemon, issue 4, keeps probing and acts on it).
+//! (the daemon keeps probing and acts on it).
 
 use std::time::Duration;
 
 use std::collections::BTreeMap;
 
 use lifeboat_core::decide::{decide, Role};
-use lifeboat_engine::coord::FailoverState;
-use lifeboat_engine::daemon::{build_world, Counts, Watched};
+use lifeboat_failover::coord::FailoverState;
+use lifeboat_failover::world::{build_world, Counts, Watched};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,7 +23,7 @@ pub struct Args {
 struct MemberStatus {
     site: String,
     address: String,
-    probe: lifeboat_engine::health::Probe,
+    probe: lifeboat_pg::health::Probe,
 }
 
 #[derive(serde::Serialize)]

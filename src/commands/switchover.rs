@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use lifeboat_core::plan::Severity;
-use lifeboat_engine::control::Control;
-use lifeboat_engine::coord::StateFile;
-use lifeboat_engine::daemon::{run_switchover, Watched};
-use lifeboat_engine::switchover::{Report, Step};
+use lifeboat_failover::control::Control;
+use lifeboat_failover::coord::StateFile;
+use lifeboat_failover::switchover::{Report, Step};
+use lifeboat_failover::{switchover::run_switchover, world::Watched};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,7 +32,7 @@ pub fn print_step(s: &Step) {
 /// otherwise, with notifications sent from here.
 pub fn perform(
     cli: &crate::Cli,
-    ctx: &lifeboat_engine::Context,
+    ctx: &lifeboat_context::Context,
     w: &Watched,
     rt: &tokio::runtime::Runtime,
     to: &str,

@@ -26,11 +26,11 @@ fn verify_restore(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             "the plan has no postgres service to restore (--restore proves postgres services)",
         ));
     }
-    lifeboat_engine::pitr::install_teardown_on_signal();
+    lifeboat_protect::pitr::install_teardown_on_signal();
     let mut ok = true;
     let mut reports = Vec::new();
     for s in services {
-        let r = lifeboat_engine::pitr::verify_restore(&ctx, &s)?;
+        let r = lifeboat_protect::pitr::verify_restore(&ctx, &s)?;
         ok &= r.ok;
         if !cli.json {
             let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
@@ -81,7 +81,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         return verify_restore(cli, a);
     }
     let ctx = super::context(cli)?;
-    let r = lifeboat_engine::ops::verify(
+    let r = lifeboat_protect::ops::verify(
         &ctx,
         a.job.as_deref(),
         a.read_data,

@@ -56,7 +56,7 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
     match c {
         Cmd::Push { service, path } => {
-            let r = lifeboat_engine::wal::push(&ctx, service, path)?;
+            let r = lifeboat_protect::wal::push(&ctx, service, path)?;
             if cli.json {
                 crate::output::json(&r);
             }
@@ -69,7 +69,7 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             prefetch,
             standby,
             has_target,
-        } => match lifeboat_engine::wal::fetch(&ctx, service, name, dest, *prefetch) {
+        } => match lifeboat_protect::wal::fetch(&ctx, service, name, dest, *prefetch) {
             Ok(true) => Ok(0),
             Ok(false) => Ok(1),
             Err(e) => {
@@ -93,7 +93,7 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             let mut ok = true;
             let mut reports = Vec::new();
             for s in services {
-                let r = lifeboat_engine::wal::verify(&ctx, &s, *read_data)?;
+                let r = lifeboat_protect::wal::verify(&ctx, &s, *read_data)?;
                 ok &= r.ok;
                 if !cli.json {
                     print_report(&r);
@@ -108,8 +108,8 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
     }
 }
 
-fn print_report(r: &lifeboat_engine::wal::WalReport) {
-    use lifeboat_engine::wal::fmt_micros;
+fn print_report(r: &lifeboat_protect::wal::WalReport) {
+    use lifeboat_protect::wal::fmt_micros;
     println!(
         "service {} (WAL archive in repository {}, cluster {})",
         r.service,

@@ -1,5 +1,5 @@
 //! Failover decisions as a pure function: one snapshot of the world in, one decision with a
-//! readable reason out. The daemon (issue 4) builds the snapshot each tick from its health
+//! readable reason out. The daemon builds the snapshot each tick from its health
 //! checks and persisted state; unit tests drive it with fixtures.
 //!
 //! Safety rules, in order:

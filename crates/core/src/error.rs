@@ -95,4 +95,10 @@ pub fn one_line(s: &str) -> String {
 
 impl std::error::Error for Error {}
 
+/// The last `n` non-empty lines of a program's stderr, on one line (for error messages).
+pub fn stderr_tail(stderr: &str, n: usize) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,5 +1,6 @@
-//! Lifeboat's pure core: the plan model, its loading and validation, retention and verification
-//! verdicts. No I/O beyond reading the plan text the caller hands in, no async: every decision
+//! Lifeboat's pure core: the plan model, its loading and validation, failover decisions
+//! (`decide`), retention and verification verdicts, WAL arithmetic, and the one error type every
+//! room returns (`error`). Depends on no other Lifeboat crate. No I/O beyond reading the plan text the caller hands in, no async: every decision
 //! here is a unit test away.
 
 pub mod decide;

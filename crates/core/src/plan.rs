@@ -555,7 +555,7 @@ pub enum NotificationFormat {
     Slack,
 }
 
-/// Incident severity (seed 001): P1 critical … P4 low.
+/// Incident severity: P1 critical … P4 low.
 #[derive(
     Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord,
 )]

@@ -1,4 +1,4 @@
-//! Verification verdicts (seed 004 "Backup Verification"), as pure functions of what was seen.
+//! Verification verdicts ("is the last backup there, fresh and readable?"), as pure functions of what was seen.
 
 use serde::Serialize;
 

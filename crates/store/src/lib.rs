@@ -1,6 +1,6 @@
-//! Lifeboat's storage layer: restic-format repositories (through rustic_core), restic-format
-//! locks, and raw objects beside the repository data. Every call to object storage goes through
-//! here.
+//! Lifeboat's storage room: restic-format repositories (through rustic_core), restic-format
+//! locks, the WAL archive's objects, and raw objects beside the repository data. Every call to
+//! object storage goes through here (S3 with deadlines: `s3`). Depends on `lifeboat-core` only.
 
 pub mod error;
 pub mod lock;

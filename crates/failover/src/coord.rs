@@ -1,0 +1,166 @@
+//! Failover state that must survive a daemon restart: which member traffic goes to,
+//! the fencing epoch, and a failover under way. One JSON file per service in
+//! `<state>/failover/`, replaced atomically (write, fsync, rename, fsync the directory).
+//!
+//! The epoch only moves forward: a write with a lower epoch than the stored one is refused, so
+//! a stale daemon (or a restarted one that read old state) can never route traffic back to a
+//! fenced member.
+
+use std::path::{Path, PathBuf};
+
+use lifeboat_core::{Error, Kind};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverState {
+    /// The member traffic goes to.
+    pub primary: Option<String>,
+    pub epoch: u64,
+    /// Recorded before the first action of a failover, cleared after its last: (target, epoch).
+    pub in_progress: Option<(String, u64)>,
+}
+
+pub struct StateFile {
+    path: PathBuf,
+}
+
+/// What the daemon last saw of a healthy primary's replication: which standbys it listed as
+/// synchronous and streaming, and where everyone was. In memory only, it was lost with the
+/// daemon: a daemon restarted while the primary was down could not tell a synchronous standby
+/// from any other, and a sync tier held until a person accepted data loss (Patroni keeps this
+/// in its DCS as `/sync` for the same reason). Written by the monitor alone, fsynced, at most
+/// once a second and whenever the sets change; `seen_at_ms` says how old it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRecord {
+    /// The primary it describes, and the epoch it was primary in: a record of another
+    /// primary or epoch says nothing about this one.
+    pub primary: String,
+    pub epoch: u64,
+    pub system_id: Option<String>,
+    pub timeline: Option<u32>,
+    /// The primary's write position.
+    pub primary_lsn: Option<u64>,
+    /// Sites the primary listed as synchronous.
+    pub synchronous: Vec<String>,
+    /// Sites the primary listed as streaming.
+    pub streaming: Vec<String>,
+    /// Sites' flushed positions as the primary reported them.
+    pub flushed: std::collections::BTreeMap<String, u64>,
+    /// When this was seen (Unix milliseconds).
+    pub seen_at_ms: i64,
+}
+
+pub struct SyncFile {
+    path: PathBuf,
+}
+
+impl SyncFile {
+    pub fn new(state_dir: &Path, service: &str) -> Self {
+        Self {
+            path: state_dir
+                .join("failover")
+                .join(format!("{service}.sync.json")),
+        }
+    }
+
+    /// The record, if there is a readable one. An unreadable record is no knowledge (the
+    /// daemon then holds a sync tier, as without one), not an error that stops monitoring.
+    pub fn load(&self) -> Option<SyncRecord> {
+        serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
+    }
+
+    pub fn store(&self, r: &SyncRecord) -> Result<(), Error> {
+        write_atomically(
+            &self.path,
+            &serde_json::to_vec_pretty(r).expect("serialisable"),
+        )
+    }
+}
+
+/// Replace `path` with `body`: write, fsync, rename, fsync the directory.
+fn write_atomically(path: &Path, body: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let dir = path.parent().expect("has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tmp = path.with_extension("json.tmp");
+    (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })()
+    .map_err(|e| io(path, e))
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::new(Kind::Io, format!("failover state {}: {e}", path.display()))
+}
+
+impl StateFile {
+    pub fn new(state_dir: &Path, service: &str) -> Self {
+        Self {
+            path: state_dir.join("failover").join(format!("{service}.json")),
+        }
+    }
+
+    pub fn load(&self) -> Result<FailoverState, Error> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                Error::new(
+                    Kind::Integrity,
+                    format!("failover state {} is unreadable: {e}", self.path.display()),
+                )
+                .hint("do not edit it by hand; restore it from the evidence log's last failover event")
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FailoverState::default()),
+            Err(e) => Err(io(&self.path, e)),
+        }
+    }
+
+    /// Replace the state. Refused if it would move the epoch backwards.
+    pub fn store(&self, s: &FailoverState) -> Result<(), Error> {
+        let current = self.load()?;
+        if s.epoch < current.epoch {
+            return Err(Error::new(
+                Kind::Conflict,
+                format!(
+                    "refusing to move the fencing epoch back from {} to {}",
+                    current.epoch, s.epoch
+                ),
+            ));
+        }
+        write_atomically(
+            &self.path,
+            &serde_json::to_vec_pretty(s).expect("serialisable"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reload_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path(), "db");
+        assert_eq!(f.load().unwrap(), FailoverState::default());
+        let s = FailoverState {
+            primary: Some("east".into()),
+            epoch: 3,
+            in_progress: Some(("west".into(), 4)),
+        };
+        f.store(&s).unwrap();
+        assert_eq!(StateFile::new(dir.path(), "db").load().unwrap(), s);
+        let older = FailoverState {
+            epoch: 2,
+            ..s.clone()
+        };
+        let e = f.store(&older).unwrap_err();
+        assert!(e.message.contains("back from 3 to 2"), "{}", e.message);
+        assert_eq!(f.load().unwrap().epoch, 3);
+        std::fs::write(dir.path().join("failover/db.json"), "{").unwrap();
+        assert_eq!(f.load().unwrap_err().kind, Kind::Integrity);
+    }
+}

@@ -1,0 +1,545 @@
+//! The monitor of one postgres service (`lifeboat serve` runs one per service): probe every
+//! member every `interval`, keep consecutive pass/fail counts, build a [`World`], call
+//! [`decide`], and act — fail over (the [`crate::sequence`]) or fence a writable old primary;
+//! carry out requests from commands (switchover, manual failover); route the endpoint and the
+//! DNS name to the primary; publish what the health endpoints answer. State that must survive a
+//! restart lives in [`crate::coord`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use lifeboat_core::decide::{decide, Action, Decision, Failure, Role};
+use lifeboat_core::plan::Severity;
+use tokio::sync::watch;
+
+use crate::coord::{FailoverState, StateFile, SyncFile};
+use crate::healthapi::{MemberHealth, Shared};
+use crate::log::log;
+use crate::sequence::fence;
+use crate::traffic::Route;
+use crate::world::{build_world, sync_record, Counts, Remembered, Watched};
+use lifeboat_context::Context;
+
+#[allow(clippy::too_many_arguments)]
+pub async fn monitor(
+    w: Watched,
+    state: StateFile,
+    route_tx: watch::Sender<Route>,
+    shared: Shared,
+    mut stop: watch::Receiver<bool>,
+    ctx: Context,
+    notifier: lifeboat_context::notify::Notifier,
+    dns: Option<crate::dns::Names>,
+) {
+    let state_dir = ctx.state_dir.clone();
+    let control = crate::control::Control::new(&state_dir);
+    let interval = w.interval();
+    let recheck = w.recheck_interval();
+    let threshold = w.spec.unhealthy_threshold.unwrap_or(3);
+    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut last_reason = String::new();
+    let mut primary_last_lsn: Option<u64> = None;
+    // What was last seen of the primary's replication, kept on disk for the next start.
+    let sync_file = SyncFile::new(&state_dir, &w.service);
+    let mut remembered = sync_file.load();
+    let sync_max_age = w.sync_record_max_age();
+    let mut remembered_at: Option<Instant> = None;
+    let mut next = tokio::time::Instant::now();
+    // Actions that failed: retried after 1, 2, 4 … 30 s, not at every tick.
+    let mut backoff = Backoff::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let tick = tokio::time::Instant::now();
+        next = tick + interval;
+        for (site, p) in w.check_all().await {
+            counts.entry(site).or_default().observe(p);
+        }
+        let sites: Vec<String> = w.spec.witness.keys().cloned().collect();
+        for site in sites {
+            let seen = w.witness(&site, &counts).await;
+            if let Some(c) = counts.get_mut(&site) {
+                c.clients_reach_it = seen;
+            }
+        }
+        let mut st = match state.load() {
+            Ok(s) => s,
+            Err(e) => {
+                log(
+                    "error",
+                    &w.service,
+                    serde_json::json!({"error": e.to_string()}),
+                );
+                continue;
+            }
+        };
+        // At first start: adopt the one member that reports itself primary.
+        if st.primary.is_none() && st.in_progress.is_none() {
+            let primaries: Vec<&String> = counts
+                .iter()
+                .filter(|(_, c)| c.failures == 0 && c.role() == Some(Role::Primary))
+                .map(|(s, _)| s)
+                .collect();
+            if let [only] = primaries.as_slice() {
+                st.primary = Some((*only).clone());
+                st.epoch = st.epoch.max(1);
+                if let Err(e) = state.store(&st) {
+                    log(
+                        "error",
+                        &w.service,
+                        serde_json::json!({"error": e.to_string()}),
+                    );
+                    continue;
+                }
+                log(
+                    "adopted",
+                    &w.service,
+                    serde_json::json!({"primary": only, "epoch": st.epoch}),
+                );
+            }
+        }
+        // An operator's request (switchover) comes before this tick's decision.
+        if st.in_progress.is_none() {
+            if let Some(req) = control.take(&w.service) {
+                let answer = handle(&w, &state, &route_tx, &req, &ctx, &counts).await;
+                notifier.send(lifeboat_context::notify::Note {
+                    severity: if req.op == "failover" {
+                        Severity::P1
+                    } else {
+                        Severity::P3
+                    },
+                    event: req.op.clone(),
+                    service: w.service.clone(),
+                    summary: match answer["error"].as_str() {
+                        Some(e) => format!("{} requested by {} FAILED: {e}", req.op, req.actor),
+                        None => format!(
+                            "{} to {} requested by {}: done",
+                            req.op,
+                            req.to.as_deref().unwrap_or("?"),
+                            req.actor
+                        ),
+                    },
+                    details: answer.clone(),
+                });
+                control.answer(&w.service, &req.id, &answer);
+                counts.clear();
+                next = tokio::time::Instant::now();
+                continue;
+            }
+        }
+        if let Some(p) = st.primary.as_ref().and_then(|p| counts.get(p)) {
+            if p.failures == 0 && p.role() == Some(Role::Primary) {
+                primary_last_lsn = p.last.as_ref().and_then(|l| l.lsn);
+            }
+            // A refused connection means nothing listens: confirm it quickly instead of
+            // waiting a whole interval per check (a timeout keeps the full window).
+            if matches!(
+                p.last.as_ref().and_then(|l| l.failure.as_ref()),
+                Some(Failure::Refused)
+            ) && p.failures < threshold
+            {
+                next = tick + recheck;
+            }
+        }
+        if let Some(rec) = sync_record(&w, &counts, &st, primary_last_lsn) {
+            let same_sets = remembered.as_ref().is_some_and(|r| {
+                (&r.primary, r.epoch, &r.synchronous, &r.streaming)
+                    == (&rec.primary, rec.epoch, &rec.synchronous, &rec.streaming)
+            });
+            if !same_sets || remembered_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                match sync_file.store(&rec) {
+                    Ok(()) => remembered_at = Some(Instant::now()),
+                    Err(e) => log(
+                        "error",
+                        &w.service,
+                        serde_json::json!({"error": e.to_string(), "note": "the synchronous standbys could not be recorded: a daemon restarted while the primary is down would hold"}),
+                    ),
+                }
+                remembered = Some(rec);
+            }
+        }
+        let world = build_world(
+            &w,
+            &counts,
+            &st,
+            primary_last_lsn,
+            remembered.as_ref().map(|record| Remembered {
+                record,
+                max_age: sync_max_age,
+            }),
+        );
+        let d = decide(&world);
+        if d.reason != last_reason {
+            log(
+                "decision",
+                &w.service,
+                serde_json::to_value(&d).unwrap_or_default(),
+            );
+            if d.action == Action::Hold && st.primary.is_some() {
+                notifier.send(note(Severity::P1, "hold", &w.service, &d.reason, &d));
+            }
+            last_reason = d.reason.clone();
+            let _ = std::fs::create_dir_all(state_dir.join("daemon"));
+            let _ = std::fs::write(
+                state_dir.join("daemon").join(format!("{}.json", w.service)),
+                serde_json::to_vec_pretty(&serde_json::json!({
+                    "decision": d, "epoch": st.epoch, "primary": st.primary,
+                    "time": jiff::Timestamp::now().to_string(),
+                }))
+                .unwrap_or_default(),
+            );
+        }
+        let key = serde_json::to_string(&d.action).unwrap_or_default();
+        let waiting = backoff.waiting(&key);
+        match d.action.clone() {
+            _ if waiting => {}
+            Action::Failover { from, to, epoch } => {
+                let started = Instant::now();
+                let r = crate::sequence::failover(
+                    &w,
+                    &state,
+                    &route_tx,
+                    &mut st,
+                    from.clone(),
+                    &to,
+                    epoch,
+                    &counts,
+                )
+                .await;
+                let outcome = if r.is_ok() { "ok" } else { "failed" };
+                log(
+                    "failover",
+                    &w.service,
+                    serde_json::json!({"from": from, "to": to, "epoch": epoch, "outcome": outcome,
+                        "error": r.as_ref().err().map(|e| e.to_string()),
+                        "ms": started.elapsed().as_millis() as u64, "reason": d.reason,
+                        "steps": r.as_ref().ok()}),
+                );
+                record(&ctx, &w.service, &d, outcome, started, r.as_ref().ok());
+                notifier.send(note(
+                    Severity::P1,
+                    "failover",
+                    &w.service,
+                    &match &r {
+                        Ok(_) => format!("failed over to {to} (epoch {epoch}): {}", d.reason),
+                        Err(e) => format!("failover to {to} FAILED: {e}"),
+                    },
+                    &d,
+                ));
+                backoff.outcome(&key, r.is_ok());
+                if let Ok(done) = r {
+                    after_failover_runbooks(&ctx, &w.service, from.as_deref(), &to, epoch, done);
+                    // The new primary's state is known now; check again at once.
+                    counts.clear();
+                    next = tokio::time::Instant::now();
+                }
+            }
+            Action::Fence { site, epoch } => {
+                let started = Instant::now();
+                let r = fence(&w, &site).await;
+                log(
+                    "fence",
+                    &w.service,
+                    serde_json::json!({"site": site, "epoch": epoch,
+                        "error": r.as_ref().err().map(|e| e.to_string())}),
+                );
+                record(
+                    &ctx,
+                    &w.service,
+                    &d,
+                    if r.is_ok() { "ok" } else { "failed" },
+                    started,
+                    None,
+                );
+                notifier.send(note(Severity::P2, "fence", &w.service, &d.reason, &d));
+                backoff.outcome(&key, r.is_ok());
+            }
+            _ => {}
+        }
+        // Route writes to the recorded primary while it is healthy.
+        let target = st.primary.as_ref().and_then(|p| {
+            let c = counts.get(p)?;
+            let healthy = c.failures == 0 && c.role() == Some(Role::Primary);
+            healthy
+                .then(|| w.members.iter().find(|m| &m.site == p))
+                .flatten()
+                .map(|m| format!("{}:{}", m.host, m.port))
+        });
+        if let Some(t) = target {
+            let want = Route {
+                epoch: st.epoch,
+                target: Some(t),
+            };
+            if *route_tx.borrow() != want {
+                log(
+                    "route",
+                    &w.service,
+                    serde_json::json!({"epoch": want.epoch, "target": want.target}),
+                );
+                let _ = route_tx.send(want);
+            }
+        }
+        publish(&w, &counts, &st, primary_last_lsn, &route_tx, &shared);
+        if let (Some(names), Some(spec)) = (&dns, &w.spec.dns) {
+            // The name follows the route: the primary's record while it takes writes.
+            let target = route_tx
+                .borrow()
+                .target
+                .as_ref()
+                .and(st.primary.as_ref())
+                .and_then(|p| {
+                    spec.records.get(p).cloned().or_else(|| {
+                        w.members
+                            .iter()
+                            .find(|m| &m.site == p)
+                            .map(|m| m.host.clone())
+                    })
+                });
+            let name = spec.name.trim_end_matches('.').to_ascii_lowercase();
+            if let Ok(mut n) = names.lock() {
+                for a in n.iter_mut().filter(|a| a.name == name) {
+                    if a.target != target {
+                        log(
+                            "dns",
+                            &w.service,
+                            serde_json::json!({"name": name, "target": target}),
+                        );
+                        a.target = target.clone();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn note(
+    sev: Severity,
+    event: &str,
+    service: &str,
+    summary: &str,
+    d: &Decision,
+) -> lifeboat_context::notify::Note {
+    lifeboat_context::notify::Note {
+        severity: sev,
+        event: event.into(),
+        service: service.into(),
+        summary: summary.into(),
+        details: serde_json::to_value(d).unwrap_or_default(),
+    }
+}
+
+/// Run the service's `failover` runbooks in the background (their hooks and notifications;
+/// the built-in failover steps are what just happened).
+fn after_failover_runbooks(
+    ctx: &Context,
+    service: &str,
+    from: Option<&str>,
+    to: &str,
+    epoch: u64,
+    done: Vec<crate::runbook::BuiltinStep>,
+) {
+    for (name, rb) in &ctx.plan.runbooks {
+        if rb.kind.as_deref() != Some("failover") || rb.service.as_deref() != Some(service) {
+            continue;
+        }
+        let (ctx, name, svc, done) = (ctx.clone(), name.clone(), service.to_string(), done.clone());
+        let env = vec![
+            (
+                "LIFEBOAT_FROM".to_string(),
+                from.unwrap_or_default().to_string(),
+            ),
+            ("LIFEBOAT_TO".to_string(), to.to_string()),
+            ("LIFEBOAT_EPOCH".to_string(), epoch.to_string()),
+        ];
+        tokio::spawn(async move {
+            let svc2 = svc.clone();
+            let opts = crate::runbook::Options {
+                yes: false,
+                approve: Box::new(|_| false),
+                progress: Box::new(move |r| {
+                    log(
+                        "runbook_step",
+                        &svc2,
+                        serde_json::to_value(r).unwrap_or_default(),
+                    )
+                }),
+                after_failover: true,
+                done,
+                env,
+            };
+            if let Err(e) = crate::runbook::run(&ctx, &name, opts).await {
+                log(
+                    "error",
+                    &svc,
+                    serde_json::json!({"runbook": name, "error": e.to_string()}),
+                );
+            }
+        });
+    }
+}
+
+/// Carry out an operator's request; the answer for the waiting command.
+async fn handle(
+    w: &Watched,
+    state: &StateFile,
+    route_tx: &watch::Sender<Route>,
+    req: &crate::control::Request,
+    ctx: &Context,
+    counts: &BTreeMap<String, Counts>,
+) -> serde_json::Value {
+    log(
+        "request",
+        &w.service,
+        serde_json::json!({"op": req.op, "to": req.to, "actor": req.actor, "id": req.id}),
+    );
+    match req.op.as_str() {
+        "switchover" => {
+            let Some(to) = req.to.as_deref() else {
+                return serde_json::json!({"error": "switchover needs a target site"});
+            };
+            let service = w.service.clone();
+            let r = crate::switchover::run_switchover(
+                w,
+                state,
+                Some(route_tx),
+                to,
+                Duration::from_millis(req.timeout_ms),
+                ctx,
+                &move |s| {
+                    log(
+                        "switchover_step",
+                        &service,
+                        serde_json::to_value(s).unwrap_or_default(),
+                    )
+                },
+            )
+            .await;
+            match r {
+                Ok(report) => serde_json::json!({"report": report}),
+                Err(e) => serde_json::json!({"error": e.to_string(), "hint": e.hint}),
+            }
+        }
+        "failover" => {
+            match crate::manual::run_failover(
+                ctx,
+                w,
+                state,
+                route_tx,
+                counts,
+                req.to.as_deref(),
+                crate::manual::Overrides {
+                    force: req.force,
+                    accept_loss: req.accept_loss,
+                },
+            )
+            .await
+            {
+                Ok(plan) => serde_json::json!({"plan": plan}),
+                Err(e) => serde_json::json!({"error": e.to_string(), "hint": e.hint}),
+            }
+        }
+        other => serde_json::json!({"error": format!("unknown request `{other}`")}),
+    }
+}
+
+/// Retry delays of actions that failed, by action.
+#[derive(Default)]
+struct Backoff {
+    failed: BTreeMap<String, (u32, tokio::time::Instant)>,
+}
+
+impl Backoff {
+    /// Whether `key` failed recently and must wait before its next attempt.
+    fn waiting(&self, key: &str) -> bool {
+        self.failed
+            .get(key)
+            .is_some_and(|(_, until)| tokio::time::Instant::now() < *until)
+    }
+
+    fn outcome(&mut self, key: &str, ok: bool) {
+        if ok {
+            self.failed.remove(key);
+            return;
+        }
+        let e = self
+            .failed
+            .entry(key.to_string())
+            .or_insert((0, tokio::time::Instant::now()));
+        e.0 += 1;
+        let delay = Duration::from_secs(1u64 << (e.0 - 1).min(5)).min(Duration::from_secs(30));
+        e.1 = tokio::time::Instant::now() + delay;
+    }
+}
+
+/// Update what the health endpoints answer.
+fn publish(
+    w: &Watched,
+    counts: &BTreeMap<String, Counts>,
+    st: &FailoverState,
+    primary_last_lsn: Option<u64>,
+    route_tx: &watch::Sender<Route>,
+    shared: &Shared,
+) {
+    let routed = route_tx.borrow().target.is_some();
+    let mut view = BTreeMap::new();
+    for m in &w.members {
+        let c = counts.get(&m.site).cloned().unwrap_or_default();
+        let last = c.last.as_ref().filter(|p| p.ok);
+        let role = last.and_then(|p| p.role);
+        view.insert(
+            m.site.clone(),
+            MemberHealth {
+                site: m.site.clone(),
+                healthy: last.is_some(),
+                role,
+                routed_primary: routed && st.primary.as_deref() == Some(m.site.as_str()),
+                streaming: last.and_then(|p| p.streaming),
+                lag_bytes: match (role, primary_last_lsn, last.and_then(|p| p.replay_lsn)) {
+                    (Some(Role::Standby), Some(pl), Some(r)) => Some(pl.saturating_sub(r)),
+                    _ => None,
+                },
+                lag_seconds: last.and_then(|p| p.lag_s),
+                epoch: st.epoch,
+                failure: c
+                    .last
+                    .as_ref()
+                    .and_then(|p| p.failure.as_ref())
+                    .map(Failure::describe),
+            },
+        );
+    }
+    if let Ok(mut s) = shared.lock() {
+        *s = view;
+    }
+}
+
+fn record(
+    ctx: &Context,
+    service: &str,
+    d: &Decision,
+    outcome: &str,
+    started: Instant,
+    steps: Option<&Vec<crate::runbook::BuiltinStep>>,
+) {
+    let command = match d.action {
+        Action::Failover { .. } => "failover",
+        Action::Fence { .. } => "fence",
+        _ => "decision",
+    };
+    let mut figures = serde_json::to_value(d).unwrap_or_default();
+    if let Some(s) = steps {
+        figures["steps"] = serde_json::to_value(s).unwrap_or_default();
+    }
+    if let Err(e) = ctx.record(command, service, outcome, started, figures) {
+        log(
+            "error",
+            service,
+            serde_json::json!({"error": format!("evidence log: {e}")}),
+        );
+    }
+}

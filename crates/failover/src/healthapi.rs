@@ -1,0 +1,206 @@
+//! HTTP health endpoints for external load balancers, one listener per member, as
+//! Patroni's REST API serves them for HAProxy:
+//! - `/primary` (also `/leader`, `/master`, `/read-write`): 200 only on the member Lifeboat
+//!   routes writes to, while it passes its checks;
+//! - `/replica` (also `/standby`): 200 only on a healthy standby streaming from the primary,
+//!   optionally within `?lag=SIZE` (`?lag=1MiB`);
+//! - `/read-only`: 200 on either of those;
+//! - `/health`: 200 on any member that passes its checks.
+//!
+//! Otherwise 503, with the same JSON body (the member's state); 404 for unknown paths. Any
+//! method is answered like GET (HAProxy's `option httpchk` sends OPTIONS); HEAD gets no body.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use lifeboat_core::decide::Role;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the daemon knows about one member, as the endpoints report it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MemberHealth {
+    pub site: String,
+    /// Passes its checks (last check ok).
+    pub healthy: bool,
+    pub role: Option<Role>,
+    /// The member Lifeboat routes writes to (and it is healthy and primary).
+    pub routed_primary: bool,
+    /// Standby streaming from the primary (as the standby reports it).
+    pub streaming: Option<bool>,
+    /// Standby: bytes behind the primary's last known position.
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    pub epoch: u64,
+    /// Why it failed its last check.
+    pub failure: Option<String>,
+}
+
+pub type Shared = Arc<Mutex<BTreeMap<String, MemberHealth>>>;
+
+/// The status code for `path` (with query) given a member's state.
+pub fn status_for(path: &str, m: &MemberHealth) -> u16 {
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    let ok = match route.trim_end_matches('/') {
+        "/primary" | "/leader" | "/master" | "/read-write" => {
+            m.healthy && m.routed_primary && m.role == Some(Role::Primary)
+        }
+        "/replica" | "/standby" => {
+            let max_lag = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("lag="))
+                // A bare number is bytes, as in Patroni's `?lag=` (load balancer configs use it).
+                .and_then(|v| {
+                    v.parse::<u64>()
+                        .ok()
+                        .or_else(|| v.parse::<lifeboat_core::units::Size>().ok().map(|s| s.0))
+                });
+            m.healthy
+                && m.role == Some(Role::Standby)
+                && m.streaming == Some(true)
+                && match max_lag {
+                    Some(max) => m.lag_bytes.is_some_and(|l| l <= max),
+                    None => true,
+                }
+        }
+        "/read-only" => {
+            m.healthy
+                && (m.routed_primary && m.role == Some(Role::Primary)
+                    || m.role == Some(Role::Standby) && m.streaming == Some(true))
+        }
+        "/health" | "/" => m.healthy,
+        _ => return 404,
+    };
+    if ok {
+        200
+    } else {
+        503
+    }
+}
+
+/// Serve one member's endpoints until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    site: String,
+    shared: Shared,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((conn, _)) = accepted else { continue };
+                let shared = shared.clone();
+                let site = site.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        answer(conn, &site, &shared),
+                    )
+                    .await;
+                });
+            }
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn answer(mut conn: TcpStream, site: &str, shared: &Shared) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let method = parts.next().unwrap_or("GET").to_string();
+    let path = parts.next().unwrap_or("/").to_string();
+    let member = shared
+        .lock()
+        .ok()
+        .and_then(|m| m.get(site).cloned())
+        .unwrap_or_else(|| MemberHealth {
+            site: site.to_string(),
+            ..Default::default()
+        });
+    let code = status_for(&path, &member);
+    let body = serde_json::to_string(&member).unwrap_or_default();
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        _ => "Service Unavailable",
+    };
+    let mut resp = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        resp.push_str(&body);
+    }
+    conn.write_all(resp.as_bytes()).await?;
+    conn.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(role: Role, routed: bool, streaming: Option<bool>, lag: Option<u64>) -> MemberHealth {
+        MemberHealth {
+            site: "a".into(),
+            healthy: true,
+            role: Some(role),
+            routed_primary: routed,
+            streaming,
+            lag_bytes: lag,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn primary_only_on_the_routed_healthy_primary() {
+        assert_eq!(
+            status_for("/primary", &member(Role::Primary, true, None, None)),
+            200
+        );
+        // A writable member Lifeboat does not route to (an old primary back) is no primary.
+        assert_eq!(
+            status_for("/primary", &member(Role::Primary, false, None, None)),
+            503
+        );
+        assert_eq!(
+            status_for("/primary", &member(Role::Standby, false, Some(true), None)),
+            503
+        );
+        let mut down = member(Role::Primary, true, None, None);
+        down.healthy = false;
+        assert_eq!(status_for("/primary", &down), 503);
+        assert_eq!(status_for("/health", &down), 503);
+        assert_eq!(status_for("/nope", &down), 404);
+    }
+
+    #[test]
+    fn replica_needs_streaming_and_honours_lag() {
+        let s = member(Role::Standby, false, Some(true), Some(4096));
+        assert_eq!(status_for("/replica", &s), 200);
+        assert_eq!(status_for("/replica?lag=1MiB", &s), 200);
+        assert_eq!(status_for("/replica?lag=1024", &s), 503);
+        assert_eq!(status_for("/read-only", &s), 200);
+        let stuck = member(Role::Standby, false, Some(false), Some(0));
+        assert_eq!(status_for("/replica", &stuck), 503);
+        assert_eq!(status_for("/health", &stuck), 200);
+        assert_eq!(
+            status_for("/replica", &member(Role::Primary, true, None, None)),
+            503
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! Failover: keeping one writable primary and clients pointed at it — the per-service monitor
+//! around `lifeboat_core::decide` (`daemon`), the failover state and its on-disk records
+//! (`coord`), the world a decision is made on (`world`), the failover sequence (`sequence`), requests from commands to a running daemon (`control`), the traffic endpoint
+//! (`traffic`), the DNS responder (`dns`), Patroni-style health endpoints (`healthapi`), manual
+//! failover (`manual`), switchover (`switchover`), rejoin (`rejoin`), and the runbook executor
+//! (`runbook`, here until its built-in actions reach it through a trait).
+//!
+//! Above `pg` and `context`; knows nothing of backups (`lifeboat-protect`).
+
+pub mod control;
+pub mod coord;
+pub mod daemon;
+pub mod dns;
+pub mod healthapi;
+pub mod log;
+pub mod manual;
+pub mod rejoin;
+pub mod runbook;
+pub mod sequence;
+pub mod switchover;
+pub mod traffic;
+pub mod world;

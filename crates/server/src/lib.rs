@@ -1,0 +1,179 @@
+//! `lifeboat serve`: the daemon as a composition of workers under one shutdown signal
+//! (SIGTERM/SIGINT) — per postgres service with `failover:` a monitor, its traffic endpoint, its
+//! health endpoints and its DNS name; notifications in the background. Stopping lets a failover
+//! under way finish (bounded), then stops the endpoints and drains notifications.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lifeboat_core::plan::Service;
+use lifeboat_core::{Error, Kind};
+use tokio::sync::watch;
+
+use lifeboat_context::Context;
+use lifeboat_failover::coord::StateFile;
+use lifeboat_failover::daemon::monitor;
+use lifeboat_failover::healthapi::Shared;
+use lifeboat_failover::log::log;
+use lifeboat_failover::traffic::{proxy, Route};
+use lifeboat_failover::world::Watched;
+
+/// The services `serve` protects.
+fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
+    let mut out = Vec::new();
+    for (name, svc) in &ctx.plan.services {
+        if let Service::Postgres {
+            failover: Some(_), ..
+        } = svc
+        {
+            out.extend(Watched::from_plan(ctx, name)?);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::new(
+            Kind::Input,
+            "no postgres service in the plan has `failover:`: nothing to protect",
+        )
+        .hint("add `failover: { listen: 127.0.0.1:6432 }` to a postgres service with members in two sites"));
+    }
+    Ok(out)
+}
+
+/// Run until SIGTERM/SIGINT.
+pub fn serve(ctx: &Context) -> Result<(), Error> {
+    let services = watched(ctx)?;
+    let _lock = lifeboat_failover::control::Control::new(&ctx.state_dir).hold()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Before the runtime creates its threads, so they inherit the blocked mask.
+    lifeboat_context::signals::on_termination(move || {
+        let _ = stop_tx.send(true);
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::new(Kind::Internal, format!("runtime: {e}")))?;
+    rt.block_on(async {
+        let (notifier, notify_worker) = lifeboat_context::notify::Notifier::start(ctx);
+        let mut servers = Vec::new();
+        let mut monitors = Vec::new();
+        // One DNS responder per listen address, shared by the services that name it.
+        let mut dns: BTreeMap<String, lifeboat_failover::dns::Names> = BTreeMap::new();
+        for w in services {
+            let state = StateFile::new(&ctx.state_dir, &w.service);
+            let st = state.load()?;
+            let (route_tx, route_rx) = watch::channel(Route {
+                epoch: st.epoch,
+                target: None,
+            });
+            if let Some(listen) = &w.spec.listen {
+                let l = bind(&w.service, listen).await?;
+                log(
+                    "listening",
+                    &w.service,
+                    serde_json::json!({"address": listen, "endpoint": "traffic"}),
+                );
+                servers.push(tokio::spawn(proxy(l, route_rx, stop_rx.clone())));
+            }
+            let shared = Shared::default();
+            for (site, listen) in &w.spec.health_listen {
+                let l = bind(&w.service, listen).await?;
+                log(
+                    "listening",
+                    &w.service,
+                    serde_json::json!({"address": listen, "endpoint": "health", "member": site}),
+                );
+                servers.push(tokio::spawn(lifeboat_failover::healthapi::serve(
+                    l,
+                    site.clone(),
+                    shared.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            if let Some(d) = &w.spec.dns {
+                if !dns.contains_key(&d.listen) {
+                    let sock = lifeboat_failover::dns::bind(&d.listen).await.map_err(|e| {
+                        Error::new(
+                            Kind::Io,
+                            format!(
+                                "service {}: cannot answer DNS on {}: {e}",
+                                w.service, d.listen
+                            ),
+                        )
+                    })?;
+                    let names = lifeboat_failover::dns::Names::default();
+                    servers.push(tokio::spawn(lifeboat_failover::dns::serve(
+                        sock,
+                        names.clone(),
+                        stop_rx.clone(),
+                    )));
+                    log(
+                        "listening",
+                        &w.service,
+                        serde_json::json!({"address": d.listen, "endpoint": "dns", "name": d.name}),
+                    );
+                    dns.insert(d.listen.clone(), names);
+                }
+                if let Some(names) = dns.get(&d.listen) {
+                    if let Ok(mut n) = names.lock() {
+                        n.push(lifeboat_failover::dns::Answer {
+                            name: d.name.trim_end_matches('.').to_ascii_lowercase(),
+                            ttl: d.ttl.map(|t| t.std().as_secs() as u32).unwrap_or(5),
+                            target: None,
+                        });
+                    }
+                }
+            }
+            let names = w
+                .spec
+                .dns
+                .as_ref()
+                .and_then(|d| dns.get(&d.listen).cloned());
+            monitors.push(tokio::spawn(monitor(
+                w,
+                state,
+                route_tx,
+                shared,
+                stop_rx.clone(),
+                ctx.clone(),
+                notifier.clone(),
+                names,
+            )));
+        }
+        let mut stop_rx = stop_rx;
+        while !*stop_rx.borrow() {
+            if stop_rx.changed().await.is_err() {
+                break;
+            }
+        }
+        // Monitors stop between ticks, so a failover under way finishes first (bounded: a
+        // failover that hangs is resumed from its recorded intent at the next start).
+        for m in monitors {
+            let abort = m.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(60), m)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        for t in servers {
+            t.abort();
+        }
+        // Notifications under way get a few seconds to finish.
+        notifier.drain(notify_worker, Duration::from_secs(10)).await;
+        Ok::<(), Error>(())
+    })?;
+    log("stopped", "*", serde_json::json!({}));
+    Ok(())
+}
+
+async fn bind(service: &str, listen: &str) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Error::new(
+            Kind::Io,
+            format!("service {service}: cannot listen on {listen}: {e}"),
+        )
+        .hint("another process (or another lifeboat serve) holds the address; stop it or change the plan")
+    })
+}
