@@ -5,7 +5,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use lifeboat_core::plan::Runbook;
-use lifeboat_failover::runbook::{order, run_runbook, Options, Phase, StepResult};
+use lifeboat_runbook::{order, run_runbook, Options, Phase, StepResult};
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {
@@ -180,6 +180,7 @@ pub fn execute(
         after_failover: false,
         done: Vec::new(),
         env,
+        actions: std::sync::Arc::new(lifeboat_failover::actions::Builtins),
     };
     if !quiet {
         println!("runbook {name}:");

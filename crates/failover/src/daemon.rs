@@ -341,7 +341,7 @@ fn after_failover_runbooks(
     from: Option<&str>,
     to: &str,
     epoch: u64,
-    done: Vec<crate::runbook::BuiltinStep>,
+    done: Vec<lifeboat_runbook::BuiltinStep>,
 ) {
     for (name, rb) in &ctx.plan.runbooks {
         if rb.kind.as_deref() != Some("failover") || rb.service.as_deref() != Some(service) {
@@ -358,7 +358,7 @@ fn after_failover_runbooks(
         ];
         tokio::spawn(async move {
             let svc2 = svc.clone();
-            let opts = crate::runbook::Options {
+            let opts = lifeboat_runbook::Options {
                 yes: false,
                 approve: Box::new(|_| false),
                 progress: Box::new(move |r| {
@@ -371,8 +371,9 @@ fn after_failover_runbooks(
                 after_failover: true,
                 done,
                 env,
+                actions: std::sync::Arc::new(crate::actions::Builtins),
             };
-            if let Err(e) = crate::runbook::run(&ctx, &name, opts).await {
+            if let Err(e) = lifeboat_runbook::run(&ctx, &name, opts).await {
                 log(
                     "error",
                     &svc,
@@ -524,7 +525,7 @@ fn record(
     d: &Decision,
     outcome: &str,
     started: Instant,
-    steps: Option<&Vec<crate::runbook::BuiltinStep>>,
+    steps: Option<&Vec<lifeboat_runbook::BuiltinStep>>,
 ) {
     let command = match d.action {
         Action::Failover { .. } => "failover",

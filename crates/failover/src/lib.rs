@@ -2,11 +2,12 @@
 //! around `lifeboat_core::decide` (`daemon`), the failover state and its on-disk records
 //! (`coord`), the world a decision is made on (`world`), the failover sequence (`sequence`), requests from commands to a running daemon (`control`), the traffic endpoint
 //! (`traffic`), the DNS responder (`dns`), Patroni-style health endpoints (`healthapi`), manual
-//! failover (`manual`), switchover (`switchover`), rejoin (`rejoin`), and the runbook executor
-//! (`runbook`, here until its built-in actions reach it through a trait).
+//! failover (`manual`), switchover (`switchover`), rejoin (`rejoin`), and the built-in runbook
+//! actions the runbook executor reaches through its trait (`actions`).
 //!
-//! Above `pg` and `context`; knows nothing of backups (`lifeboat-protect`).
+//! Above `pg`, `context` and `runbook`; knows nothing of backups (`lifeboat-protect`).
 
+pub mod actions;
 pub mod control;
 pub mod coord;
 pub mod daemon;
@@ -15,7 +16,6 @@ pub mod healthapi;
 pub mod log;
 pub mod manual;
 pub mod rejoin;
-pub mod runbook;
 pub mod sequence;
 pub mod switchover;
 pub mod traffic;

@@ -25,11 +25,11 @@ pub async fn failover(
     to: &str,
     epoch: u64,
     counts: &BTreeMap<String, Counts>,
-) -> Result<Vec<crate::runbook::BuiltinStep>, Error> {
+) -> Result<Vec<lifeboat_runbook::BuiltinStep>, Error> {
     let mut steps = Vec::new();
     let mut t = Instant::now();
     let mut step = |action: &str, detail: String, t: &mut Instant| {
-        steps.push(crate::runbook::BuiltinStep {
+        steps.push(lifeboat_runbook::BuiltinStep {
             action: action.into(),
             ms: t.elapsed().as_millis() as u64,
             detail,

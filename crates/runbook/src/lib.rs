@@ -1,10 +1,14 @@
-//! The runbook executor: ordered steps with timeouts, retries, `on_failure` and
+//! The runbook room: the executor of the plan's procedures — ordered steps with timeouts, retries, `on_failure` and
 //! approval gates; steps grouped by service run in the services' `depends_on` order, independent
 //! services in parallel; every step timed and recorded in the evidence log. An automatic (or
 //! manual) failover performs the built-in fence, promote and switch-traffic steps itself, on its
 //! fast path, and times each; the daemon then runs the service's `failover` runbooks through
 //! this executor, where those steps carry the failover's own timings and details and the other
 //! steps (hooks, webhooks, notifications, approvals) run.
+//!
+//! Above `core` and `context`. Built-in actions that act on members or traffic reach the
+//! executor through [`Actions`] (implemented by `lifeboat-failover`): this crate imports no
+//! room that acts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,10 +18,7 @@ use lifeboat_core::plan::{Runbook, RunbookStep, Service, Severity};
 use lifeboat_core::{Error, Kind};
 use serde::{Deserialize, Serialize};
 
-use crate::coord::StateFile;
-use crate::world::Watched;
 use lifeboat_context::Context;
-use lifeboat_pg::ops::Session;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepResult {
@@ -48,6 +49,19 @@ pub struct BuiltinStep {
     pub detail: String,
 }
 
+/// What a built-in action returns: the detail on success, the reason on failure.
+pub type ActionFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>;
+
+/// The built-in actions the executor does not perform itself — everything but `notify`,
+/// commands and webhooks: `fence`, `promote`, `switch-traffic`, `wait-healthy`, `rejoin`,
+/// `switchover`, `restore`. The failover room implements them; the executor knows them only
+/// through this trait, so it imports neither failover nor protection.
+pub trait Actions: Send + Sync {
+    /// Perform `step` (its `action` names which); an unknown action is an error.
+    fn perform<'a>(&'a self, ctx: &'a Context, step: &'a RunbookStep) -> ActionFuture<'a>;
+}
+
 /// How a run is driven.
 pub struct Options {
     /// Approve every gate (automation).
@@ -62,6 +76,8 @@ pub struct Options {
     pub done: Vec<BuiltinStep>,
     /// Extra environment for commands (LIFEBOAT_FROM, LIFEBOAT_TO …).
     pub env: Vec<(String, String)>,
+    /// Who performs the built-in actions.
+    pub actions: Arc<dyn Actions>,
 }
 
 /// One phase of a run: a barrier step alone, or levels of services whose steps run in order
@@ -393,22 +409,6 @@ fn record_step(ctx: &Context, runbook: &str, name: &str, started: Instant, res: 
     );
 }
 
-fn watched(ctx: &Context, st: &RunbookStep) -> Result<Watched, String> {
-    let svc = st.service.as_deref().ok_or("no service")?;
-    Watched::from_plan(ctx, svc)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{svc} is not a postgres service"))
-}
-
-fn site(w: &Watched, st: &RunbookStep) -> Result<lifeboat_pg::Member, String> {
-    let s = st.site.as_deref().ok_or("no site")?;
-    w.members
-        .iter()
-        .find(|m| m.site == s)
-        .cloned()
-        .ok_or_else(|| format!("{} has no member {s}", w.service))
-}
-
 /// One attempt; the detail on success, the reason on failure.
 async fn attempt_step(
     ctx: &Context,
@@ -416,7 +416,6 @@ async fn attempt_step(
     st: &RunbookStep,
     opts: &Options,
 ) -> Result<String, String> {
-    let e = |e: Error| e.to_string();
     if let Some(cmd) = &st.command {
         let mut c = tokio::process::Command::new("sh");
         c.arg("-c")
@@ -488,202 +487,6 @@ async fn attempt_step(
             n.drain(worker, Duration::from_secs(30)).await;
             Ok("notified (deliveries recorded as `notify`)".into())
         }
-        "fence" => {
-            let w = watched(ctx, st)?;
-            let m = site(&w, st)?;
-            lifeboat_pg::ops::stop_fast(&w.bin_dir, &m, 60)
-                .await
-                .map_err(e)?;
-            Ok(format!("{} stopped", m.site))
-        }
-        "promote" => {
-            let w = watched(ctx, st)?;
-            let m = site(&w, st)?;
-            let s = Session::connect(&m, Duration::from_secs(5))
-                .await
-                .map_err(e)?;
-            if s.in_recovery().await.map_err(e)? {
-                s.promote().await.map_err(e)?;
-            }
-            s.check_write().await.map_err(e)?;
-            Ok(format!("{} is a primary and took a write", m.site))
-        }
-        "switch-traffic" => {
-            let w = watched(ctx, st)?;
-            let m = site(&w, st)?;
-            let state = StateFile::new(&ctx.state_dir, &w.service);
-            let mut s = state.load().map_err(e)?;
-            s.primary = Some(m.site.clone());
-            s.epoch += 1;
-            s.in_progress = None;
-            state.store(&s).map_err(e)?;
-            Ok(format!(
-                "traffic goes to {} (epoch {}); a running daemon routes there at its next check",
-                m.site, s.epoch
-            ))
-        }
-        "wait-healthy" => wait_healthy(ctx, st).await,
-        "rejoin" => {
-            let w = watched(ctx, st)?;
-            let m = site(&w, st)?;
-            if let Some(p) = streams_from(&w, &m.site).await {
-                return Ok(format!(
-                    "{} already streams from {p}: nothing to rejoin",
-                    m.site
-                ));
-            }
-            let r = crate::rejoin::rejoin(&w, &ctx.state_dir, &m.site, &|_| {})
-                .await
-                .map_err(e)?;
-            Ok(format!(
-                "{} rejoined ({}){}",
-                m.site,
-                r.method,
-                r.divergence
-                    .as_ref()
-                    .filter(|d| d.bytes > 0)
-                    .map(|d| format!(", {} discarded transaction(s)", d.commits.len()))
-                    .unwrap_or_default()
-            ))
-        }
-        "restore" => {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let target = st.target.clone().unwrap_or_default();
-            let mut c = tokio::process::Command::new(exe);
-            c.arg("--plan").arg(&ctx.plan_path);
-            match (&st.job, &st.service) {
-                (Some(job), _) => {
-                    c.args([
-                        "restore", "latest", "--job", job, "--target", &target, "--force",
-                    ]);
-                }
-                (None, Some(svc)) => {
-                    c.args(["restore", svc, "--latest", "--target", &target, "--force"]);
-                    if let Some(p) = st.port {
-                        c.args(["--start", &p.to_string()]);
-                    }
-                }
-                _ => return Err("restore needs a job or a service".into()),
-            }
-            let out = c
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|e| e.to_string())?;
-            if out.status.success() {
-                Ok(format!("restored into {target}"))
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-            }
-        }
-        "switchover" => {
-            let w = watched(ctx, st)?;
-            let m = site(&w, st)?;
-            // The step's own timeout bounds the whole step; the target gets half of it to
-            // catch up before the switchover is called off (writes back on the old primary).
-            let catch_up = st
-                .timeout
-                .map(|d| d.std() / 2)
-                .unwrap_or(Duration::from_secs(30));
-            let r = switchover(ctx, &w, &m.site, catch_up).await.map_err(e)?;
-            match r.aborted {
-                Some(why) => Err(format!("switchover to {} called off: {why}", m.site)),
-                None => Ok(format!(
-                    "{} → {}, epoch {}; writes stopped for {} ms",
-                    r.from,
-                    r.to,
-                    r.epoch,
-                    r.downtime_ms.unwrap_or(0)
-                )),
-            }
-        }
-        other => Err(format!("unknown action `{other}`")),
-    }
-}
-
-/// The primary `site` streams from, if it is a streaming standby now.
-async fn streams_from(w: &Watched, site: &str) -> Option<String> {
-    for pm in w.members.iter().filter(|m| m.site != site) {
-        if let Ok(s) = Session::connect(pm, Duration::from_secs(3)).await {
-            if matches!(s.in_recovery().await, Ok(false))
-                && s.standby_state(site)
-                    .await
-                    .is_ok_and(|st| st == "streaming")
-            {
-                return Some(pm.site.clone());
-            }
-        }
-    }
-    None
-}
-
-/// A switchover to `to`: handed to a running daemon (it owns the traffic endpoint and would
-/// otherwise act on the primary it sees stop), done here otherwise.
-pub async fn switchover(
-    ctx: &Context,
-    w: &Watched,
-    to: &str,
-    catch_up: Duration,
-) -> Result<crate::switchover::Report, Error> {
-    let control = crate::control::Control::new(&ctx.state_dir);
-    if !control.daemon_running() {
-        let state = StateFile::new(&ctx.state_dir, &w.service);
-        return crate::switchover::run_switchover(w, &state, None, to, catch_up, ctx, &|_| {})
-            .await;
-    }
-    let (state_dir, service, to, actor) = (
-        ctx.state_dir.clone(),
-        w.service.clone(),
-        to.to_string(),
-        ctx.actor.clone(),
-    );
-    tokio::task::spawn_blocking(move || {
-        crate::control::Control::new(&state_dir).switchover(&service, &to, catch_up, &actor)
-    })
-    .await
-    .map_err(|e| Error::new(Kind::Source, e.to_string()))?
-}
-
-async fn wait_healthy(ctx: &Context, st: &RunbookStep) -> Result<String, String> {
-    let svc = st.service.as_deref().ok_or("no service")?;
-    loop {
-        let ok = match ctx.plan.services.get(svc) {
-            Some(Service::Postgres { .. }) => {
-                let w = watched(ctx, st)?;
-                let members: Vec<_> = match &st.site {
-                    Some(_) => vec![site(&w, st)?],
-                    None => w.members.clone(),
-                };
-                let mut any = false;
-                for m in members {
-                    if let Ok(s) = Session::connect(&m, Duration::from_secs(2)).await {
-                        any |= match s.in_recovery().await {
-                            Ok(false) => s.check_write().await.is_ok(),
-                            Ok(true) => st.site.is_some(),
-                            Err(_) => false,
-                        };
-                    }
-                }
-                any
-            }
-            Some(Service::Http { health, .. }) => {
-                let urls: Vec<&String> = match &st.site {
-                    Some(s) => health.get(s).into_iter().collect(),
-                    None => health.values().collect(),
-                };
-                let mut any = false;
-                for u in urls {
-                    any |= reqwest::get(u.as_str())
-                        .await
-                        .is_ok_and(|r| r.status().is_success());
-                }
-                any
-            }
-            _ => return Err(format!("wait-healthy: {svc} has no health to wait for")),
-        };
-        if ok {
-            return Ok(format!("{svc} is healthy"));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        _ => opts.actions.perform(ctx, st).await,
     }
 }
