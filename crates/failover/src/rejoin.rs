@@ -174,17 +174,8 @@ fn divergence(
 /// Why the primary behind `ps` no longer has its WAL from `fork` on (the segment holding it,
 /// on its current timeline, is gone from pg_wal), or None when it has it (or cannot say).
 async fn wal_gone_since(ps: &Session, fork: u64) -> Option<String> {
-    let name = ps
-        .text(&format!("SELECT pg_walfile_name('{}')", Lsn(fork)))
-        .await
-        .ok()?;
-    let there = ps
-        .bool(&format!(
-            "SELECT EXISTS (SELECT 1 FROM pg_ls_waldir() WHERE name = '{}')",
-            name.replace('\'', "")
-        ))
-        .await
-        .ok()?;
+    let name = ps.walfile_name(fork).await.ok()?;
+    let there = ps.has_wal_file(&name).await.ok()?;
     (!there).then(|| {
         format!(
             "the new primary no longer has its WAL from the fork at {} (segment {name} was recycled): a rewound standby could not catch up",
@@ -344,11 +335,7 @@ pub async fn rejoin(
         })?;
     let mut fork: Option<u64> = None;
     if new_tli > old_tli {
-        let history = ps
-            .text(&format!(
-                "SELECT convert_from(pg_read_binary_file('pg_wal/{new_tli:08X}.history'), 'UTF8')"
-            ))
-            .await?;
+        let history = ps.timeline_history(new_tli).await?;
         fork = history.lines().find_map(|l| {
             let mut p = l.split_whitespace();
             let t: u32 = p.next()?.parse().ok()?;
@@ -385,7 +372,7 @@ pub async fn rejoin(
         // pg_rewind reads the source's timeline from its control file, which a freshly
         // promoted primary updates only at its next checkpoint: without one, pg_rewind finds
         // "the same timeline" and does nothing.
-        ps.exec("CHECKPOINT").await?;
+        ps.checkpoint().await?;
         // A crashed member needs crash recovery first. pg_rewind would run it with the
         // member's settings, and its end-of-recovery checkpoint recycles the WAL before it —
         // including the segments back to the last checkpoint before the fork, which pg_rewind

@@ -131,7 +131,7 @@ pub async fn replication_conninfo(w: &Watched, site: &str, primary: &Member) -> 
     let base = match &w.replication_user {
         Some(_) => None,
         None => match Session::connect(primary, Duration::from_secs(5)).await {
-            Ok(s) => s.text("SHOW primary_conninfo").await.ok(),
+            Ok(s) => s.primary_conninfo().await.ok(),
             Err(_) => None,
         },
     };
@@ -273,8 +273,7 @@ pub async fn switchover(
             ),
         ));
     }
-    let sid = "SELECT system_identifier::text FROM pg_control_system()";
-    if p.text(sid).await? != t.text(sid).await? {
+    if p.system_id().await? != t.system_id().await? {
         return Err(Error::new(
             Kind::Source,
             format!("{to} belongs to another cluster (system identifier differs from {from}'s)"),
@@ -328,12 +327,7 @@ pub async fn switchover(
     let deadline = Instant::now() + timeout;
     let mut replayed = 0u64;
     while replayed <= final_lsn {
-        let s = t
-            .text("SELECT pg_last_wal_replay_lsn()::text")
-            .await?
-            .parse::<Lsn>()
-            .map(|l| l.0)
-            .unwrap_or(0);
+        let s = t.replay_lsn().await?;
         replayed = s;
         if replayed > final_lsn {
             break;
@@ -419,8 +413,7 @@ pub async fn await_streaming(
     while Instant::now() < deadline {
         if s.standby_state(site).await? == "streaming" {
             if w.is_sync() {
-                s.set("synchronous_standby_names", &format!("\"{site}\""))
-                    .await?;
+                s.set_synchronous_standby(site).await?;
             }
             return Ok(true);
         }

@@ -311,6 +311,33 @@ impl Member {
         })
     }
 
+    /// Tablespaces outside the data directory (a plain-format base backup cannot hold them).
+    pub fn outside_tablespaces(&self) -> Result<i64, Error> {
+        self.within(Duration::from_secs(30), |c| async move {
+            Ok(c.query_one(
+                "SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0))
+        })
+    }
+
+    /// The server's clock (Unix microseconds): recovery targets are compared with commit times
+    /// the server wrote, not with this host's clock.
+    pub fn clock_micros(&self) -> Result<i64, Error> {
+        self.within(Duration::from_secs(30), |c| async move {
+            c.query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .map_err(|e| Error::new(Kind::Source, db_error_text(&e)))
+        })
+    }
+
     /// Connect and ask the server what it is (within 10 s).
     pub fn probe(&self) -> Result<ServerInfo, Error> {
         self.within(
@@ -518,6 +545,31 @@ pub fn parse_conninfo(s: &str) -> Vec<(String, String)> {
         }
         out.push((key, val));
     }
+}
+
+/// A restored server on this host, through a synchronous client: whether it left recovery.
+pub fn local_in_recovery(c: &mut postgres::Client) -> bool {
+    c.query_one("SELECT pg_is_in_recovery()", &[])
+        .map(|r| r.get(0))
+        .unwrap_or(true)
+}
+
+/// A restored server takes a write (a temporary table: nothing is left behind).
+pub fn local_write_probe(c: &mut postgres::Client) -> Result<(), String> {
+    c.batch_execute(
+        "CREATE TEMP TABLE lifeboat_write_probe(x int); INSERT INTO lifeboat_write_probe VALUES (1);",
+    )
+    .map_err(|e| db_error_text(&e))
+}
+
+/// A plan's SQL check on a restored server: it must return one boolean.
+pub fn local_check(c: &mut postgres::Client, sql: &str) -> Result<bool, String> {
+    c.query_one(sql, &[])
+        .map_err(|e| db_error_text(&e))
+        .and_then(|row| {
+            row.try_get::<_, bool>(0)
+                .map_err(|_| "the check must return one boolean column".to_string())
+        })
 }
 
 #[cfg(test)]

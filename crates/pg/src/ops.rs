@@ -110,6 +110,64 @@ impl Session {
         .await
     }
 
+    /// The cluster's system identifier.
+    pub async fn system_id(&self) -> Result<String, Error> {
+        self.text("SELECT system_identifier::text FROM pg_control_system()")
+            .await
+    }
+
+    /// On a standby: the last WAL position replayed (0 when none).
+    pub async fn replay_lsn(&self) -> Result<u64, Error> {
+        Ok(self
+            .text("SELECT pg_last_wal_replay_lsn()::text")
+            .await?
+            .parse::<lifeboat_core::wal::Lsn>()
+            .map(|l| l.0)
+            .unwrap_or(0))
+    }
+
+    /// The `primary_conninfo` a member streams with (empty on a primary).
+    pub async fn primary_conninfo(&self) -> Result<String, Error> {
+        self.text("SHOW primary_conninfo").await
+    }
+
+    /// A checkpoint (its own, longer deadline).
+    pub async fn checkpoint(&self) -> Result<(), Error> {
+        self.exec("CHECKPOINT").await
+    }
+
+    /// On a primary: the name of the WAL segment holding `lsn` on its current timeline.
+    pub async fn walfile_name(&self, lsn: u64) -> Result<String, Error> {
+        self.text(&format!(
+            "SELECT pg_walfile_name('{}')",
+            lifeboat_core::wal::Lsn(lsn)
+        ))
+        .await
+    }
+
+    /// Whether the server's pg_wal still holds the file `name`.
+    pub async fn has_wal_file(&self, name: &str) -> Result<bool, Error> {
+        self.bool(&format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_ls_waldir() WHERE name = '{}')",
+            name.replace('\'', "")
+        ))
+        .await
+    }
+
+    /// The history file of timeline `tli` from the server's pg_wal.
+    pub async fn timeline_history(&self, tli: u32) -> Result<String, Error> {
+        self.text(&format!(
+            "SELECT convert_from(pg_read_binary_file('pg_wal/{tli:08X}.history'), 'UTF8')"
+        ))
+        .await
+    }
+
+    /// Make exactly `site` the synchronous standby (ALTER SYSTEM and reload).
+    pub async fn set_synchronous_standby(&self, site: &str) -> Result<(), Error> {
+        self.set("synchronous_standby_names", &format!("\"{site}\""))
+            .await
+    }
+
     pub async fn in_recovery(&self) -> Result<bool, Error> {
         self.bool("SELECT pg_is_in_recovery()").await
     }

@@ -173,15 +173,7 @@ pub fn run(
         .push(("pg.version".into(), info.version_num.to_string()));
     // Tablespaces outside the data directory would be written to their original paths by a
     // plain-format pg_basebackup: refuse them clearly instead.
-    let extra_ts: i64 = member.within(Duration::from_secs(30), |c| async move {
-        Ok(c.query_one(
-            "SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')",
-            &[],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(0))
-    })?;
+    let extra_ts = member.outside_tablespaces()?;
     if extra_ts > 0 && job.method.unwrap_or_default() == BackupMethod::Base {
         return Err(Error::new(
             Kind::Source,
@@ -224,15 +216,7 @@ pub fn run(
             // The end of the backup on the server's clock: recovery targets are compared with
             // commit times the server wrote, so a skewed local clock must not pick the backup.
             let stop_time = member
-                .within(Duration::from_secs(30), |c| async move {
-                    c.query_one(
-                        "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
-                        &[],
-                    )
-                    .await
-                    .map(|r| r.get::<_, i64>(0))
-                    .map_err(|e| Error::new(Kind::Source, lifeboat_pg::db_error_text(&e)))
-                })
+                .clock_micros()
                 .ok()
                 .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
                 .unwrap_or_else(jiff::Timestamp::now);

@@ -701,18 +701,13 @@ fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, Error> {
     loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         if let Ok(mut c) = cfg.connect(postgres::NoTls) {
-            let in_recovery: bool = c
-                .query_one("SELECT pg_is_in_recovery()", &[])
-                .map(|r| r.get(0))
-                .unwrap_or(true);
-            if !in_recovery {
-                c.batch_execute("CREATE TEMP TABLE lifeboat_write_probe(x int); INSERT INTO lifeboat_write_probe VALUES (1);")
-                    .map_err(|e| {
-                        Error::new(
-                            Kind::Source,
-                            format!("the restored server was promoted but refused a write: {}", lifeboat_pg::db_error_text(&e)),
-                        )
-                    })?;
+            if !lifeboat_pg::local_in_recovery(&mut c) {
+                lifeboat_pg::local_write_probe(&mut c).map_err(|e| {
+                    Error::new(
+                        Kind::Source,
+                        format!("the restored server was promoted but refused a write: {e}"),
+                    )
+                })?;
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 return Ok(reached_from_log(&log));
             }
@@ -886,14 +881,7 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Err
             let res = cfg
                 .connect(postgres::NoTls)
                 .map_err(|e| lifeboat_pg::db_error_text(&e))
-                .and_then(|mut c| {
-                    c.query_one(sql.as_str(), &[])
-                        .map_err(|e| lifeboat_pg::db_error_text(&e))
-                        .and_then(|row| {
-                            row.try_get::<_, bool>(0)
-                                .map_err(|_| "the check must return one boolean column".to_string())
-                        })
-                });
+                .and_then(|mut c| lifeboat_pg::local_check(&mut c, sql));
             report.checks.push(match res {
                 Ok(true) => CheckResult {
                     sql: sql.clone(),
