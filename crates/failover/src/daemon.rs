@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use lifeboat_core::decide::{decide, Action, Decision, Failure, Role};
 use lifeboat_core::plan::Severity;
+use lifeboat_core::Error;
 use tokio::sync::watch;
 
-use crate::coord::{FailoverState, StateFile, SyncFile};
+use crate::coord::{FailoverState, StateFile, SyncFile, SyncRecord};
 use crate::healthapi::{MemberHealth, Shared};
 use crate::log::log;
 use crate::sequence::fence;
@@ -20,6 +21,38 @@ use crate::traffic::Route;
 use crate::world::{build_world, sync_record, Counts, Remembered, Watched};
 use lifeboat_context::Context;
 
+/// One service's monitor: what it keeps between ticks.
+struct Monitor {
+    w: Watched,
+    state: StateFile,
+    route_tx: watch::Sender<Route>,
+    shared: Shared,
+    ctx: Context,
+    notifier: lifeboat_context::notify::Notifier,
+    dns: Option<crate::dns::Names>,
+    control: crate::control::Control,
+    counts: BTreeMap<String, Counts>,
+    last_reason: String,
+    primary_last_lsn: Option<u64>,
+    /// What was last seen of the primary's replication, kept on disk for the next start.
+    sync_file: SyncFile,
+    remembered: Option<SyncRecord>,
+    remembered_at: Option<Instant>,
+    /// Actions that failed: retried after 1, 2, 4 … 30 s, not at every tick.
+    backoff: Backoff,
+}
+
+/// What a step of the tick asks of the loop.
+enum Next {
+    /// Go on with this tick.
+    Go,
+    /// End this tick; check again after the interval.
+    Later,
+    /// End this tick; check again at once (the world just changed).
+    Now,
+}
+
+/// Run one service's monitor until `stop` says so.
 #[allow(clippy::too_many_arguments)]
 pub async fn monitor(
     w: Watched,
@@ -31,22 +64,26 @@ pub async fn monitor(
     notifier: lifeboat_context::notify::Notifier,
     dns: Option<crate::dns::Names>,
 ) {
-    let state_dir = ctx.state_dir.clone();
-    let control = crate::control::Control::new(&state_dir);
-    let interval = w.interval();
-    let recheck = w.recheck_interval();
-    let threshold = w.spec.unhealthy_threshold.unwrap_or(3);
-    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
-    let mut last_reason = String::new();
-    let mut primary_last_lsn: Option<u64> = None;
-    // What was last seen of the primary's replication, kept on disk for the next start.
-    let sync_file = SyncFile::new(&state_dir, &w.service);
-    let mut remembered = sync_file.load();
-    let sync_max_age = w.sync_record_max_age();
-    let mut remembered_at: Option<Instant> = None;
+    let sync_file = SyncFile::new(&ctx.state_dir, &w.service);
+    let mut m = Monitor {
+        control: crate::control::Control::new(&ctx.state_dir),
+        remembered: sync_file.load(),
+        sync_file,
+        w,
+        state,
+        route_tx,
+        shared,
+        ctx,
+        notifier,
+        dns,
+        counts: BTreeMap::new(),
+        last_reason: String::new(),
+        primary_last_lsn: None,
+        remembered_at: None,
+        backoff: Backoff::default(),
+    };
+    let interval = m.w.interval();
     let mut next = tokio::time::Instant::now();
-    // Actions that failed: retried after 1, 2, 4 … 30 s, not at every tick.
-    let mut backoff = Backoff::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
@@ -57,260 +94,368 @@ pub async fn monitor(
         }
         let tick = tokio::time::Instant::now();
         next = tick + interval;
-        for (site, p) in w.check_all().await {
-            counts.entry(site).or_default().observe(p);
+        match m.tick().await {
+            (_, Next::Now) => next = tokio::time::Instant::now(),
+            (true, _) => next = tick + m.w.recheck_interval(),
+            _ => {}
         }
-        let sites: Vec<String> = w.spec.witness.keys().cloned().collect();
+    }
+}
+
+impl Monitor {
+    /// One tick: check, load the state, adopt or take a request, decide, act, route and
+    /// publish. Returns whether the primary was refused (re-check it sooner) and what next.
+    async fn tick(&mut self) -> (bool, Next) {
+        self.check().await;
+        let mut st = match self.state.load() {
+            Ok(s) => s,
+            Err(e) => {
+                self.error(&e);
+                return (false, Next::Later);
+            }
+        };
+        if let Next::Later = self.adopt(&mut st) {
+            return (false, Next::Later);
+        }
+        if let n @ Next::Now = self.request(&st).await {
+            return (false, n);
+        }
+        let refused = self.follow_primary(&st);
+        self.remember_sync(&st);
+        let d = self.decide(&st);
+        let next = self.act(&mut st, &d).await;
+        self.route(&st);
+        publish(
+            &self.w,
+            &self.counts,
+            &st,
+            self.primary_last_lsn,
+            &self.route_tx,
+            &self.shared,
+        );
+        self.follow_dns(&st);
+        (refused, next)
+    }
+
+    fn error(&self, e: &Error) {
+        log(
+            "error",
+            &self.w.service,
+            serde_json::json!({"error": e.to_string()}),
+        );
+    }
+
+    /// Every member's checks, then the witnesses of the ones that fail.
+    async fn check(&mut self) {
+        for (site, p) in self.w.check_all().await {
+            self.counts.entry(site).or_default().observe(p);
+        }
+        let sites: Vec<String> = self.w.spec.witness.keys().cloned().collect();
         for site in sites {
-            let seen = w.witness(&site, &counts).await;
-            if let Some(c) = counts.get_mut(&site) {
+            let seen = self.w.witness(&site, &self.counts).await;
+            if let Some(c) = self.counts.get_mut(&site) {
                 c.clients_reach_it = seen;
             }
         }
-        let mut st = match state.load() {
-            Ok(s) => s,
-            Err(e) => {
-                log(
-                    "error",
-                    &w.service,
-                    serde_json::json!({"error": e.to_string()}),
-                );
-                continue;
+    }
+
+    /// At first start: adopt the one member that reports itself primary.
+    fn adopt(&mut self, st: &mut FailoverState) -> Next {
+        if st.primary.is_some() || st.in_progress.is_some() {
+            return Next::Go;
+        }
+        let primaries: Vec<&String> = self
+            .counts
+            .iter()
+            .filter(|(_, c)| c.failures == 0 && c.role() == Some(Role::Primary))
+            .map(|(s, _)| s)
+            .collect();
+        if let [only] = primaries.as_slice() {
+            let only = (*only).clone();
+            st.primary = Some(only.clone());
+            st.epoch = st.epoch.max(1);
+            if let Err(e) = self.state.store(st) {
+                self.error(&e);
+                return Next::Later;
             }
+            log(
+                "adopted",
+                &self.w.service,
+                serde_json::json!({"primary": only, "epoch": st.epoch}),
+            );
+        }
+        Next::Go
+    }
+
+    /// An operator's request (switchover, manual failover) comes before this tick's decision.
+    async fn request(&mut self, st: &FailoverState) -> Next {
+        if st.in_progress.is_some() {
+            return Next::Go;
+        }
+        let Some(req) = self.control.take(&self.w.service) else {
+            return Next::Go;
         };
-        // At first start: adopt the one member that reports itself primary.
-        if st.primary.is_none() && st.in_progress.is_none() {
-            let primaries: Vec<&String> = counts
-                .iter()
-                .filter(|(_, c)| c.failures == 0 && c.role() == Some(Role::Primary))
-                .map(|(s, _)| s)
-                .collect();
-            if let [only] = primaries.as_slice() {
-                st.primary = Some((*only).clone());
-                st.epoch = st.epoch.max(1);
-                if let Err(e) = state.store(&st) {
-                    log(
-                        "error",
-                        &w.service,
-                        serde_json::json!({"error": e.to_string()}),
-                    );
-                    continue;
-                }
-                log(
-                    "adopted",
-                    &w.service,
-                    serde_json::json!({"primary": only, "epoch": st.epoch}),
-                );
-            }
+        let answer = handle(
+            &self.w,
+            &self.state,
+            &self.route_tx,
+            &req,
+            &self.ctx,
+            &self.counts,
+        )
+        .await;
+        self.notifier.send(lifeboat_context::notify::Note {
+            severity: if req.op == "failover" {
+                Severity::P1
+            } else {
+                Severity::P3
+            },
+            event: req.op.clone(),
+            service: self.w.service.clone(),
+            summary: match answer["error"].as_str() {
+                Some(e) => format!("{} requested by {} FAILED: {e}", req.op, req.actor),
+                None => format!(
+                    "{} to {} requested by {}: done",
+                    req.op,
+                    req.to.as_deref().unwrap_or("?"),
+                    req.actor
+                ),
+            },
+            details: answer.clone(),
+        });
+        self.control.answer(&self.w.service, &req.id, &answer);
+        self.counts.clear();
+        Next::Now
+    }
+
+    /// Keep the healthy primary's last position; true when its connection was just refused
+    /// (nothing listens: confirm quickly instead of waiting a whole interval per check; a
+    /// timeout keeps the full window).
+    fn follow_primary(&mut self, st: &FailoverState) -> bool {
+        let threshold = self.w.spec.unhealthy_threshold.unwrap_or(3);
+        let Some(p) = st.primary.as_ref().and_then(|p| self.counts.get(p)) else {
+            return false;
+        };
+        if p.failures == 0 && p.role() == Some(Role::Primary) {
+            self.primary_last_lsn = p.last.as_ref().and_then(|l| l.lsn);
         }
-        // An operator's request (switchover) comes before this tick's decision.
-        if st.in_progress.is_none() {
-            if let Some(req) = control.take(&w.service) {
-                let answer = handle(&w, &state, &route_tx, &req, &ctx, &counts).await;
-                notifier.send(lifeboat_context::notify::Note {
-                    severity: if req.op == "failover" {
-                        Severity::P1
-                    } else {
-                        Severity::P3
-                    },
-                    event: req.op.clone(),
-                    service: w.service.clone(),
-                    summary: match answer["error"].as_str() {
-                        Some(e) => format!("{} requested by {} FAILED: {e}", req.op, req.actor),
-                        None => format!(
-                            "{} to {} requested by {}: done",
-                            req.op,
-                            req.to.as_deref().unwrap_or("?"),
-                            req.actor
-                        ),
-                    },
-                    details: answer.clone(),
-                });
-                control.answer(&w.service, &req.id, &answer);
-                counts.clear();
-                next = tokio::time::Instant::now();
-                continue;
-            }
+        matches!(
+            p.last.as_ref().and_then(|l| l.failure.as_ref()),
+            Some(Failure::Refused)
+        ) && p.failures < threshold
+    }
+
+    /// Keep the record of the primary's synchronous standbys on disk: at once when the sets
+    /// change, else at most once a second.
+    fn remember_sync(&mut self, st: &FailoverState) {
+        let Some(rec) = sync_record(&self.w, &self.counts, st, self.primary_last_lsn) else {
+            return;
+        };
+        let same_sets = self.remembered.as_ref().is_some_and(|r| {
+            (&r.primary, r.epoch, &r.synchronous, &r.streaming)
+                == (&rec.primary, rec.epoch, &rec.synchronous, &rec.streaming)
+        });
+        if same_sets
+            && self
+                .remembered_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
         }
-        if let Some(p) = st.primary.as_ref().and_then(|p| counts.get(p)) {
-            if p.failures == 0 && p.role() == Some(Role::Primary) {
-                primary_last_lsn = p.last.as_ref().and_then(|l| l.lsn);
-            }
-            // A refused connection means nothing listens: confirm it quickly instead of
-            // waiting a whole interval per check (a timeout keeps the full window).
-            if matches!(
-                p.last.as_ref().and_then(|l| l.failure.as_ref()),
-                Some(Failure::Refused)
-            ) && p.failures < threshold
-            {
-                next = tick + recheck;
-            }
+        match self.sync_file.store(&rec) {
+            Ok(()) => self.remembered_at = Some(Instant::now()),
+            Err(e) => log(
+                "error",
+                &self.w.service,
+                serde_json::json!({"error": e.to_string(), "note": "the synchronous standbys could not be recorded: a daemon restarted while the primary is down would hold"}),
+            ),
         }
-        if let Some(rec) = sync_record(&w, &counts, &st, primary_last_lsn) {
-            let same_sets = remembered.as_ref().is_some_and(|r| {
-                (&r.primary, r.epoch, &r.synchronous, &r.streaming)
-                    == (&rec.primary, rec.epoch, &rec.synchronous, &rec.streaming)
-            });
-            if !same_sets || remembered_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                match sync_file.store(&rec) {
-                    Ok(()) => remembered_at = Some(Instant::now()),
-                    Err(e) => log(
-                        "error",
-                        &w.service,
-                        serde_json::json!({"error": e.to_string(), "note": "the synchronous standbys could not be recorded: a daemon restarted while the primary is down would hold"}),
-                    ),
-                }
-                remembered = Some(rec);
-            }
-        }
+        self.remembered = Some(rec);
+    }
+
+    /// This tick's decision; a new one is logged, kept for `status`, and a hold notified.
+    fn decide(&mut self, st: &FailoverState) -> Decision {
         let world = build_world(
-            &w,
-            &counts,
-            &st,
-            primary_last_lsn,
-            remembered.as_ref().map(|record| Remembered {
+            &self.w,
+            &self.counts,
+            st,
+            self.primary_last_lsn,
+            self.remembered.as_ref().map(|record| Remembered {
                 record,
-                max_age: sync_max_age,
+                max_age: self.w.sync_record_max_age(),
             }),
         );
         let d = decide(&world);
-        if d.reason != last_reason {
-            log(
-                "decision",
-                &w.service,
-                serde_json::to_value(&d).unwrap_or_default(),
-            );
-            if d.action == Action::Hold && st.primary.is_some() {
-                notifier.send(note(Severity::P1, "hold", &w.service, &d.reason, &d));
-            }
-            last_reason = d.reason.clone();
-            let _ = std::fs::create_dir_all(state_dir.join("daemon"));
-            let _ = std::fs::write(
-                state_dir.join("daemon").join(format!("{}.json", w.service)),
-                serde_json::to_vec_pretty(&serde_json::json!({
-                    "decision": d, "epoch": st.epoch, "primary": st.primary,
-                    "time": jiff::Timestamp::now().to_string(),
-                }))
-                .unwrap_or_default(),
-            );
+        if d.reason == self.last_reason {
+            return d;
         }
+        log(
+            "decision",
+            &self.w.service,
+            serde_json::to_value(&d).unwrap_or_default(),
+        );
+        if d.action == Action::Hold && st.primary.is_some() {
+            self.notifier
+                .send(note(Severity::P1, "hold", &self.w.service, &d.reason, &d));
+        }
+        self.last_reason = d.reason.clone();
+        let dir = self.ctx.state_dir.join("daemon");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(
+            dir.join(format!("{}.json", self.w.service)),
+            serde_json::to_vec_pretty(&serde_json::json!({
+                "decision": d, "epoch": st.epoch, "primary": st.primary,
+                "time": jiff::Timestamp::now().to_string(),
+            }))
+            .unwrap_or_default(),
+        );
+        d
+    }
+
+    /// Carry out a failover or a fence (unless that action is backing off after a failure).
+    async fn act(&mut self, st: &mut FailoverState, d: &Decision) -> Next {
         let key = serde_json::to_string(&d.action).unwrap_or_default();
-        let waiting = backoff.waiting(&key);
+        if self.backoff.waiting(&key) {
+            return Next::Go;
+        }
         match d.action.clone() {
-            _ if waiting => {}
             Action::Failover { from, to, epoch } => {
                 let started = Instant::now();
                 let r = crate::sequence::failover(
-                    &w,
-                    &state,
-                    &route_tx,
-                    &mut st,
+                    &self.w,
+                    &self.state,
+                    &self.route_tx,
+                    st,
                     from.clone(),
                     &to,
                     epoch,
-                    &counts,
+                    &self.counts,
                 )
                 .await;
                 let outcome = if r.is_ok() { "ok" } else { "failed" };
                 log(
                     "failover",
-                    &w.service,
+                    &self.w.service,
                     serde_json::json!({"from": from, "to": to, "epoch": epoch, "outcome": outcome,
                         "error": r.as_ref().err().map(|e| e.to_string()),
                         "ms": started.elapsed().as_millis() as u64, "reason": d.reason,
                         "steps": r.as_ref().ok()}),
                 );
-                record(&ctx, &w.service, &d, outcome, started, r.as_ref().ok());
-                notifier.send(note(
+                record(
+                    &self.ctx,
+                    &self.w.service,
+                    d,
+                    outcome,
+                    started,
+                    r.as_ref().ok(),
+                );
+                self.notifier.send(note(
                     Severity::P1,
                     "failover",
-                    &w.service,
+                    &self.w.service,
                     &match &r {
                         Ok(_) => format!("failed over to {to} (epoch {epoch}): {}", d.reason),
                         Err(e) => format!("failover to {to} FAILED: {e}"),
                     },
-                    &d,
+                    d,
                 ));
-                backoff.outcome(&key, r.is_ok());
+                self.backoff.outcome(&key, r.is_ok());
                 if let Ok(done) = r {
-                    after_failover_runbooks(&ctx, &w.service, from.as_deref(), &to, epoch, done);
+                    after_failover_runbooks(
+                        &self.ctx,
+                        &self.w.service,
+                        from.as_deref(),
+                        &to,
+                        epoch,
+                        done,
+                    );
                     // The new primary's state is known now; check again at once.
-                    counts.clear();
-                    next = tokio::time::Instant::now();
+                    self.counts.clear();
+                    return Next::Now;
                 }
+                Next::Go
             }
             Action::Fence { site, epoch } => {
                 let started = Instant::now();
-                let r = fence(&w, &site).await;
+                let r = fence(&self.w, &site).await;
                 log(
                     "fence",
-                    &w.service,
+                    &self.w.service,
                     serde_json::json!({"site": site, "epoch": epoch,
                         "error": r.as_ref().err().map(|e| e.to_string())}),
                 );
                 record(
-                    &ctx,
-                    &w.service,
-                    &d,
+                    &self.ctx,
+                    &self.w.service,
+                    d,
                     if r.is_ok() { "ok" } else { "failed" },
                     started,
                     None,
                 );
-                notifier.send(note(Severity::P2, "fence", &w.service, &d.reason, &d));
-                backoff.outcome(&key, r.is_ok());
+                self.notifier
+                    .send(note(Severity::P2, "fence", &self.w.service, &d.reason, d));
+                self.backoff.outcome(&key, r.is_ok());
+                Next::Go
             }
-            _ => {}
+            _ => Next::Go,
         }
-        // Route writes to the recorded primary while it is healthy.
+    }
+
+    /// Route writes to the recorded primary while it is healthy.
+    fn route(&self, st: &FailoverState) {
         let target = st.primary.as_ref().and_then(|p| {
-            let c = counts.get(p)?;
+            let c = self.counts.get(p)?;
             let healthy = c.failures == 0 && c.role() == Some(Role::Primary);
             healthy
-                .then(|| w.members.iter().find(|m| &m.site == p))
+                .then(|| self.w.members.iter().find(|m| &m.site == p))
                 .flatten()
                 .map(|m| format!("{}:{}", m.host, m.port))
         });
-        if let Some(t) = target {
-            let want = Route {
-                epoch: st.epoch,
-                target: Some(t),
-            };
-            if *route_tx.borrow() != want {
-                log(
-                    "route",
-                    &w.service,
-                    serde_json::json!({"epoch": want.epoch, "target": want.target}),
-                );
-                let _ = route_tx.send(want);
-            }
+        let Some(t) = target else { return };
+        let want = Route {
+            epoch: st.epoch,
+            target: Some(t),
+        };
+        if *self.route_tx.borrow() != want {
+            log(
+                "route",
+                &self.w.service,
+                serde_json::json!({"epoch": want.epoch, "target": want.target}),
+            );
+            let _ = self.route_tx.send(want);
         }
-        publish(&w, &counts, &st, primary_last_lsn, &route_tx, &shared);
-        if let (Some(names), Some(spec)) = (&dns, &w.spec.dns) {
-            // The name follows the route: the primary's record while it takes writes.
-            let target = route_tx
-                .borrow()
-                .target
-                .as_ref()
-                .and(st.primary.as_ref())
-                .and_then(|p| {
-                    spec.records.get(p).cloned().or_else(|| {
-                        w.members
-                            .iter()
-                            .find(|m| &m.site == p)
-                            .map(|m| m.host.clone())
-                    })
-                });
-            let name = spec.name.trim_end_matches('.').to_ascii_lowercase();
-            if let Ok(mut n) = names.lock() {
-                for a in n.iter_mut().filter(|a| a.name == name) {
-                    if a.target != target {
-                        log(
-                            "dns",
-                            &w.service,
-                            serde_json::json!({"name": name, "target": target}),
-                        );
-                        a.target = target.clone();
-                    }
+    }
+
+    /// The DNS name follows the route: the primary's record while it takes writes.
+    fn follow_dns(&self, st: &FailoverState) {
+        let (Some(names), Some(spec)) = (&self.dns, &self.w.spec.dns) else {
+            return;
+        };
+        let target = self
+            .route_tx
+            .borrow()
+            .target
+            .as_ref()
+            .and(st.primary.as_ref())
+            .and_then(|p| {
+                spec.records.get(p).cloned().or_else(|| {
+                    self.w
+                        .members
+                        .iter()
+                        .find(|m| &m.site == p)
+                        .map(|m| m.host.clone())
+                })
+            });
+        let name = spec.name.trim_end_matches('.').to_ascii_lowercase();
+        if let Ok(mut n) = names.lock() {
+            for a in n.iter_mut().filter(|a| a.name == name) {
+                if a.target != target {
+                    log(
+                        "dns",
+                        &self.w.service,
+                        serde_json::json!({"name": name, "target": target}),
+                    );
+                    a.target = target.clone();
                 }
             }
         }
