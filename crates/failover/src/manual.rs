@@ -68,60 +68,9 @@ pub fn plan_failover(
     to: Option<&str>,
     o: Overrides,
 ) -> FailoverPlan {
-    let force = o.force;
     let mut checks = Vec::new();
-    let mut st = st.clone();
-    if st.primary.is_none() {
-        // No daemon has recorded one: the one member that says it is primary.
-        let p: Vec<&String> = counts
-            .iter()
-            .filter(|(_, c)| c.role() == Some(Role::Primary))
-            .map(|(s, _)| s)
-            .collect();
-        if let [only] = p.as_slice() {
-            st.primary = Some((*only).clone());
-        } else if p.is_empty() {
-            // None answers as primary: if exactly one member is down and every other one is a
-            // standby, the one that is down was the primary.
-            let down: Vec<&String> = w
-                .members
-                .iter()
-                .map(|m| &m.site)
-                .filter(|s| counts.get(*s).is_none_or(|c| c.failures > 0))
-                .collect();
-            let standbys = counts
-                .values()
-                .filter(|c| c.role() == Some(Role::Standby))
-                .count();
-            if let [only] = down.as_slice() {
-                if standbys + 1 == w.members.len() {
-                    st.primary = Some((*only).clone());
-                    checks.push(Check {
-                        level: Level::Warn,
-                        what: format!("no daemon state: {only} is taken for the primary (the one member that does not answer; the others are standbys)"),
-                    });
-                }
-            }
-        }
-    }
-    let primary_lsn = st
-        .primary
-        .as_ref()
-        .and_then(|p| counts.get(p))
-        .and_then(|c| c.last_ok.as_ref())
-        .and_then(|p| p.lsn);
-    // A daemon's record of the synchronous standbys, as the daemon itself would use it.
-    let record = crate::coord::SyncFile::new(&ctx.state_dir, &w.service).load();
-    let world = build_world(
-        w,
-        counts,
-        &st,
-        primary_lsn,
-        record.as_ref().map(|record| crate::world::Remembered {
-            record,
-            max_age: w.sync_record_max_age(),
-        }),
-    );
+    let st = with_primary(w, counts, st, &mut checks);
+    let world = world_of(ctx, w, counts, &st);
     let hold = |checks: Vec<Check>, reason: String| FailoverPlan {
         checks,
         steps: Vec::new(),
@@ -142,10 +91,117 @@ pub fn plan_failover(
             format!("{}: no member is known to be the primary", w.service),
         );
     };
-    let pc = counts.get(&from).cloned().unwrap_or_default();
-    let primary_up = pc.failures == 0 && pc.role() == Some(Role::Primary);
-    if primary_up {
-        checks.push(Check {
+    checks.push(primary_check(&from, counts, o.force));
+    let best = choose_target(&world, w, &from, to, o, &mut checks);
+    checks.push(backup_check(ctx, w));
+    checks.push(Check {
+        level: Level::Ok,
+        what: "plan: valid (checked when loaded)".into(),
+    });
+    let failing: Vec<String> = checks
+        .iter()
+        .filter(|c| c.level == Level::Fail)
+        .map(|c| c.what.clone())
+        .collect();
+    let Some((target, behind)) = best.filter(|_| failing.is_empty()) else {
+        return hold(
+            checks,
+            format!("{}: not failing over: {}", w.service, failing.join("; ")),
+        );
+    };
+    let epoch = st.epoch + 1;
+    FailoverPlan {
+        checks,
+        steps: steps(&from, &target, epoch),
+        decision: Decision {
+            action: Action::Failover {
+                from: Some(from.clone()),
+                to: target.clone(),
+                epoch,
+            },
+            reason: format!(
+                "{}: manual failover from {from} to {target} ({behind} bytes behind), epoch {} → {epoch}",
+                w.service, st.epoch
+            ),
+        },
+    }
+}
+
+/// The state with its primary: the recorded one, else the one member that says it is primary,
+/// else — when exactly one member is down and every other one is a standby — the one down.
+fn with_primary(
+    w: &Watched,
+    counts: &BTreeMap<String, Counts>,
+    st: &FailoverState,
+    checks: &mut Vec<Check>,
+) -> FailoverState {
+    let mut st = st.clone();
+    if st.primary.is_some() {
+        return st;
+    }
+    let p: Vec<&String> = counts
+        .iter()
+        .filter(|(_, c)| c.role() == Some(Role::Primary))
+        .map(|(s, _)| s)
+        .collect();
+    if let [only] = p.as_slice() {
+        st.primary = Some((*only).clone());
+    } else if p.is_empty() {
+        let down: Vec<&String> = w
+            .members
+            .iter()
+            .map(|m| &m.site)
+            .filter(|s| counts.get(*s).is_none_or(|c| c.failures > 0))
+            .collect();
+        let standbys = counts
+            .values()
+            .filter(|c| c.role() == Some(Role::Standby))
+            .count();
+        if let [only] = down.as_slice() {
+            if standbys + 1 == w.members.len() {
+                st.primary = Some((*only).clone());
+                checks.push(Check {
+                    level: Level::Warn,
+                    what: format!("no daemon state: {only} is taken for the primary (the one member that does not answer; the others are standbys)"),
+                });
+            }
+        }
+    }
+    st
+}
+
+/// The world the failover rules judge, with a daemon's record of the synchronous standbys as
+/// the daemon itself would use it.
+fn world_of(
+    ctx: &Context,
+    w: &Watched,
+    counts: &BTreeMap<String, Counts>,
+    st: &FailoverState,
+) -> lifeboat_core::decide::World {
+    let primary_lsn = st
+        .primary
+        .as_ref()
+        .and_then(|p| counts.get(p))
+        .and_then(|c| c.last_ok.as_ref())
+        .and_then(|p| p.lsn);
+    let record = crate::coord::SyncFile::new(&ctx.state_dir, &w.service).load();
+    build_world(
+        w,
+        counts,
+        st,
+        primary_lsn,
+        record.as_ref().map(|record| crate::world::Remembered {
+            record,
+            max_age: w.sync_record_max_age(),
+        }),
+    )
+}
+
+/// The primary must be down, unless forced.
+fn primary_check(from: &str, counts: &BTreeMap<String, Counts>, force: bool) -> Check {
+    let pc = counts.get(from).cloned().unwrap_or_default();
+    if pc.failures == 0 && pc.role() == Some(Role::Primary) {
+        return Check {
             level: if force { Level::Warn } else { Level::Fail },
             what: format!(
                 "primary {from} is healthy: a failover cuts its clients off and stops it{}",
@@ -155,21 +211,31 @@ pub fn plan_failover(
                     "; use `lifeboat switchover` for a planned change (nothing lost), or --force"
                 }
             ),
-        });
-    } else {
-        checks.push(Check {
-            level: Level::Ok,
-            what: format!(
-                "primary {from} is down ({})",
-                pc.last
-                    .as_ref()
-                    .and_then(|p| p.failure.as_ref())
-                    .map(Failure::describe)
-                    .unwrap_or_else(|| "no answer".into())
-            ),
-        });
+        };
     }
-    // The target: the one named, or the best eligible standby.
+    Check {
+        level: Level::Ok,
+        what: format!(
+            "primary {from} is down ({})",
+            pc.last
+                .as_ref()
+                .and_then(|p| p.failure.as_ref())
+                .map(Failure::describe)
+                .unwrap_or_else(|| "no answer".into())
+        ),
+    }
+}
+
+/// The target — the one named, or the best eligible standby — with a check per candidate:
+/// (site, bytes behind), or None when none may be promoted.
+fn choose_target(
+    world: &lifeboat_core::decide::World,
+    w: &Watched,
+    from: &str,
+    to: Option<&str>,
+    o: Overrides,
+    checks: &mut Vec<Check>,
+) -> Option<(String, u64)> {
     let mut candidates: Vec<(String, Result<u64, String>)> = Vec::new();
     let mut accepted: Vec<String> = Vec::new();
     for m in w
@@ -177,8 +243,8 @@ pub fn plan_failover(
         .iter()
         .filter(|m| m.site != from && to.is_none_or(|t| t == m.site))
     {
-        let r = match eligibility(&world, &m.site) {
-            Err(why) if o.accept_loss => match eligibility_accepting_loss(&world, &m.site) {
+        let r = match eligibility(world, &m.site) {
+            Err(why) if o.accept_loss => match eligibility_accepting_loss(world, &m.site) {
                 Ok(behind) => {
                     checks.push(Check {
                         level: Level::Warn,
@@ -229,7 +295,11 @@ pub fn plan_failover(
             }),
         }
     }
-    // Backups: the newest successful backup of this service, against the tier's RPO.
+    best
+}
+
+/// The newest successful backup of this service, from the evidence log.
+fn backup_check(ctx: &Context, w: &Watched) -> Check {
     let jobs: Vec<&String> = ctx
         .plan
         .backups
@@ -246,7 +316,7 @@ pub fn plan_failover(
                 .rev()
                 .find(|e| e.command == "backup" && e.outcome == "ok" && jobs.contains(&&e.target))
         });
-    checks.push(match last {
+    match last {
         Some(e) => {
             let age = e
                 .time
@@ -270,24 +340,12 @@ pub fn plan_failover(
                 }
             ),
         },
-    });
-    checks.push(Check {
-        level: Level::Ok,
-        what: "plan: valid (checked when loaded)".into(),
-    });
-    let failing: Vec<String> = checks
-        .iter()
-        .filter(|c| c.level == Level::Fail)
-        .map(|c| c.what.clone())
-        .collect();
-    let Some((target, behind)) = best.filter(|_| failing.is_empty()) else {
-        return hold(
-            checks,
-            format!("{}: not failing over: {}", w.service, failing.join("; ")),
-        );
-    };
-    let epoch = st.epoch + 1;
-    let steps = vec![
+    }
+}
+
+/// What the failover will do, in order, for the pre-checks' listing.
+fn steps(from: &str, target: &str, epoch: u64) -> Vec<String> {
+    vec![
         format!(
             "record the intent: {target}, epoch {epoch} (a daemon restarted mid-way resumes it)"
         ),
@@ -296,22 +354,7 @@ pub fn plan_failover(
         format!("promote {target} (pg_promote), clearing synchronous_standby_names if set"),
         format!("check that {target} accepts a write"),
         format!("route traffic to {target}; record the failover in the evidence log"),
-    ];
-    FailoverPlan {
-        checks,
-        steps,
-        decision: Decision {
-            action: Action::Failover {
-                from: Some(from.clone()),
-                to: target.clone(),
-                epoch,
-            },
-            reason: format!(
-                "{}: manual failover from {from} to {target} ({behind} bytes behind), epoch {} → {epoch}",
-                w.service, st.epoch
-            ),
-        },
-    }
+    ]
 }
 
 /// Carry out a manual failover (checked again, now), recorded as `failover` in the evidence log.
