@@ -216,19 +216,7 @@ pub async fn switchover(
         .hint("let `lifeboat serve` finish it first"));
     }
     let target = member(w, to)?;
-    // Who is primary: the daemon's record, or the one member that says so.
-    let mut from = st.primary.clone();
-    if from.is_none() {
-        for m in &w.members {
-            if let Ok(s) = Session::connect(m, w.timeout()).await {
-                if matches!(s.in_recovery().await, Ok(false)) {
-                    from = Some(m.site.clone());
-                }
-            }
-        }
-    }
-    let from = from
-        .ok_or_else(|| Error::new(Kind::Source, format!("{}: no member is primary", w.service)))?;
+    let from = current_primary(w, &st).await?;
     if from == to {
         return Err(Error::new(
             Kind::Input,
@@ -254,41 +242,7 @@ pub async fn switchover(
         at: Instant::now(),
         progress,
     };
-    // Pre-checks: the primary answers as primary; the target is a standby of the same cluster
-    // that streams from it.
-    let p = Session::connect(old, w.timeout().max(Duration::from_secs(2))).await?;
-    if p.in_recovery().await? {
-        return Err(Error::new(
-            Kind::Source,
-            format!("{from} is not a primary (it is in recovery)"),
-        ));
-    }
-    let t = Session::connect(target, w.timeout().max(Duration::from_secs(2))).await?;
-    if !t.in_recovery().await? {
-        return Err(Error::new(
-            Kind::Source,
-            format!(
-                "{to} is not a standby: two primaries? run `lifeboat status {}`",
-                w.service
-            ),
-        ));
-    }
-    if p.system_id().await? != t.system_id().await? {
-        return Err(Error::new(
-            Kind::Source,
-            format!("{to} belongs to another cluster (system identifier differs from {from}'s)"),
-        ));
-    }
-    let streaming = p.standby_state(to).await?;
-    if streaming != "streaming" {
-        return Err(Error::new(
-            Kind::Source,
-            format!("{to} does not stream from {from} (pg_stat_replication: {:?}): a switchover would wait for WAL it cannot receive",
-                if streaming.is_empty() { "not listed" } else { streaming.as_str() }),
-        )
-        .hint(format!("standbys must connect with application_name = their site ({to})")));
-    }
-    drop(p);
+    let t = prechecks(w, old, target).await?;
     clock.done(
         "pre-checks",
         format!("{from} primary, {to} streaming standby of the same cluster"),
@@ -324,15 +278,9 @@ pub async fn switchover(
     );
 
     // Wait until the target has replayed the shutdown checkpoint.
-    let deadline = Instant::now() + timeout;
-    let mut replayed = 0u64;
-    while replayed <= final_lsn {
-        let s = t.replay_lsn().await?;
-        replayed = s;
-        if replayed > final_lsn {
-            break;
-        }
-        if Instant::now() > deadline {
+    let replayed = match catch_up(&t, final_lsn, timeout).await? {
+        Ok(replayed) => replayed,
+        Err(replayed) => {
             // Call it off: the old primary takes writes again; nothing was lost.
             let reason = format!(
                 "{to} replayed only up to {} of {from}'s final {} within {timeout:?}",
@@ -350,8 +298,7 @@ pub async fn switchover(
             clock.report.aborted = Some(format!("{reason}; {back}"));
             return Ok(report);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
     clock.done(
         "catch-up",
         format!(
@@ -398,6 +345,81 @@ pub async fn switchover(
         },
     );
     Ok(report)
+}
+
+/// Who is primary: the daemon's record, or the one member that says so.
+async fn current_primary(w: &Watched, st: &crate::coord::FailoverState) -> Result<String, Error> {
+    if let Some(p) = &st.primary {
+        return Ok(p.clone());
+    }
+    let mut from = None;
+    for m in &w.members {
+        if let Ok(s) = Session::connect(m, w.timeout()).await {
+            if matches!(s.in_recovery().await, Ok(false)) {
+                from = Some(m.site.clone());
+            }
+        }
+    }
+    from.ok_or_else(|| Error::new(Kind::Source, format!("{}: no member is primary", w.service)))
+}
+
+/// The pre-checks: the primary answers as primary; the target is a standby of the same
+/// cluster that streams from it. The session to the target, for the rest.
+async fn prechecks(w: &Watched, old: &Member, target: &Member) -> Result<Session, Error> {
+    let (from, to) = (&old.site, &target.site);
+    let p = Session::connect(old, w.timeout().max(Duration::from_secs(2))).await?;
+    if p.in_recovery().await? {
+        return Err(Error::new(
+            Kind::Source,
+            format!("{from} is not a primary (it is in recovery)"),
+        ));
+    }
+    let t = Session::connect(target, w.timeout().max(Duration::from_secs(2))).await?;
+    if !t.in_recovery().await? {
+        return Err(Error::new(
+            Kind::Source,
+            format!(
+                "{to} is not a standby: two primaries? run `lifeboat status {}`",
+                w.service
+            ),
+        ));
+    }
+    if p.system_id().await? != t.system_id().await? {
+        return Err(Error::new(
+            Kind::Source,
+            format!("{to} belongs to another cluster (system identifier differs from {from}'s)"),
+        ));
+    }
+    let streaming = p.standby_state(to).await?;
+    if streaming != "streaming" {
+        return Err(Error::new(
+            Kind::Source,
+            format!("{to} does not stream from {from} (pg_stat_replication: {:?}): a switchover would wait for WAL it cannot receive",
+                if streaming.is_empty() { "not listed" } else { streaming.as_str() }),
+        )
+        .hint(format!("standbys must connect with application_name = their site ({to})")));
+    }
+    Ok(t)
+}
+
+/// Wait until the target has replayed past `final_lsn`: `Ok(position)`, or `Err(position)`
+/// when `timeout` passed first.
+async fn catch_up(
+    t: &Session,
+    final_lsn: u64,
+    timeout: Duration,
+) -> Result<Result<u64, u64>, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let replayed = t.replay_lsn().await?;
+        if replayed > final_lsn {
+            return Ok(Ok(replayed));
+        }
+        if Instant::now() > deadline {
+            return Ok(Err(replayed));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Wait until `site` streams from `primary`; in a sync tier it then becomes the primary's
