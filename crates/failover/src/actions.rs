@@ -49,11 +49,7 @@ async fn perform(ctx: &Context, st: &RunbookStep) -> Result<String, String> {
             let w = watched(ctx, st)?;
             let m = site(&w, st)?;
             let state = StateFile::new(&ctx.state_dir, &w.service);
-            let mut s = state.load().map_err(e)?;
-            s.primary = Some(m.site.clone());
-            s.epoch += 1;
-            s.in_progress = None;
-            state.store(&s).map_err(e)?;
+            let s = state.route_to(&m.site).map_err(e)?;
             Ok(format!(
                 "traffic goes to {} (epoch {}); a running daemon routes there at its next check",
                 m.site, s.epoch

@@ -4,7 +4,11 @@
 //!
 //! The epoch only moves forward: a write with a lower epoch than the stored one is refused, so
 //! a stale daemon (or a restarted one that read old state) can never route traffic back to a
-//! fenced member.
+//! fenced member. The state changes only through [`StateFile`]'s named transitions (adopt,
+//! begin a failover or switchover, call off, complete, route to): each reads the state on disk,
+//! applies itself and writes it back, so no caller writes a stale copy.
+//!
+//! Beside it, [`SyncFile`] keeps the daemon's record of the primary's synchronous standbys.
 
 use std::path::{Path, PathBuf};
 
@@ -118,8 +122,65 @@ impl StateFile {
         }
     }
 
+    /// Apply one transition to the state on disk and return the new state. Every change of
+    /// the failover state is one of the named transitions below, so the order of writes is
+    /// decided here, not by whoever holds a copy.
+    fn apply(&self, change: impl FnOnce(&mut FailoverState)) -> Result<FailoverState, Error> {
+        let mut s = self.load()?;
+        change(&mut s);
+        self.store(&s)?;
+        Ok(s)
+    }
+
+    /// First start: the one member that reports itself primary becomes the routed primary.
+    pub fn adopt(&self, site: &str) -> Result<FailoverState, Error> {
+        self.apply(|s| {
+            s.primary = Some(site.to_string());
+            s.epoch = s.epoch.max(1);
+        })
+    }
+
+    /// A failover's intent, before its first action: the epoch moves forward now, so a
+    /// restarted daemon resumes this exact failover and nothing routes with an older epoch.
+    pub fn begin_failover(&self, to: &str, epoch: u64) -> Result<FailoverState, Error> {
+        self.apply(|s| {
+            s.in_progress = Some((to.to_string(), epoch));
+            s.epoch = s.epoch.max(epoch);
+        })
+    }
+
+    /// A switchover's intent: a daemon that dies from here on resumes a failover to the target
+    /// (safe: the old primary is stopped before the target is promoted); the epoch moves when
+    /// the switchover completes, as it may still be called off.
+    pub fn begin_switchover(&self, to: &str, epoch: u64) -> Result<FailoverState, Error> {
+        self.apply(|s| s.in_progress = Some((to.to_string(), epoch)))
+    }
+
+    /// A switchover called off before the target was promoted: the old primary stays.
+    pub fn call_off(&self) -> Result<FailoverState, Error> {
+        self.apply(|s| s.in_progress = None)
+    }
+
+    /// A failover or switchover done: `to` is the routed primary from `epoch` on.
+    pub fn complete(&self, to: &str, epoch: u64) -> Result<FailoverState, Error> {
+        self.apply(|s| {
+            s.primary = Some(to.to_string());
+            s.epoch = s.epoch.max(epoch);
+            s.in_progress = None;
+        })
+    }
+
+    /// A runbook's `switch-traffic` step: route to `site` under a new epoch.
+    pub fn route_to(&self, site: &str) -> Result<FailoverState, Error> {
+        self.apply(|s| {
+            s.primary = Some(site.to_string());
+            s.epoch += 1;
+            s.in_progress = None;
+        })
+    }
+
     /// Replace the state. Refused if it would move the epoch backwards.
-    pub fn store(&self, s: &FailoverState) -> Result<(), Error> {
+    fn store(&self, s: &FailoverState) -> Result<(), Error> {
         let current = self.load()?;
         if s.epoch < current.epoch {
             return Err(Error::new(

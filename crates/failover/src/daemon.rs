@@ -172,11 +172,12 @@ impl Monitor {
             .collect();
         if let [only] = primaries.as_slice() {
             let only = (*only).clone();
-            st.primary = Some(only.clone());
-            st.epoch = st.epoch.max(1);
-            if let Err(e) = self.state.store(st) {
-                self.error(&e);
-                return Next::Later;
+            match self.state.adopt(&only) {
+                Ok(s) => *st = s,
+                Err(e) => {
+                    self.error(&e);
+                    return Next::Later;
+                }
             }
             log(
                 "adopted",

@@ -37,9 +37,7 @@ pub async fn failover(
         *t = Instant::now();
     };
     // 1. Intent first: a restart resumes this exact failover.
-    st.in_progress = Some((to.to_string(), epoch));
-    st.epoch = st.epoch.max(epoch);
-    state.store(st)?;
+    *st = state.begin_failover(to, epoch)?;
     failpoint::hit("failover-after-intent");
     // 2. Cut traffic: no connection goes anywhere until the new primary takes writes.
     let _ = route_tx.send(Route {
@@ -104,9 +102,7 @@ pub async fn failover(
     drop(session);
     step("promote", format!("{promoted}; it accepts a write"), &mut t);
     // 6. Route, and close the record.
-    st.primary = Some(to.to_string());
-    st.in_progress = None;
-    state.store(st)?;
+    *st = state.complete(to, epoch)?;
     let _ = route_tx.send(Route {
         epoch,
         target: Some(format!("{}:{}", target.host, target.port)),

@@ -204,7 +204,7 @@ pub async fn switchover(
     timeout: Duration,
     progress: &(dyn Fn(&Step) + Send + Sync),
 ) -> Result<Report, Error> {
-    let mut st = state.load()?;
+    let st = state.load()?;
     if let Some((t, e)) = &st.in_progress {
         return Err(Error::new(
             Kind::Conflict,
@@ -251,8 +251,7 @@ pub async fn switchover(
     // Intent: a daemon that dies from here on resumes a failover to the target, which is safe
     // (the old primary is stopped before the target is promoted).
     let epoch = st.epoch + 1;
-    st.in_progress = Some((to.to_string(), epoch));
-    state.store(&st)?;
+    state.begin_switchover(to, epoch)?;
     let stopped_writes = Instant::now();
     if let Some(r) = route {
         let _ = r.send(Route {
@@ -261,8 +260,7 @@ pub async fn switchover(
         });
     }
     if let Err(e) = lifeboat_pg::ops::stop_fast(&w.bin_dir, old, 60).await {
-        st.in_progress = None;
-        state.store(&st)?;
+        state.call_off()?;
         return Err(e);
     }
     let cd = lifeboat_pg::ops::control_data(&w.bin_dir, old).await?;
@@ -292,8 +290,7 @@ pub async fn switchover(
                 Ok(o) if o.status.success() => "writes are back on the old primary",
                 _ => "the old primary did NOT start again: start it by hand",
             };
-            st.in_progress = None;
-            state.store(&st)?;
+            state.call_off()?;
             clock.done("abort", format!("{reason}; {back}"));
             clock.report.aborted = Some(format!("{reason}; {back}"));
             return Ok(report);
@@ -314,10 +311,7 @@ pub async fn switchover(
     clock.report.downtime_ms = Some(downtime.as_millis() as u64);
     clock.report.epoch = epoch;
     clock.done("promote", format!("{to} promoted and took a write"));
-    st.primary = Some(to.to_string());
-    st.epoch = epoch;
-    st.in_progress = None;
-    state.store(&st)?;
+    state.complete(to, epoch)?;
     if let Some(r) = route {
         let _ = r.send(Route {
             epoch,

@@ -3,13 +3,14 @@
 //! switchover and rejoin share (`ops`: promote, stop, start, control data), and the PostgreSQL
 //! programs Lifeboat drives.
 //!
-//! Depends on `lifeboat-core` only. The rule it is growing toward (pgBackRest's): no SQL and no
-//! PostgreSQL program call outside this crate. Still outside today: the statements of the
-//! switchover, rejoin, runbook and restore steps, and `pg_basebackup`/`pg_dump`/`pg_rewind`/
-//! `pg_waldump` invocations in `lifeboat-protect` and `lifeboat-failover`.
+//! Depends on `lifeboat-core` only. The rule (pgBackRest's): no SQL outside this crate — every
+//! statement is a named operation here — and the PostgreSQL programs run from here (`tool`).
+//! Still outside: the `pg_rewind`, `pg_waldump` and single-user `postgres` calls of rejoin and
+//! the `pg_ctl` calls of restored servers.
 
 pub mod health;
 pub mod ops;
+pub mod tool;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -20,9 +20,10 @@ use lifeboat_core::wal::Lsn;
 use lifeboat_core::{Error, Kind};
 use serde::Serialize;
 
-use crate::pgbackup::{base_backups, run_tool, BaseBackup};
+use crate::pgbackup::{base_backups, BaseBackup};
 use crate::wal::{archive, fmt_micros, inventory, wal_repo, window_of};
 use lifeboat_context::Context;
+use lifeboat_pg::tool::run_tool;
 use lifeboat_pg::{as_owner_of, chown_tree, user_ids, PgService};
 
 #[derive(Clone, Debug, Serialize)]
