@@ -74,13 +74,7 @@ fn divergence(
         fork_lsn: Lsn(fork).to_string(),
         ..Default::default()
     };
-    let out = lifeboat_pg::ops::run_as_owner(
-        std::process::Command::new(bin_dir.join("pg_waldump"))
-            .arg("-p")
-            .arg(data.join("pg_wal"))
-            .args(["-t", &old_tli.to_string(), "-s", &Lsn(fork).to_string()]),
-        data,
-    )?;
+    let out = lifeboat_pg::tool::waldump(bin_dir, data, old_tli, Lsn(fork))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     // pg_waldump stops at the end of valid WAL: "invalid record length at X" (or "… at X:
@@ -211,13 +205,7 @@ async fn crash_recovery(bin_dir: &Path, data: &Path) -> Result<(), Error> {
         })
         .unwrap_or(0);
     let keep_mb = wal_bytes / (1 << 20) + 256;
-    let mut c = std::process::Command::new(bin_dir.join("postgres"));
-    c.args(["--single", "-F", "-D"])
-        .arg(data)
-        .args(["-c", &format!("wal_keep_size={keep_mb}MB")])
-        .args(["-c", "archive_mode=off"])
-        .arg("template1");
-    let out = lifeboat_pg::ops::run_as_owner_async(c, data).await?;
+    let out = lifeboat_pg::tool::single_user_recovery(bin_dir, data, keep_mb).await?;
     if !out.status.success() {
         return Err(Error::new(
             Kind::Source,
@@ -387,13 +375,6 @@ pub async fn rejoin(
             ));
             crash_recovery(&w.bin_dir, &data).await?;
         }
-        // Host, port, user and password reach libpq through the environment, never the
-        // command line (where `ps` would show the password).
-        let mut c = std::process::Command::new(w.bin_dir.join("pg_rewind"));
-        c.arg("--target-pgdata")
-            .arg(&data)
-            .arg(format!("--source-server=dbname={}", pm.dbname));
-        pm.libpq_env(&mut c);
         // The rewound member replays the new primary's WAL from the fork on: if the new
         // primary has recycled that segment, the standby could never catch up (it would wait
         // for WAL "already removed"). Rewind is impossible then: clone again.
@@ -405,7 +386,7 @@ pub async fn rejoin(
         let rewound: Result<(), String> = match gone {
             Some(why) => Err(why),
             None => {
-                let out = lifeboat_pg::ops::run_as_owner_async(c, &data).await?;
+                let out = lifeboat_pg::tool::rewind(&w.bin_dir, &data, &pm).await?;
                 let said = String::from_utf8_lossy(&out.stdout).into_owned()
                     + &String::from_utf8_lossy(&out.stderr);
                 if out.status.success() && said.contains("no rewind required") && diverged {
@@ -471,30 +452,10 @@ async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<
             std::os::unix::fs::chown(data, Some(md.uid()), Some(md.gid()))
         })
         .map_err(|e| Error::new(Kind::Io, format!("moving {} aside: {e}", data.display())))?;
-    let mut c = std::process::Command::new(w.bin_dir.join("pg_basebackup"));
-    c.arg("-D")
-        .arg(data)
-        .args(["-X", "stream", "--checkpoint=fast"]);
-    pm.libpq_env(&mut c);
     // As the standby will stream: the replication role (pg_hba may allow only it), through
     // the environment (never a password on the command line).
     let conninfo = crate::switchover::replication_conninfo(w, &old.site, pm).await;
-    for (k, v) in lifeboat_pg::parse_conninfo(&conninfo) {
-        let var = match k.as_str() {
-            "user" => "PGUSER",
-            "password" => "PGPASSWORD",
-            "sslmode" => "PGSSLMODE",
-            "sslrootcert" => "PGSSLROOTCERT",
-            "sslcert" => "PGSSLCERT",
-            "sslkey" => "PGSSLKEY",
-            "channel_binding" => "PGCHANNELBINDING",
-            "gssencmode" => "PGGSSENCMODE",
-            "krbsrvname" => "PGKRBSRVNAME",
-            _ => continue,
-        };
-        c.env(var, v);
-    }
-    let out = lifeboat_pg::ops::run_as_owner_async(c, data).await?;
+    let out = lifeboat_pg::tool::clone_from(&w.bin_dir, data, pm, &conninfo).await?;
     if !out.status.success() {
         return Err(Error::new(
             Kind::Source,

@@ -4,9 +4,8 @@
 //! programs Lifeboat drives.
 //!
 //! Depends on `lifeboat-core` only. The rule (pgBackRest's): no SQL outside this crate — every
-//! statement is a named operation here — and the PostgreSQL programs run from here (`tool`).
-//! Still outside: the `pg_rewind`, `pg_waldump` and single-user `postgres` calls of rejoin and
-//! the `pg_ctl` calls of restored servers.
+//! statement is a named operation here — and every PostgreSQL program is started from here
+//! (`tool`, `ops`).
 
 pub mod health;
 pub mod ops;

@@ -1,4 +1,5 @@
-//! Running the PostgreSQL programs Lifeboat drives (`pg_basebackup`, `pg_dump`, `pg_ctl`):
+//! Running the PostgreSQL programs Lifeboat drives (`pg_basebackup`, `pg_dump`, `pg_rewind`,
+//! `pg_waldump`, single-user `postgres`, `pg_ctl` for restored servers):
 //! stdin closed, stderr's last lines in the error with a hint for the known causes, and for the
 //! long ones a watchdog that stops a program that makes no progress.
 
@@ -175,4 +176,120 @@ fn run_tool_inner(
         "no snapshot was recorded; fix the cause and run the backup again"
     };
     Err(Error::new(Kind::Source, format!("{what} failed ({status}): {tail}")).hint(hint))
+}
+
+/// `pg_waldump` of `data`'s WAL on timeline `tli` from `from` on (as the directory's owner).
+pub fn waldump(
+    bin_dir: &Path,
+    data: &Path,
+    tli: u32,
+    from: lifeboat_core::wal::Lsn,
+) -> Result<std::process::Output, Error> {
+    crate::ops::run_as_owner(
+        Command::new(bin_dir.join("pg_waldump"))
+            .arg("-p")
+            .arg(data.join("pg_wal"))
+            .args(["-t", &tli.to_string(), "-s", &from.to_string()]),
+        data,
+    )
+}
+
+/// Crash recovery of a stopped data directory in single-user mode, keeping `keep_mb` of WAL
+/// (a later `pg_rewind` needs the segments back to the fork).
+pub async fn single_user_recovery(
+    bin_dir: &Path,
+    data: &Path,
+    keep_mb: u64,
+) -> Result<std::process::Output, Error> {
+    let mut c = Command::new(bin_dir.join("postgres"));
+    c.args(["--single", "-F", "-D"])
+        .arg(data)
+        .args(["-c", &format!("wal_keep_size={keep_mb}MB")])
+        .args(["-c", "archive_mode=off"])
+        .arg("template1");
+    crate::ops::run_as_owner_async(c, data).await
+}
+
+/// `pg_rewind` of `data` from `source` (credentials through the environment, never the
+/// command line where `ps` would show a password).
+pub async fn rewind(
+    bin_dir: &Path,
+    data: &Path,
+    source: &Member,
+) -> Result<std::process::Output, Error> {
+    let mut c = Command::new(bin_dir.join("pg_rewind"));
+    c.arg("--target-pgdata")
+        .arg(data)
+        .arg(format!("--source-server=dbname={}", source.dbname));
+    source.libpq_env(&mut c);
+    crate::ops::run_as_owner_async(c, data).await
+}
+
+/// A fresh clone of `source` into `data` with `pg_basebackup`, connecting with `conninfo`'s
+/// role and TLS settings (through the environment) as the standby will stream.
+pub async fn clone_from(
+    bin_dir: &Path,
+    data: &Path,
+    source: &Member,
+    conninfo: &str,
+) -> Result<std::process::Output, Error> {
+    let mut c = Command::new(bin_dir.join("pg_basebackup"));
+    c.arg("-D")
+        .arg(data)
+        .args(["-X", "stream", "--checkpoint=fast"]);
+    source.libpq_env(&mut c);
+    for (k, v) in crate::parse_conninfo(conninfo) {
+        let var = match k.as_str() {
+            "user" => "PGUSER",
+            "password" => "PGPASSWORD",
+            "sslmode" => "PGSSLMODE",
+            "sslrootcert" => "PGSSLROOTCERT",
+            "sslcert" => "PGSSLCERT",
+            "sslkey" => "PGSSLKEY",
+            "channel_binding" => "PGCHANNELBINDING",
+            "gssencmode" => "PGGSSENCMODE",
+            "krbsrvname" => "PGKRBSRVNAME",
+            _ => continue,
+        };
+        c.env(var, v);
+    }
+    crate::ops::run_as_owner_async(c, data).await
+}
+
+/// Start a restored server on a private socket directory, on `port`, with its own `hba_file`,
+/// logging to `log` (`pg_ctl start`, which returns at once).
+pub fn start_restored(
+    pg_ctl: &Path,
+    data: &Path,
+    log: &Path,
+    port: u16,
+    socket_dir: &Path,
+    hba: &Path,
+) -> Result<(), Error> {
+    let mut c = Command::new(pg_ctl);
+    c.arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(log)
+        .arg("-o")
+        .arg(format!(
+            "-c port={port} -c unix_socket_directories='{}' -c listen_addresses='localhost' -c hba_file='{}'",
+            socket_dir.display(),
+            hba.display()
+        ))
+        .args(["start", "-W"]);
+    crate::as_owner_of(&mut c, data);
+    run_tool(c, "pg_ctl start of the restored server")
+}
+
+/// Stop a restored server at once (`pg_ctl stop -m immediate`), best effort.
+pub fn stop_restored(pg_ctl: &Path, data: &Path) {
+    let mut c = Command::new(pg_ctl);
+    c.arg("-D")
+        .arg(data)
+        .args(["stop", "-m", "immediate", "-w", "-t", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    crate::as_owner_of(&mut c, data);
+    let _ = c.status();
 }

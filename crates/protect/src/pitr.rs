@@ -23,7 +23,6 @@ use serde::Serialize;
 use crate::pgbackup::{base_backups, BaseBackup};
 use crate::wal::{archive, fmt_micros, inventory, wal_repo, window_of};
 use lifeboat_context::Context;
-use lifeboat_pg::tool::run_tool;
 use lifeboat_pg::{as_owner_of, chown_tree, user_ids, PgService};
 
 #[derive(Clone, Debug, Serialize)]
@@ -324,14 +323,7 @@ pub struct Running {
 
 impl Running {
     pub fn stop(&self) {
-        let mut c = Command::new(&self.pg_ctl);
-        c.arg("-D")
-            .arg(&self.data)
-            .args(["stop", "-m", "immediate", "-w", "-t", "30"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        as_owner_of(&mut c, &self.data);
-        let _ = c.status();
+        lifeboat_pg::tool::stop_restored(&self.pg_ctl, &self.data);
     }
 }
 
@@ -671,20 +663,14 @@ fn start_server(
         keep_running: false,
     };
     register(&run);
-    let mut c = Command::new(&pg_ctl);
-    c.arg("-D")
-        .arg(data)
-        .arg("-l")
-        .arg(data.join("lifeboat-recovery.log"))
-        .arg("-o")
-        .arg(format!(
-            "-c port={port} -c unix_socket_directories='{}' -c listen_addresses='localhost' -c hba_file='{}'",
-            socket_dir.display(),
-            hba.display()
-        ))
-        .args(["start", "-W"]);
-    as_owner_of(&mut c, data);
-    run_tool(c, "pg_ctl start of the restored server")?;
+    lifeboat_pg::tool::start_restored(
+        &pg_ctl,
+        data,
+        &data.join("lifeboat-recovery.log"),
+        port,
+        &socket_dir,
+        &hba,
+    )?;
     Ok(run)
 }
 
