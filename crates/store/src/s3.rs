@@ -28,7 +28,8 @@ use crate::error::{Error, Kind, Result};
 pub struct Deadlines {
     /// A whole call (stat, list page, delete; a read or write without its body).
     pub timeout: Duration,
-    /// One read or write of a body that makes no progress.
+    /// One read or write of a body (a pack is tens of MiB: on a slow link that takes a while,
+    /// so this is longer than `timeout`).
     pub io_timeout: Duration,
     /// Attempts after the first, with backoff.
     pub retries: usize,
@@ -38,7 +39,7 @@ impl Default for Deadlines {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
-            io_timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(120),
             retries: 3,
         }
     }
