@@ -141,7 +141,11 @@ fn run_tool_inner(
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
-        if checked.elapsed() >= Duration::from_secs(1).min(stall) {
+        // Walking a big data directory costs: look a few times per stall window, at most
+        // every 10 s.
+        if checked.elapsed()
+            >= (stall / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+        {
             checked = std::time::Instant::now();
             let now = bytes_below(progress);
             if now != seen {
