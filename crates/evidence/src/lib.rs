@@ -107,9 +107,25 @@ impl Evidence {
         let conn = Connection::open(&path).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db)?;
+        // Processes that open a new log at the same moment (the daemon, archive_command, a
+        // command) race to switch it to WAL mode, and SQLite answers the loser "database is
+        // locked" at once, without waiting its busy timeout: try again for a while.
+        let started = std::time::Instant::now();
+        loop {
+            match conn.execute_batch("PRAGMA journal_mode=WAL;") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && started.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.map_err(db)?,
+            }
+        }
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
+            "PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS events (
                 seq INTEGER PRIMARY KEY,
                 time TEXT NOT NULL,
