@@ -217,10 +217,19 @@ impl Watched {
 /// application_name = site; with one standby and one listed, it is that one.
 fn replication_of(w: &Watched, primary: Option<&str>, p: &Probe) -> BTreeMap<String, (bool, bool)> {
     let standby_count = w.members.len().saturating_sub(1);
+    // `sync` standbys (priority commit, `FIRST k (…)`) each hold every acknowledged commit. A
+    // `quorum` standby (`ANY k (…)`) does only when it is the one listed: with several, a
+    // commit may be on k of them and not on the one promoted, so none counts as synchronous
+    // (a sync tier then holds rather than risk losing acknowledged writes).
+    let quorum = p
+        .standbys
+        .iter()
+        .filter(|s| s.sync_state == "quorum")
+        .count();
     let sync: Vec<&str> = p
         .standbys
         .iter()
-        .filter(|s| s.sync_state == "sync" || s.sync_state == "quorum")
+        .filter(|s| s.sync_state == "sync" || (s.sync_state == "quorum" && quorum == 1))
         .map(|s| s.application_name.as_str())
         .collect();
     let streaming: Vec<&str> = p
@@ -395,5 +404,86 @@ pub fn build_world(
         epoch: st.epoch,
         primary_last_lsn,
         failover_in_progress: st.in_progress.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_pg::health::StandbyRow;
+
+    fn watched(sites: &[&str]) -> Watched {
+        let members: String = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("      {s}: {{ host: 127.0.0.1, port: {} }}\n", 5432 + i))
+            .collect();
+        let yaml = format!(
+            "name: t\ntiers:\n  gold: {{ rpo: 0s, rto: 1m }}\nsites: [{}]\nservices:\n  db:\n    kind: postgres\n    tier: gold\n    members:\n{members}    replication: {{ mode: sync }}\n    failover: {{}}\n",
+            sites.join(", ")
+        );
+        let plan = lifeboat_core::parse_plan(&yaml, "p.yaml").unwrap_or_else(|d| panic!("{d:?}"));
+        let ctx = Context {
+            plan,
+            plan_path: "p.yaml".into(),
+            base: ".".into(),
+            state_dir: std::env::temp_dir(),
+            actor: "test".into(),
+        };
+        Watched::from_plan(&ctx, "db").unwrap().unwrap()
+    }
+
+    fn primary_listing(rows: &[(&str, &str)]) -> Probe {
+        Probe {
+            ok: true,
+            answered: true,
+            failure: None,
+            role: Some(Role::Primary),
+            system_id: Some("1".into()),
+            timeline: Some(1),
+            lsn: Some(100),
+            replay_lsn: None,
+            lag_s: None,
+            streaming: None,
+            standbys: rows
+                .iter()
+                .map(|(name, sync)| StandbyRow {
+                    application_name: name.to_string(),
+                    state: "streaming".into(),
+                    sync_state: sync.to_string(),
+                    flush_lsn: Some(100),
+                    replay_lsn: Some(100),
+                    replay_lag_s: None,
+                })
+                .collect(),
+            latency_ms: 1,
+        }
+    }
+
+    #[test]
+    fn only_standbys_that_hold_every_acknowledged_commit_count_as_synchronous() {
+        let w = watched(&["a", "b", "c"]);
+        // FIRST 1 (b, c): b is sync, c potential.
+        let r = replication_of(
+            &w,
+            Some("a"),
+            &primary_listing(&[("b", "sync"), ("c", "potential")]),
+        );
+        assert_eq!((r["b"].0, r["c"].0), (true, false));
+        // ANY 1 (b, c): a commit may be on c only; neither may be taken for synchronous.
+        let r = replication_of(
+            &w,
+            Some("a"),
+            &primary_listing(&[("b", "quorum"), ("c", "quorum")]),
+        );
+        assert_eq!((r["b"].0, r["c"].0), (false, false));
+        assert!(r["b"].1 && r["c"].1, "both still stream");
+        // ANY 1 (b) with c not listed: b holds every commit.
+        let r = replication_of(
+            &w,
+            Some("a"),
+            &primary_listing(&[("b", "quorum"), ("c", "async")]),
+        );
+        assert_eq!((r["b"].0, r["c"].0), (true, false));
     }
 }
