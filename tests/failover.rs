@@ -193,18 +193,7 @@ impl Pair {
 
     /// Block until the standby is the primary and takes writes through the endpoint.
     fn await_failover(&self, log: &mut Writes, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "no failover within {within:?}:\n{}",
-                self.daemon_log()
-            );
-            if log.write(self) && log.servers.last() == Some(&self.sport) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.await_primary(log, self.sport, within);
     }
 
     /// Every acknowledged write is on the server that is primary now.
