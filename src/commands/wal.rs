@@ -78,7 +78,10 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                         .is_some_and(|f| matches!(f, lifeboat_core::wal::WalFile::Segment { .. }));
                 if damaged_segment && *has_target {
                     // The marker `lifeboat restore` looks for in the server's log.
-                    eprintln!("lifeboat wal fetch {name}: DAMAGED: {e:#}; reported as not archived, so recovery stops at its target if the target lies before this segment, and fails if it needs it");
+                    eprintln!(
+                        "lifeboat wal fetch {name}{}{e:#}; reported as not archived, so recovery stops at its target if the target lies before this segment, and fails if it needs it",
+                        lifeboat_protect::wal::DAMAGED_MARKER
+                    );
                     return Ok(1);
                 }
                 eprintln!("lifeboat wal fetch {name}: {e:#}");

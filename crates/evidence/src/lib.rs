@@ -121,7 +121,8 @@ impl Evidence {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                r => break r.map_err(db)?,
+                Err(e) => return Err(db(e)),
+                Ok(()) => break,
             }
         }
         conn.execute_batch(

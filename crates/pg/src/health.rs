@@ -72,16 +72,28 @@ fn lsn(s: Option<String>) -> Option<u64> {
 
 /// The timeline of a primary is that of its current WAL file. A standby's is the newest it
 /// holds WAL of: the timeline its WAL receiver gets (while it streams), or the newest
-/// timeline among the WAL segments in its pg_wal (received or restored — what a promotion
-/// would continue from), never less than its last restartpoint's. The restartpoint alone
-/// (`pg_control_checkpoint()`) lags a timeline switch by up to `checkpoint_timeout`: after a
-/// switchover or rejoin the daemon then held ("timeline 1, behind the primary's 2").
-const QUERY: &str = "SELECT pg_is_in_recovery(), \
-    (SELECT system_identifier::text FROM pg_control_system()), \
-    CASE WHEN pg_is_in_recovery() THEN greatest( \
+/// timeline among the WAL segments in its pg_wal ([`with_wal_dir`]: received or restored —
+/// what a promotion would continue from), never less than its last restartpoint's. The
+/// restartpoint alone (`pg_control_checkpoint()`) lags a timeline switch by up to
+/// `checkpoint_timeout`: after a switchover or rejoin the daemon then held ("timeline 1, behind
+/// the primary's 2"). One expression, for the probe and for [`crate::server_info`].
+macro_rules! timeline_sql {
+    () => {
+        "CASE WHEN pg_is_in_recovery() THEN greatest( \
            (SELECT timeline_id FROM pg_control_checkpoint()), \
            (SELECT received_tli FROM pg_stat_wal_receiver)) \
-         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+    };
+}
+
+/// The member's timeline alone (see [`timeline_sql`]).
+pub(crate) const TIMELINE: &str = concat!("SELECT ", timeline_sql!());
+
+const QUERY: &str = concat!(
+    "SELECT pg_is_in_recovery(), \
+    (SELECT system_identifier::text FROM pg_control_system()), ",
+    timeline_sql!(),
+    ", \
     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()::text \
          ELSE pg_current_wal_lsn()::text END, \
     pg_last_wal_replay_lsn()::text, \
@@ -89,12 +101,29 @@ const QUERY: &str = "SELECT pg_is_in_recovery(), \
       CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END END::float8, \
     CASE WHEN pg_is_in_recovery() THEN \
-      coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false) END";
+      coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false) END"
+);
 
 /// The newest timeline a standby has WAL segments of. A separate query: `pg_ls_waldir()` needs
 /// superuser or `pg_monitor`; without them the probe goes on without it.
-pub const WAL_DIR_TIMELINE: &str = "SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) \
+const WAL_DIR_TIMELINE: &str = "SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) \
     FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'";
+
+/// A standby's `timeline` raised to the newest it has WAL segments of in its pg_wal (a primary's
+/// is returned as it is).
+pub(crate) async fn with_wal_dir(
+    c: &tokio_postgres::Client,
+    in_recovery: bool,
+    timeline: Option<u32>,
+) -> Option<u32> {
+    if !in_recovery {
+        return timeline;
+    }
+    match c.query_one(WAL_DIR_TIMELINE, &[]).await {
+        Ok(r) => timeline.max(r.get::<_, Option<i32>>(0).map(|t| t as u32)),
+        Err(_) => timeline,
+    }
+}
 
 const STANDBYS: &str = "SELECT coalesce(application_name, ''), coalesce(state, ''), \
     coalesce(sync_state, ''), flush_lsn::text, replay_lsn::text, \
@@ -129,14 +158,12 @@ pub async fn probe(member: &Member, timeout: Duration) -> Probe {
         let conn = tokio::spawn(conn);
         let row = client.query_one(QUERY, &[]).await?;
         let in_recovery: bool = row.get(0);
-        let mut timeline = row.get::<_, Option<i32>>(2).map(|t| t as u32);
-        if in_recovery {
-            if let Ok(r) = client.query_one(WAL_DIR_TIMELINE, &[]).await {
-                if let Some(t) = r.get::<_, Option<i32>>(0) {
-                    timeline = timeline.max(Some(t as u32));
-                }
-            }
-        }
+        let timeline = with_wal_dir(
+            &client,
+            in_recovery,
+            row.get::<_, Option<i32>>(2).map(|t| t as u32),
+        )
+        .await;
         let standbys = if in_recovery {
             Vec::new()
         } else {

@@ -392,21 +392,15 @@ pub async fn server_info(c: &tokio_postgres::Client) -> Result<ServerInfo, Error
     })?;
     // The timeline: a primary's from its current WAL file (pg_control lags right after a
     // promotion), a standby's the newest it holds WAL of (see `health::QUERY`).
-    let tli: i32 = c
-        .query_one(
-            "SELECT CASE WHEN pg_is_in_recovery() THEN greatest( \
-                 (SELECT timeline_id FROM pg_control_checkpoint()), \
-                 (SELECT received_tli FROM pg_stat_wal_receiver)) \
-             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
-            &[],
-        )
+    let tli = c
+        .query_one(crate::health::TIMELINE, &[])
         .await
-        .map(|r| r.get(0))
-        .unwrap_or(0);
-    let tli = match c.query_one(crate::health::WAL_DIR_TIMELINE, &[]).await {
-        Ok(r) if row.get::<_, bool>(1) => tli.max(r.get::<_, Option<i32>>(0).unwrap_or(0)),
-        _ => tli,
-    };
+        .ok()
+        .and_then(|r| r.get::<_, Option<i32>>(0))
+        .map(|t| t as u32);
+    let tli = crate::health::with_wal_dir(c, row.get(1), tli)
+        .await
+        .unwrap_or(0) as i32;
     Ok(ServerInfo {
         version_num: row.get(0),
         in_recovery: row.get(1),

@@ -138,8 +138,10 @@ fn run_tool_inner(
             Err(e) => return Err(Error::new(Kind::Source, format!("{what}: {e}"))),
         }
         let Some((progress, stall)) = watch else {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
+            // Nothing to watch: wait for its end.
+            break child
+                .wait()
+                .map_err(|e| Error::new(Kind::Source, format!("{what}: {e}")))?;
         };
         // Walking a big data directory costs: look a few times per stall window, at most
         // every 10 s.

@@ -705,7 +705,10 @@ fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, Error> {
         let pid_gone = !run.data.join("postmaster.pid").exists();
         if pid_gone && (fatal.is_some() || begun.elapsed() > Duration::from_secs(10)) {
             // A damaged segment the target needed: say which, and what to do.
-            if let Some(d) = log.lines().find_map(|l| l.split_once(": DAMAGED: ")) {
+            if let Some(d) = log
+                .lines()
+                .find_map(|l| l.split_once(crate::wal::DAMAGED_MARKER))
+            {
                 let what =
                     d.1.split("; reported as not archived")
                         .next()

@@ -172,6 +172,10 @@ fn write_atomic(dest: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, dest)
 }
 
+/// What `wal fetch --has-target` prints (into the server's log) before it reports a damaged
+/// segment as not archived; `restore` finds it there and names the segment.
+pub const DAMAGED_MARKER: &str = ": DAMAGED: ";
+
 /// `restore_command`: fetch `name` into `dest`. `Ok(false)` when the archive does not have it
 /// (PostgreSQL asks for files past the end of the archive and for history files that may not
 /// exist). With `prefetch > 0`, the next segments are fetched in parallel into a cache so
