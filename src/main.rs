@@ -69,6 +69,12 @@ pub enum Command {
     /// Runbooks: list, show the order, run (steps timed, recorded, approval gates).
     #[command(subcommand)]
     Runbook(commands::runbook::Cmd),
+    /// Drills: a disaster injected under a workload, RTO, RPO and lost writes measured.
+    #[command(subcommand)]
+    Drill(commands::drill::Cmd),
+    /// A two-site lab on this machine to drill on.
+    #[command(subcommand)]
+    Lab(commands::lab::Cmd),
     /// The evidence log.
     #[command(subcommand)]
     Audit(commands::audit::Cmd),
@@ -98,6 +104,8 @@ fn main() {
         Command::Failover(a) => commands::failover::run(&cli, a),
         Command::Switchover(a) => commands::switchover::run(&cli, a),
         Command::Demo(a) => commands::demo::run(&cli, a),
+        Command::Drill(c) => commands::drill::run_cmd(&cli, c),
+        Command::Lab(c) => commands::lab::run_cmd(&cli, c),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -8,8 +8,12 @@ pub enum Cmd {
         #[arg(long)]
         last: Option<usize>,
     },
-    /// Check the hash chain: detects edited, deleted or truncated events.
-    Verify,
+    /// Check the hash chain: detects edited, deleted or truncated events. With --report, say
+    /// whether a drill report file is one the log recorded.
+    Verify {
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
@@ -45,7 +49,40 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Verify => {
+        Cmd::Verify { report: Some(file) } => {
+            let chain = ev.verify()?;
+            let found = lifeboat_drill::verify_report(&ctx, file)?;
+            let ok = found.is_some() && chain.problems.is_empty();
+            if cli.json {
+                crate::output::json(&serde_json::json!({
+                    "report": file.display().to_string(), "recorded": found.is_some(),
+                    "event": found.as_ref().map(|e| e.seq), "chain_intact": chain.problems.is_empty(),
+                }));
+            } else {
+                match &found {
+                    Some(e) => println!(
+                        "{}: the report recorded by event {} ({} {} {}, {}), hash chain {}",
+                        file.display(),
+                        e.seq,
+                        e.command,
+                        e.target,
+                        e.outcome,
+                        e.time,
+                        if chain.problems.is_empty() {
+                            "intact"
+                        } else {
+                            "TAMPERED"
+                        }
+                    ),
+                    None => println!(
+                        "{}: NOT a report the evidence log recorded (edited, or from elsewhere)",
+                        file.display()
+                    ),
+                }
+            }
+            Ok(if ok { 0 } else { crate::exit::FAILED })
+        }
+        Cmd::Verify { report: None } => {
             let r = ev.verify()?;
             if cli.json {
                 crate::output::json(&r);

@@ -3,9 +3,11 @@
 pub mod audit;
 pub mod backup;
 pub mod demo;
+pub mod drill;
 pub mod failover;
 pub mod forget;
 pub mod init;
+pub mod lab;
 pub mod plan;
 pub mod rejoin;
 pub mod repo;

@@ -555,6 +555,7 @@ const TOP_LEVEL: &[&str] = &[
     "backups",
     "notifications",
     "runbooks",
+    "drills",
 ];
 
 /// Parse and validate a plan. On failure, every problem found, in file order.
@@ -583,6 +584,7 @@ pub fn parse_plan(src: &str, file: &str) -> Result<Plan, Vec<Diagnostic>> {
             "repositories" => plan.repositories = section(&mut c, v, key),
             "backups" => plan.backups = section(&mut c, v, key),
             "runbooks" => plan.runbooks = section(&mut c, v, key),
+            "drills" => plan.drills = section(&mut c, v, key),
             "notifications" => match v {
                 Value::Array(items) => {
                     plan.notifications = items

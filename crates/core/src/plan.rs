@@ -42,6 +42,155 @@ pub struct Plan {
     /// Ordered procedures (failover, switchover, failback, restoration), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runbooks: BTreeMap<String, Runbook>,
+    /// Disaster drills: a scenario run against a service under a workload, measured against
+    /// its objectives (`lifeboat drill run NAME`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drills: BTreeMap<String, Drill>,
+}
+
+/// The scenarios a drill can run.
+pub const DRILL_SCENARIOS: &[&str] = &[
+    "kill-primary",
+    "hang-primary",
+    "partition-site",
+    "corrupt-data",
+    "lose-region",
+    "restore-only",
+    "switchover",
+];
+
+/// Scenarios that take the primary away (they need a second member to fail over to).
+pub const FAILOVER_SCENARIOS: &[&str] = &["kill-primary", "hang-primary", "partition-site"];
+
+/// A disaster drill.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Drill {
+    /// `kill-primary` (the primary's processes crash), `hang-primary` (they freeze: SIGSTOP),
+    /// `partition-site` (the primary's site is cut off), `corrupt-data` (a table is dropped at a
+    /// recorded instant, then restored to just before it), `lose-region` (the primary's site
+    /// and its repository are gone), `restore-only` (a restore into a sandbox, timed: safe
+    /// against production), `switchover` (planned: must lose nothing).
+    pub scenario: String,
+    /// The postgres service the drill runs against.
+    pub service: String,
+    /// switchover: the site to switch to. Default: the first other member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// The writers that measure the drill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    /// What the drill must show. Default: the service tier's RPO and RTO, and no lost
+    /// acknowledged write in a sync tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objectives: Option<Objectives>,
+    /// Checks that must hold before the fault, during the drill and after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steady_state: Vec<SteadyCheck>,
+    /// Limits that abort the drill (its faults are healed and the report says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrails: Option<Guardrails>,
+    /// When the daemon runs the drill (cron or `@daily` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// After a failover scenario, make the old primary a standby again (`lifeboat rejoin`) so
+    /// the service is whole for the next drill. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin: Option<bool>,
+    /// Shell commands (`sh -c`) that always run at the end, whatever happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teardown: Vec<String>,
+}
+
+/// The drill's writers: each opens a new connection per write (as a client after a failover
+/// would) through the service's traffic endpoint, or to whichever member takes writes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Concurrent writers. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writers: Option<u32>,
+    /// Pause between one writer's attempts. Default 20ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Writing before the fault. Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Duration>,
+    /// Writing after the first write that succeeds after the fault. Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Duration>,
+    /// Deadline of one write, connection included. Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Database the drill's table lives in (`lifeboat_drill.writes`). Default: the member's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// A drill's objectives.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Objectives {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto: Option<Duration>,
+    /// Most acknowledged writes the drill may lose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_writes: Option<u64>,
+}
+
+/// A steady-state check: exactly one of `sql`, `http`, `command`, with its tolerance.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SteadyCheck {
+    /// Shown in the report. Default: the check itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A query run on the primary (through the endpoint); its first column is compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// A URL to GET; passes on `status` (default any 2xx) and `body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// A shell command that must exit 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// sql: the exact value expected (e.g. `t`). Default: `t` unless `min`/`max` are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// sql: the value is a number at least `min` / at most `max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// `before`, `during`, `after` (default: before and after). During the drill the check
+    /// runs every second.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<String>,
+    /// How many runs during the drill may fail (a failover interrupts most checks). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<u32>,
+    /// Deadline of one run. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// Limits that abort a drill.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Guardrails {
+    /// Abort when no write has succeeded for this long after the fault. Default: the RTO
+    /// objective plus 30s, at most 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_write_for: Option<Duration>,
+    /// Abort a drill that runs longer than this. Default 30m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<Duration>,
 }
 
 /// An ordered procedure. Steps that name a `service` are grouped by service and run in the

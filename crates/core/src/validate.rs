@@ -609,7 +609,135 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
             }
         }
     }
+    for (name, d) in &plan.drills {
+        check_drill(&mut err, plan, name, d);
+    }
     out
+}
+
+/// A drill names a known scenario and a postgres service it can run against.
+fn check_drill(
+    err: &mut impl FnMut(String, String),
+    plan: &Plan,
+    name: &str,
+    d: &crate::plan::Drill,
+) {
+    use crate::plan::{DRILL_SCENARIOS, FAILOVER_SCENARIOS};
+    let base = format!("drills.{name}");
+    if !valid_name(name) {
+        err(
+            base.clone(),
+            format!("drill name `{name}` may only use letters, digits, `-`, `_`, `.`"),
+        );
+    }
+    if !DRILL_SCENARIOS.contains(&d.scenario.as_str()) {
+        err(
+            format!("{base}.scenario"),
+            format!(
+                "unknown scenario `{}` (expected one of {})",
+                d.scenario,
+                DRILL_SCENARIOS.join(", ")
+            ),
+        );
+    }
+    match plan.services.get(&d.service) {
+        None => err(
+            format!("{base}.service"),
+            format!(
+                "no service `{}` in the plan ({})",
+                d.service,
+                list(&plan.services.keys().cloned().collect())
+            ),
+        ),
+        Some(Service::Postgres {
+            members, failover, ..
+        }) => {
+            let needs_two =
+                FAILOVER_SCENARIOS.contains(&d.scenario.as_str()) || d.scenario == "switchover";
+            if needs_two && members.len() < 2 {
+                err(
+                    format!("{base}.scenario"),
+                    format!(
+                        "`{}` needs a member to fail over to, and service `{}` has {} (add a standby in another site, or drill `restore-only` / `corrupt-data`)",
+                        d.scenario,
+                        d.service,
+                        members.len()
+                    ),
+                );
+            }
+            if FAILOVER_SCENARIOS.contains(&d.scenario.as_str()) && failover.is_none() {
+                err(
+                    format!("{base}.scenario"),
+                    format!(
+                        "`{}` measures an automatic failover, and service `{}` has no `failover` section (`lifeboat serve` would not fail it over)",
+                        d.scenario, d.service
+                    ),
+                );
+            }
+            if let Some(site) = &d.site {
+                if !members.contains_key(site) {
+                    err(
+                        format!("{base}.site"),
+                        format!("`{site}` is not a member of service `{}`", d.service),
+                    );
+                }
+            }
+        }
+        Some(other) => err(
+            format!("{base}.service"),
+            format!(
+                "drills run against postgres services; `{}` is a {} service",
+                d.service,
+                other.kind()
+            ),
+        ),
+    }
+    if let Some(s) = &d.schedule {
+        if let Err(e) = check_schedule(s) {
+            err(format!("{base}.schedule"), e);
+        }
+    }
+    if let Some(w) = &d.workload {
+        if w.writers == Some(0) {
+            err(
+                format!("{base}.workload.writers"),
+                "a drill needs at least one writer".into(),
+            );
+        }
+    }
+    for (i, c) in d.steady_state.iter().enumerate() {
+        let at = format!("{base}.steady_state[{i}]");
+        exactly_one(
+            err,
+            &at,
+            "a steady-state check",
+            &[
+                ("sql", c.sql.is_some()),
+                ("http", c.http.is_some()),
+                ("command", c.command.is_some()),
+            ],
+        );
+        if c.sql.is_none() && (c.expect.is_some() || c.min.is_some() || c.max.is_some()) {
+            err(
+                at.clone(),
+                "`expect`, `min` and `max` apply to `sql` checks only".into(),
+            );
+        }
+        if c.http.is_none() && (c.status.is_some() || c.body.is_some()) {
+            err(
+                at.clone(),
+                "`status` and `body` apply to `http` checks only".into(),
+            );
+        }
+        for (j, w) in c.when.iter().enumerate() {
+            if !["before", "during", "after"].contains(&w.as_str()) {
+                err(
+                    format!("{at}.when[{j}]"),
+                    format!("`{w}` is not one of before, during, after"),
+                );
+            }
+        }
+    }
 }
 
 /// Exactly one of the named fields is set.

@@ -10,6 +10,7 @@
 pub mod health;
 pub mod ops;
 pub mod tool;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -550,8 +551,10 @@ pub fn local_in_recovery(c: &mut postgres::Client) -> bool {
 
 /// A restored server takes a write (a temporary table: nothing is left behind).
 pub fn local_write_probe(c: &mut postgres::Client) -> Result<(), String> {
+    // Bounded: a server that waits for a synchronous standby it does not have would otherwise
+    // hold the caller forever.
     c.batch_execute(
-        "CREATE TEMP TABLE lifeboat_write_probe(x int); INSERT INTO lifeboat_write_probe VALUES (1);",
+        "SET statement_timeout = '30s'; CREATE TEMP TABLE lifeboat_write_probe(x int); INSERT INTO lifeboat_write_probe VALUES (1);",
     )
     .map_err(|e| db_error_text(&e))
 }

@@ -374,27 +374,33 @@ pub fn install_teardown_on_signal() {
     lifeboat_context::signals::on_termination(|| {
         INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         eprintln!("interrupted: stopping and removing the restore sandbox");
-        let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
-        for (data, socket, pg_ctl, remove) in live {
-            let r = Running {
-                data: data.clone(),
-                socket_dir: socket,
-                port: 0,
-                pg_ctl,
-                remove_on_drop: remove,
-                keep_running: false,
-            };
-            drop(r);
-            // The main thread may still be restoring into it: make sure it stays gone.
-            for _ in 0..5 {
-                std::thread::sleep(Duration::from_millis(50));
-                if data.exists() {
-                    let _ = std::fs::remove_dir_all(&data);
-                }
-            }
-        }
+        stop_sandboxes();
         std::process::exit(130);
     });
+}
+
+/// Stop every server this process started and remove its sandbox: the restore waiting on one
+/// then fails (for callers that handle the interruption themselves, such as a drill).
+pub fn stop_sandboxes() {
+    let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+    for (data, socket, pg_ctl, remove) in live {
+        let r = Running {
+            data: data.clone(),
+            socket_dir: socket,
+            port: 0,
+            pg_ctl,
+            remove_on_drop: remove,
+            keep_running: false,
+        };
+        drop(r);
+        // The main thread may still be restoring into it: make sure it stays gone.
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(50));
+            if data.exists() {
+                let _ = std::fs::remove_dir_all(&data);
+            }
+        }
+    }
 }
 
 /// A TCP port free on loopback right now.
@@ -560,6 +566,12 @@ fn configure_recovery(
     conf.push_str("recovery_target_action = 'promote'\nrecovery_target_timeline = 'latest'\n");
     // A restored copy must never archive into the production archive.
     conf.push_str("archive_mode = 'off'\n");
+    // Nor wait for the production standbys (a primary's copy names them as synchronous: its
+    // first write would hang), nor stream from a production server (a standby's copy names
+    // its primary): it recovers from the archive alone.
+    conf.push_str(
+        "synchronous_standby_names = ''\nprimary_conninfo = ''\nprimary_slot_name = ''\n",
+    );
     if let Some(p) = port {
         conf.push_str(&format!("port = {p}\n"));
     }

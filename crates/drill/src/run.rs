@@ -1,0 +1,1390 @@
+//! Running one drill: check the service, start the writers, inject the fault (written to the
+//! ledger first), wait for the recovery within the guardrails, heal, count, put the service
+//! back together, report and record.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lifeboat_context::Context;
+use lifeboat_core::plan::{Drill, ReplicationMode, Service, SteadyCheck, FAILOVER_SCENARIOS};
+use lifeboat_core::{Error, Kind};
+use lifeboat_pg::ops::Session;
+use lifeboat_pg::workload::{self, Outcome};
+use lifeboat_pg::{Member, PgService};
+
+use crate::ledger::{start_time, Fault, Ledger, RunLock};
+use crate::measure::{self, Attempt};
+use crate::report::{Measured, Objective, Part, Report, SteadyResult, Written};
+
+/// Set by SIGINT/SIGTERM (see [`install_interrupt`]): the drill heals and reports "interrupted".
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Route SIGINT and SIGTERM to [`INTERRUPTED`]. Call before any other thread starts.
+pub fn install_interrupt() {
+    lifeboat_context::signals::on_termination(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        eprintln!("interrupted: healing the drill's faults and putting the service back");
+        // A restore in progress stops waiting when its sandbox server is gone.
+        lifeboat_protect::pitr::stop_sandboxes();
+    });
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOpts {
+    /// Negative control: freeze the standby's WAL receiver (SIGSTOP) from before the writers
+    /// start until just after the fault, so an async tier loses what was written meanwhile.
+    pub freeze_standby: bool,
+    /// Where reports go. Default: `STATE_DIR/drill/reports`.
+    pub report_dir: Option<PathBuf>,
+}
+
+/// A drill of the plan by name, or a scenario run with defaults against the plan's postgres
+/// service (the one with failover, when there are several).
+pub fn resolve(ctx: &Context, what: &str) -> Result<(String, Drill), Error> {
+    if let Some(d) = ctx.plan.drills.get(what) {
+        return Ok((what.to_string(), d.clone()));
+    }
+    if !lifeboat_core::plan::DRILL_SCENARIOS.contains(&what) {
+        let mut names: Vec<String> = ctx.plan.drills.keys().cloned().collect();
+        names.extend(
+            lifeboat_core::plan::DRILL_SCENARIOS
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        return Err(Error::new(
+            Kind::Input,
+            format!(
+                "`{what}` is neither a drill of the plan nor a scenario (choose one of: {})",
+                names.join(", ")
+            ),
+        ));
+    }
+    let pg: Vec<(&String, &Service)> = ctx
+        .plan
+        .services
+        .iter()
+        .filter(|(_, s)| matches!(s, Service::Postgres { .. }))
+        .collect();
+    let with_failover: Vec<&String> = pg
+        .iter()
+        .filter(|(_, s)| {
+            matches!(
+                s,
+                Service::Postgres {
+                    failover: Some(_),
+                    ..
+                }
+            )
+        })
+        .map(|(n, _)| *n)
+        .collect();
+    let service = match (pg.len(), with_failover.as_slice()) {
+        (0, _) => {
+            return Err(Error::new(
+                Kind::Input,
+                "the plan has no postgres service to drill",
+            ))
+        }
+        (1, _) => pg[0].0.clone(),
+        (_, [one]) => (*one).clone(),
+        _ => {
+            return Err(Error::new(
+                Kind::Input,
+                format!("the plan has several postgres services: add a drill to the plan's `drills:` naming the `service` to run `{what}` against"),
+            ))
+        }
+    };
+    let d = Drill {
+        scenario: what.to_string(),
+        service,
+        ..Default::default()
+    };
+    let mut errs = Vec::new();
+    let mut plan = ctx.plan.clone();
+    plan.drills = [(what.to_string(), d.clone())].into();
+    for (field, msg) in lifeboat_core::validate::validate(
+        &plan,
+        &lifeboat_core::validate::Declared {
+            tiers: plan.tiers.keys().cloned().collect(),
+            services: plan.services.keys().cloned().collect(),
+            repositories: plan.repositories.keys().cloned().collect(),
+        },
+    ) {
+        if field.starts_with("drills.") {
+            errs.push(msg);
+        }
+    }
+    if !errs.is_empty() {
+        return Err(Error::new(Kind::Input, errs.join("; ")));
+    }
+    Ok((what.to_string(), d))
+}
+
+/// Whether a drill would disturb the service (and needs confirmation outside a lab).
+pub fn disruptive(d: &Drill) -> bool {
+    !matches!(d.scenario.as_str(), "restore-only" | "corrupt-data")
+}
+
+/// One drill, start to end. Errors are for what kept it from starting; once it has started,
+/// what goes wrong is in the report (outcome `error`, `aborted`, `interrupted`).
+pub fn run(ctx: &Context, name: &str, d: &Drill, o: &RunOpts) -> Result<(Report, Written), Error> {
+    let (_lock, abandoned) = RunLock::take(&ctx.state_dir, name)?;
+    let ledger = Ledger::new(&ctx.state_dir);
+    let mut before_notes = Vec::new();
+    if let Some(a) = abandoned {
+        before_notes.push(format!(
+            "drill `{}` (pid {}) had stopped without finishing",
+            a.drill, a.pid
+        ));
+    }
+    for h in ledger.heal()? {
+        before_notes.push(format!("left over from an earlier drill, healed: {h}"));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
+    let mut dr = Driver::new(ctx, name, d, o, ledger)?;
+    dr.report.after = before_notes;
+    let started = Instant::now();
+    let result = match d.scenario.as_str() {
+        "kill-primary" | "hang-primary" | "switchover" => dr.failover_drill(&rt),
+        "corrupt-data" => dr.corrupt_data(&rt),
+        "restore-only" => dr.restore_only(),
+        other => Err(Error::new(
+            Kind::Input,
+            format!("scenario `{other}` is not built yet: this version runs kill-primary, hang-primary, switchover, corrupt-data and restore-only"),
+        )),
+    };
+    // Whatever happened: every fault healed.
+    match dr.ledger.heal() {
+        Ok(h) => dr
+            .report
+            .after
+            .extend(h.into_iter().map(|h| format!("healed: {h}"))),
+        Err(e) => dr.report.after.push(format!("healing failed: {e}")),
+    }
+    if let Err(e) = result {
+        dr.report.outcome = "error".into();
+        dr.report.reason = Some(match &e.hint {
+            Some(h) => format!("{} ({h})", e.message),
+            None => e.message.clone(),
+        });
+    }
+    dr.teardown(&rt);
+    if dr.report.outcome.is_empty() {
+        dr.report.outcome = if dr.report.objectives.iter().all(|o| o.met)
+            && dr.report.steady_state.iter().all(|s| s.passed)
+        {
+            "passed".into()
+        } else {
+            "failed".into()
+        };
+    }
+    dr.report.duration_ms = started.elapsed().as_millis() as u64;
+    let dir = o
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| ctx.state_dir.join("drill/reports"));
+    let written = dr.report.write(&dir)?;
+    crate::own_like_state_dir(ctx, &dir);
+    let r = &dr.report;
+    let figures = serde_json::json!({
+        "drill": r.drill, "scenario": r.scenario, "run_id": r.run_id, "outcome": r.outcome,
+        "reason": r.reason, "tier": r.tier,
+        "rto_ms": r.measured.rto_ms, "rpo_ms": r.measured.rpo_ms, "rpo_bytes": r.measured.rpo_bytes,
+        "writes": r.measured.writes,
+        "objectives": r.objectives,
+        "reports": {
+            "json": {"path": written.json.0.display().to_string(), "sha256": written.json.1},
+            "markdown": {"path": written.markdown.0.display().to_string(), "sha256": written.markdown.1},
+            "html": {"path": written.html.0.display().to_string(), "sha256": written.html.1},
+        },
+    });
+    ctx.record("drill", &r.service, &r.outcome, started, figures)
+        .map_err(|e| Error::new(Kind::Io, format!("recording the drill: {e}")))?;
+    Ok((dr.report, written))
+}
+
+struct Driver<'a> {
+    ctx: &'a Context,
+    d: &'a Drill,
+    o: &'a RunOpts,
+    ledger: Ledger,
+    pg: PgService<'a>,
+    members: Vec<Member>,
+    endpoint: Option<(String, u16)>,
+    sync: bool,
+    report: Report,
+    t0: Instant,
+    wall0: jiff::Timestamp,
+    rto_target: Option<Duration>,
+    rpo_target: Option<Duration>,
+    /// The old primary, to rejoin afterwards.
+    rejoin: Option<String>,
+    run_table: Option<Member>,
+}
+
+fn new_run_id() -> String {
+    let mut b = [0u8; 3];
+    let _ = getrandom::fill(&mut b);
+    format!(
+        "{}-{}",
+        jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ"),
+        hex::encode(b)
+    )
+}
+
+impl<'a> Driver<'a> {
+    fn new(
+        ctx: &'a Context,
+        name: &str,
+        d: &'a Drill,
+        o: &'a RunOpts,
+        ledger: Ledger,
+    ) -> Result<Driver<'a>, Error> {
+        let svc = ctx.plan.services.get(&d.service).ok_or_else(|| {
+            Error::new(
+                Kind::Input,
+                format!("no service `{}` in the plan", d.service),
+            )
+        })?;
+        let pg = PgService::from_plan(&d.service, svc, &ctx.base)?;
+        let mut members = Vec::new();
+        for site in pg.members.keys() {
+            let mut m = pg.member(site)?;
+            m.data_dir = m.data_dir.map(|p| ctx.base.join(p));
+            members.push(m);
+        }
+        let (endpoint, sync) = match svc {
+            Service::Postgres {
+                failover,
+                replication,
+                ..
+            } => (
+                failover
+                    .as_ref()
+                    .and_then(|f| f.listen.as_ref())
+                    .and_then(|l| {
+                        let (h, p) = l.rsplit_once(':')?;
+                        let h = if h == "0.0.0.0" { "127.0.0.1" } else { h };
+                        Some((h.to_string(), p.parse().ok()?))
+                    }),
+                replication
+                    .as_ref()
+                    .is_some_and(|r| r.mode == ReplicationMode::Sync),
+            ),
+            _ => (None, false),
+        };
+        let tier = ctx.plan.tiers.get(svc.tier());
+        let obj = d.objectives.clone().unwrap_or_default();
+        let report = Report {
+            drill: name.into(),
+            scenario: d.scenario.clone(),
+            service: d.service.clone(),
+            tier: svc.tier().into(),
+            plan: ctx.plan.name.clone(),
+            run_id: new_run_id(),
+            started: jiff::Timestamp::now().to_string(),
+            replication: if members.len() > 1 {
+                if sync { "sync" } else { "async" }.into()
+            } else {
+                String::new()
+            },
+            host: gethost(),
+            ..Default::default()
+        };
+        Ok(Driver {
+            ctx,
+            d,
+            o,
+            ledger,
+            pg,
+            members,
+            endpoint,
+            sync,
+            report,
+            t0: Instant::now(),
+            wall0: jiff::Timestamp::now(),
+            rto_target: obj.rto.map(|d| d.0).or(tier.map(|t| t.rto.0)),
+            rpo_target: obj.rpo.map(|d| d.0).or(tier.map(|t| t.rpo.0)),
+            rejoin: None,
+            run_table: None,
+        })
+    }
+
+    fn now_ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1000.0
+    }
+
+    fn member(&self, site: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.site == site)
+    }
+
+    /// Where writes go: the traffic endpoint, else the member that is primary now.
+    fn write_target(&self, primary: &Member) -> Member {
+        let mut m = primary.clone();
+        if let Some((h, p)) = &self.endpoint {
+            m.host = h.clone();
+            m.port = *p;
+        }
+        if let Some(db) = self.d.workload.as_ref().and_then(|w| w.database.clone()) {
+            m.dbname = db;
+        }
+        m
+    }
+
+    /// Each member's role now: (site, Some(in_recovery)) or None when it does not answer.
+    async fn roles(&self) -> Vec<(String, Option<bool>)> {
+        let mut out = Vec::new();
+        for m in &self.members {
+            let r = match Session::connect(m, Duration::from_secs(2)).await {
+                Ok(s) => tokio::time::timeout(Duration::from_secs(2), s.in_recovery())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok()),
+                Err(_) => None,
+            };
+            out.push((m.site.clone(), r));
+        }
+        out
+    }
+
+    async fn primary(&self) -> Result<Member, Error> {
+        let roles = self.roles().await;
+        let primaries: Vec<&String> = roles
+            .iter()
+            .filter(|(_, r)| *r == Some(false))
+            .map(|(s, _)| s)
+            .collect();
+        match primaries.as_slice() {
+            [one] => Ok(self.member(one).cloned().unwrap_or_else(|| unreachable!())),
+            [] => Err(Error::new(
+                Kind::Source,
+                format!(
+                    "service {} has no primary now ({})",
+                    self.d.service,
+                    describe_roles(&roles)
+                ),
+            )
+            .hint("`lifeboat status` shows what is wrong; a drill starts from a healthy service")),
+            many => Err(Error::new(
+                Kind::Source,
+                format!(
+                    "service {} has {} members taking writes ({}): not a state to drill from",
+                    self.d.service,
+                    many.len(),
+                    describe_roles(&roles)
+                ),
+            )),
+        }
+    }
+
+    fn guard_no_write(&self) -> Duration {
+        self.d
+            .guardrails
+            .as_ref()
+            .and_then(|g| g.no_write_for.map(|d| d.0))
+            .unwrap_or_else(|| {
+                (self.rto_target.unwrap_or(Duration::from_secs(60)) + Duration::from_secs(30))
+                    .min(Duration::from_secs(600))
+            })
+    }
+
+    fn guard_total(&self) -> Duration {
+        self.d
+            .guardrails
+            .as_ref()
+            .and_then(|g| g.max_duration.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(1800))
+    }
+
+    fn workload(&self) -> (u32, Duration, Duration, Duration, Duration) {
+        let w = self.d.workload.clone().unwrap_or_default();
+        (
+            w.writers.unwrap_or(2),
+            w.interval.map(|d| d.0).unwrap_or(Duration::from_millis(20)),
+            w.warmup.map(|d| d.0).unwrap_or(Duration::from_secs(2)),
+            w.cooldown.map(|d| d.0).unwrap_or(Duration::from_secs(2)),
+            w.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(2)),
+        )
+    }
+
+    /// Sleep, waking for an interruption.
+    async fn pause(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if interrupted() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    fn steady(&mut self, rt: &tokio::runtime::Runtime, phase: &str, target: &Member) -> bool {
+        let checks: Vec<SteadyCheck> = self
+            .d
+            .steady_state
+            .iter()
+            .filter(|c| in_phase(c, phase))
+            .cloned()
+            .collect();
+        let mut ok = true;
+        for c in checks {
+            let r = rt.block_on(check(&c, target));
+            ok &= r.is_ok();
+            self.report.steady_state.push(SteadyResult {
+                name: check_name(&c),
+                phase: phase.into(),
+                runs: 1,
+                failures: u32::from(r.is_err()),
+                passed: r.is_ok(),
+                detail: r.unwrap_or_else(|e| e),
+            });
+        }
+        ok
+    }
+
+    fn abort(&mut self, outcome: &str, reason: String) {
+        if self.report.outcome.is_empty() {
+            self.report.outcome = outcome.into();
+            self.report.reason = Some(reason);
+        }
+    }
+
+    /// kill-primary, hang-primary, switchover: writers through the endpoint, the fault on the
+    /// primary, then the daemon's failover (or the switchover) measured from the writes.
+    fn failover_drill(&mut self, rt: &tokio::runtime::Runtime) -> Result<(), Error> {
+        let scenario = self.d.scenario.clone();
+        let primary = rt.block_on(self.primary())?;
+        self.report.primary_before = Some(primary.site.clone());
+        let standbys: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|m| m.site != primary.site)
+            .cloned()
+            .collect();
+        if standbys.is_empty() {
+            return Err(Error::new(
+                Kind::Input,
+                format!(
+                    "`{scenario}` needs a standby to fail over to, and service {} has one member",
+                    self.d.service
+                ),
+            ));
+        }
+        let control = lifeboat_failover::control::Control::new(&self.ctx.state_dir);
+        if FAILOVER_SCENARIOS.contains(&scenario.as_str()) && !control.daemon_running() {
+            return Err(Error::new(
+                Kind::Input,
+                format!("no `lifeboat serve` is watching service {}: nothing would fail it over, so the drill would only measure an outage", self.d.service),
+            )
+            .hint("start the daemon (`lifeboat serve`) for this plan, then run the drill"));
+        }
+        // The standbys stream (a drill starts from a healthy service).
+        let s = rt.block_on(Session::connect(&primary, Duration::from_secs(5)))?;
+        let mut streaming = Vec::new();
+        for m in &standbys {
+            if rt.block_on(s.standby_state(&m.site))? == "streaming" {
+                streaming.push(m.site.clone());
+            }
+        }
+        if streaming.is_empty() {
+            return Err(Error::new(
+                Kind::Source,
+                format!(
+                    "no standby of {} streams from the primary {} now",
+                    self.d.service, primary.site
+                ),
+            )
+            .hint("`lifeboat status` shows the standbys; rejoin one first (`lifeboat rejoin`)"));
+        }
+        let to = match (&self.d.site, scenario.as_str()) {
+            (Some(s), _) => s.clone(),
+            (None, _) => streaming[0].clone(),
+        };
+        let pids = lifeboat_pg::ops::processes(&primary);
+        if scenario != "switchover" && pids.is_empty() {
+            return Err(Error::new(
+                Kind::Input,
+                format!(
+                    "the primary {}'s processes are not on this host (its data_dir {}): `{scenario}` signals them",
+                    primary.site,
+                    primary.data_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "is not in the plan".into())
+                ),
+            )
+            .hint("run the drill on the primary's host"));
+        }
+        rt.block_on(workload::prepare(&s, &self.report.run_id))?;
+        drop(s);
+        let target = self.write_target(&primary);
+        self.run_table = Some(target.clone());
+        if !self.steady(rt, "before", &target) {
+            self.abort(
+                "aborted",
+                "the steady state does not hold before the fault: nothing was injected".into(),
+            );
+            return Ok(());
+        }
+        if self.o.freeze_standby {
+            let mut frozen = Vec::new();
+            for m in &standbys {
+                for pid in lifeboat_pg::ops::processes(m) {
+                    if cmdline(pid).contains("walreceiver") {
+                        if let Some(st) = start_time(pid) {
+                            frozen.push((pid, st));
+                        }
+                    }
+                }
+            }
+            if frozen.is_empty() {
+                return Err(Error::new(
+                    Kind::Source,
+                    "--freeze-standby: no WAL receiver process found on this host",
+                ));
+            }
+            self.ledger.add(Fault::Stopped {
+                what: "standby WAL receiver frozen (negative control)".into(),
+                pids: frozen.clone(),
+            })?;
+            for (pid, _) in &frozen {
+                // SAFETY: kill(2) of a pid read from /proc just now.
+                unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
+            }
+        }
+        let (writers, interval, warmup, cooldown, timeout) = self.workload();
+        let log = Arc::new(Mutex::new(Vec::<Attempt>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(1));
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            tasks.push(rt.spawn(writer(
+                target.clone(),
+                self.report.run_id.clone(),
+                w,
+                next.clone(),
+                self.t0,
+                stop.clone(),
+                log.clone(),
+                interval,
+                timeout,
+            )));
+        }
+        let during = self.start_during(rt, &target, stop.clone());
+        let mut child = None;
+        let result = (|| -> Result<(), Error> {
+            if !rt.block_on(self.pause(warmup)) {
+                self.abort("interrupted", "interrupted before the fault".into());
+                return Ok(());
+            }
+            let fault_ms = self.now_ms();
+            let fault_wall = jiff::Timestamp::now();
+            match scenario.as_str() {
+                "kill-primary" => {
+                    let pids = lifeboat_pg::ops::processes(&primary);
+                    for pid in &pids {
+                        // SAFETY: kill(2) of the primary's processes, found by their cwd.
+                        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                    }
+                    self.report.fault = Some(format!(
+                        "the primary {}'s {} processes killed (SIGKILL)",
+                        primary.site,
+                        pids.len()
+                    ));
+                }
+                "hang-primary" => {
+                    let pids: Vec<(u32, u64)> = lifeboat_pg::ops::processes(&primary)
+                        .into_iter()
+                        .filter_map(|p| Some((p, start_time(p)?)))
+                        .collect();
+                    self.ledger.add(Fault::Stopped {
+                        what: format!("primary {} frozen", primary.site),
+                        pids: pids.clone(),
+                    })?;
+                    for (pid, _) in &pids {
+                        // SAFETY: as above; written to the ledger first.
+                        unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
+                    }
+                    self.report.fault = Some(format!(
+                        "the primary {}'s {} processes frozen (SIGSTOP)",
+                        primary.site,
+                        pids.len()
+                    ));
+                }
+                _ => {
+                    let mut c = crate::lifeboat_command(self.ctx);
+                    c.args(["switchover", &self.d.service, "--to", &to]);
+                    c.stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped());
+                    child = Some(c.spawn().map_err(|e| {
+                        Error::new(Kind::Internal, format!("starting lifeboat switchover: {e}"))
+                    })?);
+                    self.report.fault =
+                        Some(format!("planned switchover from {} to {to}", primary.site));
+                }
+            }
+            self.report.fault_at_ms = Some(fault_ms);
+            if self.o.freeze_standby {
+                // The primary is gone: let the standby's receiver see it.
+                self.ledger.heal()?;
+            }
+            // Wait for the first acknowledged write that began after the fault.
+            let no_write = self.guard_no_write();
+            let total = self.guard_total();
+            // A switchover is over when its command is; the recovery is a write after that.
+            let mut since = fault_ms;
+            loop {
+                if let Some(c) = child.as_mut() {
+                    if c.try_wait().ok().flatten().is_none() {
+                        since = self.now_ms();
+                    }
+                }
+                let (_, first) =
+                    measure::outage(&log.lock().unwrap_or_else(|e| e.into_inner()), since);
+                if first.is_some() {
+                    break;
+                }
+                if interrupted() {
+                    self.abort(
+                        "interrupted",
+                        "interrupted before the service recovered".into(),
+                    );
+                    return Ok(());
+                }
+                if self.now_ms() - fault_ms > no_write.as_secs_f64() * 1000.0 {
+                    self.abort(
+                        "aborted",
+                        format!(
+                            "guardrail: no write succeeded for {} s after the fault",
+                            no_write.as_secs()
+                        ),
+                    );
+                    return Ok(());
+                }
+                if self.t0.elapsed() > total {
+                    self.abort(
+                        "aborted",
+                        format!("guardrail: the drill ran longer than {} s", total.as_secs()),
+                    );
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !rt.block_on(self.pause(cooldown)) {
+                self.abort("interrupted", "interrupted after the recovery".into());
+            }
+            let _ = fault_wall;
+            Ok(())
+        })();
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            let _ = rt.block_on(t);
+        }
+        if let Some(d) = during {
+            if let Ok(results) = rt.block_on(d) {
+                self.report.steady_state.extend(results);
+            }
+        }
+        if let Some(c) = child {
+            let out = c.wait_with_output();
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let last = text
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                self.report.after.push(format!(
+                    "lifeboat switchover exited {}: {}",
+                    out.status.code().unwrap_or(-1),
+                    last.trim()
+                ));
+                if !out.status.success() {
+                    self.abort(
+                        "error",
+                        format!(
+                            "the switchover failed: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    );
+                }
+            }
+        }
+        // Heal before counting: a frozen old primary is continued (the endpoint no longer
+        // routes to it) and rejoined below.
+        for h in self.ledger.heal()? {
+            self.report.after.push(format!("healed: {h}"));
+        }
+        result?;
+        let attempts = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+        self.report.attempts = attempts;
+        self.count_failover(rt, &primary)?;
+        if scenario != "switchover" {
+            self.rejoin = Some(primary.site.clone());
+        }
+        Ok(())
+    }
+
+    fn start_during(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        target: &Member,
+        stop: Arc<AtomicBool>,
+    ) -> Option<tokio::task::JoinHandle<Vec<SteadyResult>>> {
+        let checks: Vec<SteadyCheck> = self
+            .d
+            .steady_state
+            .iter()
+            .filter(|c| in_phase(c, "during"))
+            .cloned()
+            .collect();
+        if checks.is_empty() {
+            return None;
+        }
+        let target = target.clone();
+        Some(rt.spawn(async move {
+            let mut res: Vec<SteadyResult> = checks
+                .iter()
+                .map(|c| SteadyResult {
+                    name: check_name(c),
+                    phase: "during".into(),
+                    runs: 0,
+                    failures: 0,
+                    passed: true,
+                    detail: String::new(),
+                })
+                .collect();
+            while !stop.load(Ordering::SeqCst) {
+                for (c, r) in checks.iter().zip(res.iter_mut()) {
+                    r.runs += 1;
+                    match check(c, &target).await {
+                        Ok(d) => r.detail = d,
+                        Err(e) => {
+                            r.failures += 1;
+                            r.detail = e;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            for (c, r) in checks.iter().zip(res.iter_mut()) {
+                r.passed = r.failures <= c.max_failures.unwrap_or(0);
+            }
+            res
+        }))
+    }
+
+    /// After a failover or switchover: which server holds what, and the objectives.
+    fn count_failover(&mut self, rt: &tokio::runtime::Runtime, old: &Member) -> Result<(), Error> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (now, present, switchpoint) = loop {
+            let r = rt.block_on(async {
+                let p = self.primary().await?;
+                let s = Session::connect(&p, Duration::from_secs(3)).await?;
+                let ids = workload::ids(&s, &self.report.run_id).await?;
+                let tli = workload::timeline(&s).await?;
+                let sp = workload::switchpoint(&s, tli).await.ok().flatten();
+                Ok::<_, Error>((p, ids, sp))
+            });
+            match r {
+                Ok(v) => break v,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        self.report.primary_after = Some(now.site.clone());
+        let present: BTreeMap<u64, u64> = present.into_iter().collect();
+        let a = &self.report.attempts;
+        let writes = measure::count(a, &present, None);
+        let lost: BTreeSet<u64> = a
+            .iter()
+            .filter(|x| x.acked() && !present.contains_key(&x.id))
+            .map(|x| x.id)
+            .collect();
+        let fault = self.report.fault_at_ms.unwrap_or(0.0);
+        let gap = measure::widest_gap(a, fault);
+        let rto = gap.map(|(l, f)| (f - l).max(0.0) as u64);
+        self.report.recovered_at_ms = gap.map(|(_, f)| f);
+        let rpo = measure::rpo_ms(a, &present, None) as u64;
+        let bytes = if now.site == old.site {
+            Some(0).filter(|_| lost.is_empty())
+        } else {
+            measure::rpo_bytes(a, &lost, switchpoint)
+        };
+        self.report.measured = Measured {
+            rto_ms: rto,
+            rpo_ms: Some(rpo),
+            rpo_bytes: bytes,
+            writes,
+            parts: self.daemon_parts(fault),
+        };
+        self.objectives();
+        Ok(())
+    }
+
+    /// The parts of the recovery from the daemon's evidence: its failover event after the
+    /// fault (detected = decided − fault; then each step it timed).
+    fn daemon_parts(&self, fault_ms: f64) -> Vec<Part> {
+        let fault_wall = self.wall0 + jiff::SignedDuration::from_secs_f64(fault_ms / 1000.0);
+        let Ok(ev) = self.ctx.evidence() else {
+            return Vec::new();
+        };
+        let Ok(events) = ev.list(Some(200)) else {
+            return Vec::new();
+        };
+        let Some(e) = events.iter().find(|e| {
+            (e.command == "failover" || e.command == "switchover")
+                && e.target == self.d.service
+                && e.time
+                    .parse::<jiff::Timestamp>()
+                    .is_ok_and(|t| t >= fault_wall)
+        }) else {
+            return Vec::new();
+        };
+        let Ok(end) = e.time.parse::<jiff::Timestamp>() else {
+            return Vec::new();
+        };
+        let began = end - jiff::SignedDuration::from_millis(e.duration_ms);
+        let mut parts = vec![Part {
+            name: "detected".into(),
+            ms: began.duration_since(fault_wall).as_millis().max(0) as u64,
+            detail: format!(
+                "the daemon decided: {}",
+                e.figures["reason"].as_str().unwrap_or(&e.command)
+            ),
+        }];
+        if let Some(steps) = e.figures["steps"].as_array() {
+            for s in steps {
+                parts.push(Part {
+                    name: match s["action"].as_str().or(s["step"].as_str()).unwrap_or("") {
+                        "fence" => "fenced".into(),
+                        "promote" => "promoted".into(),
+                        "switch-traffic" => "routed".into(),
+                        other => other.to_string(),
+                    },
+                    ms: s["ms"]
+                        .as_u64()
+                        .or(s["ms"].as_f64().map(|f| f as u64))
+                        .unwrap_or(0),
+                    detail: s["detail"].as_str().unwrap_or("").to_string(),
+                });
+            }
+        }
+        if let Some(first) = self.report.recovered_at_ms {
+            let first_wall = self.wall0 + jiff::SignedDuration::from_secs_f64(first / 1000.0);
+            parts.push(Part {
+                name: "first write".into(),
+                ms: first_wall.duration_since(end).as_millis().max(0) as u64,
+                detail: "from the daemon routing to the first acknowledged write".into(),
+            });
+        }
+        parts
+    }
+
+    fn objectives(&mut self) {
+        let obj = self.d.objectives.clone().unwrap_or_default();
+        let m = &self.report.measured;
+        let mut out = Vec::new();
+        if let Some(t) = self.rpo_target {
+            let got = m.rpo_ms.unwrap_or(u64::MAX);
+            out.push(Objective {
+                name: "RPO".into(),
+                target: lifeboat_core::units::Duration(t).to_string(),
+                measured: self.report.rpo(),
+                met: m.rpo_ms.is_some() && got as u128 <= t.as_millis(),
+            });
+        }
+        if let Some(t) = self.rto_target {
+            out.push(Objective {
+                name: "RTO".into(),
+                target: lifeboat_core::units::Duration(t).to_string(),
+                measured: self.report.rto(),
+                met: m.rto_ms.is_some_and(|r| r as u128 <= t.as_millis()),
+            });
+        }
+        let lost_target = obj
+            .lost_writes
+            .or(if self.sync || self.d.scenario == "switchover" {
+                Some(0)
+            } else {
+                None
+            });
+        if let Some(t) = lost_target {
+            out.push(Objective {
+                name: "lost writes".into(),
+                target: t.to_string(),
+                measured: m.writes.lost.to_string(),
+                met: m.writes.lost <= t,
+            });
+        }
+        self.report.objectives = out;
+    }
+
+    /// corrupt-data: the drill's own table dropped at a recorded instant, then the service
+    /// restored to just before it into a sandbox; the rows there compared with those written.
+    fn corrupt_data(&mut self, rt: &tokio::runtime::Runtime) -> Result<(), Error> {
+        let primary = rt.block_on(self.primary())?;
+        self.report.primary_before = Some(primary.site.clone());
+        let s = rt.block_on(Session::connect(&primary, Duration::from_secs(5)))?;
+        rt.block_on(workload::prepare(&s, &self.report.run_id))?;
+        let target = self.write_target(&primary);
+        self.run_table = Some(target.clone());
+        if !self.steady(rt, "before", &target) {
+            self.abort(
+                "aborted",
+                "the steady state does not hold before the fault: nothing was injected".into(),
+            );
+            return Ok(());
+        }
+        let (writers, interval, warmup, _, timeout) = self.workload();
+        let log = Arc::new(Mutex::new(Vec::<Attempt>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(1));
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                rt.spawn(writer(
+                    target.clone(),
+                    self.report.run_id.clone(),
+                    w,
+                    next.clone(),
+                    self.t0,
+                    stop.clone(),
+                    log.clone(),
+                    interval,
+                    timeout,
+                ))
+            })
+            .collect();
+        let went_on = rt.block_on(self.pause(warmup));
+        // The bad migration: the table dropped, its instant on the server's clock.
+        let fault_ms = self.now_ms();
+        let before_us = if went_on {
+            Some(rt.block_on(workload::drop_table(&s, &self.report.run_id))?)
+        } else {
+            None
+        };
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            let _ = rt.block_on(t);
+        }
+        self.report.attempts = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+        let Some(before_us) = before_us else {
+            self.abort("interrupted", "interrupted before the fault".into());
+            return Ok(());
+        };
+        self.run_table = None;
+        self.report.fault_at_ms = Some(fault_ms);
+        self.report.fault = Some(format!(
+            "the drill's table dropped on {} (DROP TABLE) just after {}",
+            primary.site,
+            fmt_us(before_us)
+        ));
+        // Everything up to the drop into the archive.
+        let seg = rt.block_on(workload::switch_wal(&s))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rt.block_on(workload::last_archived(&s))? < seg {
+            if Instant::now() > deadline {
+                return Err(Error::new(
+                    Kind::Source,
+                    format!("segment {seg} was not archived within 60 s: the point-in-time restore could not reach the drop"),
+                )
+                .hint("check archive_command (`lifeboat wal push`) in the server log"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(s);
+        if interrupted() {
+            self.abort("interrupted", "interrupted before the restore".into());
+            return Ok(());
+        }
+        let sandbox = self
+            .ctx
+            .state_dir
+            .join("drill/sandbox")
+            .join(&self.report.run_id);
+        let port = lifeboat_protect::pitr::free_port()
+            .map_err(|e| Error::new(Kind::Io, format!("a free port: {e}")))?;
+        let restore = lifeboat_protect::pitr::restore(
+            self.ctx,
+            &self.d.service,
+            &lifeboat_protect::pitr::RestoreOpts {
+                target: lifeboat_protect::pitr::Target::Time(before_us),
+                dest: sandbox.clone(),
+                force: true,
+                start: Some(port),
+                owner: None,
+                wait_timeout: Duration::from_secs(300),
+            },
+        );
+        let restored_ms = self.now_ms();
+        let pg_ctl = self.pg.tool("pg_ctl");
+        let counted = match restore {
+            Ok(r) => {
+                let mut m = primary.clone();
+                m.host = "127.0.0.1".into();
+                m.port = port;
+                let ids = rt.block_on(async {
+                    let s = Session::connect(&m, Duration::from_secs(5)).await?;
+                    workload::ids(&s, &self.report.run_id).await
+                });
+                self.report.after.push(format!(
+                    "restored to {} from {} (snapshot {}) in {} ms, on port {port}",
+                    fmt_us(before_us),
+                    r.repository,
+                    r.snapshot,
+                    r.duration_ms
+                ));
+                ids
+            }
+            Err(e) => Err(e),
+        };
+        lifeboat_pg::tool::stop_restored(&pg_ctl, &sandbox);
+        let _ = std::fs::remove_dir_all(&sandbox);
+        self.report.after.push("sandbox stopped and removed".into());
+        let present: BTreeMap<u64, u64> = counted?.into_iter().collect();
+        self.report.primary_after = Some("sandbox restored to just before the drop".to_string());
+        self.report.recovered_at_ms = Some(restored_ms);
+        let a = &self.report.attempts;
+        let writes = measure::count(a, &present, Some(fault_ms));
+        self.report.measured = Measured {
+            rto_ms: Some((restored_ms - fault_ms).max(0.0) as u64),
+            rpo_ms: Some(measure::rpo_ms(a, &present, Some(fault_ms)) as u64),
+            rpo_bytes: None,
+            writes,
+            parts: Vec::new(),
+        };
+        self.objectives();
+        // A point-in-time restore must bring back every acknowledged row.
+        if !self
+            .report
+            .objectives
+            .iter()
+            .any(|o| o.name == "lost writes")
+        {
+            let lost = self.report.measured.writes.lost;
+            self.report.objectives.push(Objective {
+                name: "lost writes".into(),
+                target: "0".into(),
+                measured: lost.to_string(),
+                met: lost == 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// restore-only: the latest recovery point into a sandbox, its checks, timed.
+    fn restore_only(&mut self) -> Result<(), Error> {
+        let r = lifeboat_protect::pitr::verify_restore(self.ctx, &self.d.service)?;
+        self.report.fault = Some(format!(
+            "none: the latest recovery point of {} restored from {} into a sandbox",
+            self.d.service, r.repository
+        ));
+        self.report.measured.rto_ms = Some(r.restore_ms);
+        self.report.measured.rpo_ms = r.data_age_ms;
+        self.report.after.push(format!(
+            "snapshot {}, {} check(s); sandbox removed",
+            r.snapshot,
+            r.checks.len()
+        ));
+        self.objectives();
+        self.report.objectives.retain(|o| o.name != "lost writes");
+        let failed: Vec<String> = r
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{} ({})", c.sql, c.detail))
+            .collect();
+        self.report.objectives.push(Objective {
+            name: "restore checks".into(),
+            target: "all pass".into(),
+            measured: if let Some(e) = &r.error {
+                format!("restore failed: {e}")
+            } else if failed.is_empty() {
+                format!("{} passed", r.checks.len())
+            } else {
+                format!("failed: {}", failed.join("; "))
+            },
+            met: r.ok,
+        });
+        Ok(())
+    }
+
+    /// Put the service back together: rejoin the old primary, drop the run's table, run the
+    /// plan's teardown commands; then the steady state after.
+    fn teardown(&mut self, rt: &tokio::runtime::Runtime) {
+        if let Some(site) = self.rejoin.take() {
+            if self.d.rejoin != Some(false)
+                && self.report.primary_after.as_deref() != Some(site.as_str())
+            {
+                let mut c = crate::lifeboat_command(self.ctx);
+                c.args(["rejoin", &self.d.service, &site]);
+                match c.output() {
+                    Ok(o) if o.status.success() => {
+                        self.report
+                            .after
+                            .push(format!("{site} rejoined as a standby (lifeboat rejoin)"));
+                        let back = rt.block_on(self.await_streaming(&site));
+                        if !back {
+                            self.report
+                                .after
+                                .push(format!("{site} did not stream again within 60 s"));
+                        }
+                    }
+                    Ok(o) => self.report.after.push(format!(
+                        "rejoining {site} FAILED: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    )),
+                    Err(e) => self
+                        .report
+                        .after
+                        .push(format!("rejoining {site} FAILED: {e}")),
+                }
+            }
+        }
+        if let Some(m) = self.run_table.take() {
+            let run = self.report.run_id.clone();
+            let r = rt.block_on(async {
+                let s = Session::connect(&m, Duration::from_secs(5)).await?;
+                workload::drop_table(&s, &run).await
+            });
+            if r.is_ok() {
+                self.report.after.push(format!(
+                    "the drill's table {} dropped",
+                    workload::table(&run)
+                ));
+            }
+        }
+        for cmd in &self.d.teardown {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .current_dir(&self.ctx.base)
+                .output();
+            self.report.after.push(match out {
+                Ok(o) if o.status.success() => format!("teardown `{cmd}`: ok"),
+                Ok(o) => format!(
+                    "teardown `{cmd}`: exit {} {}",
+                    o.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => format!("teardown `{cmd}`: {e}"),
+            });
+        }
+        if self.d.steady_state.iter().any(|c| in_phase(c, "after")) {
+            match rt.block_on(self.primary()) {
+                Ok(p) => {
+                    let t = self.write_target(&p);
+                    self.steady(rt, "after", &t);
+                }
+                Err(e) => self.report.steady_state.push(SteadyResult {
+                    name: "service".into(),
+                    phase: "after".into(),
+                    runs: 1,
+                    failures: 1,
+                    passed: false,
+                    detail: e.message,
+                }),
+            }
+        }
+    }
+
+    async fn await_streaming(&self, site: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(p) = self.primary().await {
+                if let Ok(s) = Session::connect(&p, Duration::from_secs(2)).await {
+                    if s.standby_state(site).await.ok().as_deref() == Some("streaming") {
+                        return true;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn writer(
+    target: Member,
+    run: String,
+    w: u32,
+    next: Arc<AtomicU64>,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Attempt>>>,
+    interval: Duration,
+    timeout: Duration,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let id = next.fetch_add(1, Ordering::SeqCst);
+        let start_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let r = workload::write(&target, &run, id, w, timeout).await;
+        let end_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let (outcome, ack, error) = match r {
+            Outcome::Acked(a) => ("ok", Some(a), None),
+            Outcome::Failed(e) => ("failed", None, Some(e)),
+            Outcome::Unknown(e) => ("unknown", None, Some(e)),
+        };
+        log.lock().unwrap_or_else(|e| e.into_inner()).push(Attempt {
+            id,
+            writer: w,
+            start_ms,
+            end_ms,
+            outcome: outcome.into(),
+            ack,
+            error,
+        });
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn in_phase(c: &SteadyCheck, phase: &str) -> bool {
+    if c.when.is_empty() {
+        phase == "before" || phase == "after"
+    } else {
+        c.when.iter().any(|w| w == phase)
+    }
+}
+
+fn check_name(c: &SteadyCheck) -> String {
+    c.name.clone().unwrap_or_else(|| {
+        c.sql
+            .clone()
+            .or(c.http.clone())
+            .or(c.command.clone())
+            .unwrap_or_default()
+    })
+}
+
+/// One run of a steady-state check: Ok(what was seen) or Err(why it failed).
+async fn check(c: &SteadyCheck, target: &Member) -> Result<String, String> {
+    let limit = c.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5));
+    let work = async {
+        if let Some(sql) = &c.sql {
+            let s = Session::connect(target, limit)
+                .await
+                .map_err(|e| e.message)?;
+            let v = workload::value(&s, sql).await.map_err(|e| e.message)?;
+            if c.min.is_some() || c.max.is_some() {
+                let n: f64 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{v}` is not a number"))?;
+                if c.min.is_some_and(|m| n < m) || c.max.is_some_and(|m| n > m) {
+                    return Err(format!(
+                        "{n} is outside [{}, {}]",
+                        c.min
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| "-inf".into()),
+                        c.max.map(|m| m.to_string()).unwrap_or_else(|| "inf".into())
+                    ));
+                }
+                return Ok(v);
+            }
+            let want = c.expect.clone().unwrap_or_else(|| "true".into());
+            let same = v == want || (want == "true" && v == "t") || (want == "t" && v == "true");
+            if same {
+                Ok(v)
+            } else {
+                Err(format!("got `{v}`, expected `{want}`"))
+            }
+        } else if let Some(url) = &c.http {
+            let client = reqwest::Client::builder()
+                .timeout(limit)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let r = client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| format!("GET: {e}"))?;
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            let status_ok = match c.status {
+                Some(s) => s == status,
+                None => (200..300).contains(&status),
+            };
+            if !status_ok {
+                return Err(format!("status {status}"));
+            }
+            if let Some(b) = &c.body {
+                if !body.contains(b.as_str()) {
+                    return Err(format!("status {status}, but the body lacks `{b}`"));
+                }
+            }
+            Ok(format!("status {status}"))
+        } else if let Some(cmd) = &c.command {
+            let out = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok("exit 0".into())
+            } else {
+                Err(format!(
+                    "exit {}: {}",
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        } else {
+            Err("the check has no sql, http or command".into())
+        }
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+    }
+}
+
+fn describe_roles(roles: &[(String, Option<bool>)]) -> String {
+    roles
+        .iter()
+        .map(|(s, r)| {
+            format!(
+                "{s}: {}",
+                match r {
+                    Some(false) => "primary",
+                    Some(true) => "standby",
+                    None => "not answering",
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn fmt_us(us: i64) -> String {
+    jiff::Timestamp::from_microsecond(us)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| us.to_string())
+}
+
+fn gethost() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "this host".into());
+    format!("{name} ({cores} cores)")
+}

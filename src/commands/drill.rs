@@ -1,0 +1,246 @@
+//! `lifeboat drill list | show NAME | run NAME|SCENARIO [--yes] | heal`: disasters injected
+//! under a workload and measured against the plan's objectives.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use lifeboat_drill::run::{self, RunOpts};
+
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// The plan's drills.
+    List,
+    /// What a drill does and what it is measured against.
+    Show { name: String },
+    /// Run a drill of the plan, or a scenario with its defaults against the plan's postgres
+    /// service: kill-primary, hang-primary, switchover, corrupt-data, restore-only.
+    Run {
+        name: String,
+        /// Confirm a disruptive drill against a plan that is not a lab (automation).
+        #[arg(long)]
+        yes: bool,
+        /// Negative control: freeze the standby's WAL receiver from before the writes until
+        /// just after the fault, so an async tier loses what was written meanwhile (the drill
+        /// must see it).
+        #[arg(long)]
+        freeze_standby: bool,
+        /// Where to write the reports (default: the state directory's drill/reports).
+        #[arg(long)]
+        report_dir: Option<std::path::PathBuf>,
+    },
+    /// Undo whatever faults a drill that was killed left behind.
+    Heal,
+}
+
+fn objectives_table(r: &lifeboat_drill::report::Report) {
+    let rows: Vec<Vec<String>> = r
+        .objectives
+        .iter()
+        .map(|o| {
+            vec![
+                o.name.clone(),
+                o.target.clone(),
+                o.measured.clone(),
+                if o.met { "met" } else { "BREACHED" }.into(),
+            ]
+        })
+        .collect();
+    crate::output::table(&["OBJECTIVE", "TARGET", "MEASURED", ""], &rows);
+}
+
+pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
+    if matches!(c, Cmd::Run { .. }) {
+        run::install_interrupt();
+    }
+    let ctx = super::context(cli)?;
+    if matches!(c, Cmd::Run { .. } | Cmd::Heal) {
+        lifeboat_drill::become_state_owner(&ctx)?;
+    }
+    match c {
+        Cmd::List => {
+            let rows: Vec<Vec<String>> = ctx
+                .plan
+                .drills
+                .iter()
+                .map(|(n, d)| {
+                    vec![
+                        n.clone(),
+                        d.scenario.clone(),
+                        d.service.clone(),
+                        d.schedule.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            if cli.json {
+                crate::output::json(&ctx.plan.drills);
+            } else if rows.is_empty() {
+                println!(
+                    "the plan has no drills (`lifeboat drill run SCENARIO` runs one with defaults)"
+                );
+            } else {
+                crate::output::table(&["DRILL", "SCENARIO", "SERVICE", "SCHEDULE"], &rows);
+            }
+            Ok(0)
+        }
+        Cmd::Show { name } => {
+            let (name, d) = run::resolve(&ctx, name)?;
+            if cli.json {
+                crate::output::json(&d);
+                return Ok(0);
+            }
+            let tier = ctx
+                .plan
+                .services
+                .get(&d.service)
+                .map(|s| s.tier().to_string())
+                .unwrap_or_default();
+            let t = ctx.plan.tiers.get(&tier);
+            let o = d.objectives.clone().unwrap_or_default();
+            println!(
+                "drill {name}: {} on {} (tier {tier})",
+                d.scenario, d.service
+            );
+            println!(
+                "  objectives: RPO {}, RTO {}{}",
+                o.rpo
+                    .or(t.map(|t| t.rpo))
+                    .map(|d| d.to_string())
+                    .unwrap_or("-".into()),
+                o.rto
+                    .or(t.map(|t| t.rto))
+                    .map(|d| d.to_string())
+                    .unwrap_or("-".into()),
+                o.lost_writes
+                    .map(|n| format!(", at most {n} lost writes"))
+                    .unwrap_or_default()
+            );
+            let w = d.workload.clone().unwrap_or_default();
+            println!(
+                "  workload: {} writer(s), one new connection per write every {}, {} before the fault",
+                w.writers.unwrap_or(2),
+                w.interval.map(|d| d.to_string()).unwrap_or("20ms".into()),
+                w.warmup.map(|d| d.to_string()).unwrap_or("2s".into())
+            );
+            for c in &d.steady_state {
+                println!(
+                    "  steady state ({}): {}",
+                    if c.when.is_empty() {
+                        "before, after".into()
+                    } else {
+                        c.when.join(", ")
+                    },
+                    c.name
+                        .clone()
+                        .or(c.sql.clone())
+                        .or(c.http.clone())
+                        .or(c.command.clone())
+                        .unwrap_or_default()
+                );
+            }
+            if let Some(s) = &d.schedule {
+                println!("  schedule: {s} (run by the daemon once it runs schedules; not yet)");
+            }
+            println!(
+                "  disruptive: {}",
+                if run::disruptive(&d) {
+                    "yes (asks for confirmation outside a lab)"
+                } else {
+                    "no"
+                }
+            );
+            Ok(0)
+        }
+        Cmd::Heal => {
+            let done = lifeboat_drill::ledger::Ledger::new(&ctx.state_dir).heal()?;
+            if done.is_empty() {
+                println!("no fault left behind: nothing to heal");
+            }
+            for d in done {
+                println!("healed: {d}");
+            }
+            Ok(0)
+        }
+        Cmd::Run {
+            name,
+            yes,
+            freeze_standby,
+            report_dir,
+        } => {
+            let (name, d) = run::resolve(&ctx, name)?;
+            let is_lab = ctx.base.join(lifeboat_drill::lab::MARKER).exists();
+            if run::disruptive(&d) && !is_lab && !yes {
+                confirm(&d.service, &d.scenario)?;
+            }
+            if !cli.json {
+                println!("drill {name}: {} on {} …", d.scenario, d.service);
+            }
+            let opts = RunOpts {
+                freeze_standby: *freeze_standby,
+                report_dir: report_dir.clone(),
+            };
+            let (r, written) = run::run(&ctx, &name, &d, &opts)?;
+            if cli.json {
+                let mut v = serde_json::to_value(&r)?;
+                v.as_object_mut().map(|o| o.remove("attempts"));
+                v["reports"] = serde_json::to_value(&written)?;
+                crate::output::json(&v);
+            } else {
+                println!(
+                    "{}{}",
+                    r.outcome.to_uppercase(),
+                    r.reason
+                        .as_ref()
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default()
+                );
+                if let Some(f) = &r.fault {
+                    println!("fault: {f}");
+                }
+                let w = &r.measured.writes;
+                println!(
+                    "writes: {} attempted, {} acknowledged, {} lost, {} recovered, {} unexpected, {} duplicated",
+                    w.attempted, w.acknowledged, w.lost, w.recovered, w.unexpected, w.duplicated
+                );
+                for p in &r.measured.parts {
+                    println!("  {:<12} {:>6} ms  {}", p.name, p.ms, p.detail);
+                }
+                objectives_table(&r);
+                for a in &r.after {
+                    println!("  {a}");
+                }
+                println!("report: {}", written.markdown.0.display());
+                println!("        {}", written.html.0.display());
+                println!("        {}", written.json.0.display());
+            }
+            Ok(match r.outcome.as_str() {
+                "passed" => 0,
+                "interrupted" => 130,
+                _ => crate::exit::FAILED,
+            })
+        }
+    }
+}
+
+/// A disruptive drill outside a lab: type the service's name (refused without a terminal).
+fn confirm(service: &str, scenario: &str) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(lifeboat_core::Error::new(
+            lifeboat_core::Kind::Input,
+            format!("`{scenario}` disrupts service {service} and this plan is not a lab: confirmation needed, and there is no terminal to ask")
+        )
+        .hint("pass --yes to confirm from automation"));
+    }
+    print!("`{scenario}` disrupts service {service} (writes stop until it recovers). Type the service name to go on: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != service {
+        anyhow::bail!(lifeboat_core::Error::new(
+            lifeboat_core::Kind::Input,
+            format!(
+                "confirmation `{}` does not name {service}: nothing was done",
+                line.trim()
+            )
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `lifeboat lab up | status | down`: a two-site environment to drill on.
+
+use std::path::PathBuf;
+
+use lifeboat_drill::lab;
+
+#[derive(clap::Subcommand)]
+pub enum Cmd {
+    /// Build the lab: a primary and a standby of one PostgreSQL cluster, a repository per
+    /// site, a plan with drills, a first base backup, and the daemon.
+    Up {
+        #[arg(long, default_value = "lifeboat-lab")]
+        dir: PathBuf,
+        /// The standby replicates asynchronously (the default is synchronous: nothing
+        /// acknowledged is lost).
+        #[arg(long = "async")]
+        asynchronous: bool,
+    },
+    /// The lab's members and daemon now.
+    Status {
+        #[arg(long, default_value = "lifeboat-lab")]
+        dir: PathBuf,
+    },
+    /// Stop everything the lab runs and remove it (nothing to do the second time).
+    Down {
+        #[arg(long, default_value = "lifeboat-lab")]
+        dir: PathBuf,
+    },
+}
+
+pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
+    match c {
+        Cmd::Up { dir, asynchronous } => {
+            let say = |s: &str| {
+                if !cli.json {
+                    println!("  {s}");
+                }
+            };
+            let st = lab::up(
+                &lab::LabOpts {
+                    dir: dir.clone(),
+                    asynchronous: *asynchronous,
+                },
+                &say,
+            )?;
+            if cli.json {
+                crate::output::json(&st);
+            } else {
+                println!(
+                    "lab up in {} ({} replication)",
+                    st.dir.display(),
+                    st.replication
+                );
+                println!("  plan:     {}", st.plan.display());
+                println!("  endpoint: postgresql://postgres@{}/postgres", st.endpoint);
+                println!("  DNS:      {} on {}", st.dns_name, st.dns);
+                println!(
+                    "  drill it: lifeboat --plan {} drill run kill-primary",
+                    st.plan.display()
+                );
+                println!(
+                    "  (sites share this machine's loopback: partition-site is not offered yet)"
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Status { dir } => {
+            let s = lab::status(dir)?;
+            if cli.json {
+                crate::output::json(&s);
+            } else {
+                println!(
+                    "lab in {} ({}), daemon {}",
+                    s.state.dir.display(),
+                    s.state.replication,
+                    if s.daemon_running {
+                        "running"
+                    } else {
+                        "NOT running"
+                    }
+                );
+                let rows: Vec<Vec<String>> = s
+                    .members
+                    .iter()
+                    .map(|(site, port, role)| {
+                        vec![site.clone(), format!("127.0.0.1:{port}"), role.clone()]
+                    })
+                    .collect();
+                crate::output::table(&["SITE", "ADDRESS", "ROLE"], &rows);
+            }
+            Ok(0)
+        }
+        Cmd::Down { dir } => {
+            let done = lab::down(dir)?;
+            if cli.json {
+                crate::output::json(&done);
+            } else if done.is_empty() {
+                println!("no lab in {}: nothing to remove", dir.display());
+            } else {
+                for d in done {
+                    println!("  {d}");
+                }
+            }
+            Ok(0)
+        }
+    }
+}
