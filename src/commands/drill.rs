@@ -18,11 +18,11 @@ pub enum Cmd {
         /// Confirm a disruptive drill against a plan that is not a lab (automation).
         #[arg(long)]
         yes: bool,
-        /// Negative control: freeze the standby's WAL receiver from before the writes until
-        /// just after the fault, so an async tier loses what was written meanwhile (the drill
-        /// must see it).
+        /// Negative control: freeze the primary's WAL senders before the writes start, so
+        /// nothing written reaches a standby: an async tier loses those writes at the fault,
+        /// and the drill must count each one.
         #[arg(long)]
-        freeze_standby: bool,
+        freeze_replication: bool,
         /// Where to write the reports (default: the state directory's drill/reports).
         #[arg(long)]
         report_dir: Option<std::path::PathBuf>,
@@ -162,7 +162,7 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
         Cmd::Run {
             name,
             yes,
-            freeze_standby,
+            freeze_replication,
             report_dir,
         } => {
             let (name, d) = run::resolve(&ctx, name)?;
@@ -174,7 +174,7 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 println!("drill {name}: {} on {} …", d.scenario, d.service);
             }
             let opts = RunOpts {
-                freeze_standby: *freeze_standby,
+                freeze_replication: *freeze_replication,
                 report_dir: report_dir.clone(),
             };
             let (r, written) = run::run(&ctx, &name, &d, &opts)?;

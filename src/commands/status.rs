@@ -33,6 +33,7 @@ struct ServiceStatus {
     decision: lifeboat_core::decide::Decision,
     /// What a running `lifeboat serve` last decided (its `.lifeboat/daemon/<service>.json`).
     daemon: Option<serde_json::Value>,
+    drills: Vec<lifeboat_drill::Latest>,
 }
 
 pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
@@ -42,6 +43,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     let mut out = Vec::new();
+    let drills = lifeboat_drill::latest(&ctx);
     for name in ctx.postgres_services(a.service.as_deref())? {
         let Some(mut w) = Watched::from_plan(&ctx, &name)? else {
             continue;
@@ -83,6 +85,11 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             decision: decide(&world),
             members,
             daemon,
+            drills: drills
+                .iter()
+                .filter(|d| d.service == name)
+                .cloned()
+                .collect(),
         });
     }
     if cli.json {
@@ -140,6 +147,24 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                 d["time"].as_str().unwrap_or("?"),
                 d["epoch"],
                 d["decision"]["reason"].as_str().unwrap_or("?")
+            );
+        }
+        for d in &s.drills {
+            let ms = |v: Option<u64>| v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
+            println!(
+                "  drill {:<13} last {} {} (RTO {}, RPO {}, {} lost); last passed {}",
+                d.scenario,
+                d.time.get(..19).unwrap_or(&d.time),
+                d.outcome,
+                ms(d.rto_ms),
+                ms(d.rpo_ms),
+                d.lost_writes
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                d.last_passed
+                    .as_deref()
+                    .and_then(|t| t.get(..19))
+                    .unwrap_or("never")
             );
         }
     }

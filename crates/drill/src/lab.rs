@@ -199,7 +199,9 @@ drills:
   hang-primary: {{ scenario: hang-primary, service: db }}
   switchover: {{ scenario: switchover, service: db }}
   corrupt-data: {{ scenario: corrupt-data, service: db }}
-  restore-only: {{ scenario: restore-only, service: db }}
+  # Restored from the archive alone, the newest data is as old as the last archived segment
+  # (archive_timeout is 1 min here); its RPO is the one for losing both sites.
+  restore-only: {{ scenario: restore-only, service: db, objectives: {{ rpo: 5m }} }}
 "#,
         mode = s.replication,
         east = s.east_port,
@@ -317,7 +319,7 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
     let common = format!(
         "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\nwal_level = replica\n\
          archive_mode = on\narchive_command = '{archive}'\nwal_log_hints = on\nmax_wal_senders = 8\n\
-         wal_keep_size = '256MB'\nshared_buffers = 32MB\nlog_line_prefix = '%m [%p] '\n"
+         wal_keep_size = '256MB'\narchive_timeout = 60\nshared_buffers = 32MB\nlog_line_prefix = '%m [%p] '\n"
     );
     append(
         &dir.join("east/data/postgresql.conf"),

@@ -84,7 +84,7 @@ pub fn own_like_state_dir(ctx: &Context, path: &Path) {
 
 /// The latest drill of each scenario per service, and the latest that passed, from the
 /// evidence log: what `lifeboat status` shows.
-#[derive(Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Latest {
     pub service: String,
     pub scenario: String,

@@ -81,6 +81,9 @@ pub struct Report {
     pub host: String,
     /// Every write attempt (the evidence for the write counts).
     pub attempts: Vec<Attempt>,
+    /// The ids the recovered server holds, with how many rows carry each: with `attempts`,
+    /// anyone can count the writes again.
+    pub held: Vec<(u64, u64)>,
 }
 
 /// Where a report was written, with each file's SHA-256.

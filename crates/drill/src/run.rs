@@ -38,9 +38,10 @@ fn interrupted() -> bool {
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOpts {
-    /// Negative control: freeze the standby's WAL receiver (SIGSTOP) from before the writers
-    /// start until just after the fault, so an async tier loses what was written meanwhile.
-    pub freeze_standby: bool,
+    /// Negative control: freeze the primary's WAL senders (SIGSTOP) before the writers start,
+    /// so nothing written from then on reaches a standby: an async tier loses it at the
+    /// fault, a sync tier stops acknowledging.
+    pub freeze_replication: bool,
     /// Where reports go. Default: `STATE_DIR/drill/reports`.
     pub report_dir: Option<PathBuf>,
 }
@@ -535,29 +536,26 @@ impl<'a> Driver<'a> {
             );
             return Ok(());
         }
-        if self.o.freeze_standby {
-            let mut frozen = Vec::new();
-            for m in &standbys {
-                for pid in lifeboat_pg::ops::processes(m) {
-                    if cmdline(pid).contains("walreceiver") {
-                        if let Some(st) = start_time(pid) {
-                            frozen.push((pid, st));
-                        }
-                    }
-                }
-            }
+        if self.o.freeze_replication {
+            // The primary's WAL senders, frozen: what it commits from now on reaches no
+            // standby (a frozen receiver would still read what the kernel buffered for it).
+            let frozen: Vec<(u32, u64)> = lifeboat_pg::ops::processes(&primary)
+                .into_iter()
+                .filter(|p| cmdline(*p).contains("walsender"))
+                .filter_map(|p| Some((p, start_time(p)?)))
+                .collect();
             if frozen.is_empty() {
                 return Err(Error::new(
                     Kind::Source,
-                    "--freeze-standby: no WAL receiver process found on this host",
+                    "--freeze-replication: the primary has no WAL sender process on this host",
                 ));
             }
             self.ledger.add(Fault::Stopped {
-                what: "standby WAL receiver frozen (negative control)".into(),
+                what: "the primary's WAL senders frozen (negative control)".into(),
                 pids: frozen.clone(),
             })?;
             for (pid, _) in &frozen {
-                // SAFETY: kill(2) of a pid read from /proc just now.
+                // SAFETY: kill(2) of a pid read from /proc just now, written to the ledger.
                 unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
             }
         }
@@ -633,9 +631,10 @@ impl<'a> Driver<'a> {
                 }
             }
             self.report.fault_at_ms = Some(fault_ms);
-            if self.o.freeze_standby {
-                // The primary is gone: let the standby's receiver see it.
-                self.ledger.heal()?;
+            if scenario != "switchover" {
+                // Whatever happens next, the old primary is put back as a standby if the
+                // daemon failed over from it.
+                self.rejoin = Some(primary.site.clone());
             }
             // Wait for the first acknowledged write that began after the fault.
             let no_write = self.guard_no_write();
@@ -728,9 +727,6 @@ impl<'a> Driver<'a> {
         let attempts = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
         self.report.attempts = attempts;
         self.count_failover(rt, &primary)?;
-        if scenario != "switchover" {
-            self.rejoin = Some(primary.site.clone());
-        }
         Ok(())
     }
 
@@ -802,6 +798,7 @@ impl<'a> Driver<'a> {
             }
         };
         self.report.primary_after = Some(now.site.clone());
+        self.report.held = present.clone();
         let present: BTreeMap<u64, u64> = present.into_iter().collect();
         let a = &self.report.attempts;
         let writes = measure::count(a, &present, None);
@@ -911,13 +908,13 @@ impl<'a> Driver<'a> {
                 met: m.rto_ms.is_some_and(|r| r as u128 <= t.as_millis()),
             });
         }
-        let lost_target = obj
-            .lost_writes
-            .or(if self.sync || self.d.scenario == "switchover" {
+        let lost_target = obj.lost_writes.or(
+            if self.sync || self.d.scenario == "switchover" || self.o.freeze_replication {
                 Some(0)
             } else {
                 None
-            });
+            },
+        );
         if let Some(t) = lost_target {
             out.push(Objective {
                 name: "lost writes".into(),
@@ -1050,7 +1047,9 @@ impl<'a> Driver<'a> {
         lifeboat_pg::tool::stop_restored(&pg_ctl, &sandbox);
         let _ = std::fs::remove_dir_all(&sandbox);
         self.report.after.push("sandbox stopped and removed".into());
-        let present: BTreeMap<u64, u64> = counted?.into_iter().collect();
+        let counted = counted?;
+        self.report.held = counted.clone();
+        let present: BTreeMap<u64, u64> = counted.into_iter().collect();
         self.report.primary_after = Some("sandbox restored to just before the drop".to_string());
         self.report.recovered_at_ms = Some(restored_ms);
         let a = &self.report.attempts;
@@ -1122,9 +1121,8 @@ impl<'a> Driver<'a> {
     /// plan's teardown commands; then the steady state after.
     fn teardown(&mut self, rt: &tokio::runtime::Runtime) {
         if let Some(site) = self.rejoin.take() {
-            if self.d.rejoin != Some(false)
-                && self.report.primary_after.as_deref() != Some(site.as_str())
-            {
+            let routed = self.routed_primary(&site);
+            if self.d.rejoin != Some(false) && routed.as_deref() != Some(site.as_str()) {
                 let mut c = crate::lifeboat_command(self.ctx);
                 c.args(["rejoin", &self.d.service, &site]);
                 match c.output() {
@@ -1194,6 +1192,30 @@ impl<'a> Driver<'a> {
                     detail: e.message,
                 }),
             }
+        }
+    }
+
+    /// The member the daemon routes writes to, once no failover is in progress (waiting up to
+    /// 30 s: an interrupted or aborted drill may end while the daemon is still deciding).
+    fn routed_primary(&self, old: &str) -> Option<String> {
+        let state = lifeboat_failover::coord::StateFile::new(&self.ctx.state_dir, &self.d.service);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The daemon needs its detection window to see a fault that was healed at once.
+        if self.report.recovered_at_ms.is_none() {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        loop {
+            let st = state.load().ok();
+            let settled = st.as_ref().is_some_and(|s| s.in_progress.is_none());
+            let routed = st.as_ref().and_then(|s| s.primary.clone());
+            if (settled && routed.as_deref() != Some(old)) || Instant::now() > deadline {
+                return routed;
+            }
+            if settled && self.report.recovered_at_ms.is_none() {
+                // Healed before the daemon moved: the old primary goes on.
+                return routed;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

@@ -1,0 +1,549 @@
+//! Drills against the real lab: `lifeboat lab up` builds a primary and a standby of one real
+//! PostgreSQL 15 cluster with the daemon; every scenario runs against it and its measurements
+//! are checked for sense; a negative control (replication frozen in an async lab) must lose
+//! writes, and the drill must count each one; reports are checked against the evidence log.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, Run};
+
+/// A lab in a fresh directory every user can reach (PostgreSQL runs as `postgres` under root).
+struct TestLab {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl TestLab {
+    fn up(extra: &[&str]) -> TestLab {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tmp.path().join("lab");
+        let mut args = vec!["lab", "up", "--dir", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let r = run_in(tmp.path(), &args);
+        assert_eq!(r.code, 0, "lab up:\n{}", r.all());
+        TestLab { _tmp: tmp, dir }
+    }
+
+    fn plan(&self) -> String {
+        self.dir.join("lifeboat.yaml").display().to_string()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--plan").arg(self.plan()).args(args);
+        c.current_dir(&self.dir)
+            .env("LIFEBOAT_PROGRESS", "0")
+            .env("LIFEBOAT_ACTOR", "test")
+            .env_remove("LIFEBOAT_PLAN")
+            .env_remove("LIFEBOAT_STATE_DIR");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().unwrap().into()
+    }
+
+    /// `drill run NAME --json`: the summary and the full JSON report it wrote.
+    fn drill(&self, args: &[&str]) -> (Run, serde_json::Value, serde_json::Value) {
+        let mut a = vec!["--json", "drill", "run"];
+        a.extend_from_slice(args);
+        let r = self.run(&a);
+        let summary = r.json();
+        let path = summary["reports"]["json"][0].as_str().unwrap_or_else(|| {
+            panic!(
+                "no report:\n{}\ndaemon log:\n{}",
+                r.all(),
+                self.daemon_log()
+            )
+        });
+        let full: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        (r, summary, full)
+    }
+
+    fn daemon_log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| !l.contains("\"stay\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Roles now, by site (from `lab status`).
+    fn roles(&self) -> Vec<(String, String)> {
+        let r = run_in(
+            &self.dir,
+            &[
+                "--json",
+                "lab",
+                "status",
+                "--dir",
+                self.dir.to_str().unwrap(),
+            ],
+        );
+        r.json()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m[0].as_str().unwrap().into(), m[2].as_str().unwrap().into()))
+            .collect()
+    }
+
+    /// One primary and one standby again (a drill leaves the service whole).
+    fn assert_whole(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let roles = self.roles();
+            let p = roles.iter().filter(|(_, r)| r == "primary").count();
+            let s = roles.iter().filter(|(_, r)| r == "standby").count();
+            if p == 1 && s == 1 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lab is not whole: {roles:?}\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// No process of the lab is stopped (state T).
+    fn assert_nothing_frozen(&self) {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+                continue;
+            };
+            if !cwd.starts_with(std::fs::canonicalize(&self.dir).unwrap()) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_string));
+            assert_ne!(state.as_deref(), Some("T"), "pid {pid} is still frozen");
+        }
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = run_in(
+            self._tmp.path(),
+            &["lab", "down", "--dir", self.dir.to_str().unwrap()],
+        );
+    }
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Run {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .env("LIFEBOAT_PROGRESS", "0")
+        .env_remove("LIFEBOAT_PLAN")
+        .output()
+        .unwrap()
+        .into()
+}
+
+fn objective<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["objectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == name)
+        .unwrap_or_else(|| panic!("no objective {name}: {report}"))
+}
+
+/// The writes counted again from the report's own evidence (attempts and held ids).
+fn recount(full: &serde_json::Value) -> (u64, u64) {
+    let held: std::collections::BTreeSet<u64> = full["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    let acked: Vec<u64> = full["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "ok")
+        .map(|a| a["id"].as_u64().unwrap())
+        .collect();
+    let lost = acked.iter().filter(|id| !held.contains(id)).count() as u64;
+    (acked.len() as u64, lost)
+}
+
+#[test]
+fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
+    let lab = TestLab::up(&[]);
+    assert_eq!(lab.roles()[0], ("east".to_string(), "primary".to_string()));
+
+    // kill-primary: the standby takes over, nothing acknowledged is lost.
+    let (r, s, full) = lab.drill(&["kill-primary"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), lab.daemon_log());
+    assert_eq!(s["outcome"], "passed");
+    assert_eq!(s["primary_before"], "east");
+    assert_eq!(s["primary_after"], "west");
+    let w = &s["measured"]["writes"];
+    assert!(w["acknowledged"].as_u64().unwrap() > 20, "{w}");
+    assert_eq!(w["lost"], 0);
+    assert_eq!(w["unexpected"], 0);
+    assert_eq!(w["duplicated"], 0);
+    assert_eq!(recount(&full), (w["acknowledged"].as_u64().unwrap(), 0));
+    assert_eq!(s["measured"]["rpo_ms"], 0);
+    assert_eq!(s["measured"]["rpo_bytes"], 0);
+    let rto = s["measured"]["rto_ms"].as_u64().unwrap();
+    assert!(rto > 0 && rto < 30_000, "RTO {rto}");
+    let parts: Vec<&str> = s["measured"]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in ["detected", "promoted", "routed", "first write"] {
+        assert!(parts.contains(&p), "{parts:?}");
+    }
+    // The parts fit inside the outage the writers saw.
+    let sum: u64 = s["measured"]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["ms"].as_u64().unwrap())
+        .sum();
+    assert!(sum <= rto + 100, "parts {sum} ms > RTO {rto} ms");
+    for o in ["RPO", "RTO", "lost writes"] {
+        assert_eq!(objective(&s, o)["met"], true, "{o}");
+    }
+    lab.assert_whole();
+
+    // Reports: each file is the one the log recorded; an edited one is not.
+    for k in ["json", "markdown", "html"] {
+        let f = s["reports"][k][0].as_str().unwrap();
+        let v = lab.run(&["audit", "verify", "--report", f]);
+        assert_eq!(v.code, 0, "{}", v.all());
+    }
+    let md = s["reports"]["markdown"][0].as_str().unwrap();
+    let text = std::fs::read_to_string(md).unwrap();
+    assert!(text.contains("| RTO | 30s |"), "{text}");
+    let html = std::fs::read_to_string(s["reports"]["html"][0].as_str().unwrap()).unwrap();
+    assert!(
+        html.contains("<svg") && !html.contains("http://")
+            || html.contains("xmlns='http://www.w3.org/2000/svg'")
+    );
+    assert!(!html.contains("<script src") && !html.contains("<link"));
+    std::fs::write(md, text.replace("| yes |", "| no |")).unwrap();
+    let v = lab.run(&["audit", "verify", "--report", md]);
+    assert_ne!(v.code, 0);
+    assert!(v.stdout.contains("NOT a report"), "{}", v.all());
+
+    // hang-primary: the old primary (west now) frozen; detected by timeouts.
+    let (r, s, _) = lab.drill(&["hang-primary"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), lab.daemon_log());
+    assert_eq!(s["primary_before"], "west");
+    assert_eq!(s["primary_after"], "east");
+    assert_eq!(s["measured"]["writes"]["lost"], 0);
+    assert!(
+        s["after"].to_string().contains("continued"),
+        "{}",
+        s["after"]
+    );
+    lab.assert_nothing_frozen();
+    lab.assert_whole();
+
+    // switchover: planned, nothing lost, and back in one piece.
+    let (r, s, _) = lab.drill(&["switchover"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(s["primary_after"], "west");
+    assert_eq!(s["measured"]["writes"]["lost"], 0);
+    assert!(s["measured"]["rto_ms"].as_u64().unwrap() > 0);
+    lab.assert_whole();
+
+    // corrupt-data: the table dropped, restored to just before it: every row is back.
+    let (r, s, full) = lab.drill(&["corrupt-data"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let w = &s["measured"]["writes"];
+    assert!(w["acknowledged"].as_u64().unwrap() > 10, "{w}");
+    assert_eq!(w["lost"], 0);
+    assert_eq!(
+        full["held"].as_array().unwrap().len() as u64,
+        w["acknowledged"].as_u64().unwrap(),
+        "every acknowledged row restored, nothing else"
+    );
+    assert!(s["measured"]["rto_ms"].as_u64().unwrap() > 0);
+
+    // restore-only: the latest point in a sandbox, checks pass.
+    let (r, s, _) = lab.drill(&["restore-only"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(objective(&s, "restore checks")["met"], true);
+
+    // status shows the latest drills.
+    let st = lab.run(&["status"]);
+    assert!(st.stdout.contains("kill-primary"), "{}", st.all());
+
+    // Every drill is in the evidence log.
+    let ev = lab.run(&["--json", "audit", "list"]).json();
+    let drills = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["command"] == "drill")
+        .count();
+    assert_eq!(drills, 5);
+}
+
+#[test]
+fn async_negative_control_loses_writes_and_the_drill_counts_each_one() {
+    let lab = TestLab::up(&["--async"]);
+    let (r, s, full) = lab.drill(&["kill-primary", "--freeze-replication"]);
+    // The control must fail its objective.
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert_eq!(s["outcome"], "failed", "{}", r.all());
+    let lost = s["measured"]["writes"]["lost"].as_u64().unwrap();
+    assert!(lost > 0, "{}", s["measured"]);
+    assert_eq!(objective(&s, "lost writes")["met"], false);
+    // Exactly: replication was frozen before the first write, so every write acknowledged
+    // before the fault is gone, and every one after it is kept.
+    let fault = full["fault_at_ms"].as_f64().unwrap();
+    let before: u64 = full["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "ok" && a["start_ms"].as_f64().unwrap() < fault)
+        .count() as u64;
+    assert_eq!(
+        lost, before,
+        "lost {lost}, acknowledged before the fault {before}"
+    );
+    assert_eq!(recount(&full).1, lost);
+    assert!(s["measured"]["rpo_ms"].as_u64().unwrap() > 0);
+    assert!(s["measured"]["rpo_bytes"].as_u64().unwrap() > 0);
+    lab.assert_nothing_frozen();
+    lab.assert_whole();
+}
+
+#[test]
+fn interrupted_refused_killed_and_guarded_drills_heal_and_say_so() {
+    let lab = TestLab::up(&[]);
+    let plan = std::fs::read_to_string(lab.plan()).unwrap();
+    std::fs::write(
+        lab.plan(),
+        format!(
+            "{plan}  slow-kill: {{ scenario: kill-primary, service: db, workload: {{ warmup: 8s }} }}\n  \
+             slow-hang: {{ scenario: hang-primary, service: db, workload: {{ warmup: 1s }}, guardrails: {{ no_write_for: 20s }} }}\n  \
+             tight-hang: {{ scenario: hang-primary, service: db, workload: {{ warmup: 1s }}, guardrails: {{ no_write_for: 500ms }} }}\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(lab.run(&["plan", "check"]).code, 0);
+
+    // A drill in its warm-up; a second one is refused, naming it; then Ctrl-C.
+    let first = lab
+        .cmd(&["--json", "drill", "run", "slow-kill"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let second = lab.run(&["drill", "run", "switchover"]);
+    assert_ne!(second.code, 0);
+    assert!(
+        second.stderr.contains("drill `slow-kill` is running"),
+        "{}",
+        second.all()
+    );
+    unsafe { libc::kill(first.id() as i32, libc::SIGINT) };
+    let out = first.wait_with_output().unwrap();
+    let r: Run = out.into();
+    assert_eq!(r.code, 130, "{}", r.all());
+    assert_eq!(r.json()["outcome"], "interrupted");
+    lab.assert_whole();
+    assert_eq!(lab.roles()[0].1, "primary", "nothing was injected");
+
+    // A guardrail trips: aborted, healed, reported; the service whole afterwards.
+    let r = lab.run(&["--json", "drill", "run", "tight-hang"]);
+    assert_ne!(r.code, 0);
+    let s = r.json();
+    assert_eq!(s["outcome"], "aborted", "{}", r.all());
+    assert!(s["reason"].as_str().unwrap().contains("guardrail"), "{s}");
+    lab.assert_nothing_frozen();
+    lab.assert_whole();
+
+    // A drill killed (SIGKILL) after it froze the primary: `drill heal` undoes it.
+    let mut killed = lab
+        .cmd(&["drill", "run", "slow-hang"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ledger = lab.dir.join(".lifeboat/drill/faults.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&ledger)
+        .unwrap_or_default()
+        .contains("frozen")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the fault was never written down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let h = lab.run(&["drill", "heal"]);
+    assert_eq!(h.code, 0, "{}", h.all());
+    assert!(h.stdout.contains("continued"), "{}", h.all());
+    lab.assert_nothing_frozen();
+    assert!(lab
+        .run(&["drill", "heal"])
+        .stdout
+        .contains("nothing to heal"));
+    // The daemon failed over meanwhile: the old primary, continued, is fenced off by the
+    // endpoint, and a rejoin (what the killed drill's teardown would have done) makes the lab
+    // whole.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let routed = loop {
+        let st: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(lab.dir.join(".lifeboat/failover/db.json")).unwrap(),
+        )
+        .unwrap();
+        if st["in_progress"].is_null() && st["primary"] == "west" {
+            break "west";
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover after the hang: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(routed, "west");
+    let r = lab.run(&["rejoin", "db", "east"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    lab.assert_whole();
+}
+
+#[test]
+fn lab_down_twice_and_lab_refusals() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Ports taken: the lab picks free ones (it never asks for fixed ports).
+    let _held: Vec<std::net::TcpListener> = (0..20)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let dir = tmp.path().join("lab");
+    let d = dir.to_str().unwrap();
+    let r = run_in(tmp.path(), &["lab", "up", "--dir", d]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let again = run_in(tmp.path(), &["lab", "up", "--dir", d]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("already up"), "{}", again.all());
+    let down = run_in(tmp.path(), &["lab", "down", "--dir", d]);
+    assert_eq!(down.code, 0, "{}", down.all());
+    assert!(!dir.exists());
+    let twice = run_in(tmp.path(), &["lab", "down", "--dir", d]);
+    assert_eq!(twice.code, 0, "{}", twice.all());
+    assert!(
+        twice.stdout.contains("nothing to remove"),
+        "{}",
+        twice.all()
+    );
+    // Nothing of the lab runs any more.
+    let ps = Command::new("pgrep").args(["-f", d]).output().unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    // A directory that is not a lab is not removed.
+    std::fs::create_dir_all(tmp.path().join("other")).unwrap();
+    std::fs::write(tmp.path().join("other/keep"), "x").unwrap();
+    let r = run_in(
+        tmp.path(),
+        &[
+            "lab",
+            "down",
+            "--dir",
+            tmp.path().join("other").to_str().unwrap(),
+        ],
+    );
+    assert_ne!(r.code, 0);
+    assert!(tmp.path().join("other/keep").exists());
+}
+
+#[test]
+fn a_failover_drill_on_a_service_with_one_member_is_refused_with_the_reason() {
+    let lab = common::Lab::new();
+    lab.plan(
+        r#"name: one
+tiers:
+  gold: { rpo: 0, rto: 1m }
+sites: [a]
+services:
+  db:
+    kind: postgres
+    tier: gold
+    members:
+      a: { host: 127.0.0.1, port: 5999 }
+repositories:
+  main: { url: repo, key_file: test.key }
+drills:
+  crash: { scenario: kill-primary, service: db }
+  nope: { scenario: unplug-everything, service: db }
+"#,
+    );
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.all().contains("drills.crash.scenario"), "{}", r.all());
+    assert!(
+        r.all().contains("needs a member to fail over to"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.all().contains("unknown scenario `unplug-everything`"),
+        "{}",
+        r.all()
+    );
+    // A scenario named on the command line against the same service.
+    lab.plan(
+        r#"name: one
+tiers:
+  gold: { rpo: 0, rto: 1m }
+sites: [a]
+services:
+  db:
+    kind: postgres
+    tier: gold
+    members:
+      a: { host: 127.0.0.1, port: 5999 }
+repositories:
+  main: { url: repo, key_file: test.key }
+"#,
+    );
+    let r = lab.run(&["drill", "run", "kill-primary", "--yes"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("needs a member to fail over to"),
+        "{}",
+        r.all()
+    );
+    // Disruptive outside a lab, without a terminal: refused unless --yes.
+    let r = lab.run(&["drill", "run", "switchover"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.all().contains("needs a member") || r.all().contains("confirmation"),
+        "{}",
+        r.all()
+    );
+}
