@@ -290,6 +290,11 @@ pub fn start_restored(
 
 /// Stop a restored server at once (`pg_ctl stop -m immediate`), best effort.
 pub fn stop_restored(pg_ctl: &Path, data: &Path) {
+    // The socket directory Lifeboat made for it (line 5 of postmaster.pid) goes with it.
+    let socket = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().nth(4).map(|l| l.trim().to_string()))
+        .filter(|d| d.starts_with("/tmp/lifeboat-"));
     let mut c = Command::new(pg_ctl);
     c.arg("-D")
         .arg(data)
@@ -298,4 +303,7 @@ pub fn stop_restored(pg_ctl: &Path, data: &Path) {
         .stderr(Stdio::null());
     crate::as_owner_of(&mut c, data);
     let _ = c.status();
+    if let Some(d) = socket {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

@@ -314,6 +314,8 @@ fn owner_ids(dest: &Path, owner: Option<&str>) -> Result<Option<(u32, u32)>, Err
 /// A server Lifeboat started; stopped (immediate) and optionally removed when dropped.
 pub struct Running {
     pub data: PathBuf,
+    /// Who may be the restored cluster's superuser, tried in order (see [`connect_local`]).
+    pub users: Vec<String>,
     pub socket_dir: PathBuf,
     pub port: u16,
     pg_ctl: PathBuf,
@@ -386,6 +388,7 @@ pub fn stop_sandboxes() {
     for (data, socket, pg_ctl, remove) in live {
         let r = Running {
             data: data.clone(),
+            users: Vec::new(),
             socket_dir: socket,
             port: 0,
             pg_ctl,
@@ -401,6 +404,11 @@ pub fn stop_sandboxes() {
             }
         }
     }
+}
+
+/// The Unix-socket directory of a server this process restores and starts on `port`.
+pub fn socket_dir(port: u16) -> PathBuf {
+    PathBuf::from(format!("/tmp/lifeboat-{}-{port}", std::process::id()))
 }
 
 /// A TCP port free on loopback right now.
@@ -647,7 +655,7 @@ fn start_server(
     sandbox: bool,
 ) -> Result<Running, Error> {
     let io = |e: std::io::Error| Error::new(Kind::Io, format!("starting the server: {e}"));
-    let socket_dir = PathBuf::from(format!("/tmp/lifeboat-{}-{port}", std::process::id()));
+    let socket_dir = socket_dir(port);
     std::fs::create_dir_all(&socket_dir).map_err(io)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
@@ -666,8 +674,15 @@ fn start_server(
         std::os::unix::fs::chown(&hba, Some(uid), Some(gid)).map_err(io)?;
     }
     let pg_ctl = pg.tool("pg_ctl");
+    let mut users = vec![owner_name(data)];
+    for m in pg.members.values() {
+        users.push(m.user.clone().unwrap_or_else(|| "postgres".into()));
+    }
+    users.push("postgres".into());
+    users.dedup();
     let run = Running {
         data: data.to_path_buf(),
+        users,
         socket_dir: socket_dir.clone(),
         port,
         pg_ctl: pg_ctl.clone(),
@@ -691,15 +706,9 @@ fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, Error> {
     let begun = Instant::now();
     let deadline = begun + timeout;
     let log_path = run.data.join("lifeboat-recovery.log");
-    let mut cfg = postgres::Config::new();
-    cfg.host_path(&run.socket_dir)
-        .port(run.port)
-        .user(&owner_name(&run.data))
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(2));
     loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Ok(mut c) = cfg.connect(postgres::NoTls) {
+        if let Ok(mut c) = connect_local(run, "postgres", Duration::from_secs(2)) {
             if !lifeboat_pg::local_in_recovery(&mut c) {
                 lifeboat_pg::local_write_probe(&mut c).map_err(|e| {
                     Error::new(
@@ -754,6 +763,38 @@ fn wait_promoted(run: &Running, timeout: Duration) -> Result<Reached, Error> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A connection to a server this process started, through its private socket, as the
+/// cluster's superuser: normally the OS user that owns it, else a role the plan connects with
+/// (a cluster made with `initdb -U postgres` by another user), else `postgres`.
+pub fn connect_local(
+    run: &Running,
+    dbname: &str,
+    timeout: Duration,
+) -> Result<postgres::Client, String> {
+    let mut last = "no role to connect as".to_string();
+    for user in &run.users {
+        let mut cfg = postgres::Config::new();
+        cfg.host_path(&run.socket_dir)
+            .port(run.port)
+            .user(user)
+            .dbname(dbname)
+            .connect_timeout(timeout);
+        match cfg.connect(postgres::NoTls) {
+            Ok(c) => return Ok(c),
+            // No such role: the next candidate.
+            Err(e)
+                if e.as_db_error().is_some_and(|d| {
+                    d.code() == &postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                }) =>
+            {
+                last = lifeboat_pg::db_error_text(&e)
+            }
+            Err(e) => return Err(lifeboat_pg::db_error_text(&e)),
+        }
+    }
+    Err(last)
 }
 
 /// The database superuser of a restored cluster is normally the OS user that owns it.
@@ -835,6 +876,7 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Err
         // From here on the sandbox is removed whatever happens.
         let guard = Running {
             data: data.clone(),
+            users: Vec::new(),
             socket_dir: PathBuf::from(format!("/tmp/lifeboat-{}-sandbox", std::process::id())),
             port: 0,
             pg_ctl: pg.tool("pg_ctl"),
@@ -868,21 +910,13 @@ pub fn verify_restore(ctx: &Context, service: &str) -> Result<SandboxReport, Err
             .last_xact_time
             .map(|t| ((jiff::Timestamp::now().as_microsecond() - t).max(0) / 1000) as u64);
         report.reached = Some(reached);
-        let mut cfg = postgres::Config::new();
-        cfg.host_path(&run.socket_dir)
-            .port(run.port)
-            .user(&owner_name(&run.data))
-            .connect_timeout(Duration::from_secs(5));
         for sql in pg.checks {
             let dbname = pg
                 .members
                 .values()
                 .find_map(|m| m.dbname.clone())
                 .unwrap_or_else(|| "postgres".into());
-            cfg.dbname(&dbname);
-            let res = cfg
-                .connect(postgres::NoTls)
-                .map_err(|e| lifeboat_pg::db_error_text(&e))
+            let res = connect_local(&run, &dbname, Duration::from_secs(5))
                 .and_then(|mut c| lifeboat_pg::local_check(&mut c, sql));
             report.checks.push(match res {
                 Ok(true) => CheckResult {
