@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Lifeboat's tests need on a fresh Debian machine (run as root):
 # restic (interop tests read Lifeboat's repositories with it), moto's S3-protocol server, and
-# the tools failover tests drive (pgrep, script, dig).
+# the tools failover tests and drills drive (pgrep, script, dig, nft).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
@@ -10,6 +10,7 @@ command -v mount >/dev/null || need_apt+=(mount)
 command -v pgrep >/dev/null || need_apt+=(procps)       # failover tests signal a server's children
 command -v script >/dev/null || need_apt+=(bsdutils)    # a real terminal for typed confirmations
 command -v dig >/dev/null || need_apt+=(bind9-dnsutils) # the DNS responder, queried by a real client
+command -v nft >/dev/null || need_apt+=(nftables)       # partition-site drills cut a member off
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null

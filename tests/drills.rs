@@ -274,17 +274,49 @@ fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
     let w = &s["measured"]["writes"];
     assert!(w["acknowledged"].as_u64().unwrap() > 10, "{w}");
     assert_eq!(w["lost"], 0);
-    assert_eq!(
-        full["held"].as_array().unwrap().len() as u64,
-        w["acknowledged"].as_u64().unwrap(),
-        "every acknowledged row restored, nothing else"
+    // Every row acknowledged before the drop is back; rows in flight at that instant may be
+    // on either side of the recovery point; nothing else is there.
+    let fault = full["fault_at_ms"].as_f64().unwrap();
+    let before = full["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "ok" && a["end_ms"].as_f64().unwrap() <= fault)
+        .count() as u64;
+    let held = full["held"].as_array().unwrap().len() as u64;
+    assert!(
+        held >= before && held <= w["acknowledged"].as_u64().unwrap(),
+        "held {held}, acknowledged before the drop {before}: {w}"
     );
+    assert_eq!(w["unexpected"], 0);
     assert!(s["measured"]["rto_ms"].as_u64().unwrap() > 0);
 
     // restore-only: the latest point in a sandbox, checks pass.
     let (r, s, _) = lab.drill(&["restore-only"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(objective(&s, "restore checks")["met"], true);
+
+    // partition-site: the primary's address cut off by an nftables table of the drill's own,
+    // gone afterwards.
+    let (r, s, _) = lab.drill(&["partition-site"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), lab.daemon_log());
+    assert_eq!(s["measured"]["writes"]["lost"], 0);
+    assert_ne!(s["primary_before"], s["primary_after"]);
+    assert!(
+        s["fault"].as_str().unwrap().contains("cut off"),
+        "{}",
+        s["fault"]
+    );
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("lifeboat_drill"),
+        "{}",
+        String::from_utf8_lossy(&tables.stdout)
+    );
+    lab.assert_whole();
 
     // status shows the latest drills.
     let st = lab.run(&["status"]);
@@ -298,7 +330,7 @@ fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
         .iter()
         .filter(|e| e["command"] == "drill")
         .count();
-    assert_eq!(drills, 5);
+    assert_eq!(drills, 6);
 }
 
 #[test]
@@ -328,6 +360,31 @@ fn async_negative_control_loses_writes_and_the_drill_counts_each_one() {
     assert!(s["measured"]["rpo_ms"].as_u64().unwrap() > 0);
     assert!(s["measured"]["rpo_bytes"].as_u64().unwrap() > 0);
     lab.assert_nothing_frozen();
+    lab.assert_whole();
+
+    // Trials: the fault's timing drawn from the seed, the distribution in one report.
+    let r = lab.run(&[
+        "--json",
+        "drill",
+        "run",
+        "kill-primary",
+        "--trials",
+        "2",
+        "--seed",
+        "11",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), lab.daemon_log());
+    let t = r.json();
+    assert_eq!(t["seed"], 11);
+    assert_eq!(t["trials"].as_array().unwrap().len(), 2);
+    assert_eq!(t["passed"], 2);
+    assert!(t["rto_ms"]["p50"].as_f64().unwrap() > 0.0);
+    for tr in t["trials"].as_array().unwrap() {
+        let w = tr["warmup_ms"].as_u64().unwrap();
+        assert!((1000..3000).contains(&w), "{tr}");
+    }
+    let md = t["reports"][0][0].as_str().unwrap();
+    assert!(std::fs::read_to_string(md).unwrap().contains("--seed 11"));
     lab.assert_whole();
 }
 

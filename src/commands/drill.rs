@@ -12,7 +12,8 @@ pub enum Cmd {
     /// What a drill does and what it is measured against.
     Show { name: String },
     /// Run a drill of the plan, or a scenario with its defaults against the plan's postgres
-    /// service: kill-primary, hang-primary, switchover, corrupt-data, restore-only.
+    /// service: kill-primary, hang-primary, partition-site (root), switchover, corrupt-data,
+    /// restore-only.
     Run {
         name: String,
         /// Confirm a disruptive drill against a plan that is not a lab (automation).
@@ -26,6 +27,13 @@ pub enum Cmd {
         /// Where to write the reports (default: the state directory's drill/reports).
         #[arg(long)]
         report_dir: Option<std::path::PathBuf>,
+        /// Run it this many times, the fault's timing (and a partition's shape) drawn at
+        /// random: p50, p95 and max of RTO, RPO and lost writes in one report.
+        #[arg(long)]
+        trials: Option<u32>,
+        /// The seed of the random draws (printed, to replay a run). Default: random.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Undo whatever faults a drill that was killed left behind.
     Heal,
@@ -164,6 +172,8 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             yes,
             freeze_replication,
             report_dir,
+            trials,
+            seed,
         } => {
             let (name, d) = run::resolve(&ctx, name)?;
             let is_lab = ctx.base.join(lifeboat_drill::lab::MARKER).exists();
@@ -177,6 +187,54 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 freeze_replication: *freeze_replication,
                 report_dir: report_dir.clone(),
             };
+            if let Some(n) = trials {
+                let seed = seed.unwrap_or_else(|| {
+                    let mut b = [0u8; 8];
+                    let _ = getrandom::fill(&mut b);
+                    u64::from_le_bytes(b) >> 16
+                });
+                if !cli.json {
+                    println!("{n} trials, seed {seed}");
+                }
+                let each = |t: &lifeboat_drill::trials::Trial| {
+                    if !cli.json {
+                        println!(
+                            "  trial {:>3}: {:<11} fault after {:>5} ms{}  RTO {:>6}  RPO {:>6}  lost {}",
+                            t.n,
+                            t.outcome,
+                            t.warmup_ms,
+                            t.shape.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(),
+                            t.rto_ms.map(|v| format!("{v} ms")).unwrap_or("-".into()),
+                            t.rpo_ms.map(|v| format!("{v} ms")).unwrap_or("-".into()),
+                            t.lost
+                        );
+                    }
+                };
+                let (r, written) =
+                    lifeboat_drill::trials::run_trials(&ctx, &name, &d, &opts, *n, seed, &each)?;
+                if cli.json {
+                    let mut v = serde_json::to_value(&r)?;
+                    v["reports"] = serde_json::to_value(&written)?;
+                    crate::output::json(&v);
+                } else {
+                    let f = |x: Option<f64>| x.map(|v| format!("{v:.0}")).unwrap_or("-".into());
+                    println!(
+                        "{} of {} passed; RTO p50 {} p95 {} max {} ms; RPO max {} ms; {} writes lost in all",
+                        r.passed,
+                        r.trials.len(),
+                        f(r.rto_ms.p50),
+                        f(r.rto_ms.p95),
+                        f(r.rto_ms.max),
+                        f(r.rpo_ms.max),
+                        r.lost_total
+                    );
+                    for (p, _) in &written {
+                        println!("report: {}", p.display());
+                    }
+                }
+                let all = r.passed as usize == r.trials.len() && r.trials.len() == *n as usize;
+                return Ok(if all { 0 } else { crate::exit::FAILED });
+            }
             let (r, written) = run::run(&ctx, &name, &d, &opts)?;
             if cli.json {
                 let mut v = serde_json::to_value(&r)?;

@@ -697,6 +697,19 @@ fn check_drill(
             err(format!("{base}.schedule"), e);
         }
     }
+    if let Some(p) = &d.partition {
+        if !["isolate", "one-way"].contains(&p.as_str()) {
+            err(
+                format!("{base}.partition"),
+                format!("`{p}` is not one of isolate, one-way"),
+            );
+        } else if d.scenario != "partition-site" {
+            err(
+                format!("{base}.partition"),
+                "`partition` applies to the partition-site scenario only".into(),
+            );
+        }
+    }
     if let Some(w) = &d.workload {
         if w.writers == Some(0) {
             err(

@@ -5,7 +5,8 @@
 //! and `lifeboat serve` with its traffic endpoint and DNS name.
 //!
 //! Everything runs on loopback. As root, PostgreSQL and the daemon run as `postgres` (the lab
-//! belongs to it). Not yet: a network namespace per site, so `partition-site` is not offered.
+//! belongs to it). `partition-site` cuts the primary's address and port off with a per-drill nftables table
+//! (root only). Not yet: a network namespace per site.
 //! `lab down` stops every process working in the lab directory and removes it; run twice, the
 //! second finds nothing to do.
 
@@ -197,6 +198,9 @@ backups:
 drills:
   kill-primary: {{ scenario: kill-primary, service: db }}
   hang-primary: {{ scenario: hang-primary, service: db }}
+  # Needs root: an nftables table cuts the primary's address off (every path to it on this
+  # machine), removed when the drill ends.
+  partition-site: {{ scenario: partition-site, service: db }}
   switchover: {{ scenario: switchover, service: db }}
   corrupt-data: {{ scenario: corrupt-data, service: db }}
   # Restored from the archive alone, the newest data is as old as the last archived segment

@@ -16,8 +16,14 @@ pub enum Fault {
     /// Processes frozen with SIGSTOP (each with its start time, so a reused pid is never
     /// signalled): healed with SIGCONT.
     Stopped { what: String, pids: Vec<(u32, u64)> },
-    /// A shell command that undoes what another one did (a link taken down).
-    Command { what: String, heal: String },
+    /// A shell command that undoes what another one did (an nftables table added); run as
+    /// root when `privileged`.
+    Command {
+        what: String,
+        heal: String,
+        #[serde(default)]
+        privileged: bool,
+    },
 }
 
 impl Fault {
@@ -127,12 +133,17 @@ fn heal_one(f: &Fault) -> Result<String, String> {
             }
             Ok(format!("{what}: {n} process(es) continued"))
         }
-        Fault::Command { what, heal } => {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(heal)
-                .output()
-                .map_err(|e| e.to_string())?;
+        Fault::Command {
+            what,
+            heal,
+            privileged,
+        } => {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c").arg(heal);
+            if *privileged {
+                crate::privileged(&mut c);
+            }
+            let out = c.output().map_err(|e| e.to_string())?;
             if out.status.success() {
                 Ok(format!("{what}: undone"))
             } else {
@@ -253,6 +264,7 @@ mod tests {
         l.add(Fault::Command {
             what: "link down".into(),
             heal: format!("echo x >> {}", mark.display()),
+            privileged: false,
         })
         .unwrap();
         // A new ledger (the next process) sees it.

@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod measure;
 pub mod report;
 pub mod run;
+pub mod trials;
 
 use std::path::Path;
 
@@ -64,6 +65,31 @@ pub fn become_state_owner(ctx: &Context) -> Result<(), lifeboat_core::Error> {
         ));
     }
     Ok(())
+}
+
+/// Whether this process may act as root (it is root, or was and keeps root as its saved id).
+pub fn can_be_root() -> bool {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three ids into the given locations.
+    unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+    r == 0 || e == 0 || s == 0
+}
+
+/// Run a command as root (for nftables): a drill that switched to the state directory's owner
+/// keeps root as its saved id and takes it back in the child only.
+pub fn privileged(c: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe id calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::geteuid() != 0
+                && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Give what a root-run drill wrote under the state directory to the state directory's owner.

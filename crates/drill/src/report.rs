@@ -319,3 +319,14 @@ impl Report {
         })
     }
 }
+
+/// The machine a drill ran on: its name and cores.
+pub fn host_description() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "this host".into());
+    format!("{name} ({cores} cores)")
+}

@@ -157,12 +157,14 @@ pub fn run(ctx: &Context, name: &str, d: &Drill, o: &RunOpts) -> Result<(Report,
     dr.report.after = before_notes;
     let started = Instant::now();
     let result = match d.scenario.as_str() {
-        "kill-primary" | "hang-primary" | "switchover" => dr.failover_drill(&rt),
+        "kill-primary" | "hang-primary" | "partition-site" | "switchover" => {
+            dr.failover_drill(&rt)
+        }
         "corrupt-data" => dr.corrupt_data(&rt),
         "restore-only" => dr.restore_only(),
         other => Err(Error::new(
             Kind::Input,
-            format!("scenario `{other}` is not built yet: this version runs kill-primary, hang-primary, switchover, corrupt-data and restore-only"),
+            format!("scenario `{other}` is not built yet: this version runs kill-primary, hang-primary, partition-site, switchover, corrupt-data and restore-only"),
         )),
     };
     // Whatever happened: every fault healed.
@@ -300,7 +302,7 @@ impl<'a> Driver<'a> {
             } else {
                 String::new()
             },
-            host: gethost(),
+            host: crate::report::host_description(),
             ..Default::default()
         };
         Ok(Driver {
@@ -514,7 +516,10 @@ impl<'a> Driver<'a> {
             (None, _) => streaming[0].clone(),
         };
         let pids = lifeboat_pg::ops::processes(&primary);
-        if scenario != "switchover" && pids.is_empty() {
+        if scenario == "partition-site" {
+            check_nft()?;
+        }
+        if (scenario == "kill-primary" || scenario == "hang-primary") && pids.is_empty() {
             return Err(Error::new(
                 Kind::Input,
                 format!(
@@ -616,6 +621,31 @@ impl<'a> Driver<'a> {
                         "the primary {}'s {} processes frozen (SIGSTOP)",
                         primary.site,
                         pids.len()
+                    ));
+                }
+                "partition-site" => {
+                    let shape = self.d.partition.clone().unwrap_or_else(|| "isolate".into());
+                    let table = format!(
+                        "lifeboat_drill_{}",
+                        self.report.run_id.to_lowercase().replace('-', "_")
+                    );
+                    self.ledger.add(Fault::Command {
+                        what: format!(
+                            "primary {} cut off ({shape}, nftables table {table})",
+                            primary.site
+                        ),
+                        heal: format!("nft delete table inet {table}"),
+                        privileged: true,
+                    })?;
+                    nft_apply(&partition_rules(
+                        &table,
+                        &primary.host,
+                        primary.port,
+                        &shape,
+                    ))?;
+                    self.report.fault = Some(format!(
+                        "the primary {} ({}:{}) cut off the network: {shape}",
+                        primary.site, primary.host, primary.port
                     ));
                 }
                 _ => {
@@ -1270,6 +1300,74 @@ async fn writer(
     }
 }
 
+/// The nftables table that cuts `host:port` off: `isolate` drops what goes to it and what it
+/// sends; `one-way` only what goes to it. Its own table, so the host's rules are never
+/// touched, and deleting the table undoes it.
+pub fn partition_rules(table: &str, host: &str, port: u16, shape: &str) -> String {
+    let (to, from) = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => (format!("ip daddr {a} "), format!("ip saddr {a} ")),
+        Ok(std::net::IpAddr::V6(a)) => (format!("ip6 daddr {a} "), format!("ip6 saddr {a} ")),
+        Err(_) => (String::new(), String::new()),
+    };
+    let mut rules = format!("{to}tcp dport {port} drop; ");
+    if shape != "one-way" {
+        rules.push_str(&format!("{from}tcp sport {port} drop; "));
+    }
+    format!(
+        "table inet {table} {{\n  chain input {{ type filter hook input priority -10; policy accept; {rules}}}\n  chain output {{ type filter hook output priority -10; policy accept; {rules}}}\n}}\n"
+    )
+}
+
+fn check_nft() -> Result<(), Error> {
+    if !crate::can_be_root() {
+        return Err(Error::new(
+            Kind::Input,
+            "partition-site cuts the primary off with an nftables table: it needs root",
+        )
+        .hint("run the drill as root (a lab made as root works; on loopback as a normal user it cannot cut a member off honestly)"));
+    }
+    let mut c = std::process::Command::new("nft");
+    c.arg("--version");
+    crate::privileged(&mut c);
+    match c.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => Err(Error::new(
+            Kind::Input,
+            "partition-site needs the `nft` program (nftables)",
+        )
+        .hint("install it (Debian: nftables)")),
+    }
+}
+
+fn nft_apply(ruleset: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut c = std::process::Command::new("nft");
+    c.args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    crate::privileged(&mut c);
+    let mut child = c
+        .spawn()
+        .map_err(|e| Error::new(Kind::Internal, format!("nft: {e}")))?;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(ruleset.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::new(Kind::Internal, format!("nft: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            Kind::Source,
+            format!(
+                "nft refused the partition: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn in_phase(c: &SteadyCheck, phase: &str) -> bool {
     if c.when.is_empty() {
         phase == "before" || phase == "after"
@@ -1399,14 +1497,4 @@ fn fmt_us(us: i64) -> String {
     jiff::Timestamp::from_microsecond(us)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| us.to_string())
-}
-
-fn gethost() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "this host".into());
-    format!("{name} ({cores} cores)")
 }
