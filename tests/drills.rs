@@ -403,6 +403,56 @@ fn interrupted_refused_killed_and_guarded_drills_heal_and_say_so() {
     .unwrap();
     assert_eq!(lab.run(&["plan", "check"]).code, 0);
 
+    // Steady state: a check that does not hold before the fault aborts the drill with
+    // nothing injected; one that fails after it fails the drill; during-checks are counted.
+    let plan = std::fs::read_to_string(lab.plan()).unwrap();
+    std::fs::write(
+        lab.plan(),
+        format!(
+            "{plan}  unsteady: {{ scenario: kill-primary, service: db, steady_state: [{{ sql: \"SELECT count(*) FROM pg_database\", min: 100 }}] }}\n  \
+             checked: {{ scenario: kill-primary, service: db, steady_state: [{{ name: tables, sql: \"SELECT count(*) FROM pg_class\", min: 1 }}, {{ command: \"true\", when: [during], max_failures: 0 }}, {{ name: after-hook, command: \"exit 3\", when: [after] }}] }}\n"
+        ),
+    )
+    .unwrap();
+    let r = lab.run(&["--json", "drill", "run", "unsteady"]);
+    let s = r.json();
+    assert_eq!(s["outcome"], "aborted", "{}", r.all());
+    assert!(s["fault"].is_null(), "nothing injected: {s}");
+    assert_eq!(s["steady_state"][0]["passed"], false);
+    assert!(
+        s["steady_state"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("outside"),
+        "{s}"
+    );
+    assert_eq!(lab.roles()[0].1, "primary");
+    let r = lab.run(&["--json", "drill", "run", "checked"]);
+    let s = r.json();
+    assert_eq!(s["outcome"], "failed", "{}", r.all());
+    for o in s["objectives"].as_array().unwrap() {
+        assert_eq!(o["met"], true, "{o}");
+    }
+    let by = |n: &str, phase: &str| {
+        s["steady_state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n && c["phase"] == phase)
+            .unwrap_or_else(|| panic!("no {n} {phase}: {s}"))
+            .clone()
+    };
+    assert_eq!(by("tables", "before")["passed"], true);
+    assert_eq!(by("tables", "after")["passed"], true);
+    assert!(by("true", "during")["runs"].as_u64().unwrap() >= 2);
+    assert_eq!(by("true", "during")["passed"], true);
+    assert_eq!(by("after-hook", "after")["passed"], false);
+    lab.assert_whole();
+    // The primary moved to west; the drills below start from there.
+    let r = lab.run(&["switchover", "db", "--to", "east"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    lab.assert_whole();
+
     // A drill in its warm-up; a second one is refused, naming it; then Ctrl-C.
     let first = lab
         .cmd(&["--json", "drill", "run", "slow-kill"])
@@ -436,6 +486,13 @@ fn interrupted_refused_killed_and_guarded_drills_heal_and_say_so() {
     lab.assert_whole();
 
     // A drill killed (SIGKILL) after it froze the primary: `drill heal` undoes it.
+    let old = lab
+        .roles()
+        .into_iter()
+        .find(|(_, r)| r == "primary")
+        .map(|(s, _)| s)
+        .unwrap();
+    let other = if old == "east" { "west" } else { "east" };
     let mut killed = lab
         .cmd(&["drill", "run", "slow-hang"])
         .stdout(Stdio::null())
@@ -457,6 +514,24 @@ fn interrupted_refused_killed_and_guarded_drills_heal_and_say_so() {
     std::thread::sleep(Duration::from_millis(100));
     killed.kill().unwrap();
     killed.wait().unwrap();
+    // The primary stays frozen with nobody to continue it: the daemon fails over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let routed = loop {
+        let st: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(lab.dir.join(".lifeboat/failover/db.json")).unwrap(),
+        )
+        .unwrap();
+        if st["in_progress"].is_null() && st["primary"] == other {
+            break other;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover after the hang: {st}\n{}",
+            lab.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // `drill heal` continues the frozen old primary (the endpoint no longer routes to it).
     let h = lab.run(&["drill", "heal"]);
     assert_eq!(h.code, 0, "{}", h.all());
     assert!(h.stdout.contains("continued"), "{}", h.all());
@@ -465,26 +540,9 @@ fn interrupted_refused_killed_and_guarded_drills_heal_and_say_so() {
         .run(&["drill", "heal"])
         .stdout
         .contains("nothing to heal"));
-    // The daemon failed over meanwhile: the old primary, continued, is fenced off by the
-    // endpoint, and a rejoin (what the killed drill's teardown would have done) makes the lab
-    // whole.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let routed = loop {
-        let st: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(lab.dir.join(".lifeboat/failover/db.json")).unwrap(),
-        )
-        .unwrap();
-        if st["in_progress"].is_null() && st["primary"] == "west" {
-            break "west";
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failover after the hang: {st}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(routed, "west");
-    let r = lab.run(&["rejoin", "db", "east"]);
+    // A rejoin (what the killed drill's teardown would have done) makes the lab whole.
+    assert_eq!(routed, other);
+    let r = lab.run(&["rejoin", "db", &old]);
     assert_eq!(r.code, 0, "{}", r.all());
     lab.assert_whole();
 }
@@ -602,5 +660,36 @@ repositories:
         r.all().contains("needs a member") || r.all().contains("confirmation"),
         "{}",
         r.all()
+    );
+}
+
+#[test]
+fn the_demo_runs_end_to_end_and_leaves_nothing_behind() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("run");
+    let r = run_in(tmp.path(), &["demo", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    // Both drills passed, with their objectives tables.
+    assert_eq!(r.stdout.matches("\nPASSED\n").count(), 2, "{}", r.stdout);
+    assert!(r.stdout.contains("lost writes  0       0"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("the report recorded by event"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !dir.exists(),
+        "the demo directory is removed without --keep"
+    );
+    let ps = Command::new("pgrep")
+        .args(["-f", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&ps.stdout)
     );
 }
