@@ -155,6 +155,10 @@ fn run_in(dir: &Path, args: &[&str]) -> Run {
         .into()
 }
 
+fn lifeboat_pg_bin() -> PathBuf {
+    common::pg::pg_bin()
+}
+
 fn objective<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     report["objectives"]
         .as_array()
@@ -361,6 +365,91 @@ fn async_negative_control_loses_writes_and_the_drill_counts_each_one() {
     assert!(s["measured"]["rpo_bytes"].as_u64().unwrap() > 0);
     lab.assert_nothing_frozen();
     lab.assert_whole();
+
+    // The cross-region copy carries the WAL too: with the primary's repository gone, a
+    // point-in-time restore from the copy still reaches past the last base backup.
+    let sql = |port: &str, q: &str| -> String {
+        let mut c = Command::new(lifeboat_pg_bin().join("psql"));
+        c.args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-U",
+            "postgres",
+            "-Atq",
+            "-c",
+            q,
+        ]);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let endpoint = std::fs::read_to_string(lab.plan())
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("listen: \"127.0.0.1:")
+                .map(|p| p.trim_end_matches('"').to_string())
+        })
+        .unwrap();
+    sql(
+        &endpoint,
+        "CREATE TABLE kept(v int); INSERT INTO kept SELECT generate_series(1, 100)",
+    );
+    let r = lab.run(&["backup", "db-base"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("WAL file(s)"), "{}", r.all());
+    sql(
+        &endpoint,
+        "INSERT INTO kept SELECT generate_series(101, 150)",
+    );
+    let seg = sql(&endpoint, "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql(
+        &endpoint,
+        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+    ) < seg
+    {
+        assert!(Instant::now() < deadline, "{seg} was not archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = lab.run(&["repo", "copy", "--from", "east-repo", "--to", "west-repo"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("WAL file(s)"), "{}", r.all());
+    std::fs::rename(lab.dir.join("east/repo"), lab.dir.join("east/repo.gone")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = lab.dir.join("from-copy");
+    // As the lab's owner, as PostgreSQL's restore_command will be.
+    let mut c = lab.cmd(&[
+        "restore",
+        "db",
+        "--latest",
+        "--repo",
+        "west-repo",
+        "--target",
+        target.to_str().unwrap(),
+        "--start",
+        &port.to_string(),
+    ]);
+    {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        let md = std::fs::metadata(&lab.dir).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            c.uid(md.uid()).gid(md.gid());
+        }
+    }
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(sql(&port.to_string(), "SELECT count(*) FROM kept"), "150");
+    std::fs::rename(lab.dir.join("east/repo.gone"), lab.dir.join("east/repo")).unwrap();
 
     // Trials: the fault's timing drawn from the seed, the distribution in one report.
     let r = lab.run(&[

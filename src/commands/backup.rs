@@ -47,6 +47,13 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             }
             for c in &o.copies {
                 match &c.error {
+                    None if c.wal_files > 0 => println!(
+                        "{}: copied to {} with {} WAL file(s) ({} uploaded)",
+                        o.job,
+                        c.repository,
+                        c.wal_files,
+                        crate::output::bytes(c.bytes_uploaded)
+                    ),
                     None => println!(
                         "{}: copied to {} ({} uploaded)",
                         o.job,

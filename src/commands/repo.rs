@@ -92,6 +92,14 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                     r.already_there,
                     crate::output::bytes(r.bytes_uploaded)
                 );
+                if r.wal.copied + r.wal.already_there > 0 {
+                    println!(
+                        "copied {} WAL file(s) ({} already there), {}",
+                        r.wal.copied,
+                        r.wal.already_there,
+                        crate::output::bytes(r.wal.bytes)
+                    );
+                }
             }
             Ok(0)
         }

@@ -14,7 +14,9 @@ pub struct Args {
     /// Directory to restore into (created if missing; must be empty unless --force).
     #[arg(long)]
     target: PathBuf,
-    /// Repository (default: the plan's only one).
+    /// Repository (default: the plan's only one). PostgreSQL: restore from this one (a
+    /// cross-region copy: its base backups and the WAL copied there) instead of the one the
+    /// service archives into.
     #[arg(long)]
     repo: Option<String>,
     /// With `latest`: the latest snapshot of this job.
@@ -94,6 +96,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             start: a.start,
             owner: a.owner.clone(),
             wait_timeout: Duration::from_secs(a.wait_timeout),
+            repository: a.repo.clone(),
         };
         let r = lifeboat_protect::pitr::restore(&ctx, &a.snapshot, &o)?;
         if cli.json {

@@ -40,6 +40,10 @@ pub enum Cmd {
         /// target was reached") instead of the whole restore dying on a segment it never needed.
         #[arg(long)]
         has_target: bool,
+        /// Fetch from this repository (a restore from a cross-region copy) instead of the
+        /// service's own.
+        #[arg(long)]
+        repo: Option<String>,
     },
     /// Walk the archive: timelines, gaps, and the recoverable window per base backup.
     Verify {
@@ -69,7 +73,20 @@ pub fn run(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             prefetch,
             standby,
             has_target,
-        } => match lifeboat_protect::wal::fetch(&ctx, service, name, dest, *prefetch) {
+            repo,
+        } => match repo
+            .as_ref()
+            .map(|r| lifeboat_protect::wal::using_repository(&ctx, service, r))
+            .transpose()
+            .and_then(|c| {
+                lifeboat_protect::wal::fetch(
+                    c.as_ref().unwrap_or(&ctx),
+                    service,
+                    name,
+                    dest,
+                    *prefetch,
+                )
+            }) {
             Ok(true) => Ok(0),
             Ok(false) => Ok(1),
             Err(e) => {

@@ -332,6 +332,15 @@ impl<'a> Driver<'a> {
         self.members.iter().find(|m| m.site == site)
     }
 
+    /// A member, in the database the drill's table lives in.
+    fn in_db(&self, m: &Member) -> Member {
+        let mut m = m.clone();
+        if let Some(db) = self.d.workload.as_ref().and_then(|w| w.database.clone()) {
+            m.dbname = db;
+        }
+        m
+    }
+
     /// Where writes go: the traffic endpoint, else the member that is primary now.
     fn write_target(&self, primary: &Member) -> Member {
         let mut m = primary.clone();
@@ -494,7 +503,10 @@ impl<'a> Driver<'a> {
             .hint("start the daemon (`lifeboat serve`) for this plan, then run the drill"));
         }
         // The standbys stream (a drill starts from a healthy service).
-        let s = rt.block_on(Session::connect(&primary, Duration::from_secs(5)))?;
+        let s = rt.block_on(Session::connect(
+            &self.in_db(&primary),
+            Duration::from_secs(5),
+        ))?;
         let mut streaming = Vec::new();
         for m in &standbys {
             if rt.block_on(s.standby_state(&m.site))? == "streaming" {
@@ -815,7 +827,7 @@ impl<'a> Driver<'a> {
         let (now, present, switchpoint) = loop {
             let r = rt.block_on(async {
                 let p = self.primary().await?;
-                let s = Session::connect(&p, Duration::from_secs(3)).await?;
+                let s = Session::connect(&self.in_db(&p), Duration::from_secs(3)).await?;
                 let ids = workload::ids(&s, &self.report.run_id).await?;
                 let tli = workload::timeline(&s).await?;
                 let sp = workload::switchpoint(&s, tli).await.ok().flatten();
@@ -961,7 +973,10 @@ impl<'a> Driver<'a> {
     fn corrupt_data(&mut self, rt: &tokio::runtime::Runtime) -> Result<(), Error> {
         let primary = rt.block_on(self.primary())?;
         self.report.primary_before = Some(primary.site.clone());
-        let s = rt.block_on(Session::connect(&primary, Duration::from_secs(5)))?;
+        let s = rt.block_on(Session::connect(
+            &self.in_db(&primary),
+            Duration::from_secs(5),
+        ))?;
         rt.block_on(workload::prepare(&s, &self.report.run_id))?;
         let target = self.write_target(&primary);
         self.run_table = Some(target.clone());
@@ -1050,13 +1065,14 @@ impl<'a> Driver<'a> {
                 start: Some(port),
                 owner: None,
                 wait_timeout: Duration::from_secs(300),
+                repository: None,
             },
         );
         let restored_ms = self.now_ms();
         let pg_ctl = self.pg.tool("pg_ctl");
         let counted = match restore {
             Ok(r) => {
-                let mut m = primary.clone();
+                let mut m = self.in_db(&primary);
                 m.host = "127.0.0.1".into();
                 m.port = port;
                 let ids = rt.block_on(async {

@@ -37,6 +37,8 @@ pub struct CopyOutcome {
     pub ok: bool,
     pub error: Option<String>,
     pub bytes_uploaded: u64,
+    /// WAL files copied with it (the WAL archives in the snapshot's repository).
+    pub wal_files: usize,
 }
 
 fn job_repo(ctx: &Context, name: &str, job: &BackupJob) -> Result<String, Error> {
@@ -112,7 +114,8 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
         let snapshot_id = summary.snapshot.clone();
         out.summary = Some(summary);
         for target in &job.copy_to {
-            out.copies.push(copy_one(&store, ctx, target, &snapshot_id));
+            out.copies
+                .push(copy_one(&store, ctx, &out.repository, target, &snapshot_id));
         }
         Ok(())
     })();
@@ -136,24 +139,30 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
     out
 }
 
-fn copy_one(store: &Store, ctx: &Context, target: &str, snapshot: &str) -> CopyOutcome {
+/// Copy a new snapshot to `target`, with the WAL archives kept in `from` (the snapshot's
+/// repository) for the postgres services archiving there.
+fn copy_one(store: &Store, ctx: &Context, from: &str, target: &str, snapshot: &str) -> CopyOutcome {
     let r = (|| {
         let dest = ctx.open_repo(target)?;
         let _lock = ctx.lock_repo(&dest, false, "copy", None)?;
-        store.copy_to(&dest, &[snapshot.to_string()])
+        let s = store.copy_to(&dest, &[snapshot.to_string()])?;
+        let w = crate::wal::copy_archives(ctx, store, &dest, from)?;
+        Ok::<_, Error>((s, w))
     })();
     match r {
-        Ok(s) => CopyOutcome {
+        Ok((s, w)) => CopyOutcome {
             repository: target.into(),
             ok: true,
             error: None,
-            bytes_uploaded: s.bytes_uploaded,
+            bytes_uploaded: s.bytes_uploaded + w.bytes,
+            wal_files: w.copied,
         },
         Err(e) => CopyOutcome {
             repository: target.into(),
             ok: false,
             error: Some(e.to_string()),
             bytes_uploaded: 0,
+            wal_files: 0,
         },
     }
 }

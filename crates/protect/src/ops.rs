@@ -315,9 +315,12 @@ pub struct CopyReport {
     pub copied: usize,
     pub already_there: usize,
     pub bytes_uploaded: u64,
+    /// The WAL archives of the postgres services archiving into `from`.
+    pub wal: crate::wal::WalCopy,
 }
 
-/// Copy every snapshot of this plan from `from` to `to` (cross-region copy).
+/// Copy every snapshot of this plan from `from` to `to` (cross-region copy), and the WAL
+/// archives of the postgres services archiving into `from`.
 pub fn copy(ctx: &Context, from: &str, to: &str) -> Result<CopyReport, Error> {
     let started = Instant::now();
     let result = (|| -> Result<_, Error> {
@@ -331,12 +334,14 @@ pub fn copy(ctx: &Context, from: &str, to: &str) -> Result<CopyReport, Error> {
             .map(|s| s.id)
             .collect();
         let s = src.copy_to(&dest, &ids)?;
+        let wal = crate::wal::copy_archives(ctx, &src, &dest, from)?;
         Ok(CopyReport {
             from: from.into(),
             to: to.into(),
             copied: s.copied,
             already_there: s.already_there,
             bytes_uploaded: s.bytes_uploaded,
+            wal,
         })
     })();
     let (outcome, figures) = match &result {

@@ -55,6 +55,9 @@ pub struct RestoreOpts {
     /// directory's owner, or `postgres`.
     pub owner: Option<String>,
     pub wait_timeout: Duration,
+    /// Restore from this repository (a cross-region copy) instead of the one the service
+    /// archives into: its base backups and the WAL copied there.
+    pub repository: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -464,6 +467,14 @@ pub fn parse_pg_time(s: &str) -> Option<i64> {
 /// Restore a service to a target.
 pub fn restore(ctx: &Context, service: &str, o: &RestoreOpts) -> Result<PitrReport, Error> {
     let started = Instant::now();
+    let from_copy;
+    let ctx = match &o.repository {
+        Some(r) => {
+            from_copy = crate::wal::using_repository(ctx, service, r)?;
+            &from_copy
+        }
+        None => ctx,
+    };
     let result = restore_inner(ctx, service, o, started).map(|(r, running)| {
         if let Some(mut run) = running {
             // The caller asked for a running server: leave it running.
@@ -542,11 +553,12 @@ fn configure_recovery(
     let exe = std::env::current_exe()
         .map_err(|e| Error::new(Kind::Internal, format!("locating lifeboat: {e}")))?;
     let fetch = format!(
-        "LIFEBOAT_STATE_DIR={} {} --plan {} wal fetch {}{} \"%f\" \"%p\"",
+        "LIFEBOAT_STATE_DIR={} {} --plan {} wal fetch {} --repo {}{} \"%f\" \"%p\"",
         sh_quote(&ctx.state_dir.display().to_string()),
         sh_quote(&exe.display().to_string()),
         sh_quote(&ctx.plan_path.display().to_string()),
         sh_quote(service),
+        sh_quote(&wal_repo(ctx, service)?),
         // With a target, a damaged segment read ahead of it must not end the restore.
         if matches!(target, Target::Latest) {
             ""
@@ -619,6 +631,8 @@ fn preflight_restore_command(ctx: &Context, service: &str, data: &Path) -> Resul
             "FFFFFFFF.history",
             "--prefetch",
             "0",
+            "--repo",
+            &wal_repo(ctx, service)?,
         ])
         .arg(data.join("lifeboat-preflight"))
         .env("LIFEBOAT_STATE_DIR", &ctx.state_dir)

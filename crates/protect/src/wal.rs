@@ -113,6 +113,77 @@ pub fn archive(ctx: &Context, service: &str) -> Result<(WalArchive, String), Err
     Ok((a, repo))
 }
 
+/// The context with `service`'s WAL archive (and base backups) taken from repository `repo`
+/// instead of the plan's: a restore from a cross-region copy.
+pub fn using_repository(ctx: &Context, service: &str, repo: &str) -> Result<Context, Error> {
+    if !ctx.plan.repositories.contains_key(repo) {
+        return Err(Error::new(
+            Kind::Input,
+            format!("no repository `{repo}` in the plan ({})", ctx.repo_names()),
+        ));
+    }
+    let mut c = ctx.clone();
+    match c.plan.services.get_mut(service) {
+        Some(lifeboat_core::plan::Service::Postgres { wal_repository, .. }) => {
+            *wal_repository = Some(repo.to_string());
+            Ok(c)
+        }
+        _ => Err(Error::new(
+            Kind::Input,
+            format!("`{service}` is not a postgres service of the plan"),
+        )),
+    }
+}
+
+/// WAL files copied into a cross-region copy of a repository.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WalCopy {
+    pub copied: usize,
+    pub already_there: usize,
+    pub bytes: u64,
+}
+
+/// Copy the WAL archive of every postgres service archiving into repository `from` (opened as
+/// `src`) to `dest`: each file decrypted with the source's key, checked, and archived again
+/// under the target's (the copies may have different keys). Without it a cross-region copy
+/// holds base backups only, and a restore from it cannot go past the last one.
+pub fn copy_archives(
+    ctx: &Context,
+    src: &lifeboat_store::Store,
+    dest: &lifeboat_store::Store,
+    from: &str,
+) -> Result<WalCopy, Error> {
+    let mut out = WalCopy::default();
+    for (name, svc) in &ctx.plan.services {
+        if !matches!(svc, lifeboat_core::plan::Service::Postgres { .. })
+            || ctx.plan.wal_repository(name) != Some(from)
+        {
+            continue;
+        }
+        let a = src.wal_archive(name);
+        if a.meta()?.is_none() {
+            continue;
+        }
+        let b = dest.wal_archive(name);
+        let have: std::collections::BTreeSet<String> = b.names()?.into_iter().collect();
+        for n in a.names()? {
+            if have.contains(&n) {
+                out.already_there += 1;
+                continue;
+            }
+            let Some(bytes) = a.fetch(&n)? else { continue };
+            match b.push(&n, &bytes)? {
+                lifeboat_store::walarchive::PushOutcome::Stored { bytes } => {
+                    out.copied += 1;
+                    out.bytes += bytes;
+                }
+                lifeboat_store::walarchive::PushOutcome::AlreadyArchived => out.already_there += 1,
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Serialize)]
 pub struct PushReport {
     pub name: String,
