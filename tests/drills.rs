@@ -565,6 +565,40 @@ fn interrupted_refused_killed_and_guarded_drills_heal_and_say_so() {
     lab.assert_whole();
     assert_eq!(lab.roles()[0].1, "primary", "nothing was injected");
 
+    // Ctrl-C after the fault: the frozen primary is continued, the service made whole, the
+    // report says "interrupted".
+    let ledger = lab.dir.join(".lifeboat/drill/faults.json");
+    let hung = lab
+        .cmd(&["--json", "drill", "run", "slow-hang"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&ledger)
+        .unwrap_or_default()
+        .contains("frozen")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the fault was never written down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(hung.id() as i32, libc::SIGINT) };
+    let r: Run = hung.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 130, "{}", r.all());
+    let s = r.json();
+    assert_eq!(s["outcome"], "interrupted", "{s}");
+    assert!(
+        s["after"].to_string().contains("continued"),
+        "{}",
+        s["after"]
+    );
+    lab.assert_nothing_frozen();
+    lab.assert_whole();
+
     // A guardrail trips: aborted, healed, reported; the service whole afterwards.
     let r = lab.run(&["--json", "drill", "run", "tight-hang"]);
     assert_ne!(r.code, 0);

@@ -152,8 +152,9 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         for d in &s.drills {
             let ms = |v: Option<u64>| v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
             println!(
-                "  drill {:<13} last {} {} (RTO {}, RPO {}, {} lost); last passed {}",
+                "  drill {:<13} tier {} — last {} {} (RTO {}, RPO {}, {} lost); last passed {}",
                 d.scenario,
+                d.tier,
                 d.time.get(..19).unwrap_or(&d.time),
                 d.outcome,
                 ms(d.rto_ms),
