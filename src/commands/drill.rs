@@ -10,11 +10,15 @@ pub enum Cmd {
     /// The plan's drills.
     List,
     /// What a drill does and what it is measured against.
-    Show { name: String },
+    Show {
+        /// A drill of the plan, or a scenario name.
+        name: String,
+    },
     /// Run a drill of the plan, or a scenario with its defaults against the plan's postgres
     /// service: kill-primary, hang-primary, partition-site (root), switchover, corrupt-data,
     /// restore-only.
     Run {
+        /// A drill of the plan (`drill list`), or a scenario name.
         name: String,
         /// Confirm a disruptive drill against a plan that is not a lab (automation).
         #[arg(long)]

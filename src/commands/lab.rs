@@ -9,6 +9,7 @@ pub enum Cmd {
     /// Build the lab: a primary and a standby of one PostgreSQL cluster, a repository per
     /// site, a plan with drills, a first base backup, and the daemon.
     Up {
+        /// The lab's directory (its plan is DIR/lifeboat.yaml).
         #[arg(long, default_value = "lifeboat-lab")]
         dir: PathBuf,
         /// The standby replicates asynchronously (the default is synchronous: nothing
@@ -18,11 +19,13 @@ pub enum Cmd {
     },
     /// The lab's members and daemon now.
     Status {
+        /// The lab's directory (its plan is DIR/lifeboat.yaml).
         #[arg(long, default_value = "lifeboat-lab")]
         dir: PathBuf,
     },
     /// Stop everything the lab runs and remove it (nothing to do the second time).
     Down {
+        /// The lab's directory (its plan is DIR/lifeboat.yaml).
         #[arg(long, default_value = "lifeboat-lab")]
         dir: PathBuf,
     },
