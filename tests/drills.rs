@@ -449,6 +449,21 @@ fn async_negative_control_loses_writes_and_the_drill_counts_each_one() {
     let r: Run = c.output().unwrap().into();
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(sql(&port.to_string(), "SELECT count(*) FROM kept"), "150");
+    // The same as a drill: restore-only from the copy, timed, the plan's checks run.
+    let plan = std::fs::read_to_string(lab.plan()).unwrap();
+    std::fs::write(
+        lab.plan(),
+        format!("{plan}  from-copy: {{ scenario: restore-only, service: db, repository: west-repo, objectives: {{ rpo: 1h }} }}\n"),
+    )
+    .unwrap();
+    let (r, s, _) = lab.drill(&["from-copy"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        s["fault"].as_str().unwrap().contains("west-repo"),
+        "{}",
+        s["fault"]
+    );
+    assert_eq!(objective(&s, "restore checks")["met"], true);
     std::fs::rename(lab.dir.join("east/repo.gone"), lab.dir.join("east/repo")).unwrap();
 
     // Trials: the fault's timing drawn from the seed, the distribution in one report.

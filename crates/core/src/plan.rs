@@ -77,6 +77,10 @@ pub struct Drill {
     /// switchover: the site to switch to. Default: the first other member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// restore-only: the repository to restore from (a cross-region copy). Default: the one
+    /// the service archives into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     /// partition-site: `isolate` (default: nothing reaches the primary and it reaches no
     /// one) or `one-way` (nothing reaches it; what it sends still leaves).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -697,6 +697,22 @@ fn check_drill(
             err(format!("{base}.schedule"), e);
         }
     }
+    if let Some(r) = &d.repository {
+        if !plan.repositories.contains_key(r) {
+            err(
+                format!("{base}.repository"),
+                format!(
+                    "no repository `{r}` in the plan ({})",
+                    list(&plan.repositories.keys().cloned().collect())
+                ),
+            );
+        } else if d.scenario != "restore-only" {
+            err(
+                format!("{base}.repository"),
+                "`repository` applies to the restore-only scenario only".into(),
+            );
+        }
+    }
     if let Some(p) = &d.partition {
         if !["isolate", "one-way"].contains(&p.as_str()) {
             err(

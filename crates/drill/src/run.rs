@@ -1128,7 +1128,16 @@ impl<'a> Driver<'a> {
 
     /// restore-only: the latest recovery point into a sandbox, its checks, timed.
     fn restore_only(&mut self) -> Result<(), Error> {
-        let r = lifeboat_protect::pitr::verify_restore(self.ctx, &self.d.service)?;
+        let from_copy;
+        let ctx = match &self.d.repository {
+            Some(repo) => {
+                from_copy =
+                    lifeboat_protect::wal::using_repository(self.ctx, &self.d.service, repo)?;
+                &from_copy
+            }
+            None => self.ctx,
+        };
+        let r = lifeboat_protect::pitr::verify_restore(ctx, &self.d.service)?;
         self.report.fault = Some(format!(
             "none: the latest recovery point of {} restored from {} into a sandbox",
             self.d.service, r.repository
