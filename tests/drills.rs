@@ -322,6 +322,28 @@ fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
     );
     lab.assert_whole();
 
+    // lose-region: the primary's site and its repository gone; rebuilt in the other site
+    // from the cross-region copy alone; the writes after the copy's last run are lost and
+    // counted; the lab whole again afterwards, the repository back.
+    let (r, s, full) = lab.drill(&["lose-region"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), lab.daemon_log());
+    let lost = s["measured"]["writes"]["lost"].as_u64().unwrap();
+    assert!(
+        lost > 0,
+        "writes after the last copy are lost: {}",
+        s["measured"]
+    );
+    assert_eq!(recount(&full).1, lost);
+    assert!(s["measured"]["rpo_ms"].as_u64().unwrap() > 0);
+    assert_ne!(s["primary_before"], s["primary_after"]);
+    assert!(
+        s["measured"]["parts"].to_string().contains("restored"),
+        "{}",
+        s["measured"]
+    );
+    assert!(lab.dir.join("east/repo/config").exists());
+    lab.assert_whole();
+
     // status shows the latest drills.
     let st = lab.run(&["status"]);
     assert!(st.stdout.contains("kill-primary"), "{}", st.all());
@@ -334,7 +356,7 @@ fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
         .iter()
         .filter(|e| e["command"] == "drill")
         .count();
-    assert_eq!(drills, 6);
+    assert_eq!(drills, 7);
 }
 
 #[test]

@@ -16,7 +16,7 @@ pub enum Cmd {
     },
     /// Run a drill of the plan, or a scenario with its defaults against the plan's postgres
     /// service: kill-primary, hang-primary, partition-site (root), switchover, corrupt-data,
-    /// restore-only.
+    /// lose-region (labs), restore-only.
     Run {
         /// A drill of the plan (`drill list`), or a scenario name.
         name: String,

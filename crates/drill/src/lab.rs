@@ -206,6 +206,9 @@ drills:
   # Restored from the archive alone, the newest data is as old as the last archived segment
   # (archive_timeout is 1 min here); its RPO is the one for losing both sites.
   restore-only: {{ scenario: restore-only, service: db, objectives: {{ rpo: 5m }} }}
+  # East and east-repo gone; the service rebuilt in west from west-repo alone. What was
+  # written after the copy's last run is lost: the RPO is the copy's schedule.
+  lose-region: {{ scenario: lose-region, service: db, objectives: {{ rpo: 5m, rto: 2m }} }}
 "#,
         mode = s.replication,
         east = s.east_port,

@@ -157,14 +157,13 @@ pub fn run(ctx: &Context, name: &str, d: &Drill, o: &RunOpts) -> Result<(Report,
     dr.report.after = before_notes;
     let started = Instant::now();
     let result = match d.scenario.as_str() {
-        "kill-primary" | "hang-primary" | "partition-site" | "switchover" => {
-            dr.failover_drill(&rt)
-        }
+        "kill-primary" | "hang-primary" | "partition-site" | "switchover" => dr.failover_drill(&rt),
         "corrupt-data" => dr.corrupt_data(&rt),
+        "lose-region" => dr.lose_region(&rt),
         "restore-only" => dr.restore_only(),
         other => Err(Error::new(
             Kind::Input,
-            format!("scenario `{other}` is not built yet: this version runs kill-primary, hang-primary, partition-site, switchover, corrupt-data and restore-only"),
+            format!("unknown scenario `{other}`"),
         )),
     };
     // Whatever happened: every fault healed.
@@ -234,6 +233,9 @@ struct Driver<'a> {
     /// The old primary, to rejoin afterwards.
     rejoin: Option<String>,
     run_table: Option<Member>,
+    /// lose-region: the survivor's data directory set aside, and where it belongs; put back
+    /// if the rebuild fails.
+    set_aside: Option<(PathBuf, PathBuf)>,
 }
 
 fn new_run_id() -> String {
@@ -321,6 +323,7 @@ impl<'a> Driver<'a> {
             rpo_target: obj.rpo.map(|d| d.0).or(tier.map(|t| t.rpo.0)),
             rejoin: None,
             run_table: None,
+            set_aside: None,
         })
     }
 
@@ -577,23 +580,7 @@ impl<'a> Driver<'a> {
             }
         }
         let (writers, interval, warmup, cooldown, timeout) = self.workload();
-        let log = Arc::new(Mutex::new(Vec::<Attempt>::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let next = Arc::new(AtomicU64::new(1));
-        let mut tasks = Vec::new();
-        for w in 0..writers {
-            tasks.push(rt.spawn(writer(
-                target.clone(),
-                self.report.run_id.clone(),
-                w,
-                next.clone(),
-                self.t0,
-                stop.clone(),
-                log.clone(),
-                interval,
-                timeout,
-            )));
-        }
+        let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout);
         let during = self.start_during(rt, &target, stop.clone());
         let mut child = None;
         let result = (|| -> Result<(), Error> {
@@ -679,8 +666,6 @@ impl<'a> Driver<'a> {
                 self.rejoin = Some(primary.site.clone());
             }
             // Wait for the first acknowledged write that began after the fault.
-            let no_write = self.guard_no_write();
-            let total = self.guard_total();
             // A switchover is over when its command is; the recovery is a write after that.
             let mut since = fault_ms;
             loop {
@@ -689,36 +674,11 @@ impl<'a> Driver<'a> {
                         since = self.now_ms();
                     }
                 }
-                let (_, first) =
-                    measure::outage(&log.lock().unwrap_or_else(|e| e.into_inner()), since);
-                if first.is_some() {
-                    break;
+                match self.recovered(&log, since, fault_ms) {
+                    Some(true) => break,
+                    Some(false) => return Ok(()),
+                    None => std::thread::sleep(Duration::from_millis(20)),
                 }
-                if interrupted() {
-                    self.abort(
-                        "interrupted",
-                        "interrupted before the service recovered".into(),
-                    );
-                    return Ok(());
-                }
-                if self.now_ms() - fault_ms > no_write.as_secs_f64() * 1000.0 {
-                    self.abort(
-                        "aborted",
-                        format!(
-                            "guardrail: no write succeeded for {} s after the fault",
-                            no_write.as_secs()
-                        ),
-                    );
-                    return Ok(());
-                }
-                if self.t0.elapsed() > total {
-                    self.abort(
-                        "aborted",
-                        format!("guardrail: the drill ran longer than {} s", total.as_secs()),
-                    );
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(20));
             }
             if !rt.block_on(self.pause(cooldown)) {
                 self.abort("interrupted", "interrupted after the recovery".into());
@@ -770,6 +730,91 @@ impl<'a> Driver<'a> {
         self.report.attempts = attempts;
         self.count_failover(rt, &primary)?;
         Ok(())
+    }
+
+    /// Whether the writers saw the service back: Some(true) once a write that began after
+    /// `since` was acknowledged, Some(false) when the drill must stop (interrupted, or a
+    /// guardrail tripped: the report says which), None to keep waiting.
+    fn recovered(&mut self, log: &Mutex<Vec<Attempt>>, since: f64, fault_ms: f64) -> Option<bool> {
+        let (_, first) = measure::outage(&log.lock().unwrap_or_else(|e| e.into_inner()), since);
+        if first.is_some() {
+            return Some(true);
+        }
+        let no_write = self.guard_no_write();
+        let total = self.guard_total();
+        if interrupted() {
+            self.abort(
+                "interrupted",
+                "interrupted before the service recovered".into(),
+            );
+        } else if self.now_ms() - fault_ms > no_write.as_secs_f64() * 1000.0 {
+            self.abort(
+                "aborted",
+                format!(
+                    "guardrail: no write succeeded for {} s after the fault",
+                    no_write.as_secs()
+                ),
+            );
+        } else if self.t0.elapsed() > total {
+            self.abort(
+                "aborted",
+                format!("guardrail: the drill ran longer than {} s", total.as_secs()),
+            );
+        } else {
+            return None;
+        }
+        Some(false)
+    }
+
+    /// The run's table on the primary: a session there, and where the writers write.
+    fn prepare_run(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        primary: &Member,
+    ) -> Result<(Session, Member), Error> {
+        let s = rt.block_on(Session::connect(
+            &self.in_db(primary),
+            Duration::from_secs(5),
+        ))?;
+        rt.block_on(workload::prepare(&s, &self.report.run_id))?;
+        let target = self.write_target(primary);
+        self.run_table = Some(target.clone());
+        Ok((s, target))
+    }
+
+    /// The workload's writers, started; their log and the flag that stops them.
+    #[allow(clippy::type_complexity)]
+    fn start_writers(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        target: &Member,
+        writers: u32,
+        interval: Duration,
+        timeout: Duration,
+    ) -> (
+        Arc<Mutex<Vec<Attempt>>>,
+        Arc<AtomicBool>,
+        Vec<tokio::task::JoinHandle<()>>,
+    ) {
+        let log = Arc::new(Mutex::new(Vec::<Attempt>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(1));
+        let tasks = (0..writers)
+            .map(|w| {
+                rt.spawn(writer(
+                    target.clone(),
+                    self.report.run_id.clone(),
+                    w,
+                    next.clone(),
+                    self.t0,
+                    stop.clone(),
+                    log.clone(),
+                    interval,
+                    timeout,
+                ))
+            })
+            .collect();
+        (log, stop, tasks)
     }
 
     fn start_during(
@@ -951,7 +996,11 @@ impl<'a> Driver<'a> {
             });
         }
         let lost_target = obj.lost_writes.or(
-            if self.sync || self.d.scenario == "switchover" || self.o.freeze_replication {
+            // A lost region loses what its copy lacked: the RPO objective governs that.
+            if (self.sync && self.d.scenario != "lose-region")
+                || self.d.scenario == "switchover"
+                || self.o.freeze_replication
+            {
                 Some(0)
             } else {
                 None
@@ -973,13 +1022,7 @@ impl<'a> Driver<'a> {
     fn corrupt_data(&mut self, rt: &tokio::runtime::Runtime) -> Result<(), Error> {
         let primary = rt.block_on(self.primary())?;
         self.report.primary_before = Some(primary.site.clone());
-        let s = rt.block_on(Session::connect(
-            &self.in_db(&primary),
-            Duration::from_secs(5),
-        ))?;
-        rt.block_on(workload::prepare(&s, &self.report.run_id))?;
-        let target = self.write_target(&primary);
-        self.run_table = Some(target.clone());
+        let (s, target) = self.prepare_run(rt, &primary)?;
         if !self.steady(rt, "before", &target) {
             self.abort(
                 "aborted",
@@ -988,24 +1031,7 @@ impl<'a> Driver<'a> {
             return Ok(());
         }
         let (writers, interval, warmup, _, timeout) = self.workload();
-        let log = Arc::new(Mutex::new(Vec::<Attempt>::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let next = Arc::new(AtomicU64::new(1));
-        let tasks: Vec<_> = (0..writers)
-            .map(|w| {
-                rt.spawn(writer(
-                    target.clone(),
-                    self.report.run_id.clone(),
-                    w,
-                    next.clone(),
-                    self.t0,
-                    stop.clone(),
-                    log.clone(),
-                    interval,
-                    timeout,
-                ))
-            })
-            .collect();
+        let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout);
         let went_on = rt.block_on(self.pause(warmup));
         // The bad migration: the table dropped, its instant on the server's clock.
         let fault_ms = self.now_ms();
@@ -1031,18 +1057,7 @@ impl<'a> Driver<'a> {
             fmt_us(before_us)
         ));
         // Everything up to the drop into the archive.
-        let seg = rt.block_on(workload::switch_wal(&s))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while rt.block_on(workload::last_archived(&s))? < seg {
-            if Instant::now() > deadline {
-                return Err(Error::new(
-                    Kind::Source,
-                    format!("segment {seg} was not archived within 60 s: the point-in-time restore could not reach the drop"),
-                )
-                .hint("check archive_command (`lifeboat wal push`) in the server log"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        rt.block_on(workload::archive_now(&s, Duration::from_secs(60)))?;
         drop(s);
         if interrupted() {
             self.abort("interrupted", "interrupted before the restore".into());
@@ -1126,6 +1141,238 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
+    /// lose-region (labs only): the primary's site and its repository are lost; the service
+    /// is rebuilt in the other site from the cross-region copy alone (its standby set aside:
+    /// this proves the backups), the daemon routed to it, and writes resume. What the copy
+    /// lacked — the writes after its last run — is lost and counted.
+    fn lose_region(&mut self, rt: &tokio::runtime::Runtime) -> Result<(), Error> {
+        if !self.ctx.base.join(crate::lab::MARKER).exists() {
+            return Err(Error::new(
+                Kind::Input,
+                "lose-region replaces the other site's standby with a restore from the cross-region copy: it runs on a lab only",
+            )
+            .hint("`lifeboat lab up`, then `lifeboat --plan LAB/lifeboat.yaml drill run lose-region`; against production, `restore-only` with `repository:` proves the copy without touching the standby"));
+        }
+        let primary = rt.block_on(self.primary())?;
+        self.report.primary_before = Some(primary.site.clone());
+        let survivor = self
+            .members
+            .iter()
+            .find(|m| {
+                Some(&m.site) == self.d.site.as_ref()
+                    || (self.d.site.is_none() && m.site != primary.site)
+            })
+            .cloned()
+            .ok_or_else(|| Error::new(Kind::Input, "lose-region needs a member in another site"))?;
+        let own = self
+            .ctx
+            .plan
+            .wal_repository(&self.d.service)
+            .ok_or_else(|| Error::new(Kind::Input, "the service has no repository for its WAL"))?
+            .to_string();
+        let copy = self
+            .ctx
+            .plan
+            .backups
+            .values()
+            .filter(|j| j.service == self.d.service && self.ctx.plan.job_repository(j) == Some(own.as_str()))
+            .flat_map(|j| j.copy_to.iter())
+            .next()
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::Input,
+                    format!("no job copies {own} to another repository: there is no cross-region copy to rebuild from"),
+                )
+                .hint("add `copy_to: [REPO]` to the service's base-backup job")
+            })?;
+        let url = &self.ctx.plan.repositories[&own].url;
+        if url.starts_with("s3://") {
+            return Err(Error::new(
+                Kind::Input,
+                format!("lose-region takes repository {own} away by moving its directory: it must be local"),
+            ));
+        }
+        let repo_dir = self.ctx.base.join(url);
+        let data_dir = survivor.data_dir.clone().ok_or_else(|| {
+            Error::new(
+                Kind::Input,
+                format!("{} has no data_dir on this host", survivor.site),
+            )
+        })?;
+        let (s, target) = self.prepare_run(rt, &primary)?;
+        let (writers, interval, warmup, cooldown, timeout) = self.workload();
+        let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout);
+        let result = (|| -> Result<(), Error> {
+            if !rt.block_on(self.pause(warmup / 2)) {
+                self.abort("interrupted", "interrupted before the fault".into());
+                return Ok(());
+            }
+            // The copy's last run before the disaster: everything archived so far goes over.
+            rt.block_on(workload::archive_now(&s, Duration::from_secs(60)))?;
+            let c = lifeboat_protect::ops::copy(self.ctx, &own, &copy)?;
+            self.report.after.push(format!(
+                "before the disaster, the copy's last run: {} snapshot(s) and {} WAL file(s) to {copy}",
+                c.copied, c.wal.copied
+            ));
+            if !rt.block_on(self.pause(warmup / 2)) {
+                self.abort("interrupted", "interrupted before the fault".into());
+                return Ok(());
+            }
+            // The disaster: the site and its repository.
+            let fault_ms = self.now_ms();
+            let aside = repo_dir.with_extension(format!("lost-{}", self.report.run_id));
+            self.ledger.add(Fault::Command {
+                what: format!(
+                    "repository {own} of site {} gone (moved aside)",
+                    primary.site
+                ),
+                heal: format!(
+                    "mv '{}' '{}'",
+                    aside.display().to_string().replace('\'', ""),
+                    repo_dir.display().to_string().replace('\'', "")
+                ),
+                privileged: false,
+            })?;
+            std::fs::rename(&repo_dir, &aside).map_err(|e| {
+                Error::new(
+                    Kind::Io,
+                    format!("moving {} aside: {e}", repo_dir.display()),
+                )
+            })?;
+            for m in [&primary, &survivor] {
+                for pid in lifeboat_pg::ops::processes(m) {
+                    // SAFETY: kill(2) of the member's processes, found by their cwd.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+            // Dead, not just signalled: then the survivor's data directory is set aside (kept
+            // until the rebuilt server runs) and the restore gets an empty one.
+            let gone_by = Instant::now() + Duration::from_secs(10);
+            while [&primary, &survivor]
+                .iter()
+                .any(|m| lifeboat_pg::ops::running(m))
+                && Instant::now() < gone_by
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let set_aside = data_dir.with_extension(format!("set-aside-{}", self.report.run_id));
+            std::fs::rename(&data_dir, &set_aside).map_err(|e| {
+                Error::new(
+                    Kind::Io,
+                    format!("setting {} aside: {e}", data_dir.display()),
+                )
+            })?;
+            self.set_aside = Some((set_aside, data_dir.clone()));
+            self.report.fault_at_ms = Some(fault_ms);
+            self.report.fault = Some(format!(
+                "site {} lost with its repository {own}; the standby in {} set aside: the service is rebuilt from the copy in {copy}",
+                primary.site, survivor.site
+            ));
+            self.rejoin = Some(primary.site.clone());
+            // Traffic goes to the survivor from now on (the daemon would fence a restored
+            // server that appears beside the routed primary).
+            lifeboat_failover::coord::StateFile::new(&self.ctx.state_dir, &self.d.service)
+                .route_to(&survivor.site)?;
+            std::thread::sleep(Duration::from_millis(300));
+            let restore = lifeboat_protect::pitr::restore(
+                self.ctx,
+                &self.d.service,
+                &lifeboat_protect::pitr::RestoreOpts {
+                    target: lifeboat_protect::pitr::Target::Latest,
+                    dest: data_dir.clone(),
+                    force: false,
+                    start: Some(survivor.port),
+                    owner: None,
+                    wait_timeout: Duration::from_secs(300),
+                    repository: Some(copy.clone()),
+                },
+            )?;
+            self.report.measured.parts.push(Part {
+                name: "restored".into(),
+                ms: restore.duration_ms,
+                detail: format!(
+                    "{} from {copy} (snapshot {}) into {}, started on port {}",
+                    survivor.site,
+                    &restore.snapshot[..restore.snapshot.len().min(8)],
+                    data_dir.display(),
+                    survivor.port
+                ),
+            });
+            // It is the primary now: it archives again (a restored copy starts with archiving
+            // off), after a restart.
+            // Restarted on its own configuration, not the restore's private socket and options.
+            let m = survivor.clone();
+            rt.block_on(async {
+                let s = Session::connect(&m, Duration::from_secs(5)).await?;
+                s.exec("ALTER SYSTEM SET archive_mode = 'on'").await
+            })?;
+            let pg_ctl = self.pg.tool("pg_ctl");
+            lifeboat_pg::tool::stop_restored(&pg_ctl, &data_dir);
+            let restart_log = data_dir.with_extension("log");
+            let out = rt.block_on(lifeboat_pg::ops::pg_ctl(
+                &self.pg.bin_dir,
+                &m,
+                &[
+                    "start",
+                    "-w",
+                    "-t",
+                    "60",
+                    "-l",
+                    &restart_log.display().to_string(),
+                ],
+            ))?;
+            if !out.status.success() {
+                return Err(Error::new(
+                    Kind::Source,
+                    format!(
+                        "the rebuilt {} did not start again: {}",
+                        survivor.site,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                )
+                .hint(format!("see {}", restart_log.display())));
+            }
+            self.report.after.push(format!(
+                "{} archives again (archive_mode on, restarted)",
+                survivor.site
+            ));
+            if let Some((aside, _)) = self.set_aside.take() {
+                let _ = std::fs::remove_dir_all(&aside);
+                self.report.after.push(format!(
+                    "the set-aside standby of {} removed",
+                    survivor.site
+                ));
+            }
+            loop {
+                match self.recovered(&log, fault_ms, fault_ms) {
+                    Some(true) => break,
+                    Some(false) => return Ok(()),
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            rt.block_on(self.pause(cooldown));
+            Ok(())
+        })();
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            let _ = rt.block_on(t);
+        }
+        drop(s);
+        for h in self.ledger.heal()? {
+            self.report.after.push(format!("healed: {h}"));
+        }
+        result?;
+        if !self.report.outcome.is_empty() {
+            return Ok(());
+        }
+        self.report.attempts = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+        let parts = std::mem::take(&mut self.report.measured.parts);
+        self.count_failover(rt, &primary)?;
+        self.report.measured.parts = parts;
+        Ok(())
+    }
+
     /// restore-only: the latest recovery point into a sandbox, its checks, timed.
     fn restore_only(&mut self) -> Result<(), Error> {
         let from_copy;
@@ -1175,6 +1422,22 @@ impl<'a> Driver<'a> {
     /// Put the service back together: rejoin the old primary, drop the run's table, run the
     /// plan's teardown commands; then the steady state after.
     fn teardown(&mut self, rt: &tokio::runtime::Runtime) {
+        if let Some((aside, home)) = self.set_aside.take() {
+            // The rebuild failed: the set-aside standby goes back where it was (started by
+            // hand or by `lab down`/`lab up`).
+            lifeboat_pg::tool::stop_restored(&self.pg.tool("pg_ctl"), &home);
+            let _ = std::fs::remove_dir_all(&home);
+            match std::fs::rename(&aside, &home) {
+                Ok(()) => self.report.after.push(format!(
+                    "the rebuild failed: the set-aside data directory is back in {} (not started)",
+                    home.display()
+                )),
+                Err(e) => self.report.after.push(format!(
+                    "the rebuild failed, and putting {} back failed: {e}",
+                    aside.display()
+                )),
+            }
+        }
         if let Some(site) = self.rejoin.take() {
             let routed = self.routed_primary(&site);
             if self.d.rejoin != Some(false) && routed.as_deref() != Some(site.as_str()) {

@@ -167,6 +167,27 @@ pub async fn switch_wal(s: &Session) -> Result<String, Error> {
     s.text("SELECT pg_walfile_name(pg_switch_wal())").await
 }
 
+/// Switch to a new segment and wait (up to `limit`) until the archive has everything written
+/// so far.
+pub async fn archive_now(s: &Session, limit: Duration) -> Result<(), Error> {
+    let seg = switch_wal(s).await?;
+    let deadline = tokio::time::Instant::now() + limit;
+    while last_archived(s).await? < seg {
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::new(
+                Kind::Source,
+                format!(
+                    "segment {seg} was not archived within {} s",
+                    limit.as_secs()
+                ),
+            )
+            .hint("check archive_command (`lifeboat wal push`) in the server log"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// The last segment the server archived (empty when none).
 pub async fn last_archived(s: &Session) -> Result<String, Error> {
     s.text("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
