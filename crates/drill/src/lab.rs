@@ -229,12 +229,7 @@ pub fn up(o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error> {
         )
         .hint("`lifeboat lab down` removes it, or pass another --dir"));
     }
-    if dir.exists()
-        && std::fs::read_dir(&dir)
-            .map_err(|e| io(&dir, e))?
-            .next()
-            .is_some()
-    {
+    if has_entries(&dir)? {
         return Err(Error::new(
             Kind::Input,
             format!("{} exists and is not empty", dir.display()),
@@ -490,6 +485,15 @@ fn await_endpoint(sh: &Shell, st: &LabState) -> Result<(), Error> {
     }
 }
 
+/// Whether `dir` exists and holds anything.
+fn has_entries(dir: &Path) -> Result<bool, Error> {
+    Ok(dir.exists()
+        && std::fs::read_dir(dir)
+            .map_err(|e| io(dir, e))?
+            .next()
+            .is_some())
+}
+
 pub fn load(dir: &Path) -> Option<LabState> {
     std::fs::read(dir.join(MARKER))
         .ok()
@@ -521,12 +525,7 @@ pub fn down(dir: &Path) -> Result<Vec<String>, Error> {
     let dir = std::path::absolute(dir).map_err(|e| io(dir, e))?;
     let mut done = Vec::new();
     let Some(st) = load(&dir) else {
-        if dir.exists()
-            && std::fs::read_dir(&dir)
-                .map_err(|e| io(&dir, e))?
-                .next()
-                .is_some()
-        {
+        if has_entries(&dir)? {
             return Err(Error::new(
                 Kind::Input,
                 format!(
