@@ -756,11 +756,8 @@ fn lab_down_twice_and_lab_refusals() {
     assert!(tmp.path().join("other/keep").exists());
 }
 
-#[test]
-fn a_failover_drill_on_a_service_with_one_member_is_refused_with_the_reason() {
-    let lab = common::Lab::new();
-    lab.plan(
-        r#"name: one
+/// A plan whose postgres service has one member.
+const ONE_MEMBER: &str = r#"name: one
 tiers:
   gold: { rpo: 0, rto: 1m }
 sites: [a]
@@ -772,11 +769,14 @@ services:
       a: { host: 127.0.0.1, port: 5999 }
 repositories:
   main: { url: repo, key_file: test.key }
-drills:
-  crash: { scenario: kill-primary, service: db }
-  nope: { scenario: unplug-everything, service: db }
-"#,
-    );
+"#;
+
+#[test]
+fn a_failover_drill_on_a_service_with_one_member_is_refused_with_the_reason() {
+    let lab = common::Lab::new();
+    lab.plan(&format!(
+        "{ONE_MEMBER}drills:\n  crash: {{ scenario: kill-primary, service: db }}\n  nope: {{ scenario: unplug-everything, service: db }}\n"
+    ));
     let r = lab.run(&["plan", "check"]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.all().contains("drills.crash.scenario"), "{}", r.all());
@@ -791,21 +791,7 @@ drills:
         r.all()
     );
     // A scenario named on the command line against the same service.
-    lab.plan(
-        r#"name: one
-tiers:
-  gold: { rpo: 0, rto: 1m }
-sites: [a]
-services:
-  db:
-    kind: postgres
-    tier: gold
-    members:
-      a: { host: 127.0.0.1, port: 5999 }
-repositories:
-  main: { url: repo, key_file: test.key }
-"#,
-    );
+    lab.plan(ONE_MEMBER);
     let r = lab.run(&["drill", "run", "kill-primary", "--yes"]);
     assert_ne!(r.code, 0);
     assert!(

@@ -161,14 +161,13 @@ fn free_ports(n: usize) -> Result<Vec<u16>, Error> {
     Ok(ports)
 }
 
-fn plan_text(s: &LabState, lb: &Path) -> String {
+fn plan_text(s: &LabState) -> String {
     let sync = s.replication == "sync";
     let (tier, objectives) = if sync {
         ("critical", "{ rpo: 0, rto: 30s }")
     } else {
         ("standard", "{ rpo: 5s, rto: 30s }")
     };
-    let _ = lb;
     format!(
         r#"# A two-site lab made by `lifeboat lab up`: a primary (east) and a {mode} streaming
 # standby (west) of one PostgreSQL cluster on this machine, a repository per site (west's is
@@ -301,7 +300,7 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
         daemon_start: 0,
         created: jiff::Timestamp::now().to_string(),
     };
-    std::fs::write(&st.plan, plan_text(&st, &lb)).map_err(|e| io(&st.plan, e))?;
+    std::fs::write(&st.plan, plan_text(&st)).map_err(|e| io(&st.plan, e))?;
     sh.chown(dir);
 
     say(&format!(

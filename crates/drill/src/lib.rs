@@ -92,22 +92,6 @@ pub fn privileged(c: &mut std::process::Command) {
     }
 }
 
-/// Give what a root-run drill wrote under the state directory to the state directory's owner.
-pub fn own_like_state_dir(ctx: &Context, path: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return;
-    }
-    if let Ok(md) = std::fs::metadata(&ctx.state_dir) {
-        if md.uid() != 0 {
-            let _ = lifeboat_pg::chown_tree(path, md.uid(), md.gid());
-            let drill = ctx.state_dir.join("drill");
-            let _ = std::os::unix::fs::chown(&drill, Some(md.uid()), Some(md.gid()));
-        }
-    }
-}
-
 /// The latest drill of each scenario per service, and the latest that passed, from the
 /// evidence log: what `lifeboat status` shows.
 #[derive(Clone, Debug, serde::Serialize)]

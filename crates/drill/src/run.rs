@@ -197,7 +197,6 @@ pub fn run(ctx: &Context, name: &str, d: &Drill, o: &RunOpts) -> Result<(Report,
         .clone()
         .unwrap_or_else(|| ctx.state_dir.join("drill/reports"));
     let written = dr.report.write(&dir)?;
-    crate::own_like_state_dir(ctx, &dir);
     let r = &dr.report;
     let figures = serde_json::json!({
         "drill": r.drill, "scenario": r.scenario, "run_id": r.run_id, "outcome": r.outcome,
@@ -589,7 +588,6 @@ impl<'a> Driver<'a> {
                 return Ok(());
             }
             let fault_ms = self.now_ms();
-            let fault_wall = jiff::Timestamp::now();
             match scenario.as_str() {
                 "kill-primary" => {
                     let pids = lifeboat_pg::ops::processes(&primary);
@@ -683,7 +681,6 @@ impl<'a> Driver<'a> {
             if !rt.block_on(self.pause(cooldown)) {
                 self.abort("interrupted", "interrupted after the recovery".into());
             }
-            let _ = fault_wall;
             Ok(())
         })();
         stop.store(true, Ordering::SeqCst);
