@@ -587,7 +587,6 @@ impl<'a> Driver<'a> {
                 self.abort("interrupted", "interrupted before the fault".into());
                 return Ok(());
             }
-            let fault_ms = self.now_ms();
             match scenario.as_str() {
                 "kill-primary" => {
                     let pids = lifeboat_pg::ops::processes(&primary);
@@ -657,6 +656,10 @@ impl<'a> Driver<'a> {
                         Some(format!("planned switchover from {} to {to}", primary.site));
                 }
             }
+            // The fault's instant is when it has taken effect: a write that began while the
+            // processes were still being found and signalled may still be acknowledged by the
+            // old primary, and must not count as the service being back.
+            let fault_ms = self.now_ms();
             self.report.fault_at_ms = Some(fault_ms);
             if scenario != "switchover" {
                 // Whatever happens next, the old primary is put back as a standby if the
@@ -1217,7 +1220,6 @@ impl<'a> Driver<'a> {
                 return Ok(());
             }
             // The disaster: the site and its repository.
-            let fault_ms = self.now_ms();
             let aside = repo_dir.with_extension(format!("lost-{}", self.report.run_id));
             self.ledger.add(Fault::Command {
                 what: format!(
@@ -1243,6 +1245,8 @@ impl<'a> Driver<'a> {
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 }
             }
+            // The instant the site is gone (after the signals: see the failover drills).
+            let fault_ms = self.now_ms();
             // Dead, not just signalled: then the survivor's data directory is set aside (kept
             // until the rebuilt server runs) and the restore gets an empty one.
             let gone_by = Instant::now() + Duration::from_secs(10);
