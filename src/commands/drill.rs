@@ -265,6 +265,20 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 for p in &r.measured.parts {
                     println!("  {:<12} {:>6} ms  {}", p.name, p.ms, p.detail);
                 }
+                for p in &r.measured.paths {
+                    println!(
+                        "through the {}: RTO {} ({})",
+                        if p.via == "dns" {
+                            "DNS name"
+                        } else {
+                            "endpoint"
+                        },
+                        p.rto_ms
+                            .map(|r| format!("{r} ms"))
+                            .unwrap_or_else(|| "not recovered".into()),
+                        p.detail
+                    );
+                }
                 objectives_table(&r);
                 for a in &r.after {
                     println!("  {a}");

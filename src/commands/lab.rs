@@ -16,6 +16,14 @@ pub enum Cmd {
         /// acknowledged is lost).
         #[arg(long = "async")]
         asynchronous: bool,
+        /// Run everything on this machine's loopback, even as root. (As root the lab gives
+        /// each site its own network namespace, so a partition is a real one.)
+        #[arg(long)]
+        loopback: bool,
+        /// A WAN delay on each link between the sites and to this machine, e.g. `20ms`
+        /// (`tc netem`; namespaces only, where the kernel has netem).
+        #[arg(long, value_name = "DELAY")]
+        wan_delay: Option<String>,
     },
     /// The lab's members and daemon now.
     Status {
@@ -33,7 +41,12 @@ pub enum Cmd {
 
 pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
     match c {
-        Cmd::Up { dir, asynchronous } => {
+        Cmd::Up {
+            dir,
+            asynchronous,
+            loopback,
+            wan_delay,
+        } => {
             let say = |s: &str| {
                 if !cli.json {
                     println!("  {s}");
@@ -43,6 +56,8 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 &lab::LabOpts {
                     dir: dir.clone(),
                     asynchronous: *asynchronous,
+                    loopback: *loopback,
+                    wan_delay: wan_delay.clone(),
                 },
                 &say,
             )?;
@@ -50,9 +65,14 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 crate::output::json(&st);
             } else {
                 println!(
-                    "lab up in {} ({} replication)",
+                    "lab up in {} ({} replication, {})",
                     st.dir.display(),
-                    st.replication
+                    st.replication,
+                    if st.net.is_some() {
+                        "a network namespace per site"
+                    } else {
+                        "on loopback"
+                    }
                 );
                 println!("  plan:     {}", st.plan.display());
                 println!("  endpoint: postgresql://postgres@{}/postgres", st.endpoint);
@@ -61,9 +81,9 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                     "  drill it: lifeboat --plan {} drill run kill-primary",
                     st.plan.display()
                 );
-                println!(
-                    "  (sites share this machine's loopback: partition-site is not offered yet)"
-                );
+                for c in st.cannot_run() {
+                    println!("  note: {c}");
+                }
             }
             Ok(0)
         }
@@ -85,9 +105,7 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 let rows: Vec<Vec<String>> = s
                     .members
                     .iter()
-                    .map(|(site, port, role)| {
-                        vec![site.clone(), format!("127.0.0.1:{port}"), role.clone()]
-                    })
+                    .map(|(site, addr, role)| vec![site.clone(), addr.clone(), role.clone()])
                     .collect();
                 crate::output::table(&["SITE", "ADDRESS", "ROLE"], &rows);
             }

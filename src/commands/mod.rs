@@ -24,7 +24,13 @@ use lifeboat_context::Context;
 
 /// Load the plan named by `--plan`.
 pub fn context(cli: &crate::Cli) -> anyhow::Result<Context> {
-    Ok(Context::load(&cli.plan)?)
+    let ctx = Context::load(&cli.plan)?;
+    // Members in network namespaces (a lab built by root): every command works as the state
+    // directory's owner and keeps root to start them in their namespaces.
+    if lifeboat_context::identity::namespaced(&ctx.plan) {
+        lifeboat_context::identity::become_state_owner(&ctx)?;
+    }
+    Ok(ctx)
 }
 
 /// Notifications from a command that runs without the daemon (a manual failover, a switchover,

@@ -7,6 +7,7 @@
 //! `server`). It knows nothing of PostgreSQL.
 
 pub mod failpoint;
+pub mod identity;
 pub mod notify;
 pub mod signals;
 

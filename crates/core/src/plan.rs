@@ -133,6 +133,12 @@ pub struct Workload {
     /// Database the drill's table lives in (`lifeboat_drill.writes`). Default: the member's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// How the writers reach the service: `endpoint` (the daemon's traffic endpoint), `dns`
+    /// (the service's DNS name, asked of the daemon's responder and cached for its TTL, as a
+    /// client does). `writers` per path. Default: the endpoint, and the DNS name too when the
+    /// service has one and its members share a port (each site its own address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<Vec<String>>,
 }
 
 /// A drill's objectives.
@@ -428,6 +434,11 @@ pub struct PgMember {
     /// Database to connect to for checks. Default: `postgres`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dbname: Option<String>,
+    /// Network namespace (Linux, `/run/netns/NAME`) the member's server runs in when Lifeboat
+    /// starts it on this host — how a lab gives each site its own network. Starting it needs
+    /// root (Lifeboat takes root back for the start only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 /// How `lifeboat serve` watches a postgres service and fails it over.

@@ -305,7 +305,15 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                         "a postgres service needs at least one member".into(),
                     );
                 }
-                for site in members.keys() {
+                for (site, m) in members {
+                    if let Some(ns) = &m.netns {
+                        if !valid_name(ns) {
+                            err(
+                                format!("{base}.members.{site}.netns"),
+                                format!("network namespace `{ns}` may only use letters, digits, `-`, `_`, `.`"),
+                            );
+                        }
+                    }
                     if !sites.contains(site) {
                         err(
                             format!("{base}.members.{site}"),
@@ -732,6 +740,22 @@ fn check_drill(
                 format!("{base}.workload.writers"),
                 "a drill needs at least one writer".into(),
             );
+        }
+        if let Some(t) = &w.through {
+            if t.is_empty() {
+                err(
+                    format!("{base}.workload.through"),
+                    "name at least one path: endpoint, dns".into(),
+                );
+            }
+            for p in t {
+                if p != "endpoint" && p != "dns" {
+                    err(
+                        format!("{base}.workload.through"),
+                        format!("unknown path `{p}`: the writers go through `endpoint` or `dns`"),
+                    );
+                }
+            }
         }
     }
     for (i, c) in d.steady_state.iter().enumerate() {

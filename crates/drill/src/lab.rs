@@ -29,6 +29,18 @@ pub struct LabState {
     pub replication: String,
     pub east_port: u16,
     pub west_port: u16,
+    /// `namespaces` (a network namespace per site, as root) or `loopback`.
+    #[serde(default)]
+    pub network: String,
+    /// The members' addresses (127.0.0.1 on loopback).
+    #[serde(default = "loopback")]
+    pub east_host: String,
+    #[serde(default = "loopback")]
+    pub west_host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::labnet::LabNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan_delay: Option<String>,
     pub endpoint: String,
     pub dns: String,
     pub dns_name: String,
@@ -39,9 +51,54 @@ pub struct LabState {
 
 pub const MARKER: &str = "lab.json";
 
+fn loopback() -> String {
+    "127.0.0.1".into()
+}
+
 pub struct LabOpts {
     pub dir: PathBuf,
     pub asynchronous: bool,
+    /// Everything on loopback even as root (no namespaces: partition-site then cuts the
+    /// primary off with an nftables table on this machine).
+    pub loopback: bool,
+    /// A WAN delay on every site link (`tc netem delay`, e.g. `20ms`), namespaces only.
+    pub wan_delay: Option<String>,
+}
+
+impl LabState {
+    fn netns(&self, site: &str) -> Option<&str> {
+        self.net.as_ref().and_then(|n| n.netns_of(site))
+    }
+
+    fn host(&self, site: &str) -> &str {
+        if site == "east" {
+            &self.east_host
+        } else {
+            &self.west_host
+        }
+    }
+
+    fn port(&self, site: &str) -> u16 {
+        if site == "east" {
+            self.east_port
+        } else {
+            self.west_port
+        }
+    }
+
+    /// The scenarios this lab cannot run honestly, and why.
+    pub fn cannot_run(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.net.is_none() {
+            if crate::can_be_root() {
+                v.push("partition-site runs, as an nftables table on this machine's loopback (both sites share it)".into());
+            } else {
+                v.push("partition-site: cutting a member off needs root (the sites share this machine's loopback)".into());
+            }
+            v.push("writers through the DNS name: the sites share one address (each member has its own port)".into());
+        }
+        v
+    }
 }
 
 fn err(msg: impl Into<String>) -> Error {
@@ -90,6 +147,37 @@ impl Shell {
         c
     }
 
+    /// [`Shell::cmd`] left as root.
+    fn cmd_as_root(&self, program: &Path) -> Command {
+        let mut c = self.cmd(program);
+        if self.owner.is_some() {
+            c.uid(0).gid(0);
+        }
+        c
+    }
+
+    /// Start a site's server (in its namespace when it has one), waiting until it runs.
+    fn start(&self, st: &LabState, site: &str) -> Result<(), Error> {
+        let data = self.dir.join(site).join("data");
+        let log = format!("{site}/postgres.log");
+        let mut c = self.cmd_as_root(&self.bin.join("pg_ctl"));
+        c.arg("-D")
+            .arg(&data)
+            .args(["-l", &log, "-w", "-t", "60", "start"]);
+        lifeboat_pg::as_owner_of_in(&mut c, &data, st.netns(site))?;
+        let out = c
+            .output()
+            .map_err(|e| err(format!("starting {site}: pg_ctl: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "starting {site} failed: {}{} (see {log})",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     fn run(&self, program: &Path, args: &[&str], what: &str) -> Result<String, Error> {
         let out = self
             .cmd(program)
@@ -116,14 +204,14 @@ impl Shell {
         self.run(&self.dir.join("lifeboat"), &a, what)
     }
 
-    fn sql(&self, port: u16, q: &str) -> Result<String, Error> {
+    fn sql(&self, host: &str, port: u16, q: &str) -> Result<String, Error> {
         let p = port.to_string();
         self.pg(
             "psql",
             &[
                 "-X",
                 "-h",
-                "127.0.0.1",
+                host,
                 "-p",
                 &p,
                 "-U",
@@ -161,6 +249,18 @@ fn free_ports(n: usize) -> Result<Vec<u16>, Error> {
     Ok(ports)
 }
 
+fn member_line(s: &LabState, site: &str) -> String {
+    let ns = s
+        .netns(site)
+        .map(|n| format!(", netns: {n}"))
+        .unwrap_or_default();
+    format!(
+        "{site}: {{ host: {}, port: {}, user: postgres, data_dir: {site}/data{ns} }}",
+        s.host(site),
+        s.port(site)
+    )
+}
+
 fn plan_text(s: &LabState) -> String {
     let sync = s.replication == "sync";
     let (tier, objectives) = if sync {
@@ -182,13 +282,13 @@ services:
     kind: postgres
     tier: {tier}
     members:
-      east: {{ host: 127.0.0.1, port: {east}, user: postgres, data_dir: east/data }}
-      west: {{ host: 127.0.0.1, port: {west}, user: postgres, data_dir: west/data }}
+      {east}
+      {west}
     replication: {{ mode: {mode} }}
     checks: ["SELECT count(*) > 0 FROM pg_database"]
     failover:
       listen: "{endpoint}"
-      dns: {{ listen: "{dns}", name: {dns_name} }}
+      dns: {{ listen: "{dns}", name: {dns_name}, ttl: 1s }}
 repositories:
   east-repo: {{ url: east/repo, key_file: lab.key }}
   west-repo: {{ url: west/repo, key_file: lab.key }}
@@ -197,8 +297,7 @@ backups:
 drills:
   kill-primary: {{ scenario: kill-primary, service: db }}
   hang-primary: {{ scenario: hang-primary, service: db }}
-  # Needs root: an nftables table cuts the primary's address off (every path to it on this
-  # machine), removed when the drill ends.
+  # {partition}
   partition-site: {{ scenario: partition-site, service: db }}
   switchover: {{ scenario: switchover, service: db }}
   corrupt-data: {{ scenario: corrupt-data, service: db }}
@@ -210,8 +309,13 @@ drills:
   lose-region: {{ scenario: lose-region, service: db, objectives: {{ rpo: 5m, rto: 2m }} }}
 "#,
         mode = s.replication,
-        east = s.east_port,
-        west = s.west_port,
+        east = member_line(s, "east"),
+        west = member_line(s, "west"),
+        partition = if s.net.is_some() {
+            "Each site is a network namespace: the primary's links are set down, then up."
+        } else {
+            "Needs root: an nftables table cuts the primary's address off (every path to it on\n  # this machine), removed when the drill ends."
+        },
         endpoint = s.endpoint,
         dns = s.dns,
         dns_name = s.dns_name,
@@ -293,6 +397,11 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
         replication: if sync { "sync" } else { "async" }.into(),
         east_port: ports[0],
         west_port: ports[1],
+        network: "loopback".into(),
+        east_host: loopback(),
+        west_host: loopback(),
+        net: None,
+        wan_delay: None,
         endpoint: format!("127.0.0.1:{}", ports[2]),
         dns: format!("127.0.0.1:{}", ports[3]),
         dns_name: "db.lab.internal".into(),
@@ -300,12 +409,57 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
         daemon_start: 0,
         created: jiff::Timestamp::now().to_string(),
     };
+    // The marker first: whatever is made from here on, `lab down` finds and removes.
+    save(&st)?;
+    if o.wan_delay.is_some() && (o.loopback || sh.owner.is_none()) {
+        return Err(Error::new(
+            Kind::Input,
+            "a WAN delay is set on the links between the sites' network namespaces: it needs root and no --loopback",
+        ));
+    }
+    if sh.owner.is_some() && !o.loopback {
+        if !crate::labnet::available() {
+            return Err(Error::new(
+                Kind::Input,
+                "a lab built by root gives each site a network namespace, and `ip` (iproute2) is not installed",
+            )
+            .hint("install iproute2, or run `lab up --loopback`"));
+        }
+        let keep = |n: &crate::labnet::LabNet| {
+            let mut s2 = st.clone();
+            s2.net = Some(n.clone());
+            save(&s2)
+        };
+        let net = crate::labnet::create(&["east", "west"], o.wan_delay.as_deref(), &keep)?;
+        say(&format!(
+            "network: a namespace per site ({}), joined by a veth pair; this machine at {}{}",
+            net.netns
+                .iter()
+                .map(|(s, n)| format!("{s} {n} {}", net.site_addr(s)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            net.host_addr(),
+            o.wan_delay
+                .as_deref()
+                .map(|d| format!(", WAN delay {d} each way"))
+                .unwrap_or_default()
+        ));
+        st.network = "namespaces".into();
+        st.east_host = net.site_addr("east");
+        st.west_host = net.site_addr("west");
+        // Each site has its own address: both servers use PostgreSQL's port.
+        st.east_port = 5432;
+        st.west_port = 5432;
+        st.wan_delay = o.wan_delay.clone();
+        st.net = Some(net);
+        save(&st)?;
+    }
     std::fs::write(&st.plan, plan_text(&st)).map_err(|e| io(&st.plan, e))?;
     sh.chown(dir);
 
     say(&format!(
-        "east: initdb, primary on 127.0.0.1:{}",
-        st.east_port
+        "east: initdb, primary on {}:{}",
+        st.east_host, st.east_port
     ));
     sh.pg(
         "initdb",
@@ -318,39 +472,39 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
         st.plan.display()
     );
     let common = format!(
-        "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\nwal_level = replica\n\
+        "\nunix_socket_directories = ''\nwal_level = replica\n\
          archive_mode = on\narchive_command = '{archive}'\nwal_log_hints = on\nmax_wal_senders = 8\n\
          wal_keep_size = '256MB'\narchive_timeout = 60\nshared_buffers = 32MB\nlog_line_prefix = '%m [%p] '\n"
     );
     append(
         &dir.join("east/data/postgresql.conf"),
-        &format!("{common}port = {}\n", st.east_port),
+        &format!(
+            "{common}listen_addresses = '{}'\nport = {}\n",
+            st.east_host, st.east_port
+        ),
     )?;
+    if let Some(net) = &st.net {
+        // The sites and this machine reach the servers over the lab's links.
+        append(
+            &dir.join("east/data/pg_hba.conf"),
+            &format!(
+                "host all all {p}.0/24 trust\nhost replication all {p}.0/24 trust\n",
+                p = net.prefix
+            ),
+        )?;
+    }
     sh.lifeboat(&["repo", "init"], "repo init")?;
-    sh.pg(
-        "pg_ctl",
-        &[
-            "-D",
-            "east/data",
-            "-l",
-            "east/postgres.log",
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        "starting east",
-    )?;
+    sh.start(&st, "east")?;
     say(&format!(
-        "west: pg_basebackup from east, {} standby on 127.0.0.1:{}",
-        st.replication, st.west_port
+        "west: pg_basebackup from east, {} standby on {}:{}",
+        st.replication, st.west_host, st.west_port
     ));
     let east = st.east_port.to_string();
     sh.pg(
         "pg_basebackup",
         &[
             "-h",
-            "127.0.0.1",
+            &st.east_host,
             "-p",
             &east,
             "-U",
@@ -368,35 +522,25 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
     append(
         &dir.join("west/data/postgresql.auto.conf"),
         &format!(
-            "port = {}\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=west'\nsynchronous_standby_names = '{}'\n",
+            "listen_addresses = '{}'\nport = {}\nprimary_conninfo = 'host={} port={} user=postgres application_name=west'\nsynchronous_standby_names = '{}'\n",
+            st.west_host,
             st.west_port,
+            st.east_host,
             st.east_port,
             if sync { "east" } else { "" }
         ),
     )?;
     sh.chown(&dir.join("west"));
-    sh.pg(
-        "pg_ctl",
-        &[
-            "-D",
-            "west/data",
-            "-l",
-            "west/postgres.log",
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        "starting west",
-    )?;
+    sh.start(&st, "west")?;
     if sync {
         sh.sql(
+            &st.east_host,
             st.east_port,
             "ALTER SYSTEM SET synchronous_standby_names = 'west'",
         )?;
-        sh.sql(st.east_port, "SELECT pg_reload_conf()")?;
+        sh.sql(&st.east_host, st.east_port, "SELECT pg_reload_conf()")?;
     }
-    await_streaming(sh, st.east_port)?;
+    await_streaming(sh, &st.east_host, st.east_port)?;
     say("a first base backup into east-repo, copied to west-repo");
     sh.lifeboat(&["backup", "db-base"], "the first base backup")?;
     say(&format!(
@@ -405,7 +549,13 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
     ));
     let log = std::fs::File::create(dir.join("daemon.log")).map_err(|e| io(dir, e))?;
     sh.chown(&dir.join("daemon.log"));
-    let mut c = sh.cmd(&lb);
+    // On namespaces the daemon starts as root and works as postgres, keeping root to start
+    // members in their namespaces (a switchover restarts the old primary).
+    let mut c = if st.net.is_some() {
+        sh.cmd_as_root(&lb)
+    } else {
+        sh.cmd(&lb)
+    };
     c.args(["--plan", "lifeboat.yaml", "serve"])
         .env("LIFEBOAT_ACTOR", "lab")
         .stdout(log.try_clone().map_err(|e| io(dir, e))?)
@@ -443,11 +593,12 @@ fn save(st: &LabState) -> Result<(), Error> {
     std::fs::write(&p, serde_json::to_vec_pretty(st).unwrap_or_default()).map_err(|e| io(&p, e))
 }
 
-fn await_streaming(sh: &Shell, port: u16) -> Result<(), Error> {
+fn await_streaming(sh: &Shell, host: &str, port: u16) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if sh
             .sql(
+                host,
                 port,
                 "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
             )
@@ -469,7 +620,7 @@ fn await_endpoint(sh: &Shell, st: &LabState) -> Result<(), Error> {
     let port: u16 = port.parse().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if sh.sql(port, "SELECT 1").is_ok() {
+        if sh.sql("127.0.0.1", port, "SELECT 1").is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline || start_time(st.daemon_pid) != Some(st.daemon_start) {
@@ -570,6 +721,9 @@ pub fn down(dir: &Path) -> Result<Vec<String>, Error> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    if let Some(net) = &st.net {
+        done.extend(crate::labnet::remove(net));
+    }
     std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
     done.push(format!("{} removed", dir.display()));
     Ok(done)
@@ -580,7 +734,8 @@ pub fn down(dir: &Path) -> Result<Vec<String>, Error> {
 pub struct LabStatus {
     pub state: LabState,
     pub daemon_running: bool,
-    pub members: Vec<(String, u16, String)>,
+    /// (site, address, role).
+    pub members: Vec<(String, String, String)>,
 }
 
 pub fn status(dir: &Path) -> Result<LabStatus, Error> {
@@ -594,15 +749,16 @@ pub fn status(dir: &Path) -> Result<LabStatus, Error> {
         owner: owner()?,
         bin: lifeboat_pg::detect_bin_dir(),
     };
-    let members = [("east", st.east_port), ("west", st.west_port)]
+    let members = ["east", "west"]
         .iter()
-        .map(|(site, port)| {
-            let role = match sh.sql(*port, "SELECT pg_is_in_recovery()") {
+        .map(|site| {
+            let port = st.port(site);
+            let role = match sh.sql(st.host(site), port, "SELECT pg_is_in_recovery()") {
                 Ok(r) if r == "t" => "standby".to_string(),
                 Ok(_) => "primary".to_string(),
                 Err(_) => "not answering".to_string(),
             };
-            (site.to_string(), *port, role)
+            (site.to_string(), format!("{}:{port}", st.host(site)), role)
         })
         .collect();
     Ok(LabStatus {

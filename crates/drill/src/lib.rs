@@ -7,9 +7,11 @@
 //! drilled, its control files); the SQL of the workload lives in `pg::workload`.
 
 pub mod lab;
+pub mod labnet;
 pub mod ledger;
 pub mod measure;
 pub mod report;
+pub mod resolve;
 pub mod run;
 pub mod trials;
 
@@ -28,69 +30,17 @@ pub fn lifeboat_command(ctx: &Context) -> std::process::Command {
         .env("LIFEBOAT_ACTOR", &ctx.actor)
         .env("LIFEBOAT_PROGRESS", "0")
         .stdin(std::process::Stdio::null());
-    lifeboat_pg::as_owner_of(&mut c, &ctx.state_dir);
+    // On a lab whose sites are network namespaces the child keeps root (it switches to the
+    // state directory's owner itself, as this process did): starting its members needs it.
+    if can_be_root() && lifeboat_context::identity::namespaced(&ctx.plan) {
+        privileged(&mut c);
+    } else {
+        lifeboat_pg::as_owner_of(&mut c, &ctx.state_dir);
+    }
     c
 }
 
-/// Run as the owner of the state directory when started as root (a lab belongs to `postgres`):
-/// every file the drill writes — evidence, reports, what a restore leaves in the state
-/// directory — stays that user's, and PostgreSQL's programs run as it. Root stays the saved
-/// user id, for what only root may do (network namespaces). Call before starting threads.
-pub fn become_state_owner(ctx: &Context) -> Result<(), lifeboat_core::Error> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
-    }
-    let Ok(md) = std::fs::metadata(&ctx.state_dir) else {
-        return Ok(());
-    };
-    let (uid, gid) = (md.uid(), md.gid());
-    if uid == 0 {
-        return Ok(());
-    }
-    // SAFETY: plain id changes of this process (glibc applies them to every thread).
-    let ok = unsafe {
-        libc::setgroups(1, &gid) == 0
-            && libc::setresgid(gid, gid, 0) == 0
-            && libc::setresuid(uid, uid, 0) == 0
-    };
-    if !ok {
-        return Err(lifeboat_core::Error::new(
-            lifeboat_core::Kind::Internal,
-            format!(
-                "could not switch to the state directory's owner (uid {uid}): {}",
-                std::io::Error::last_os_error()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether this process may act as root (it is root, or was and keeps root as its saved id).
-pub fn can_be_root() -> bool {
-    let (mut r, mut e, mut s) = (0, 0, 0);
-    // SAFETY: getresuid writes three ids into the given locations.
-    unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
-    r == 0 || e == 0 || s == 0
-}
-
-/// Run a command as root (for nftables): a drill that switched to the state directory's owner
-/// keeps root as its saved id and takes it back in the child only.
-pub fn privileged(c: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: only async-signal-safe id calls between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::geteuid() != 0
-                && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0)
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
+pub use lifeboat_context::identity::{become_state_owner, can_be_root, privileged};
 
 /// The latest drill of each scenario per service, and the latest that passed, from the
 /// evidence log: what `lifeboat status` shows.

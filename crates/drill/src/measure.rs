@@ -25,12 +25,41 @@ pub struct Attempt {
     pub ack: Option<Ack>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The path the writer took: `endpoint` or `dns` (absent: the only path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl Attempt {
     pub fn acked(&self) -> bool {
         self.outcome == "ok"
     }
+}
+
+/// The paths the attempts took, in order of first use.
+pub fn paths(attempts: &[Attempt]) -> Vec<Option<String>> {
+    let mut v: Vec<Option<String>> = Vec::new();
+    for a in attempts {
+        if !v.contains(&a.via) {
+            v.push(a.via.clone());
+        }
+    }
+    v
+}
+
+/// The attempts of one path.
+pub fn through(attempts: &[Attempt], via: &Option<String>) -> Vec<Attempt> {
+    attempts.iter().filter(|a| &a.via == via).cloned().collect()
+}
+
+/// Whether every path has an acknowledged write that began at or after `since`: the service
+/// is back for every kind of client, not only the first to reconnect.
+pub fn back_on_every_path(attempts: &[Attempt], since: f64) -> bool {
+    let ps = paths(attempts);
+    !ps.is_empty()
+        && ps
+            .iter()
+            .all(|p| outage(&through(attempts, p), since).1.is_some())
 }
 
 /// The write counts.
@@ -205,7 +234,32 @@ mod tests {
                 timeline: 1,
             }),
             error: None,
+            via: None,
         }
+    }
+
+    #[test]
+    fn back_only_when_every_path_has_a_write_after_the_fault() {
+        let via = |mut x: Attempt, v: &str| {
+            x.via = Some(v.into());
+            x
+        };
+        let log = vec![
+            via(a(1, 0.0, 5.0, "ok", 1), "endpoint"),
+            via(a(2, 1.0, 6.0, "ok", 1), "dns"),
+            via(a(3, 100.0, 700.0, "ok", 1), "endpoint"),
+            via(a(4, 100.0, 2100.0, "failed", 0), "dns"),
+        ];
+        assert!(!back_on_every_path(&log, 50.0), "dns is still down");
+        let mut more = log.clone();
+        more.push(via(a(5, 2200.0, 2210.0, "ok", 1), "dns"));
+        assert!(back_on_every_path(&more, 50.0));
+        assert_eq!(paths(&more).len(), 2);
+        assert_eq!(
+            widest_gap(&through(&more, &Some("dns".into())), 50.0),
+            Some((6.0, 2210.0))
+        );
+        assert!(!back_on_every_path(&[], 0.0));
     }
 
     #[test]

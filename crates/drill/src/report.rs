@@ -49,6 +49,21 @@ pub struct Measured {
     pub rpo_bytes: Option<u64>,
     pub writes: Writes,
     pub parts: Vec<Part>,
+    /// The RTO each kind of client saw, when the writers took more than one path (the RTO
+    /// above is the longest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathRto>,
+}
+
+/// One path's outage: how clients that reach the service that way saw the recovery.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PathRto {
+    /// `endpoint` or `dns`.
+    pub via: String,
+    /// Where it goes, in words (the endpoint's address; the DNS name, server and TTL).
+    pub detail: String,
+    pub rto_ms: Option<u64>,
+    pub acknowledged: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -183,6 +198,22 @@ impl Report {
         let _ = writeln!(s, "- RTO {}; RPO {}", self.rto(), self.rpo());
         for p in &self.measured.parts {
             let _ = writeln!(s, "  - {}: {} ms ({})", p.name, p.ms, p.detail);
+        }
+        for p in &self.measured.paths {
+            let _ = writeln!(
+                s,
+                "- through the {} ({}): RTO {}, {} writes acknowledged",
+                if p.via == "dns" {
+                    "DNS name"
+                } else {
+                    "endpoint"
+                },
+                p.detail,
+                p.rto_ms
+                    .map(|r| format!("{r} ms"))
+                    .unwrap_or_else(|| "not recovered".into()),
+                p.acknowledged
+            );
         }
         let _ = writeln!(
             s,

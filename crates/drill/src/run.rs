@@ -223,6 +223,9 @@ struct Driver<'a> {
     pg: PgService<'a>,
     members: Vec<Member>,
     endpoint: Option<(String, u16)>,
+    /// The service's DNS name: the responder's address, the name, its TTL, and the port the
+    /// members share (None: they differ, and a DNS client could not find the server).
+    dns: Option<(std::net::SocketAddr, String, Duration, Option<u16>)>,
     sync: bool,
     report: Report,
     t0: Instant,
@@ -268,6 +271,28 @@ impl<'a> Driver<'a> {
             m.data_dir = m.data_dir.map(|p| ctx.base.join(p));
             members.push(m);
         }
+        let ports: BTreeSet<u16> = members.iter().map(|m| m.port).collect();
+        let dns = match svc {
+            Service::Postgres { failover, .. } => failover
+                .as_ref()
+                .and_then(|f| f.dns.as_ref())
+                .and_then(|d| {
+                    let mut a: std::net::SocketAddr = d.listen.parse().ok()?;
+                    if a.ip().is_unspecified() {
+                        a.set_ip(if a.is_ipv4() {
+                            std::net::Ipv4Addr::LOCALHOST.into()
+                        } else {
+                            std::net::Ipv6Addr::LOCALHOST.into()
+                        });
+                    }
+                    let port = (ports.len() == 1)
+                        .then(|| ports.iter().next().copied())
+                        .flatten();
+                    let ttl = d.ttl.map(|t| t.0).unwrap_or(Duration::from_secs(5));
+                    Some((a, d.name.clone(), ttl, port))
+                }),
+            _ => None,
+        };
         let (endpoint, sync) = match svc {
             Service::Postgres {
                 failover,
@@ -314,6 +339,7 @@ impl<'a> Driver<'a> {
             pg,
             members,
             endpoint,
+            dns,
             sync,
             report,
             t0: Instant::now(),
@@ -400,6 +426,14 @@ impl<'a> Driver<'a> {
                 ),
             )),
         }
+    }
+
+    /// The drill's own nftables table.
+    fn nft_table(&self) -> String {
+        format!(
+            "lifeboat_drill_{}",
+            self.report.run_id.to_lowercase().replace('-', "_")
+        )
     }
 
     fn guard_no_write(&self) -> Duration {
@@ -531,7 +565,10 @@ impl<'a> Driver<'a> {
         };
         let pids = lifeboat_pg::ops::processes(&primary);
         if scenario == "partition-site" {
-            check_nft()?;
+            // A site in a namespace is isolated by setting its links down (no nftables).
+            let links_only = primary.netns.is_some()
+                && self.d.partition.as_deref().unwrap_or("isolate") == "isolate";
+            check_nft(!links_only)?;
         }
         if (scenario == "kill-primary" || scenario == "hang-primary") && pids.is_empty() {
             return Err(Error::new(
@@ -579,12 +616,15 @@ impl<'a> Driver<'a> {
             }
         }
         let (writers, interval, warmup, cooldown, timeout) = self.workload();
-        let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout);
+        let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout)?;
         let during = self.start_during(rt, &target, stop.clone());
         let mut child = None;
         let result = (|| -> Result<(), Error> {
             if !rt.block_on(self.pause(warmup)) {
                 self.abort("interrupted", "interrupted before the fault".into());
+                return Ok(());
+            }
+            if !self.every_path_wrote(&log) {
                 return Ok(());
             }
             match scenario.as_str() {
@@ -619,12 +659,59 @@ impl<'a> Driver<'a> {
                         pids.len()
                     ));
                 }
+                "partition-site" if primary.netns.is_some() => {
+                    // A site in its own network namespace: its links go down (isolate), or
+                    // a table inside the namespace drops what comes in (one-way). This
+                    // machine's rules are never touched.
+                    let ns = primary.netns.clone().unwrap_or_default();
+                    let shape = self.d.partition.clone().unwrap_or_else(|| "isolate".into());
+                    if shape == "one-way" {
+                        let table = self.nft_table();
+                        self.ledger.add(Fault::Command {
+                            what: format!(
+                                "primary {} cut off (one-way, nftables table {table} in namespace {ns})",
+                                primary.site
+                            ),
+                            heal: format!("ip netns exec '{ns}' nft delete table inet {table}"),
+                            privileged: true,
+                        })?;
+                        nft_apply_in(
+                            Some(&ns),
+                            &partition_rules(&table, &primary.host, primary.port, &shape),
+                        )?;
+                    } else {
+                        let links = crate::labnet::links_of(&ns);
+                        if links.is_empty() {
+                            return Err(Error::new(
+                                Kind::Source,
+                                format!("network namespace {ns} has no link to set down"),
+                            ));
+                        }
+                        self.ledger.add(Fault::Command {
+                            what: format!(
+                                "site {} cut off: links {} of namespace {ns} down",
+                                primary.site,
+                                links.join(", ")
+                            ),
+                            heal: links
+                                .iter()
+                                .map(|l| format!("ip -n '{ns}' link set '{l}' up"))
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                            privileged: true,
+                        })?;
+                        for l in &links {
+                            privileged_run("ip", &["-n", &ns, "link", "set", l, "down"])?;
+                        }
+                    }
+                    self.report.fault = Some(format!(
+                        "site {} (namespace {ns}) cut off the network: {shape}",
+                        primary.site
+                    ));
+                }
                 "partition-site" => {
                     let shape = self.d.partition.clone().unwrap_or_else(|| "isolate".into());
-                    let table = format!(
-                        "lifeboat_drill_{}",
-                        self.report.run_id.to_lowercase().replace('-', "_")
-                    );
+                    let table = self.nft_table();
                     self.ledger.add(Fault::Command {
                         what: format!(
                             "primary {} cut off ({shape}, nftables table {table})",
@@ -736,8 +823,7 @@ impl<'a> Driver<'a> {
     /// `since` was acknowledged, Some(false) when the drill must stop (interrupted, or a
     /// guardrail tripped: the report says which), None to keep waiting.
     fn recovered(&mut self, log: &Mutex<Vec<Attempt>>, since: f64, fault_ms: f64) -> Option<bool> {
-        let (_, first) = measure::outage(&log.lock().unwrap_or_else(|e| e.into_inner()), since);
-        if first.is_some() {
+        if measure::back_on_every_path(&log.lock().unwrap_or_else(|e| e.into_inner()), since) {
             return Some(true);
         }
         let no_write = self.guard_no_write();
@@ -782,39 +868,141 @@ impl<'a> Driver<'a> {
         Ok((s, target))
     }
 
-    /// The workload's writers, started; their log and the flag that stops them.
+    /// The paths the writers take (the plan's `through`, or the endpoint and, when it can
+    /// work, the DNS name), written into the report.
+    fn vias(&mut self, target: &Member) -> Result<Vec<Via>, Error> {
+        let asked = self.d.workload.as_ref().and_then(|w| w.through.clone());
+        let dns_possible = self.dns.as_ref().is_some_and(|d| d.3.is_some());
+        let wanted = asked.clone().unwrap_or_else(|| {
+            let mut v = vec!["endpoint".to_string()];
+            if dns_possible {
+                v.push("dns".into());
+            }
+            v
+        });
+        let mut out = Vec::new();
+        for w in &wanted {
+            if w == "endpoint" {
+                if self.endpoint.is_none() && asked.is_some() {
+                    return Err(Error::new(
+                        Kind::Input,
+                        format!(
+                            "service {} has no traffic endpoint (failover.listen) for the writers",
+                            self.d.service
+                        ),
+                    ));
+                }
+                out.push(Via::Endpoint(target.clone()));
+                continue;
+            }
+            let Some((server, name, ttl, port)) = self.dns.clone() else {
+                return Err(Error::new(
+                    Kind::Input,
+                    format!(
+                        "service {} has no DNS name (failover.dns) for the writers",
+                        self.d.service
+                    ),
+                ));
+            };
+            let Some(port) = port else {
+                return Err(Error::new(
+                    Kind::Input,
+                    format!(
+                        "writers through the DNS name need the members of {} to share one port (a name gives an address, not a port)",
+                        self.d.service
+                    ),
+                )
+                .hint("give each site its own address and the same port, or write only through the endpoint (workload.through: [endpoint])"));
+            };
+            let mut m = target.clone();
+            m.port = port;
+            out.push(Via::Dns {
+                server,
+                name,
+                ttl,
+                template: m,
+            });
+        }
+        self.report.measured.paths = out
+            .iter()
+            .map(|v| crate::report::PathRto {
+                via: v.name().into(),
+                detail: v.describe(self.endpoint.is_some()),
+                ..Default::default()
+            })
+            .collect();
+        Ok(out)
+    }
+
+    /// The workload's writers (`writers` per path), started; their log and the flag that
+    /// stops them.
     #[allow(clippy::type_complexity)]
     fn start_writers(
-        &self,
+        &mut self,
         rt: &tokio::runtime::Runtime,
         target: &Member,
         writers: u32,
         interval: Duration,
         timeout: Duration,
-    ) -> (
-        Arc<Mutex<Vec<Attempt>>>,
-        Arc<AtomicBool>,
-        Vec<tokio::task::JoinHandle<()>>,
-    ) {
+    ) -> Result<
+        (
+            Arc<Mutex<Vec<Attempt>>>,
+            Arc<AtomicBool>,
+            Vec<tokio::task::JoinHandle<()>>,
+        ),
+        Error,
+    > {
+        let vias = self.vias(target)?;
         let log = Arc::new(Mutex::new(Vec::<Attempt>::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU64::new(1));
-        let tasks = (0..writers)
-            .map(|w| {
-                rt.spawn(writer(
-                    target.clone(),
+        let mut tasks = Vec::new();
+        let many = vias.len() > 1;
+        for (i, via) in vias.iter().enumerate() {
+            for w in 0..writers {
+                tasks.push(rt.spawn(writer(
+                    via.clone(),
+                    many,
                     self.report.run_id.clone(),
-                    w,
+                    i as u32 * writers + w,
                     next.clone(),
                     self.t0,
                     stop.clone(),
                     log.clone(),
                     interval,
                     timeout,
-                ))
-            })
-            .collect();
-        (log, stop, tasks)
+                )));
+            }
+        }
+        Ok((log, stop, tasks))
+    }
+
+    /// Before the fault: every path must have carried a write, or the drill would measure a
+    /// path that never worked. False (and the drill aborted, nothing injected) otherwise.
+    fn every_path_wrote(&mut self, log: &Mutex<Vec<Attempt>>) -> bool {
+        let a = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for p in &self.report.measured.paths.clone() {
+            let mine: Vec<&Attempt> = a
+                .iter()
+                .filter(|x| x.via.as_deref().is_none_or(|v| v == p.via))
+                .collect();
+            if !mine.iter().any(|x| x.acked()) {
+                let last = mine
+                    .iter()
+                    .rev()
+                    .find_map(|x| x.error.clone())
+                    .unwrap_or_else(|| "no attempt finished".into());
+                self.abort(
+                    "aborted",
+                    format!(
+                        "the writers through the {} ({}) had no acknowledged write before the fault ({last}): nothing was injected",
+                        p.via, p.detail
+                    ),
+                );
+                return false;
+            }
+        }
+        true
     }
 
     fn start_during(
@@ -895,7 +1083,26 @@ impl<'a> Driver<'a> {
             .map(|x| x.id)
             .collect();
         let fault = self.report.fault_at_ms.unwrap_or(0.0);
-        let gap = measure::widest_gap(a, fault);
+        // Each path's outage; the RTO is the longest (every client back).
+        let mut paths = std::mem::take(&mut self.report.measured.paths);
+        let mut gap: Option<(f64, f64)> = None;
+        for via in measure::paths(a) {
+            let mine = measure::through(a, &via);
+            let g = measure::widest_gap(&mine, fault);
+            if let Some(p) = paths
+                .iter_mut()
+                .find(|p| via.as_deref() == Some(p.via.as_str()))
+            {
+                p.rto_ms = g.map(|(l, f)| (f - l).max(0.0) as u64);
+                p.acknowledged = mine.iter().filter(|x| x.acked()).count() as u64;
+            }
+            if g.is_some_and(|(l, f)| gap.is_none_or(|(gl, gf)| f - l > gf - gl)) {
+                gap = g;
+            }
+        }
+        if paths.len() < 2 {
+            paths.clear();
+        }
         let rto = gap.map(|(l, f)| (f - l).max(0.0) as u64);
         self.report.recovered_at_ms = gap.map(|(_, f)| f);
         let rpo = measure::rpo_ms(a, &present, None) as u64;
@@ -910,6 +1117,7 @@ impl<'a> Driver<'a> {
             rpo_bytes: bytes,
             writes,
             parts: self.daemon_parts(fault),
+            paths,
         };
         self.objectives();
         Ok(())
@@ -1031,7 +1239,7 @@ impl<'a> Driver<'a> {
             return Ok(());
         }
         let (writers, interval, warmup, _, timeout) = self.workload();
-        let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout);
+        let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout)?;
         let went_on = rt.block_on(self.pause(warmup));
         // The bad migration: the table dropped, its instant on the server's clock.
         let fault_ms = self.now_ms();
@@ -1121,6 +1329,7 @@ impl<'a> Driver<'a> {
             rpo_bytes: None,
             writes,
             parts: Vec::new(),
+            paths: Vec::new(),
         };
         self.objectives();
         // A point-in-time restore must bring back every acknowledged row.
@@ -1170,15 +1379,14 @@ impl<'a> Driver<'a> {
             .wal_repository(&self.d.service)
             .ok_or_else(|| Error::new(Kind::Input, "the service has no repository for its WAL"))?
             .to_string();
-        let copy = self
+        let (job, copy) = self
             .ctx
             .plan
             .backups
-            .values()
-            .filter(|j| j.service == self.d.service && self.ctx.plan.job_repository(j) == Some(own.as_str()))
-            .flat_map(|j| j.copy_to.iter())
+            .iter()
+            .filter(|(_, j)| j.service == self.d.service && self.ctx.plan.job_repository(j) == Some(own.as_str()))
+            .flat_map(|(n, j)| j.copy_to.iter().map(move |c| (n.clone(), c.clone())))
             .next()
-            .cloned()
             .ok_or_else(|| {
                 Error::new(
                     Kind::Input,
@@ -1202,10 +1410,13 @@ impl<'a> Driver<'a> {
         })?;
         let (s, target) = self.prepare_run(rt, &primary)?;
         let (writers, interval, warmup, cooldown, timeout) = self.workload();
-        let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout);
+        let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout)?;
         let result = (|| -> Result<(), Error> {
             if !rt.block_on(self.pause(warmup / 2)) {
                 self.abort("interrupted", "interrupted before the fault".into());
+                return Ok(());
+            }
+            if !self.every_path_wrote(&log) {
                 return Ok(());
             }
             // The copy's last run before the disaster: everything archived so far goes over.
@@ -1303,13 +1514,24 @@ impl<'a> Driver<'a> {
             // It is the primary now: it archives again (a restored copy starts with archiving
             // off), after a restart.
             // Restarted on its own configuration, not the restore's private socket and options.
+            // It listens where the member is expected (the backup may come from the other
+            // site, whose address and port its configuration names).
             let m = survivor.clone();
-            rt.block_on(async {
-                let s = Session::connect(&m, Duration::from_secs(5)).await?;
-                s.exec("ALTER SYSTEM SET archive_mode = 'on'").await
-            })?;
             let pg_ctl = self.pg.tool("pg_ctl");
             lifeboat_pg::tool::stop_restored(&pg_ctl, &data_dir);
+            let mut conf = format!(
+                "\n# Rebuilt by a lose-region drill: the primary now\narchive_mode = 'on'\nport = {}\n",
+                m.port
+            );
+            if m.host.parse::<std::net::IpAddr>().is_ok() {
+                conf.push_str(&format!("listen_addresses = '{}'\n", m.host));
+            }
+            let auto = data_dir.join("postgresql.auto.conf");
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&auto)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
+                .map_err(|e| Error::new(Kind::Io, format!("{}: {e}", auto.display())))?;
             let restart_log = data_dir.with_extension("log");
             let out = rt.block_on(lifeboat_pg::ops::pg_ctl(
                 &self.pg.bin_dir,
@@ -1371,7 +1593,58 @@ impl<'a> Driver<'a> {
         let parts = std::mem::take(&mut self.report.measured.parts);
         self.count_failover(rt, &primary)?;
         self.report.measured.parts = parts;
+        self.after_rebuild(&data_dir, &job);
         Ok(())
+    }
+
+    /// The rebuilt primary recovered with archiving off: its new timeline's history never
+    /// reached the archive, and no base backup exists on it. Both are made good now (as a
+    /// runbook does after rebuilding from a copy), or later restores could not cross it.
+    fn after_rebuild(&mut self, data_dir: &std::path::Path, job: &str) {
+        let wal = data_dir.join("pg_wal");
+        let mut histories: Vec<PathBuf> = std::fs::read_dir(&wal)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "history"))
+            .collect();
+        histories.sort();
+        for h in histories {
+            let mut c = crate::lifeboat_command(self.ctx);
+            c.args(["wal", "push", &self.d.service]).arg(&h);
+            let name = h
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            match c.output() {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => self.report.after.push(format!(
+                    "archiving the timeline history {name} FAILED: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => self
+                    .report
+                    .after
+                    .push(format!("archiving the timeline history {name} FAILED: {e}")),
+            }
+        }
+        let mut c = crate::lifeboat_command(self.ctx);
+        c.args(["backup", job]);
+        match c.output() {
+            Ok(o) if o.status.success() => self.report.after.push(format!(
+                "a base backup of the rebuilt primary taken (job {job}), its timeline histories archived"
+            )),
+            Ok(o) => self.report.after.push(format!(
+                "the base backup of the rebuilt primary (job {job}) FAILED: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => self
+                .report
+                .after
+                .push(format!("the base backup of the rebuilt primary (job {job}) FAILED: {e}")),
+        }
     }
 
     /// restore-only: the latest recovery point into a sandbox, its checks, timed.
@@ -1420,6 +1693,69 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
+    /// After a failed lose-region rebuild: start the lost primary again, route to it, and
+    /// start the standby whose data directory is `standby_home`.
+    fn undo_lost_region(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        site: &str,
+        standby_home: &std::path::Path,
+    ) {
+        let primary = self.members.iter().find(|m| m.site == site).cloned();
+        let standby = self
+            .members
+            .iter()
+            .find(|m| m.data_dir.as_deref() == Some(standby_home))
+            .cloned();
+        let start = |m: &Member| -> Result<(), String> {
+            let data = m.data_dir.clone().ok_or("no data_dir")?;
+            let log = data.with_extension("log");
+            let out = rt
+                .block_on(lifeboat_pg::ops::pg_ctl(
+                    &self.pg.bin_dir,
+                    m,
+                    &["start", "-w", "-t", "60", "-l", &log.display().to_string()],
+                ))
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} (see {})",
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    log.display()
+                ))
+            }
+        };
+        let Some(p) = primary else { return };
+        match start(&p).and_then(|()| {
+            lifeboat_failover::coord::StateFile::new(&self.ctx.state_dir, &self.d.service)
+                .route_to(site)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(()) => self.report.after.push(format!(
+                "{site} started again as the primary, the traffic routed back to it"
+            )),
+            Err(e) => self
+                .report
+                .after
+                .push(format!("starting {site} again FAILED: {e}")),
+        }
+        if let Some(sb) = standby {
+            match start(&sb) {
+                Ok(()) => self
+                    .report
+                    .after
+                    .push(format!("{} started again as its standby", sb.site)),
+                Err(e) => self
+                    .report
+                    .after
+                    .push(format!("starting {} again FAILED: {e}", sb.site)),
+            }
+        }
+    }
+
     /// Put the service back together: rejoin the old primary, drop the run's table, run the
     /// plan's teardown commands; then the steady state after.
     fn teardown(&mut self, rt: &tokio::runtime::Runtime) {
@@ -1429,10 +1765,17 @@ impl<'a> Driver<'a> {
             lifeboat_pg::tool::stop_restored(&self.pg.tool("pg_ctl"), &home);
             let _ = std::fs::remove_dir_all(&home);
             match std::fs::rename(&aside, &home) {
-                Ok(()) => self.report.after.push(format!(
-                    "the rebuild failed: the set-aside data directory is back in {} (not started)",
-                    home.display()
-                )),
+                Ok(()) => {
+                    self.report.after.push(format!(
+                        "the rebuild failed: the set-aside data directory is back in {}",
+                        home.display()
+                    ));
+                    // The disaster undone: the old primary (its data intact) starts again and
+                    // takes the traffic back, the standby starts again beside it.
+                    if let Some(site) = self.rejoin.take() {
+                        self.undo_lost_region(rt, &site, &home);
+                    }
+                }
                 Err(e) => self.report.after.push(format!(
                     "the rebuild failed, and putting {} back failed: {e}",
                     aside.display()
@@ -1555,8 +1898,51 @@ impl<'a> Driver<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// How a writer reaches the service.
+#[derive(Clone)]
+enum Via {
+    /// The daemon's traffic endpoint (or, without one, the primary itself).
+    Endpoint(Member),
+    /// The service's DNS name: asked of the responder, the answer cached for its TTL (at
+    /// most the plan's), then the server at that address on the members' port.
+    Dns {
+        server: std::net::SocketAddr,
+        name: String,
+        ttl: Duration,
+        template: Member,
+    },
+}
+
+impl Via {
+    fn name(&self) -> &'static str {
+        match self {
+            Via::Endpoint(_) => "endpoint",
+            Via::Dns { .. } => "dns",
+        }
+    }
+
+    fn describe(&self, has_endpoint: bool) -> String {
+        match self {
+            Via::Endpoint(m) if has_endpoint => format!("{}:{}", m.host, m.port),
+            Via::Endpoint(m) => format!("the primary {}:{} directly", m.host, m.port),
+            Via::Dns {
+                server,
+                name,
+                ttl,
+                template,
+            } => format!(
+                "{name} asked of {server}, cached for its TTL ({} s), port {}",
+                ttl.as_secs_f64(),
+                template.port
+            ),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn writer(
-    target: Member,
+    via: Via,
+    tag: bool,
     run: String,
     w: u32,
     next: Arc<AtomicU64>,
@@ -1566,10 +1952,45 @@ async fn writer(
     interval: Duration,
     timeout: Duration,
 ) {
+    let mut cached: Option<(std::net::IpAddr, Instant)> = None;
     while !stop.load(Ordering::SeqCst) {
         let id = next.fetch_add(1, Ordering::SeqCst);
         let start_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let r = workload::write(&target, &run, id, w, timeout).await;
+        let target = match &via {
+            Via::Endpoint(m) => Ok(m.clone()),
+            Via::Dns {
+                server,
+                name,
+                ttl,
+                template,
+            } => {
+                let fresh = cached.filter(|(_, until)| Instant::now() < *until);
+                let addr = match fresh {
+                    Some((a, _)) => Ok(a),
+                    None => {
+                        crate::resolve::resolve(*server, name, timeout.min(Duration::from_secs(1)))
+                            .await
+                            .map(|(a, t)| {
+                                let keep = Duration::from_secs(t.into()).min(*ttl);
+                                cached = Some((a, Instant::now() + keep));
+                                a
+                            })
+                    }
+                };
+                addr.map(|a| {
+                    let mut m = template.clone();
+                    m.host = a.to_string();
+                    m
+                })
+            }
+        };
+        let r = match target {
+            Ok(t) => workload::write(&t, &run, id, w, timeout).await,
+            Err(e) => {
+                cached = None;
+                Outcome::Failed(e)
+            }
+        };
         let end_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (outcome, ack, error) = match r {
             Outcome::Acked(a) => ("ok", Some(a), None),
@@ -1584,6 +2005,7 @@ async fn writer(
             outcome: outcome.into(),
             ack,
             error,
+            via: tag.then(|| via.name().to_string()),
         });
         tokio::time::sleep(interval).await;
     }
@@ -1607,13 +2029,16 @@ pub fn partition_rules(table: &str, host: &str, port: u16, shape: &str) -> Strin
     )
 }
 
-fn check_nft() -> Result<(), Error> {
+fn check_nft(needs_nft: bool) -> Result<(), Error> {
     if !crate::can_be_root() {
         return Err(Error::new(
             Kind::Input,
-            "partition-site cuts the primary off with an nftables table: it needs root",
+            "partition-site cuts the primary off (its namespace's links, or an nftables table): it needs root",
         )
         .hint("run the drill as root (a lab made as root works; on loopback as a normal user it cannot cut a member off honestly)"));
+    }
+    if !needs_nft {
+        return Ok(());
     }
     let mut c = std::process::Command::new("nft");
     c.arg("--version");
@@ -1629,8 +2054,41 @@ fn check_nft() -> Result<(), Error> {
 }
 
 fn nft_apply(ruleset: &str) -> Result<(), Error> {
+    nft_apply_in(None, ruleset)
+}
+
+/// Run a program as root (a drill keeps root as its saved id), its failure an error.
+fn privileged_run(program: &str, args: &[&str]) -> Result<(), Error> {
+    let mut c = std::process::Command::new(program);
+    c.args(args);
+    crate::privileged(&mut c);
+    let out = c
+        .output()
+        .map_err(|e| Error::new(Kind::Internal, format!("{program}: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            Kind::Source,
+            format!(
+                "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Apply an nftables ruleset on this machine, or inside a network namespace.
+fn nft_apply_in(netns: Option<&str>, ruleset: &str) -> Result<(), Error> {
     use std::io::Write;
-    let mut c = std::process::Command::new("nft");
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "nft"]);
+            c
+        }
+        None => std::process::Command::new("nft"),
+    };
     c.args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

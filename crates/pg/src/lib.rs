@@ -31,6 +31,8 @@ pub struct Member {
     password: Option<String>,
     pub dbname: String,
     pub data_dir: Option<PathBuf>,
+    /// The network namespace its server runs in (see the plan's `netns`).
+    pub netns: Option<String>,
 }
 
 impl std::fmt::Debug for Member {
@@ -121,6 +123,7 @@ impl<'a> PgService<'a> {
             password,
             dbname: m.dbname.clone().unwrap_or_else(|| "postgres".into()),
             data_dir: m.data_dir.as_ref().map(PathBuf::from),
+            netns: m.netns.clone(),
         })
     }
 
@@ -429,6 +432,66 @@ pub fn as_owner_of(cmd: &mut Command, dir: &Path) {
     }
 }
 
+/// [`as_owner_of`], and inside the network namespace `netns` (`/run/netns/NAME`) when one is
+/// given: the child takes root back if this process keeps it as its saved id (a command run
+/// as root that switched to the state directory's owner), enters the namespace, then becomes
+/// the directory's owner. Without root to enter it, the error says so.
+pub fn as_owner_of_in(cmd: &mut Command, dir: &Path, netns: Option<&str>) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let Some(ns) = netns else {
+        as_owner_of(cmd, dir);
+        return Ok(());
+    };
+    let path = Path::new("/run/netns").join(ns);
+    let file = std::fs::File::open(&path).map_err(|e| {
+        Error::new(
+            Kind::Source,
+            format!("network namespace {ns} ({}): {e}", path.display()),
+        )
+        .hint("a lab's namespaces go with `lifeboat lab down`; run `lifeboat lab up` again, or remove `netns` from the member")
+    })?;
+    let (uid, gid) = std::fs::metadata(dir)
+        .map(|m| (m.uid(), m.gid()))
+        .map_err(|e| Error::new(Kind::Io, format!("{}: {e}", dir.display())))?;
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresuid writes three ids into the given locations.
+    unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+    if r != 0 && e != 0 && s != 0 {
+        return Err(Error::new(
+            Kind::Input,
+            format!("starting a server in network namespace {ns} needs root"),
+        )
+        .hint("run the command as root (the lab was built by root)"));
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec; `file` outlives the spawn
+    // (it moves into the closure), its descriptor closes at exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &file;
+            if libc::geteuid() != 0
+                && (libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if uid != 0
+                && (libc::setgroups(1, &gid) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// uid/gid of a user by name (for restored data directories when running as root).
 pub fn user_ids(name: &str) -> Option<(u32, u32)> {
     let c = std::ffi::CString::new(name).ok()?;
@@ -588,6 +651,7 @@ mod tests {
             password: Some("super".into()),
             dbname: "postgres".into(),
             data_dir: None,
+            netns: None,
         };
         let c = m.standby_conninfo("east", Some(base), None);
         assert_eq!(

@@ -251,6 +251,11 @@ pub fn run_as_owner(
     data: &Path,
 ) -> Result<std::process::Output, Error> {
     crate::as_owner_of(cmd, data);
+    output(cmd)
+}
+
+/// Run a tool with stdin closed and messages in English, as the caller set it up.
+fn output(cmd: &mut std::process::Command) -> Result<std::process::Output, Error> {
     cmd.stdin(std::process::Stdio::null())
         .env("LC_ALL", "C")
         .output()
@@ -293,9 +298,20 @@ pub async fn pg_ctl(
     let data = data_dir(m)?;
     let mut c = std::process::Command::new(bin_dir.join("pg_ctl"));
     c.arg("-D").arg(&data).args(args);
-    tokio::task::spawn_blocking(move || run_as_owner(&mut c, &data))
-        .await
-        .map_err(|e| Error::new(Kind::Internal, e.to_string()))?
+    // A server started in its namespace (a lab's site); stop, promote and status only signal.
+    let netns = m.netns.clone().filter(|_| args.first() == Some(&"start"));
+    if netns.is_some() {
+        crate::as_owner_of_in(&mut c, &data, netns.as_deref())?;
+    }
+    tokio::task::spawn_blocking(move || {
+        if netns.is_some() {
+            output(&mut c)
+        } else {
+            run_as_owner(&mut c, &data)
+        }
+    })
+    .await
+    .map_err(|e| Error::new(Kind::Internal, e.to_string()))?
 }
 
 fn alive(pid: u32) -> bool {

@@ -704,14 +704,11 @@ fn start_server(
         keep_running: false,
     };
     register(&run);
-    lifeboat_pg::tool::start_restored(
-        &pg_ctl,
-        data,
-        &data.join("lifeboat-recovery.log"),
-        port,
-        &socket_dir,
-        &hba,
-    )?;
+    // A backup of a server that was itself restored carries that restore's log: this
+    // recovery is judged on its own lines only.
+    let log = data.join("lifeboat-recovery.log");
+    let _ = std::fs::remove_file(&log);
+    lifeboat_pg::tool::start_restored(&pg_ctl, data, &log, port, &socket_dir, &hba)?;
     Ok(run)
 }
 
