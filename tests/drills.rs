@@ -191,6 +191,15 @@ fn recount(full: &serde_json::Value) -> (u64, u64) {
 fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
     let lab = TestLab::up(&[]);
     assert_eq!(lab.roles()[0], ("east".to_string(), "primary".to_string()));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // A namespace per site: the members have their own addresses and share the port.
+        assert_eq!(state["network"], "namespaces", "{state}");
+        assert_ne!(state["east_host"], state["west_host"]);
+        assert_eq!(state["east_port"], state["west_port"]);
+    }
 
     // kill-primary: the standby takes over, nothing acknowledged is lost.
     let (r, s, full) = lab.drill(&["kill-primary"]);
@@ -227,6 +236,20 @@ fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
     assert!(sum <= rto + 100, "parts {sum} ms > RTO {rto} ms");
     for o in ["RPO", "RTO", "lost writes"] {
         assert_eq!(objective(&s, o)["met"], true, "{o}");
+    }
+    if root {
+        // Writers went through the endpoint and through the DNS name; each path has its
+        // outage, the RTO is the longest.
+        let paths = s["measured"]["paths"].as_array().unwrap();
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        let mut longest = 0;
+        for p in paths {
+            let r = p["rto_ms"].as_u64().unwrap();
+            assert!(r > 0 && p["acknowledged"].as_u64().unwrap() > 5, "{p}");
+            longest = longest.max(r);
+        }
+        assert_eq!(longest, rto);
+        assert!(full["attempts"].to_string().contains("\"via\":\"dns\""));
     }
     lab.assert_whole();
 
@@ -311,6 +334,19 @@ fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
         "{}",
         s["fault"]
     );
+    if root {
+        // A real partition: the site's namespace lost its links, and has them back.
+        assert!(
+            s["fault"].as_str().unwrap().contains("namespace"),
+            "{}",
+            s["fault"]
+        );
+        assert!(
+            s["after"].to_string().contains("down: undone"),
+            "{}",
+            s["after"]
+        );
+    }
     let tables = Command::new("nft")
         .args(["list", "tables"])
         .output()
@@ -321,6 +357,28 @@ fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
         String::from_utf8_lossy(&tables.stdout)
     );
     lab.assert_whole();
+
+    if root {
+        // Both sites cut off from the coordinator (they still see each other): the daemon
+        // holds, nothing fails over, the primary is simply back once the partition heals.
+        let plan = std::fs::read_to_string(lab.plan()).unwrap();
+        std::fs::write(
+            lab.plan(),
+            format!("{plan}  coordinator: {{ scenario: partition-site, service: db, partition: coordinator, hold: 2s }}\n"),
+        )
+        .unwrap();
+        let (r, s, _) = lab.drill(&["coordinator"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.all(), lab.daemon_log());
+        assert_eq!(s["primary_before"], s["primary_after"]);
+        assert_eq!(objective(&s, "failovers")["met"], true);
+        assert_eq!(s["measured"]["writes"]["lost"], 0);
+        assert!(
+            s["measured"]["rto_ms"].as_u64().unwrap() >= 2000,
+            "{}",
+            s["measured"]
+        );
+        lab.assert_whole();
+    }
 
     // lose-region: the primary's site and its repository gone; rebuilt in the other site
     // from the cross-region copy alone; the writes after the copy's last run are lost and
@@ -356,7 +414,7 @@ fn sync_lab_runs_every_scenario_with_measurements_that_make_sense() {
         .iter()
         .filter(|e| e["command"] == "drill")
         .count();
-    assert_eq!(drills, 7);
+    assert_eq!(drills, if root { 8 } else { 7 });
 }
 
 #[test]
@@ -726,6 +784,22 @@ fn lab_down_twice_and_lab_refusals() {
     let down = run_in(tmp.path(), &["lab", "down", "--dir", d]);
     assert_eq!(down.code, 0, "{}", down.all());
     assert!(!dir.exists());
+    if unsafe { libc::geteuid() } == 0 {
+        // The namespaces went with it.
+        assert!(down.stdout.contains("network namespace"), "{}", down.all());
+        let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        for line in down
+            .stdout
+            .lines()
+            .filter(|l| l.contains("network namespace"))
+        {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&ns.stdout).contains(name),
+                "{name} is still there"
+            );
+        }
+    }
     let twice = run_in(tmp.path(), &["lab", "down", "--dir", d]);
     assert_eq!(twice.code, 0, "{}", twice.all());
     assert!(
@@ -754,6 +828,27 @@ fn lab_down_twice_and_lab_refusals() {
     );
     assert_ne!(r.code, 0);
     assert!(tmp.path().join("other/keep").exists());
+}
+
+#[test]
+fn a_loopback_lab_drills_and_says_what_it_cannot_run_honestly() {
+    let lab = TestLab::up(&["--loopback"]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
+    assert_eq!(state["network"], "loopback", "{state}");
+    assert_ne!(state["east_port"], state["west_port"]);
+    let (r, s, _) = lab.drill(&["kill-primary"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), lab.daemon_log());
+    assert_eq!(s["measured"]["writes"]["lost"], 0);
+    // One path: a DNS name gives an address, and both sites share one.
+    assert!(s["measured"]["paths"].is_null(), "{}", s["measured"]);
+    let explicit = std::fs::read_to_string(lab.plan()).unwrap()
+        + "  by-name: { scenario: kill-primary, service: db, workload: { through: [dns] } }\n";
+    std::fs::write(lab.plan(), explicit).unwrap();
+    let r = lab.run(&["drill", "run", "by-name"]);
+    assert_ne!(r.code, 0);
+    assert!(r.all().contains("share one port"), "{}", r.all());
+    lab.assert_whole();
 }
 
 /// A plan whose postgres service has one member.

@@ -82,9 +82,15 @@ pub struct Drill {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
     /// partition-site: `isolate` (default: nothing reaches the primary and it reaches no
-    /// one) or `one-way` (nothing reaches it; what it sends still leaves).
+    /// one), `one-way` (nothing reaches it; what it sends still leaves), or `coordinator`
+    /// (every site cut off from the daemon's machine while the sites still reach each other;
+    /// needs sites in network namespaces, as in a lab built by root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
+    /// partition-site `coordinator`: how long the partition lasts before it is healed.
+    /// Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Duration>,
     /// The writers that measure the drill.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,

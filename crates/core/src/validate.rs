@@ -721,11 +721,17 @@ fn check_drill(
             );
         }
     }
+    if d.hold.is_some() && d.partition.as_deref() != Some("coordinator") {
+        err(
+            format!("{base}.hold"),
+            "`hold` applies to a `coordinator` partition only".into(),
+        );
+    }
     if let Some(p) = &d.partition {
-        if !["isolate", "one-way"].contains(&p.as_str()) {
+        if !["isolate", "one-way", "coordinator"].contains(&p.as_str()) {
             err(
                 format!("{base}.partition"),
-                format!("`{p}` is not one of isolate, one-way"),
+                format!("`{p}` is not one of isolate, one-way, coordinator"),
             );
         } else if d.scenario != "partition-site" {
             err(

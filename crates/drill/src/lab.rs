@@ -4,11 +4,13 @@
 //! second a cross-region copy), a generated plan with a tier and drills, a first base backup,
 //! and `lifeboat serve` with its traffic endpoint and DNS name.
 //!
-//! Everything runs on loopback. As root, PostgreSQL and the daemon run as `postgres` (the lab
-//! belongs to it). `partition-site` cuts the primary's address and port off with a per-drill nftables table
-//! (root only). Not yet: a network namespace per site.
-//! `lab down` stops every process working in the lab directory and removes it; run twice, the
-//! second finds nothing to do.
+//! As root, PostgreSQL runs as `postgres` (the lab belongs to it) and each site lives in its
+//! own network namespace (see `labnet`): the members get their own addresses, share port 5432,
+//! and a partition is a link set down. As a normal user, or with `--loopback`, everything runs
+//! on loopback ports picked free, and `partition-site` (root only) cuts the primary's address
+//! and port off with a per-drill nftables table. `lab down` stops every process working in the
+//! lab directory, removes its namespaces and the directory; run twice, the second finds
+//! nothing to do.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

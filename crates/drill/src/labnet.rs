@@ -40,6 +40,9 @@ impl LabNet {
     }
 }
 
+/// A site's end of its link to this machine, inside its namespace.
+pub const HOST_LINK: &str = "host0";
+
 fn ip(args: &[&str]) -> Result<(), Error> {
     run("ip", args)
 }

@@ -313,6 +313,7 @@ impl<'a> Driver<'a> {
             ),
             _ => (None, false),
         };
+        check_paths(d, endpoint.is_some(), &dns)?;
         let tier = ctx.plan.tiers.get(svc.tier());
         let obj = d.objectives.clone().unwrap_or_default();
         let report = Report {
@@ -566,9 +567,16 @@ impl<'a> Driver<'a> {
         let pids = lifeboat_pg::ops::processes(&primary);
         if scenario == "partition-site" {
             // A site in a namespace is isolated by setting its links down (no nftables).
-            let links_only = primary.netns.is_some()
-                && self.d.partition.as_deref().unwrap_or("isolate") == "isolate";
+            let shape = self.d.partition.as_deref().unwrap_or("isolate");
+            let links_only = primary.netns.is_some() && shape != "one-way";
             check_nft(!links_only)?;
+            if shape == "coordinator" && self.members.iter().any(|m| m.netns.is_none()) {
+                return Err(Error::new(
+                    Kind::Input,
+                    "a `coordinator` partition cuts every site off from this machine and leaves them each other: it needs every member in its own network namespace",
+                )
+                .hint("run it on a lab built by root (`lifeboat lab up`), or choose `isolate` or `one-way`"));
+            }
         }
         if (scenario == "kill-primary" || scenario == "hang-primary") && pids.is_empty() {
             return Err(Error::new(
@@ -619,6 +627,7 @@ impl<'a> Driver<'a> {
         let (log, stop, tasks) = self.start_writers(rt, &target, writers, interval, timeout)?;
         let during = self.start_during(rt, &target, stop.clone());
         let mut child = None;
+        let mut heal_at: Option<Instant> = None;
         let result = (|| -> Result<(), Error> {
             if !rt.block_on(self.pause(warmup)) {
                 self.abort("interrupted", "interrupted before the fault".into());
@@ -657,6 +666,45 @@ impl<'a> Driver<'a> {
                         "the primary {}'s {} processes frozen (SIGSTOP)",
                         primary.site,
                         pids.len()
+                    ));
+                }
+                "partition-site" if self.d.partition.as_deref() == Some("coordinator") => {
+                    // Every site cut off from this machine (the daemon, the endpoint, the
+                    // writers); the sites still reach each other. Healed after `hold`.
+                    let cut: Vec<(String, String)> = self
+                        .members
+                        .iter()
+                        .filter_map(|m| Some((m.site.clone(), m.netns.clone()?)))
+                        .collect();
+                    self.ledger.add(Fault::Command {
+                        what: format!(
+                            "sites {} cut off from this machine (their {} links down)",
+                            cut.iter()
+                                .map(|(s, _)| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            crate::labnet::HOST_LINK
+                        ),
+                        heal: cut
+                            .iter()
+                            .map(|(_, ns)| {
+                                format!("ip -n '{ns}' link set {} up", crate::labnet::HOST_LINK)
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        privileged: true,
+                    })?;
+                    for (_, ns) in &cut {
+                        privileged_run(
+                            "ip",
+                            &["-n", ns, "link", "set", crate::labnet::HOST_LINK, "down"],
+                        )?;
+                    }
+                    let hold = self.d.hold.map(|h| h.0).unwrap_or(Duration::from_secs(5));
+                    heal_at = Some(Instant::now() + hold);
+                    self.report.fault = Some(format!(
+                        "every site cut off from the coordinator for {} s (the sites still reach each other): coordinator",
+                        hold.as_secs_f64()
                     ));
                 }
                 "partition-site" if primary.netns.is_some() => {
@@ -762,6 +810,19 @@ impl<'a> Driver<'a> {
                         since = self.now_ms();
                     }
                 }
+                // A partition that heals by itself: the recovery is a write after it.
+                if let Some(at) = heal_at {
+                    if Instant::now() < at {
+                        since = self.now_ms();
+                    } else {
+                        heal_at = None;
+                        for h in self.ledger.heal()? {
+                            self.report
+                                .after
+                                .push(format!("healed after the hold: {h}"));
+                        }
+                    }
+                }
                 match self.recovered(&log, since, fault_ms) {
                     Some(true) => break,
                     Some(false) => return Ok(()),
@@ -816,6 +877,26 @@ impl<'a> Driver<'a> {
         let attempts = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
         self.report.attempts = attempts;
         self.count_failover(rt, &primary)?;
+        if self.d.partition.as_deref() == Some("coordinator") {
+            // Cut off from both sites, the daemon cannot know the primary failed: it must
+            // not fail over, and the primary must simply be back.
+            let moved = self.report.primary_after.as_deref() != Some(primary.site.as_str());
+            let name = self
+                .report
+                .primary_after
+                .clone()
+                .unwrap_or_else(|| "none".into());
+            self.report.objectives.push(Objective {
+                name: "failovers".into(),
+                target: "0 (the coordinator saw neither site)".into(),
+                measured: if moved {
+                    format!("1: the primary is now {name}")
+                } else {
+                    "0".into()
+                },
+                met: !moved,
+            });
+        }
         Ok(())
     }
 
@@ -883,36 +964,12 @@ impl<'a> Driver<'a> {
         let mut out = Vec::new();
         for w in &wanted {
             if w == "endpoint" {
-                if self.endpoint.is_none() && asked.is_some() {
-                    return Err(Error::new(
-                        Kind::Input,
-                        format!(
-                            "service {} has no traffic endpoint (failover.listen) for the writers",
-                            self.d.service
-                        ),
-                    ));
-                }
                 out.push(Via::Endpoint(target.clone()));
                 continue;
             }
-            let Some((server, name, ttl, port)) = self.dns.clone() else {
-                return Err(Error::new(
-                    Kind::Input,
-                    format!(
-                        "service {} has no DNS name (failover.dns) for the writers",
-                        self.d.service
-                    ),
-                ));
-            };
-            let Some(port) = port else {
-                return Err(Error::new(
-                    Kind::Input,
-                    format!(
-                        "writers through the DNS name need the members of {} to share one port (a name gives an address, not a port)",
-                        self.d.service
-                    ),
-                )
-                .hint("give each site its own address and the same port, or write only through the endpoint (workload.through: [endpoint])"));
+            // Checked when the drill was set up (check_paths).
+            let Some((server, name, ttl, Some(port))) = self.dns.clone() else {
+                continue;
             };
             let mut m = target.clone();
             m.port = port;
@@ -1898,6 +1955,51 @@ impl<'a> Driver<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The paths a drill's `workload.through` names must exist: checked before anything runs.
+fn check_paths(
+    d: &Drill,
+    has_endpoint: bool,
+    dns: &Option<(std::net::SocketAddr, String, Duration, Option<u16>)>,
+) -> Result<(), Error> {
+    let Some(asked) = d.workload.as_ref().and_then(|w| w.through.as_ref()) else {
+        return Ok(());
+    };
+    if asked.iter().any(|p| p == "endpoint") && !has_endpoint {
+        return Err(Error::new(
+            Kind::Input,
+            format!(
+                "service {} has no traffic endpoint (failover.listen) for the writers",
+                d.service
+            ),
+        ));
+    }
+    if asked.iter().any(|p| p == "dns") {
+        match dns {
+            None => {
+                return Err(Error::new(
+                    Kind::Input,
+                    format!(
+                        "service {} has no DNS name (failover.dns) for the writers",
+                        d.service
+                    ),
+                ))
+            }
+            Some((_, _, _, None)) => {
+                return Err(Error::new(
+                    Kind::Input,
+                    format!(
+                        "writers through the DNS name need the members of {} to share one port (a name gives an address, not a port)",
+                        d.service
+                    ),
+                )
+                .hint("give each site its own address and the same port, or write only through the endpoint (workload.through: [endpoint])"))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// How a writer reaches the service.
 #[derive(Clone)]
 enum Via {

@@ -173,6 +173,12 @@ pub fn run_trials(
     let started = Instant::now();
     let began = jiff::Timestamp::now().to_string();
     let mut rng = Rng::new(seed);
+    let namespaced = match ctx.plan.services.get(&d.service) {
+        Some(lifeboat_core::plan::Service::Postgres { members, .. }) => {
+            !members.is_empty() && members.values().all(|m| m.netns.is_some())
+        }
+        _ => false,
+    };
     let base = d
         .workload
         .as_ref()
@@ -186,11 +192,9 @@ pub fn run_trials(
         // The fault lands anywhere from half to one and a half warm-ups in.
         let warmup = Duration::from_secs_f64(base.as_secs_f64() * rng.between(0.5, 1.5));
         let shape = (d.scenario == "partition-site").then(|| {
-            if rng.next_u64().is_multiple_of(2) {
-                "isolate".to_string()
-            } else {
-                "one-way".to_string()
-            }
+            // Sites in namespaces can also be cut off from the coordinator together.
+            let n = if namespaced { 3 } else { 2 };
+            ["isolate", "one-way", "coordinator"][(rng.next_u64() % n) as usize].to_string()
         });
         let mut dd = d.clone();
         let mut w = dd.workload.clone().unwrap_or_default();
