@@ -303,7 +303,7 @@ fn drill_tour(dir: &Path) -> anyhow::Result<()> {
         kept.display()
     );
 
-    step("20. the lab comes down: processes, ports and files");
+    step("20. the lab comes down: processes, network namespaces, ports and files");
     must(dir, &["lab", "down", "--dir", &lab.display().to_string()])?;
     drop(guard);
     Ok(())
