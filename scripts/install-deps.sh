@@ -11,6 +11,7 @@ command -v pgrep >/dev/null || need_apt+=(procps)       # failover tests signal 
 command -v script >/dev/null || need_apt+=(bsdutils)    # a real terminal for typed confirmations
 command -v dig >/dev/null || need_apt+=(bind9-dnsutils) # the DNS responder, queried by a real client
 command -v nft >/dev/null || need_apt+=(nftables)       # partition-site drills cut a member off
+command -v ip >/dev/null || need_apt+=(iproute2)        # a lab built by root: a network namespace per site
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
