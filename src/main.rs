@@ -54,8 +54,11 @@ pub enum Command {
     /// PostgreSQL WAL archive: archive_command, restore_command, and the recoverable window.
     #[command(subcommand)]
     Wal(commands::wal::Cmd),
-    /// The daemon: health checks, automatic failover, the traffic endpoint (first cut).
+    /// The daemon: health checks, automatic failover, the traffic endpoint, and every
+    /// schedule in the plan.
     Serve(commands::serve::Args),
+    /// Every schedule in the plan: what it runs, its last run and its next one.
+    Schedule(commands::schedule::Args),
     /// Probe every PostgreSQL member once: roles, health, WAL positions, and what would be decided.
     Status(commands::status::Args),
     /// Manual failover: pre-checks, the steps, a typed confirmation, then the failover.
@@ -98,6 +101,7 @@ fn main() {
         Command::Wal(c) => commands::wal::run(&cli, c),
         Command::Status(a) => commands::status::run(&cli, a),
         Command::Serve(a) => commands::serve::run(&cli, a),
+        Command::Schedule(a) => commands::schedule::run(&cli, a),
         Command::Runbook(c) => commands::runbook::run_cmd(&cli, c),
         Command::Rejoin(a) => commands::rejoin::run(&cli, a),
         Command::Failback(a) => commands::rejoin::failback(&cli, a),

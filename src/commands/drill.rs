@@ -78,7 +78,10 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                         n.clone(),
                         d.scenario.clone(),
                         d.service.clone(),
-                        d.schedule.clone().unwrap_or_else(|| "-".into()),
+                        d.schedule
+                            .as_ref()
+                            .map(|s| s.cron().to_string())
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
@@ -149,7 +152,11 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 );
             }
             if let Some(s) = &d.schedule {
-                println!("  schedule: {s} (run by the daemon once it runs schedules; not yet)");
+                println!(
+                    "  schedule: {} ({}), run by the daemon (`lifeboat serve`) with --yes",
+                    s.cron(),
+                    s.time_zone().unwrap_or("UTC")
+                );
             }
             println!(
                 "  disruptive: {}",

@@ -13,6 +13,7 @@ pub mod rejoin;
 pub mod repo;
 pub mod restore;
 pub mod runbook;
+pub mod schedule;
 pub mod serve;
 pub mod snapshots;
 pub mod status;

@@ -169,5 +169,25 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             );
         }
     }
+    // Schedules that should have run and have not (`lifeboat schedule` lists them all).
+    for v in lifeboat_server::schedule::views(
+        &ctx.plan,
+        &ctx.state_dir,
+        jiff::Timestamp::now(),
+        super::schedule::GRACE,
+    ) {
+        if let Some(since) = v.overdue_since {
+            println!(
+                "schedule {} OVERDUE: due {} ({}), last run {} — is `lifeboat serve` running?",
+                v.id,
+                since.strftime("%Y-%m-%d %H:%M:%SZ"),
+                v.what,
+                v.record
+                    .last_end
+                    .map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "never".into())
+            );
+        }
+    }
     Ok(0)
 }

@@ -556,6 +556,8 @@ const TOP_LEVEL: &[&str] = &[
     "notifications",
     "runbooks",
     "drills",
+    "schedules",
+    "scheduler",
 ];
 
 /// Parse and validate a plan. On failure, every problem found, in file order.
@@ -585,6 +587,8 @@ pub fn parse_plan(src: &str, file: &str) -> Result<Plan, Vec<Diagnostic>> {
             "backups" => plan.backups = section(&mut c, v, key),
             "runbooks" => plan.runbooks = section(&mut c, v, key),
             "drills" => plan.drills = section(&mut c, v, key),
+            "schedules" => plan.schedules = section(&mut c, v, key),
+            "scheduler" => plan.scheduler = c.de(v, key),
             "notifications" => match v {
                 Value::Array(items) => {
                     plan.notifications = items

@@ -46,6 +46,120 @@ pub struct Plan {
     /// its objectives (`lifeboat drill run NAME`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drills: BTreeMap<String, Drill>,
+    /// Maintenance the daemon runs on a schedule: verifications (with restores), retention,
+    /// cross-region copies, repository checks. Backup jobs and drills carry their own
+    /// `schedule`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schedules: BTreeMap<String, Task>,
+    /// How the daemon runs schedules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<SchedulerSpec>,
+}
+
+/// When something runs: a cron expression (`"0 2 * * *"`, `"@daily"`), or one with its time
+/// zone and options.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum Schedule {
+    Cron(String),
+    Spec(ScheduleSpec),
+}
+
+/// A schedule with its options.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// `minute hour day-of-month month day-of-week` (names, ranges, steps, lists, `L` for the
+    /// last, `SAT#1` for the first Saturday), or `@hourly`, `@daily`, `@weekly`, `@monthly`,
+    /// `@yearly`.
+    pub cron: String,
+    /// The IANA time zone the expression is read in (`Europe/Berlin`). Default UTC. On the
+    /// day clocks spring forward a time in the gap runs at the first minute after it; on the
+    /// day they fall back a fixed time runs once, at its first occurrence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Each run starts after a random delay of up to this long (spreads load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Duration>,
+    /// A run missed while the daemon was down runs once when it starts. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<bool>,
+}
+
+impl Schedule {
+    pub fn cron(&self) -> &str {
+        match self {
+            Schedule::Cron(c) => c,
+            Schedule::Spec(s) => &s.cron,
+        }
+    }
+
+    pub fn time_zone(&self) -> Option<&str> {
+        match self {
+            Schedule::Cron(_) => None,
+            Schedule::Spec(s) => s.time_zone.as_deref(),
+        }
+    }
+
+    pub fn jitter(&self) -> Option<std::time::Duration> {
+        match self {
+            Schedule::Cron(_) => None,
+            Schedule::Spec(s) => s.jitter.map(|d| d.0),
+        }
+    }
+
+    pub fn catch_up(&self) -> bool {
+        match self {
+            Schedule::Cron(_) => true,
+            Schedule::Spec(s) => s.catch_up.unwrap_or(true),
+        }
+    }
+}
+
+/// What a `schedules` entry runs.
+pub const TASKS: &[&str] = &["verify", "forget", "copy", "check"];
+
+/// A maintenance task on a schedule.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// `verify` (`lifeboat verify`; with `restore: true`, a restore into a sandbox),
+    /// `forget` (retention), `copy` (`repo copy --from --to`), `check` (`repo check`).
+    pub run: String,
+    pub schedule: Schedule,
+    /// verify: only this backup job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// verify with `restore`: only this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// verify: prove postgres backups by restoring them into a sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<bool>,
+    /// forget, check: only this repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// copy: from this repository (default: the only one) to `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// verify, check: read every blob back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_data: Option<bool>,
+    /// verify, check: read a part back (`10%`, `1/5`, `500MiB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_data_subset: Option<String>,
+}
+
+/// How the daemon runs schedules.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSpec {
+    /// Scheduled runs at once (each a separate process; the failover checks never wait for
+    /// them). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
 }
 
 /// The scenarios a drill can run.
@@ -104,9 +218,9 @@ pub struct Drill {
     /// Limits that abort the drill (its faults are healed and the report says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guardrails: Option<Guardrails>,
-    /// When the daemon runs the drill (cron or `@daily` …).
+    /// When the daemon runs the drill (cron or `@daily` …; with `--yes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
+    pub schedule: Option<Schedule>,
     /// After a failover scenario, make the old primary a standby again (`lifeboat rejoin`) so
     /// the service is whole for the next drill. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -613,9 +727,10 @@ pub struct BackupJob {
     /// The repository to write to. Default: the only repository, if there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
-    /// When to run (cron `m h dom mon dow`, or `@hourly`, `@daily`, `@weekly`, `@monthly`).
+    /// When the daemon runs it (cron `m h dom mon dow`, or `@hourly`, `@daily`, `@weekly`,
+    /// `@monthly`; or `{ cron, time_zone, jitter, catch_up }`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
+    pub schedule: Option<Schedule>,
     /// How many snapshots to keep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,

@@ -45,57 +45,9 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
-/// Validate a cron expression (5 fields) or an `@keyword`.
-pub fn check_schedule(s: &str) -> Result<(), String> {
-    let t = s.trim();
-    if let Some(k) = t.strip_prefix('@') {
-        return match k {
-            "hourly" | "daily" | "weekly" | "monthly" | "yearly" | "annually" | "midnight" => {
-                Ok(())
-            }
-            _ => Err(format!(
-                "unknown schedule `{t}`: expected a cron expression (`m h dom mon dow`) or one of @hourly, @daily, @weekly, @monthly, @yearly"
-            )),
-        };
-    }
-    let fields: Vec<&str> = t.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "schedule `{t}` has {} fields: expected 5 (`minute hour day-of-month month day-of-week`, e.g. `0 2 * * *`) or @daily",
-            fields.len()
-        ));
-    }
-    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
-    let names = ["minute", "hour", "day-of-month", "month", "day-of-week"];
-    for ((f, (lo, hi)), name) in fields.iter().zip(ranges).zip(names) {
-        for part in f.split(',') {
-            let (range, step) = match part.split_once('/') {
-                Some((r, s)) => (r, Some(s)),
-                None => (part, None),
-            };
-            if let Some(step) = step {
-                if step.parse::<u32>().map_or(true, |n| n == 0) {
-                    return Err(format!(
-                        "schedule `{t}`: bad step `{step}` in the {name} field"
-                    ));
-                }
-            }
-            if range == "*" {
-                continue;
-            }
-            for n in range.split('-') {
-                match n.parse::<u32>() {
-                    Ok(v) if (lo..=hi).contains(&v) => {}
-                    _ => {
-                        return Err(format!(
-                            "schedule `{t}`: `{part}` is not valid in the {name} field (expected {lo}-{hi}, `*`, lists and steps)"
-                        ))
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+/// Validate a schedule: its cron expression (5 fields or an `@` nickname) and time zone.
+pub fn check_schedule(s: &crate::plan::Schedule) -> Result<(), String> {
+    crate::schedule::parse(s).map(|_| ())
 }
 
 /// Every semantic problem in the plan, as (field path, message).
@@ -620,7 +572,132 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     for (name, d) in &plan.drills {
         check_drill(&mut err, plan, name, d);
     }
+    for (name, t) in &plan.schedules {
+        check_task(&mut err, plan, name, t);
+    }
+    if plan.scheduler.as_ref().and_then(|s| s.max_concurrent) == Some(0) {
+        err(
+            "scheduler.max_concurrent".into(),
+            "at least one scheduled run must be allowed at a time".into(),
+        );
+    }
     out
+}
+
+/// A `schedules` entry: a known task, fields that apply to it, names that exist.
+fn check_task(
+    err: &mut impl FnMut(String, String),
+    plan: &Plan,
+    name: &str,
+    t: &crate::plan::Task,
+) {
+    let base = format!("schedules.{name}");
+    if !valid_name(name) {
+        err(
+            base.clone(),
+            format!("schedule name `{name}` may only use letters, digits, `-`, `_`, `.`"),
+        );
+    }
+    if let Err(e) = check_schedule(&t.schedule) {
+        err(format!("{base}.schedule"), e);
+    }
+    if !crate::plan::TASKS.contains(&t.run.as_str()) {
+        err(
+            format!("{base}.run"),
+            format!(
+                "unknown task `{}`: one of {} (backup jobs and drills have their own `schedule`)",
+                t.run,
+                crate::plan::TASKS.join(", ")
+            ),
+        );
+        return;
+    }
+    let applies: &[&str] = match t.run.as_str() {
+        "verify" => &["job", "service", "restore", "read_data", "read_data_subset"],
+        "forget" => &["repository"],
+        "copy" => &["from", "to"],
+        _ => &["repository", "read_data", "read_data_subset"],
+    };
+    let given = [
+        ("job", t.job.is_some()),
+        ("service", t.service.is_some()),
+        ("restore", t.restore.is_some()),
+        ("repository", t.repository.is_some()),
+        ("from", t.from.is_some()),
+        ("to", t.to.is_some()),
+        ("read_data", t.read_data.is_some()),
+        ("read_data_subset", t.read_data_subset.is_some()),
+    ];
+    for (f, set) in given {
+        if set && !applies.contains(&f) {
+            err(
+                format!("{base}.{f}"),
+                format!("`{f}` does not apply to `run: {}`", t.run),
+            );
+        }
+    }
+    if let Some(j) = &t.job {
+        if !plan.backups.contains_key(j) {
+            err(
+                format!("{base}.job"),
+                format!("no backup job `{j}` in the plan"),
+            );
+        }
+    }
+    if let Some(sv) = &t.service {
+        if !plan.services.contains_key(sv) {
+            err(
+                format!("{base}.service"),
+                format!("no service `{sv}` in the plan"),
+            );
+        } else if t.restore != Some(true) {
+            err(
+                format!("{base}.service"),
+                "`service` names what a restore proves: set `restore: true` (or name a `job`)"
+                    .into(),
+            );
+        }
+    }
+    if t.restore == Some(true) && t.job.is_some() {
+        err(
+            format!("{base}.job"),
+            "a restore proves a service: name it with `service`".into(),
+        );
+    }
+    for (f, r) in [
+        ("repository", &t.repository),
+        ("from", &t.from),
+        ("to", &t.to),
+    ] {
+        if let Some(r) = r {
+            if !plan.repositories.contains_key(r) {
+                err(
+                    format!("{base}.{f}"),
+                    format!("no repository `{r}` in the plan"),
+                );
+            }
+        }
+    }
+    if t.run == "copy" {
+        if t.to.is_none() {
+            err(
+                format!("{base}.to"),
+                "a copy needs the repository to copy to (`to`)".into(),
+            );
+        }
+        if t.from.is_none() && plan.repositories.len() != 1 {
+            err(
+                format!("{base}.from"),
+                "name the repository to copy from (`from`): the plan has several".into(),
+            );
+        }
+    }
+    if t.read_data == Some(true) && t.read_data_subset.is_some() {
+        err(
+            format!("{base}.read_data_subset"),
+            "read all data (`read_data`) or a subset, not both".into(),
+        );
+    }
 }
 
 /// A drill names a known scenario and a postgres service it can run against.
@@ -941,12 +1018,14 @@ mod tests {
 
     #[test]
     fn schedules() {
-        assert!(check_schedule("0 2 * * *").is_ok());
-        assert!(check_schedule("*/15 * * * 1-5").is_ok());
-        assert!(check_schedule("@hourly").is_ok());
-        assert!(check_schedule("0 25 * * *").is_err());
-        assert!(check_schedule("0 2 * *").is_err());
-        assert!(check_schedule("@sometimes").is_err());
+        let c = |t: &str| check_schedule(&crate::plan::Schedule::Cron(t.into()));
+        assert!(c("0 2 * * *").is_ok());
+        assert!(c("*/15 * * * 1-5").is_ok());
+        assert!(c("@hourly").is_ok());
+        assert!(c("0 10 * * SAT#1").is_ok());
+        assert!(c("0 25 * * *").is_err());
+        assert!(c("0 2 * *").is_err());
+        assert!(c("@sometimes").is_err());
     }
 }
 

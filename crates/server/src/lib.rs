@@ -1,7 +1,10 @@
 //! `lifeboat serve`: the daemon as a composition of workers under one shutdown signal
 //! (SIGTERM/SIGINT) — per postgres service with `failover:` a monitor, its traffic endpoint, its
-//! health endpoints and its DNS name; notifications in the background. Stopping lets a failover
-//! under way finish (bounded), then stops the endpoints and drains notifications.
+//! health endpoints and its DNS name; the scheduler (`schedule`) for every schedule in the
+//! plan; notifications in the background. Stopping lets a failover under way finish (bounded),
+//! then stops the endpoints and drains notifications.
+
+pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,12 +32,12 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
             out.extend(Watched::from_plan(ctx, name)?);
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && schedule::entries(&ctx.plan).is_empty() {
         return Err(Error::new(
             Kind::Input,
-            "no postgres service in the plan has `failover:`: nothing to protect",
+            "the plan has no schedule and no postgres service with `failover:`: the daemon would have nothing to do",
         )
-        .hint("add `failover: { listen: 127.0.0.1:6432 }` to a postgres service with members in two sites"));
+        .hint("give a backup job a `schedule` (or add `schedules:`), or add `failover: { listen: 127.0.0.1:6432 }` to a postgres service with members in two sites"));
     }
     Ok(out)
 }
@@ -140,6 +143,7 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                 names,
             )));
         }
+        let scheduler = tokio::spawn(schedule::run(ctx.clone(), stop_rx.clone()));
         let mut stop_rx = stop_rx;
         while !*stop_rx.borrow() {
             if stop_rx.changed().await.is_err() {
@@ -159,6 +163,14 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
         }
         for t in servers {
             t.abort();
+        }
+        // The scheduler stops between ticks and stops its runs (each gets SIGTERM and 10 s).
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(15), scheduler).await {
+            log(
+                "schedule",
+                "*",
+                serde_json::json!({"action": "error", "reason": e.to_string()}),
+            );
         }
         // Notifications under way get a few seconds to finish.
         notifier.drain(notify_worker, Duration::from_secs(10)).await;
