@@ -8,6 +8,24 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
+
+/// The daemon, killed however the test ends (a failed assertion included).
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Daemon {
+    /// SIGKILL, and gone (its lock released) before this returns.
+    fn kill_now(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 use std::time::{Duration, Instant};
 
 use common::{bin, Lab};
@@ -28,18 +46,20 @@ schedules:
 scheduler: { max_concurrent: 3 }
 "#;
 
-fn serve(lab: &Lab, log: &str) -> Child {
-    Command::new(bin())
-        .args(["serve"])
-        .current_dir(lab.path())
-        .env("LIFEBOAT_PROGRESS", "0")
-        .env_remove("LIFEBOAT_PLAN")
-        .env_remove("LIFEBOAT_STATE_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(lab.p(log)).unwrap())
-        .spawn()
-        .unwrap()
+fn serve(lab: &Lab, log: &str) -> Daemon {
+    Daemon(
+        Command::new(bin())
+            .args(["serve"])
+            .current_dir(lab.path())
+            .env("LIFEBOAT_PROGRESS", "0")
+            .env_remove("LIFEBOAT_PLAN")
+            .env_remove("LIFEBOAT_STATE_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(lab.p(log)).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn records(lab: &Lab) -> serde_json::Value {
@@ -148,8 +168,8 @@ fn schedules_run_catch_up_skip_overlaps_and_survive_the_daemon_killed_mid_run() 
     let child = records(&lab)["backups.slow"]["running"]["pid"]
         .as_u64()
         .unwrap() as u32;
-    kill(d.id());
-    let _ = d.wait();
+    d.kill_now();
+
     kill(child);
     std::thread::sleep(Duration::from_millis(300));
     d = serve(&lab, "serve.log");
@@ -167,8 +187,8 @@ fn schedules_run_catch_up_skip_overlaps_and_survive_the_daemon_killed_mid_run() 
     wait_for(&lab, "a backup after the restart", 75, |r| {
         r["backups.files"]["runs_ok"].as_u64().unwrap_or(0) > files_ok
     });
-    kill(d.id());
-    let _ = d.wait();
+    d.kill_now();
+
     // Whatever the scheduler still ran goes too.
     if let Some(m) = records(&lab).as_object() {
         for r in m.values() {

@@ -169,6 +169,12 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             );
         }
     }
+    if let Some(m) = &ctx.plan.metrics {
+        println!(
+            "metrics: http://{}/metrics (served by `lifeboat serve`)",
+            m.listen
+        );
+    }
     // Schedules that should have run and have not (`lifeboat schedule` lists them all).
     for v in lifeboat_server::schedule::views(
         &ctx.plan,

@@ -558,6 +558,7 @@ const TOP_LEVEL: &[&str] = &[
     "drills",
     "schedules",
     "scheduler",
+    "metrics",
 ];
 
 /// Parse and validate a plan. On failure, every problem found, in file order.
@@ -589,6 +590,7 @@ pub fn parse_plan(src: &str, file: &str) -> Result<Plan, Vec<Diagnostic>> {
             "drills" => plan.drills = section(&mut c, v, key),
             "schedules" => plan.schedules = section(&mut c, v, key),
             "scheduler" => plan.scheduler = c.de(v, key),
+            "metrics" => plan.metrics = c.de(v, key),
             "notifications" => match v {
                 Value::Array(items) => {
                     plan.notifications = items

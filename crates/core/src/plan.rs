@@ -54,6 +54,17 @@ pub struct Plan {
     /// How the daemon runs schedules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<SchedulerSpec>,
+    /// Where the daemon serves `/metrics` (Prometheus / OpenMetrics text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSpec>,
+}
+
+/// The daemon's metrics endpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// TCP address to serve `/metrics` on, e.g. `127.0.0.1:9187`.
+    pub listen: String,
 }
 
 /// When something runs: a cron expression (`"0 2 * * *"`, `"@daily"`), or one with its time

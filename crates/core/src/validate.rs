@@ -575,6 +575,17 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     for (name, t) in &plan.schedules {
         check_task(&mut err, plan, name, t);
     }
+    if let Some(m) = &plan.metrics {
+        if m.listen.parse::<std::net::SocketAddr>().is_err() {
+            err(
+                "metrics.listen".into(),
+                format!(
+                    "`{}` is not an address to serve /metrics on (e.g. 127.0.0.1:9187)",
+                    m.listen
+                ),
+            );
+        }
+    }
     if plan.scheduler.as_ref().and_then(|s| s.max_concurrent) == Some(0) {
         err(
             "scheduler.max_concurrent".into(),

@@ -4,6 +4,7 @@
 //! plan; notifications in the background. Stopping lets a failover under way finish (bounded),
 //! then stops the endpoints and drains notifications.
 
+pub mod metrics;
 pub mod schedule;
 
 use std::collections::BTreeMap;
@@ -32,7 +33,7 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
             out.extend(Watched::from_plan(ctx, name)?);
         }
     }
-    if out.is_empty() && schedule::entries(&ctx.plan).is_empty() {
+    if out.is_empty() && schedule::entries(&ctx.plan).is_empty() && ctx.plan.metrics.is_none() {
         return Err(Error::new(
             Kind::Input,
             "the plan has no schedule and no postgres service with `failover:`: the daemon would have nothing to do",
@@ -60,6 +61,7 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
         let (notifier, notify_worker) = lifeboat_context::notify::Notifier::start(ctx);
         let mut servers = Vec::new();
         let mut monitors = Vec::new();
+        let mut members: Vec<(String, Shared)> = Vec::new();
         // One DNS responder per listen address, shared by the services that name it.
         let mut dns: BTreeMap<String, lifeboat_failover::dns::Names> = BTreeMap::new();
         for w in services {
@@ -70,7 +72,7 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                 target: None,
             });
             if let Some(listen) = &w.spec.listen {
-                let l = bind(&w.service, listen).await?;
+                let l = bind(&format!("service {}", w.service), listen).await?;
                 log(
                     "listening",
                     &w.service,
@@ -80,7 +82,7 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
             }
             let shared = Shared::default();
             for (site, listen) in &w.spec.health_listen {
-                let l = bind(&w.service, listen).await?;
+                let l = bind(&format!("service {}", w.service), listen).await?;
                 log(
                     "listening",
                     &w.service,
@@ -127,6 +129,7 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                     }
                 }
             }
+            members.push((w.service.clone(), shared.clone()));
             let names = w
                 .spec
                 .dns
@@ -142,6 +145,23 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                 notifier.clone(),
                 names,
             )));
+        }
+        if let Some(m) = &ctx.plan.metrics {
+            let l = bind("metrics", &m.listen).await?;
+            log(
+                "listening",
+                "*",
+                serde_json::json!({"address": m.listen, "endpoint": "metrics", "url": format!("http://{}/metrics", m.listen)}),
+            );
+            let text = std::sync::Arc::new(std::sync::RwLock::new(String::new()));
+            servers.push(tokio::spawn(metrics::refresh(
+                ctx.clone(),
+                members.clone(),
+                text.clone(),
+                Duration::from_secs(2),
+                stop_rx.clone(),
+            )));
+            servers.push(tokio::spawn(metrics::serve(l, text, stop_rx.clone())));
         }
         let scheduler = tokio::spawn(schedule::run(ctx.clone(), stop_rx.clone()));
         let mut stop_rx = stop_rx;
@@ -180,11 +200,11 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
     Ok(())
 }
 
-async fn bind(service: &str, listen: &str) -> Result<tokio::net::TcpListener, Error> {
+async fn bind(what: &str, listen: &str) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         Error::new(
             Kind::Io,
-            format!("service {service}: cannot listen on {listen}: {e}"),
+            format!("{what}: cannot listen on {listen}: {e}"),
         )
         .hint("another process (or another lifeboat serve) holds the address; stop it or change the plan")
     })

@@ -1,0 +1,651 @@
+//! `/metrics`: what the daemon knows, in the OpenMetrics text format (prometheus-client), on
+//! the plan's `metrics.listen`.
+//!
+//! Every value is rebuilt from durable records — the evidence log (backups, restores proven,
+//! drills, copies, checks, failovers), the scheduler's records, the plan's objectives — plus
+//! the failover monitors' latest view of each member. A restart therefore loses no "last
+//! success" and resets no counter (`_total` values are counts of logged events). Timestamps,
+//! not ages: a frozen exporter shows as stale. A value not known yet is absent, never 0. No
+//! snapshot ids, LSNs or times as labels. Runs started from the command line are in the same
+//! log, so they show up too.
+//!
+//! The text is rebuilt in the background every few seconds and when the evidence log grows;
+//! a scrape only copies it, so scrapes under load never touch the failover checks.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use lifeboat_context::Context;
+use lifeboat_core::decide::Role;
+use lifeboat_core::plan::Service;
+use lifeboat_failover::healthapi::Shared;
+
+type Labels = Vec<(String, String)>;
+type G = Family<Labels, Gauge<f64, AtomicU64>>;
+type C = Family<Labels, Counter<u64, AtomicU64>>;
+
+fn labels(kv: &[(&str, &str)]) -> Labels {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn seconds(rfc3339: &str) -> Option<f64> {
+    rfc3339
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond() as f64 / 1000.0)
+}
+
+/// One event of the evidence log, as the metrics need it.
+pub struct Logged {
+    pub time: String,
+    pub command: String,
+    pub target: String,
+    pub outcome: String,
+    pub duration_ms: i64,
+    pub figures: serde_json::Value,
+}
+
+/// The metrics text for this plan, these events, the scheduler's records and the members'
+/// health. Pure but for the clock-free inputs it is given.
+pub fn render(
+    ctx: &Context,
+    events: &[Logged],
+    schedules: &[crate::schedule::View],
+    members: &[(String, Shared)],
+) -> String {
+    let mut reg = Registry::with_prefix("lifeboat");
+    let g = |reg: &mut Registry, name: &str, help: &str, unit: Option<Unit>| -> G {
+        let f = G::default();
+        match unit {
+            Some(u) => reg.register_with_unit(name, help, u, f.clone()),
+            None => reg.register(name, help, f.clone()),
+        }
+        f
+    };
+    let c = |reg: &mut Registry, name: &str, help: &str| -> C {
+        let f = C::default();
+        reg.register(name, help, f.clone());
+        f
+    };
+    let build = g(
+        &mut reg,
+        "build_info",
+        "The running Lifeboat's version (always 1)",
+        None,
+    );
+    build
+        .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+        .set(1.0);
+
+    // The objectives, so alerts compare against them instead of a number written in a rule.
+    let rpo = g(
+        &mut reg,
+        "objective_rpo",
+        "The service tier's recovery point objective",
+        Some(Unit::Seconds),
+    );
+    let rto = g(
+        &mut reg,
+        "objective_rto",
+        "The service tier's recovery time objective",
+        Some(Unit::Seconds),
+    );
+    for (name, svc) in &ctx.plan.services {
+        if let Some(t) = ctx.plan.tiers.get(svc.tier()) {
+            let l = labels(&[("service", name), ("tier", svc.tier())]);
+            rpo.get_or_create(&l).set(t.rpo.0.as_secs_f64());
+            rto.get_or_create(&l).set(t.rto.0.as_secs_f64());
+        }
+    }
+
+    let b_ok = g(
+        &mut reg,
+        "backup_last_success_timestamp",
+        "When the job's last successful backup ended",
+        Some(Unit::Seconds),
+    );
+    let b_fail = g(
+        &mut reg,
+        "backup_last_failure_timestamp",
+        "When the job's last failed backup ended",
+        Some(Unit::Seconds),
+    );
+    let b_dur = g(
+        &mut reg,
+        "backup_duration",
+        "How long the job's last successful backup took",
+        Some(Unit::Seconds),
+    );
+    let b_size = g(&mut reg, "backup_size", "The job's last successful backup: bytes read from the source, and bytes it added to the repository (stored, compressed)", Some(Unit::Bytes));
+    let b_runs = c(
+        &mut reg,
+        "backup_runs",
+        "Backups of the job by result, from the evidence log (never reset by a restart)",
+    );
+    let v_ok = g(
+        &mut reg,
+        "restore_verification_last_success_timestamp",
+        "When a restore of the service into a sandbox last passed its checks",
+        Some(Unit::Seconds),
+    );
+    let v_fail = g(
+        &mut reg,
+        "restore_verification_last_failure_timestamp",
+        "When a restore of the service into a sandbox last failed",
+        Some(Unit::Seconds),
+    );
+    let v_dur = g(
+        &mut reg,
+        "restore_verification_duration",
+        "How long the last passing restore took, until it took a write",
+        Some(Unit::Seconds),
+    );
+    let v_age = g(
+        &mut reg,
+        "restore_verification_data_age",
+        "How old the newest data of the last passing restore was",
+        Some(Unit::Seconds),
+    );
+    let d_run = g(
+        &mut reg,
+        "drill_last_run_timestamp",
+        "When the drill last ran (any outcome)",
+        Some(Unit::Seconds),
+    );
+    let d_ok = g(
+        &mut reg,
+        "drill_last_success_timestamp",
+        "When the drill last passed",
+        Some(Unit::Seconds),
+    );
+    let d_rto = g(
+        &mut reg,
+        "drill_measured_rto",
+        "The RTO the drill's last run measured",
+        Some(Unit::Seconds),
+    );
+    let d_rpo = g(
+        &mut reg,
+        "drill_measured_rpo",
+        "The RPO the drill's last run measured",
+        Some(Unit::Seconds),
+    );
+    let d_lost = g(
+        &mut reg,
+        "drill_lost_writes",
+        "Acknowledged writes the drill's last run lost",
+        None,
+    );
+    let d_runs = c(
+        &mut reg,
+        "drill_runs",
+        "Drill runs by outcome, from the evidence log",
+    );
+    let cp_ok = g(
+        &mut reg,
+        "copy_last_success_timestamp",
+        "When the cross-region copy between two repositories last succeeded",
+        Some(Unit::Seconds),
+    );
+    let cp_fail = g(
+        &mut reg,
+        "copy_last_failure_timestamp",
+        "When the cross-region copy between two repositories last failed",
+        Some(Unit::Seconds),
+    );
+    let chk = g(
+        &mut reg,
+        "repository_last_check_timestamp",
+        "When `repo check` of the repository last passed",
+        Some(Unit::Seconds),
+    );
+    let chk_fail = g(
+        &mut reg,
+        "repository_last_check_failure_timestamp",
+        "When `repo check` of the repository last failed",
+        Some(Unit::Seconds),
+    );
+    let fo = c(&mut reg, "failovers", "Failovers and switchovers of the service by kind (auto, manual, switchover), from the evidence log");
+
+    // Events in log order: the last one of a kind wins.
+    for e in events {
+        let t = seconds(&e.time);
+        let ok = e.outcome == "ok" || e.outcome == "passed";
+        let f = &e.figures;
+        match e.command.as_str() {
+            "backup" => {
+                let repo = f["repository"].as_str().unwrap_or("");
+                let kind = f["kind"].as_str().unwrap_or("");
+                let l = labels(&[("job", &e.target), ("repository", repo), ("kind", kind)]);
+                b_runs
+                    .get_or_create(&labels(&[
+                        ("job", &e.target),
+                        ("result", if ok { "success" } else { "failure" }),
+                    ]))
+                    .inc();
+                if let Some(t) = t {
+                    if ok {
+                        b_ok.get_or_create(&l).set(t);
+                        b_dur
+                            .get_or_create(&labels(&[("job", &e.target)]))
+                            .set(e.duration_ms as f64 / 1000.0);
+                        if let Some(n) = f["summary"]["bytes_read"].as_f64() {
+                            b_size
+                                .get_or_create(&labels(&[("job", &e.target), ("stage", "source")]))
+                                .set(n);
+                        }
+                        if let Some(n) = f["summary"]["bytes_added_packed"].as_f64() {
+                            b_size
+                                .get_or_create(&labels(&[("job", &e.target), ("stage", "stored")]))
+                                .set(n);
+                        }
+                    } else {
+                        b_fail.get_or_create(&l).set(t);
+                    }
+                }
+            }
+            "verify restore" => {
+                let l = labels(&[("service", &e.target)]);
+                if let Some(t) = t {
+                    if ok {
+                        v_ok.get_or_create(&l).set(t);
+                        if let Some(ms) = f["restore_ms"].as_f64() {
+                            v_dur.get_or_create(&l).set(ms / 1000.0);
+                        }
+                        if let Some(ms) = f["data_age_ms"].as_f64() {
+                            v_age.get_or_create(&l).set(ms / 1000.0);
+                        }
+                    } else {
+                        v_fail.get_or_create(&l).set(t);
+                    }
+                }
+            }
+            "drill" => {
+                let drill = f["drill"].as_str().unwrap_or("");
+                let scenario = f["scenario"].as_str().unwrap_or("");
+                let l = labels(&[
+                    ("drill", drill),
+                    ("service", &e.target),
+                    ("scenario", scenario),
+                ]);
+                d_runs
+                    .get_or_create(&labels(&[("drill", drill), ("outcome", &e.outcome)]))
+                    .inc();
+                if let Some(t) = t {
+                    d_run.get_or_create(&l).set(t);
+                    if e.outcome == "passed" {
+                        d_ok.get_or_create(&l).set(t);
+                    }
+                }
+                // Measurements of the last run; a run that measured nothing leaves none.
+                let dl = labels(&[("drill", drill)]);
+                for (fam, key, scale) in [(&d_rto, "rto_ms", 1000.0), (&d_rpo, "rpo_ms", 1000.0)] {
+                    match f[key].as_f64() {
+                        Some(v) => {
+                            fam.get_or_create(&dl).set(v / scale);
+                        }
+                        None => {
+                            fam.remove(&dl);
+                        }
+                    }
+                }
+                match f["writes"]["lost"].as_f64() {
+                    Some(v) => {
+                        d_lost.get_or_create(&dl).set(v);
+                    }
+                    None => {
+                        d_lost.remove(&dl);
+                    }
+                }
+            }
+            "copy" => {
+                let from = f["from"].as_str().unwrap_or("");
+                let to = f["to"].as_str().unwrap_or("");
+                let l = labels(&[("from", from), ("to", to)]);
+                if let Some(t) = t {
+                    if ok {
+                        cp_ok.get_or_create(&l).set(t);
+                    } else {
+                        cp_fail.get_or_create(&l).set(t);
+                    }
+                }
+            }
+            "repo check" => {
+                let l = labels(&[("repository", &e.target)]);
+                if let Some(t) = t {
+                    if ok {
+                        chk.get_or_create(&l).set(t);
+                    } else {
+                        chk_fail.get_or_create(&l).set(t);
+                    }
+                }
+            }
+            "failover" | "switchover" if ok => {
+                let kind = if e.command == "switchover" {
+                    "switchover"
+                } else if f["manual"] == serde_json::json!(true) {
+                    "manual"
+                } else {
+                    "auto"
+                };
+                fo.get_or_create(&labels(&[("service", &e.target), ("kind", kind)]))
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+    // Make sure a service with no failover yet exports 0 for each kind (a counter starts at 0).
+    for (name, svc) in &ctx.plan.services {
+        if matches!(
+            svc,
+            Service::Postgres {
+                failover: Some(_),
+                ..
+            }
+        ) {
+            for kind in ["auto", "manual", "switchover"] {
+                let _ = fo.get_or_create(&labels(&[("service", name), ("kind", kind)]));
+            }
+        }
+    }
+
+    // The scheduler's records.
+    let s_next = g(
+        &mut reg,
+        "schedule_next_run_timestamp",
+        "When the schedule runs next",
+        Some(Unit::Seconds),
+    );
+    let s_last = g(
+        &mut reg,
+        "schedule_last_run_timestamp",
+        "When the schedule's last run ended",
+        Some(Unit::Seconds),
+    );
+    let s_ok = g(
+        &mut reg,
+        "schedule_last_success_timestamp",
+        "When the schedule's last successful run ended",
+        Some(Unit::Seconds),
+    );
+    let s_up = g(
+        &mut reg,
+        "schedule_last_run_success",
+        "1 when the schedule's last run succeeded, 0 when it failed or was interrupted",
+        None,
+    );
+    let s_running = g(
+        &mut reg,
+        "schedule_running",
+        "1 while a run of the schedule is under way",
+        None,
+    );
+    let s_missed = c(
+        &mut reg,
+        "schedule_missed_runs",
+        "Scheduled runs that passed while the daemon was down",
+    );
+    let s_skipped = c(
+        &mut reg,
+        "schedule_skipped_runs",
+        "Scheduled runs not started because the previous run still ran",
+    );
+    let s_overdue = g(
+        &mut reg,
+        "schedule_overdue",
+        "1 when a scheduled run is more than two minutes late",
+        None,
+    );
+    for v in schedules {
+        let l = labels(&[("schedule", &v.id)]);
+        let ts = |t: Option<jiff::Timestamp>| t.map(|t| t.as_millisecond() as f64 / 1000.0);
+        if let Some(n) = ts(v.next) {
+            s_next.get_or_create(&l).set(n);
+        }
+        if let Some(n) = ts(v.record.last_end) {
+            s_last.get_or_create(&l).set(n);
+        }
+        if let Some(n) = ts(v.record.last_success) {
+            s_ok.get_or_create(&l).set(n);
+        }
+        if let Some(o) = &v.record.last_outcome {
+            s_up.get_or_create(&l)
+                .set(if o == "ok" { 1.0 } else { 0.0 });
+        }
+        s_running
+            .get_or_create(&l)
+            .set(if v.running { 1.0 } else { 0.0 });
+        s_missed.get_or_create(&l).inc_by(v.record.missed);
+        s_skipped.get_or_create(&l).inc_by(v.record.skipped_overlap);
+        s_overdue
+            .get_or_create(&l)
+            .set(if v.overdue_since.is_some() { 1.0 } else { 0.0 });
+    }
+
+    // The members, as the failover monitors saw them last.
+    let m_up = g(
+        &mut reg,
+        "member_up",
+        "1 when the member passed its last check",
+        None,
+    );
+    let m_role = g(
+        &mut reg,
+        "member_role",
+        "1 for the member's current role (primary or standby)",
+        None,
+    );
+    let m_routed = g(
+        &mut reg,
+        "member_routed_primary",
+        "1 on the member the endpoint routes writes to",
+        None,
+    );
+    let lag_b = g(
+        &mut reg,
+        "replication_lag",
+        "How far a standby is behind the primary's last known position",
+        Some(Unit::Bytes),
+    );
+    let lag_s = g(
+        &mut reg,
+        "replication_lag",
+        "How far behind a standby's replay is",
+        Some(Unit::Seconds),
+    );
+    for (service, shared) in members {
+        let Ok(m) = shared.lock() else { continue };
+        for (site, h) in m.iter() {
+            let l = labels(&[("service", service), ("site", site)]);
+            m_up.get_or_create(&l)
+                .set(if h.healthy { 1.0 } else { 0.0 });
+            m_routed
+                .get_or_create(&l)
+                .set(if h.routed_primary { 1.0 } else { 0.0 });
+            for (role, name) in [(Role::Primary, "primary"), (Role::Standby, "standby")] {
+                m_role
+                    .get_or_create(&labels(&[
+                        ("service", service),
+                        ("site", site),
+                        ("role", name),
+                    ]))
+                    .set(if h.role == Some(role) { 1.0 } else { 0.0 });
+            }
+            if let Some(b) = h.lag_bytes {
+                lag_b.get_or_create(&l).set(b as f64);
+            }
+            if let Some(s) = h.lag_seconds {
+                lag_s.get_or_create(&l).set(s);
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// The evidence log's events (what the metrics need of them).
+fn logged(ctx: &Context) -> Vec<Logged> {
+    let Ok(ev) = ctx.evidence() else {
+        return Vec::new();
+    };
+    ev.list(None)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| Logged {
+            time: e.time,
+            command: e.command,
+            target: e.target,
+            outcome: e.outcome,
+            duration_ms: e.duration_ms,
+            figures: e.figures,
+        })
+        .collect()
+}
+
+/// Rebuild the text every `every` (sooner never matters: records change at human pace, the
+/// members' view is at most that old).
+pub async fn refresh(
+    ctx: Context,
+    members: Vec<(String, Shared)>,
+    text: Arc<RwLock<String>>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let c = ctx.clone();
+        let m = members.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let events = logged(&c);
+            let views = crate::schedule::views(
+                &c.plan,
+                &c.state_dir,
+                jiff::Timestamp::now(),
+                Duration::from_secs(120),
+            );
+            render(&c, &events, &views, &m)
+        })
+        .await;
+        if let Ok(t) = built {
+            if let Ok(mut w) = text.write() {
+                *w = t;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Serve `GET /metrics` (and `/` with a pointer to it) from the text `refresh` keeps.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    text: Arc<RwLock<String>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            a = listener.accept() => {
+                let Ok((sock, _)) = a else { continue };
+                let text = text.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), answer(sock, text)).await;
+                });
+            }
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn answer(mut sock: tokio::net::TcpStream, text: Arc<RwLock<String>>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 8192];
+    let mut n = 0;
+    // Up to the end of the request head (bodies are not read: GET only).
+    while n < buf.len() {
+        let k = sock.read(&mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let mut parts = head.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let path = parts.next().unwrap_or("");
+    let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET" | "HEAD", "/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text.read().map(|t| t.clone()).unwrap_or_default(),
+        ),
+        ("GET" | "HEAD", "/") => (
+            "200 OK",
+            "text/plain; charset=utf-8",
+            "Lifeboat: metrics at /metrics\n".to_string(),
+        ),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".into(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "GET only\n".into(),
+        ),
+    };
+    let body = if method == "HEAD" {
+        String::new()
+    } else {
+        body
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(resp.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+/// Counts by name, for tests: the value of a sample line `name{labels} value`.
+pub fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Every metric family name the text declares (`# TYPE name kind`).
+pub fn families(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let (n, k) = l.split_once(' ')?;
+            Some((n.to_string(), k.to_string()))
+        })
+        .collect()
+}
