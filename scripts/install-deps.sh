@@ -12,6 +12,7 @@ command -v script >/dev/null || need_apt+=(bsdutils)    # a real terminal for ty
 command -v dig >/dev/null || need_apt+=(bind9-dnsutils) # the DNS responder, queried by a real client
 command -v nft >/dev/null || need_apt+=(nftables)       # partition-site drills cut a member off
 command -v ip >/dev/null || need_apt+=(iproute2)        # a lab built by root: a network namespace per site
+command -v promtool >/dev/null || need_apt+=(prometheus)    # promtool tests the alert rules
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null

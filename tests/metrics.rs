@@ -109,8 +109,7 @@ fn scrape_until(lab: &Lab, port: u16, what: &str, f: impl Fn(&str) -> bool) -> S
     }
 }
 
-const OK: &str =
-    r#"lifeboat_backup_last_success_timestamp_seconds{job="files",repository="main",kind="files"}"#;
+const OK: &str = r#"lifeboat_backup_last_success_timestamp_seconds{job="files",service="files",repository="main",kind="files"}"#;
 const RUNS_OK: &str = r#"lifeboat_backup_runs_total{job="files",result="success"}"#;
 
 #[test]

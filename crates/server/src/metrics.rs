@@ -228,7 +228,14 @@ pub fn render(
             "backup" => {
                 let repo = f["repository"].as_str().unwrap_or("");
                 let kind = f["kind"].as_str().unwrap_or("");
-                let l = labels(&[("job", &e.target), ("repository", repo), ("kind", kind)]);
+                let service = f["service"].as_str().unwrap_or("");
+                let l = labels(&[
+                    ("job", &e.target),
+                    ("service", service),
+                    ("repository", repo),
+                    ("kind", kind),
+                ]);
+                let js = labels(&[("job", &e.target), ("service", service)]);
                 b_runs
                     .get_or_create(&labels(&[
                         ("job", &e.target),
@@ -238,17 +245,19 @@ pub fn render(
                 if let Some(t) = t {
                     if ok {
                         b_ok.get_or_create(&l).set(t);
-                        b_dur
-                            .get_or_create(&labels(&[("job", &e.target)]))
-                            .set(e.duration_ms as f64 / 1000.0);
+                        b_dur.get_or_create(&js).set(e.duration_ms as f64 / 1000.0);
                         if let Some(n) = f["summary"]["bytes_read"].as_f64() {
                             b_size
-                                .get_or_create(&labels(&[("job", &e.target), ("stage", "source")]))
+                                .get_or_create(
+                                    &[js.clone(), labels(&[("stage", "source")])].concat(),
+                                )
                                 .set(n);
                         }
                         if let Some(n) = f["summary"]["bytes_added_packed"].as_f64() {
                             b_size
-                                .get_or_create(&labels(&[("job", &e.target), ("stage", "stored")]))
+                                .get_or_create(
+                                    &[js.clone(), labels(&[("stage", "stored")])].concat(),
+                                )
                                 .set(n);
                         }
                     } else {
@@ -648,4 +657,204 @@ pub fn families(text: &str) -> BTreeMap<String, String> {
             Some((n.to_string(), k.to_string()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_failover::healthapi::MemberHealth;
+
+    fn event(command: &str, target: &str, outcome: &str, figures: serde_json::Value) -> Logged {
+        Logged {
+            time: "2026-12-01T10:00:00Z".into(),
+            command: command.into(),
+            target: target.into(),
+            outcome: outcome.into(),
+            duration_ms: 1500,
+            figures,
+        }
+    }
+
+    /// Every kind of record once: every family has a sample.
+    fn everything() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k"), "key\n").unwrap();
+        let plan = dir.path().join("lifeboat.yaml");
+        std::fs::write(
+            &plan,
+            r#"name: m
+tiers: { gold: { rpo: 0, rto: 30s }, std: { rpo: 1h, rto: 4h } }
+sites: [east, west]
+services:
+  db:
+    kind: postgres
+    tier: gold
+    members:
+      east: { host: 127.0.0.1, port: 5432 }
+      west: { host: 127.0.0.2, port: 5432 }
+    failover: { listen: "127.0.0.1:6432" }
+  etc: { kind: paths, tier: std, paths: [/etc] }
+repositories:
+  main: { url: repo, key_file: k }
+  dr: { url: repo2, key_file: k }
+backups:
+  etc: { service: etc, repository: main, schedule: "@daily" }
+"#,
+        )
+        .unwrap();
+        let ctx = Context::load(&plan).unwrap();
+        let sched = ctx.state_dir.join("schedule");
+        std::fs::create_dir_all(&sched).unwrap();
+        std::fs::write(
+            sched.join("state.json"),
+            r#"{"backups.etc": {"last_due": "2026-12-01T00:00:00Z", "last_end": "2026-12-01T00:00:05Z", "last_success": "2026-12-01T00:00:05Z", "last_outcome": "ok", "missed": 2}}"#,
+        )
+        .unwrap();
+        let events = vec![
+            event(
+                "backup",
+                "etc",
+                "ok",
+                serde_json::json!({"service": "etc", "repository": "main", "kind": "files", "summary": {"bytes_read": 100, "bytes_added_packed": 10}}),
+            ),
+            event(
+                "backup",
+                "etc",
+                "failed",
+                serde_json::json!({"service": "etc", "repository": "main", "kind": "files"}),
+            ),
+            event(
+                "verify restore",
+                "db",
+                "ok",
+                serde_json::json!({"restore_ms": 2000, "data_age_ms": 500}),
+            ),
+            event("verify restore", "db", "failed", serde_json::json!({})),
+            event(
+                "drill",
+                "db",
+                "passed",
+                serde_json::json!({"drill": "monthly", "scenario": "kill-primary", "rto_ms": 700, "rpo_ms": 0, "writes": {"lost": 0}}),
+            ),
+            event(
+                "copy",
+                "main -> dr",
+                "ok",
+                serde_json::json!({"from": "main", "to": "dr"}),
+            ),
+            event(
+                "copy",
+                "main -> dr",
+                "failed",
+                serde_json::json!({"from": "main", "to": "dr"}),
+            ),
+            event("repo check", "main", "ok", serde_json::json!({})),
+            event("repo check", "main", "failed", serde_json::json!({})),
+            event(
+                "failover",
+                "db",
+                "ok",
+                serde_json::json!({"action": "failover"}),
+            ),
+            event("failover", "db", "ok", serde_json::json!({"manual": true})),
+            event("switchover", "db", "ok", serde_json::json!({})),
+        ];
+        let views = crate::schedule::views(
+            &ctx.plan,
+            &ctx.state_dir,
+            jiff::Timestamp::now(),
+            Duration::from_secs(120),
+        );
+        let shared: Shared = Default::default();
+        shared.lock().unwrap().insert(
+            "west".into(),
+            MemberHealth {
+                site: "west".into(),
+                healthy: true,
+                role: Some(Role::Standby),
+                lag_bytes: Some(10),
+                lag_seconds: Some(0.5),
+                ..Default::default()
+            },
+        );
+        let text = render(&ctx, &events, &views, &[("db".into(), shared)]);
+        (dir, text)
+    }
+
+    #[test]
+    fn the_records_become_the_samples_they_stand_for() {
+        let (_d, t) = everything();
+        let v = |s: &str| sample(&t, s).unwrap_or_else(|| panic!("no {s} in\n{t}"));
+        let at = 1796119200.0; // 2026-12-01T10:00:00Z
+        assert_eq!(
+            v(
+                r#"lifeboat_backup_last_success_timestamp_seconds{job="etc",service="etc",repository="main",kind="files"}"#
+            ),
+            at
+        );
+        assert_eq!(
+            v(r#"lifeboat_backup_runs_total{job="etc",result="failure"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_backup_size_bytes{job="etc",service="etc",stage="stored"}"#),
+            10.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_drill_measured_rto_seconds{drill="monthly"}"#),
+            0.7
+        );
+        assert_eq!(
+            v(r#"lifeboat_failovers_total{service="db",kind="auto"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_failovers_total{service="db",kind="manual"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_failovers_total{service="db",kind="switchover"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_objective_rpo_seconds{service="etc",tier="std"}"#),
+            3600.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_replication_lag_bytes{service="db",site="west"}"#),
+            10.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_member_role{service="db",site="west",role="standby"}"#),
+            1.0
+        );
+        assert!(
+            t.contains("lifeboat_schedule_next_run_timestamp_seconds{schedule=\"backups.etc\"}")
+        );
+    }
+
+    #[test]
+    fn every_metric_the_shipped_alert_rules_name_is_exported() {
+        let (_d, t) = everything();
+        let declared = families(&t);
+        let rules = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/prometheus/lifeboat-rules.yml"),
+        )
+        .unwrap();
+        let mut named: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("lifeboat_") && !w.ends_with('_'))
+            .collect();
+        named.sort();
+        named.dedup();
+        assert!(named.len() > 15, "{named:?}");
+        for n in named {
+            let family = n.strip_suffix("_total").unwrap_or(n);
+            assert!(
+                declared.contains_key(family),
+                "the rules name {n}, which the daemon does not export:\n{t}"
+            );
+        }
+    }
 }
