@@ -834,26 +834,24 @@ backups:
     }
 
     #[test]
-    fn every_metric_the_shipped_alert_rules_name_is_exported() {
+    fn every_metric_the_shipped_alert_rules_and_dashboard_name_is_exported() {
         let (_d, t) = everything();
         let declared = families(&t);
-        let rules = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../deploy/prometheus/lifeboat-rules.yml"),
-        )
-        .unwrap();
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let rules = std::fs::read_to_string(deploy.join("prometheus/lifeboat-rules.yml")).unwrap()
+            + &std::fs::read_to_string(deploy.join("grafana/lifeboat.json")).unwrap();
         let mut named: Vec<&str> = rules
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("lifeboat_") && !w.ends_with('_'))
             .collect();
         named.sort();
         named.dedup();
-        assert!(named.len() > 15, "{named:?}");
+        assert!(named.len() > 20, "{named:?}");
         for n in named {
             let family = n.strip_suffix("_total").unwrap_or(n);
             assert!(
                 declared.contains_key(family),
-                "the rules name {n}, which the daemon does not export:\n{t}"
+                "the rules or the dashboard name {n}, which the daemon does not export:\n{t}"
             );
         }
     }
