@@ -77,6 +77,7 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 println!("  plan:     {}", st.plan.display());
                 println!("  endpoint: postgresql://postgres@{}/postgres", st.endpoint);
                 println!("  DNS:      {} on {}", st.dns_name, st.dns);
+                println!("  metrics:  http://{}/metrics", st.metrics);
                 println!(
                     "  drill it: lifeboat --plan {} drill run kill-primary",
                     st.plan.display()

@@ -46,6 +46,9 @@ pub struct LabState {
     pub endpoint: String,
     pub dns: String,
     pub dns_name: String,
+    /// Where the daemon serves /metrics.
+    #[serde(default)]
+    pub metrics: String,
     pub daemon_pid: u32,
     pub daemon_start: u64,
     pub created: String,
@@ -296,6 +299,7 @@ repositories:
   west-repo: {{ url: west/repo, key_file: lab.key }}
 backups:
   db-base: {{ service: db, repository: east-repo, copy_to: [west-repo], retention: {{ last: 3 }} }}
+metrics: {{ listen: "{metrics}" }}
 drills:
   kill-primary: {{ scenario: kill-primary, service: db }}
   hang-primary: {{ scenario: hang-primary, service: db }}
@@ -321,6 +325,7 @@ drills:
         endpoint = s.endpoint,
         dns = s.dns,
         dns_name = s.dns_name,
+        metrics = s.metrics,
     )
 }
 
@@ -391,7 +396,7 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
     for d in ["east", "west"] {
         std::fs::create_dir_all(dir.join(d)).map_err(|e| io(dir, e))?;
     }
-    let ports = free_ports(4)?;
+    let ports = free_ports(5)?;
     let sync = !o.asynchronous;
     let mut st = LabState {
         dir: dir.clone(),
@@ -407,6 +412,7 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
         endpoint: format!("127.0.0.1:{}", ports[2]),
         dns: format!("127.0.0.1:{}", ports[3]),
         dns_name: "db.lab.internal".into(),
+        metrics: format!("127.0.0.1:{}", ports[4]),
         daemon_pid: 0,
         daemon_start: 0,
         created: jiff::Timestamp::now().to_string(),

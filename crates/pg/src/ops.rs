@@ -19,6 +19,18 @@ pub struct Session {
     conn: tokio::task::JoinHandle<()>,
 }
 
+/// A primary's WAL archiver, from PostgreSQL's own statistics.
+#[derive(Clone, Debug, Default)]
+pub struct Archiver {
+    /// Failed `archive_command` runs since the statistics were last reset.
+    pub failed_count: u64,
+    /// Unix seconds of the last failure and the last success.
+    pub last_failed: Option<f64>,
+    pub last_archived: Option<f64>,
+    /// Segments waiting to be archived.
+    pub waiting: Option<u64>,
+}
+
 /// The longest one statement may take before the session gives up on the server.
 pub const QUERY_DEADLINE: Duration = Duration::from_secs(60);
 /// A `CHECKPOINT` writes every dirty buffer: on a big, busy server that takes minutes.
@@ -93,6 +105,26 @@ impl Session {
     pub async fn text(&self, sql: &str) -> Result<String, Error> {
         let row = self.within(sql, self.client.query_one(sql, &[])).await?;
         Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
+    }
+
+    /// On a primary: what its archiver says (`pg_stat_archiver`), and how many WAL segments
+    /// wait to be archived (`.ready` files; None without the right to list them).
+    pub async fn archiver(&self) -> Result<Archiver, Error> {
+        let sql = "SELECT failed_count, extract(epoch FROM last_failed_time)::float8, extract(epoch FROM last_archived_time)::float8 FROM pg_stat_archiver";
+        let row = self.within(sql, self.client.query_one(sql, &[])).await?;
+        let waiting_sql =
+            "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'";
+        let waiting = self
+            .within(waiting_sql, self.client.query_one(waiting_sql, &[]))
+            .await
+            .ok()
+            .map(|r| r.get::<_, i64>(0) as u64);
+        Ok(Archiver {
+            failed_count: row.get::<_, i64>(0) as u64,
+            last_failed: row.get(1),
+            last_archived: row.get(2),
+            waiting,
+        })
     }
 
     pub async fn bool(&self, sql: &str) -> Result<bool, Error> {

@@ -47,6 +47,94 @@ fn seconds(rfc3339: &str) -> Option<f64> {
         .map(|t| t.as_millisecond() as f64 / 1000.0)
 }
 
+/// What the repositories and the primaries say, read on a slower timer than the rest (a
+/// repository may be remote): whether each repository opens, and each postgres service's WAL
+/// archive and recoverable window, and its primary's archiver.
+#[derive(Clone, Debug, Default)]
+pub struct Storage {
+    /// Repository → it opened (config read and decrypted with its key).
+    pub repos: BTreeMap<String, bool>,
+    pub wal: BTreeMap<String, WalState>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WalState {
+    /// The archive could be listed and read.
+    pub readable: bool,
+    pub segments: Option<u64>,
+    pub gap_segments: Option<u64>,
+    /// Unix seconds of the newest segment's arrival in the archive.
+    pub last_pushed: Option<f64>,
+    /// The recoverable window (Unix seconds).
+    pub window: Option<(f64, f64)>,
+    /// The primary's archiver (PostgreSQL's statistics), when one answered.
+    pub archiver: Option<lifeboat_pg::ops::Archiver>,
+}
+
+/// Read the repositories and WAL archives (blocking: run it off the runtime's threads).
+pub fn read_storage(ctx: &Context) -> Storage {
+    let mut st = Storage::default();
+    for name in ctx.plan.repositories.keys() {
+        st.repos.insert(name.clone(), ctx.open_repo(name).is_ok());
+    }
+    for (name, svc) in &ctx.plan.services {
+        if !matches!(svc, Service::Postgres { .. })
+            || lifeboat_protect::wal::wal_repo(ctx, name).is_err()
+        {
+            continue;
+        }
+        let w = match lifeboat_protect::wal::verify(ctx, name, false) {
+            Ok(r) => WalState {
+                readable: true,
+                segments: Some(r.segments as u64),
+                gap_segments: Some(r.gaps.iter().map(|g| g.count).sum()),
+                last_pushed: r
+                    .backups
+                    .iter()
+                    .filter_map(|b| b.reach.last_pushed_at)
+                    .max()
+                    .map(|us| us as f64 / 1e6),
+                window: r.window.map(|(a, b)| (a as f64 / 1e6, b as f64 / 1e6)),
+                archiver: None,
+            },
+            Err(_) => WalState::default(),
+        };
+        st.wal.insert(name.clone(), w);
+    }
+    st
+}
+
+/// The primary's archiver statistics for each postgres service (the first member that
+/// answers as primary within 2 s).
+pub async fn read_archivers(ctx: &Context, st: &mut Storage) {
+    for (name, w) in st.wal.iter_mut() {
+        let Some(svc) = ctx.plan.services.get(name) else {
+            continue;
+        };
+        let Ok(pg) = lifeboat_pg::PgService::from_plan(name, svc, &ctx.base) else {
+            continue;
+        };
+        for site in pg.members.keys() {
+            let Ok(m) = pg.member(site) else { continue };
+            let Ok(s) = lifeboat_pg::ops::Session::connect(&m, Duration::from_secs(2)).await else {
+                continue;
+            };
+            let primary = tokio::time::timeout(Duration::from_secs(2), s.in_recovery())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                == Some(false);
+            if !primary {
+                continue;
+            }
+            if let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(2), s.archiver()).await {
+                w.archiver = Some(a);
+                break;
+            }
+        }
+    }
+}
+
 /// One event of the evidence log, as the metrics need it.
 pub struct Logged {
     pub time: String,
@@ -64,6 +152,7 @@ pub fn render(
     events: &[Logged],
     schedules: &[crate::schedule::View],
     members: &[(String, Shared)],
+    storage: &Storage,
 ) -> String {
     let mut reg = Registry::with_prefix("lifeboat");
     let g = |reg: &mut Registry, name: &str, help: &str, unit: Option<Unit>| -> G {
@@ -500,6 +589,94 @@ pub fn render(
             }
         }
     }
+    // Repositories and WAL archives (read every minute).
+    let r_up = g(
+        &mut reg,
+        "repository_up",
+        "1 when the repository opened at the last probe (its config read with its key)",
+        None,
+    );
+    for (name, ok) in &storage.repos {
+        r_up.get_or_create(&labels(&[("repository", name)]))
+            .set(if *ok { 1.0 } else { 0.0 });
+    }
+    let w_read = g(
+        &mut reg,
+        "wal_archive_readable",
+        "1 when the service's WAL archive could be listed and read at the last probe",
+        None,
+    );
+    let w_segs = g(
+        &mut reg,
+        "wal_archive_segments",
+        "WAL segments in the service's archive",
+        None,
+    );
+    let w_gaps = g(
+        &mut reg,
+        "wal_archive_gap_segments",
+        "Segments missing between archived ones: replay stops at the first",
+        None,
+    );
+    let w_last = g(
+        &mut reg,
+        "wal_archive_last_success_timestamp",
+        "When the newest WAL segment reached the archive",
+        Some(Unit::Seconds),
+    );
+    let w_fail = c(&mut reg, "wal_archive_failures", "Failed archive_command runs on the primary (PostgreSQL's pg_stat_archiver: it resets with the server's statistics)");
+    let w_fail_t = g(
+        &mut reg,
+        "wal_archive_last_failure_timestamp",
+        "When archive_command last failed on the primary",
+        Some(Unit::Seconds),
+    );
+    let w_wait = g(
+        &mut reg,
+        "wal_archive_waiting_segments",
+        "WAL segments on the primary waiting to be archived",
+        None,
+    );
+    let win_a = g(
+        &mut reg,
+        "recovery_window_start_timestamp",
+        "The earliest point a restore can reach (the oldest base backup's end)",
+        Some(Unit::Seconds),
+    );
+    let win_b = g(
+        &mut reg,
+        "recovery_window_end_timestamp",
+        "The latest point a restore can reach (the last replayable commit)",
+        Some(Unit::Seconds),
+    );
+    for (service, w) in &storage.wal {
+        let l = labels(&[("service", service)]);
+        w_read
+            .get_or_create(&l)
+            .set(if w.readable { 1.0 } else { 0.0 });
+        if let Some(n) = w.segments {
+            w_segs.get_or_create(&l).set(n as f64);
+        }
+        if let Some(n) = w.gap_segments {
+            w_gaps.get_or_create(&l).set(n as f64);
+        }
+        if let Some(t) = w.last_pushed {
+            w_last.get_or_create(&l).set(t);
+        }
+        if let Some((a, b)) = w.window {
+            win_a.get_or_create(&l).set(a);
+            win_b.get_or_create(&l).set(b);
+        }
+        if let Some(a) = &w.archiver {
+            w_fail.get_or_create(&l).inc_by(a.failed_count);
+            if let Some(t) = a.last_failed {
+                w_fail_t.get_or_create(&l).set(t);
+            }
+            if let Some(n) = a.waiting {
+                w_wait.get_or_create(&l).set(n as f64);
+            }
+        }
+    }
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
@@ -533,9 +710,35 @@ pub async fn refresh(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let storage = Arc::new(RwLock::new(Storage::default()));
+    // The repositories and archives every minute, in a task of their own (a slow repository
+    // delays only these figures).
+    {
+        let (ctx, storage, mut stop) = (ctx.clone(), storage.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let c = ctx.clone();
+                if let Ok(mut st) = tokio::task::spawn_blocking(move || read_storage(&c)).await {
+                    read_archivers(&ctx, &mut st).await;
+                    if let Ok(mut w) = storage.write() {
+                        *w = st;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    r = stop.changed() => {
+                        if r.is_err() || *stop.borrow() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
     loop {
         let c = ctx.clone();
         let m = members.clone();
+        let st = storage.read().map(|s| s.clone()).unwrap_or_default();
         let built = tokio::task::spawn_blocking(move || {
             let events = logged(&c);
             let views = crate::schedule::views(
@@ -544,7 +747,7 @@ pub async fn refresh(
                 jiff::Timestamp::now(),
                 Duration::from_secs(120),
             );
-            render(&c, &events, &views, &m)
+            render(&c, &events, &views, &m, &st)
         })
         .await;
         if let Ok(t) = built {
@@ -777,7 +980,25 @@ backups:
                 ..Default::default()
             },
         );
-        let text = render(&ctx, &events, &views, &[("db".into(), shared)]);
+        let mut storage = Storage::default();
+        storage.repos.insert("main".into(), true);
+        storage.wal.insert(
+            "db".into(),
+            WalState {
+                readable: true,
+                segments: Some(10),
+                gap_segments: Some(0),
+                last_pushed: Some(1796119000.0),
+                window: Some((1796110000.0, 1796119000.0)),
+                archiver: Some(lifeboat_pg::ops::Archiver {
+                    failed_count: 2,
+                    last_failed: Some(1796100000.0),
+                    last_archived: Some(1796119000.0),
+                    waiting: Some(1),
+                }),
+            },
+        );
+        let text = render(&ctx, &events, &views, &[("db".into(), shared)], &storage);
         (dir, text)
     }
 
@@ -831,6 +1052,15 @@ backups:
         assert!(
             t.contains("lifeboat_schedule_next_run_timestamp_seconds{schedule=\"backups.etc\"}")
         );
+        assert_eq!(
+            v(r#"lifeboat_wal_archive_failures_total{service="db"}"#),
+            2.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_recovery_window_end_timestamp_seconds{service="db"}"#),
+            1796119000.0
+        );
+        assert_eq!(v(r#"lifeboat_repository_up{repository="main"}"#), 1.0);
     }
 
     #[test]

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# /metrics under load, and whether the failover checks keep their interval. On a synchronous
+# lab (`lifeboat lab up`: a primary and a synchronous standby, the daemon with default settings:
+# a check every 500 ms), three phases of SECS seconds each:
+#   idle    — nothing but the daemon;
+#   backup  — `lifeboat backup db-base` back to back (base backups of the primary);
+#   scrape  — `wrk -t2 -c16` on /metrics (bounded load: 16 connections, no pipelining).
+# The time between the daemon's consecutive decisions for the service (one per check, from its
+# log) gives the checks' p50/p99 and how far they stray from 500 ms; wrk gives requests/s and
+# the latency percentiles. Usage: bench/metrics.sh [SECS=30]   (needs wrk)
+set -euo pipefail
+secs=${1:-30}
+here=$(cd "$(dirname "$0")/.." && pwd)
+day=$(date -u +%F)
+out=$here/bench/results/metrics-$day.txt
+mkdir -p "$here/bench/results"
+command -v wrk >/dev/null || { echo "wrk is not installed (Debian: wrk)" >&2; exit 1; }
+cargo build --release --manifest-path "$here/Cargo.toml" >/dev/null 2>&1
+lb=$here/target/release/lifeboat
+lab=/tmp/lifeboat-bench-metrics
+"$lb" lab down --dir "$lab" >/dev/null 2>&1 || true
+trap '"$lb" lab down --dir "$lab" >/dev/null 2>&1 || true' EXIT
+"$lb" lab up --dir "$lab" >/dev/null
+addr=$(python3 -c "import json; print(json.load(open('$lab/lab.json'))['metrics'])")
+sleep 3
+# Intervals between the daemon's decisions for db whose time falls in [from, to) (epoch s).
+intervals() {
+  python3 - "$lab/daemon.log" "$1" "$2" <<'PY'
+import json, sys, datetime
+log, lo, hi = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+ts = []
+for line in open(log, errors="replace"):
+    try:
+        e = json.loads(line)
+    except Exception:
+        continue
+    if e.get("event") != "decision" or e.get("service") != "db":
+        continue
+    t = e["time"].rstrip("Z")
+    main, _, frac = t.partition(".")
+    s = datetime.datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc).timestamp()
+    s += float("0." + frac) if frac else 0.0
+    if lo <= s < hi:
+        ts.append(s)
+d = sorted((b - a) * 1000 for a, b in zip(ts, ts[1:]))
+if not d:
+    print("  no decisions logged"); sys.exit()
+q = lambda p: d[min(len(d) - 1, int(round(p * (len(d) - 1))))]
+within = sum(1 for x in d if abs(x - 500) <= 50) / len(d) * 100
+print(f"  checks: {len(d)} intervals  p50 {q(.5):.1f} ms  p99 {q(.99):.1f} ms  max {d[-1]:.1f} ms  within 10% of 500 ms: {within:.1f}%")
+PY
+}
+{
+  echo "# bench/metrics.sh $(date -u +%FT%TZ) on $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $("$lb" --version); secs=$secs"
+  echo "## idle"
+  a=$(date +%s.%N); sleep "$secs"; b=$(date +%s.%N)
+  intervals "$a" "$b"
+  echo "## backup (lifeboat backup db-base, back to back)"
+  a=$(date +%s.%N)
+  n=0
+  while [ "$(echo "$(date +%s.%N) - $a < $secs" | bc)" = 1 ]; do
+    "$lb" --plan "$lab/lifeboat.yaml" backup db-base >/dev/null 2>&1 && n=$((n + 1))
+  done
+  b=$(date +%s.%N)
+  echo "  $n base backups"
+  intervals "$a" "$b"
+  echo "## scrape (wrk -t2 -c16 -d${secs}s on /metrics)"
+  a=$(date +%s.%N)
+  wrk -t2 -c16 -d"${secs}s" --latency "http://$addr/metrics" | sed 's/^/  /'
+  b=$(date +%s.%N)
+  intervals "$a" "$b"
+  echo "## /metrics size"
+  echo "  $(curl -s "http://$addr/metrics" | wc -c) bytes, $(curl -s "http://$addr/metrics" | grep -vc '^#') samples"
+} 2>&1 | tee "$out"
+echo "results: $out"
