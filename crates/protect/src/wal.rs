@@ -604,7 +604,23 @@ fn read_back(a: &Arc<WalArchive>, names: Vec<String>) -> Result<Vec<Damaged>, Er
 /// window as a missing one does (names and cached metadata alone never notice a flipped bit).
 pub fn verify(ctx: &Context, service: &str, read_data: bool) -> Result<WalReport, Error> {
     let started = Instant::now();
-    let result = (|| -> Result<WalReport, Error> {
+    let result = survey(ctx, service, read_data);
+    let (outcome, figures) = match &result {
+        Ok(r) => (
+            if r.ok { "ok" } else { "failed" },
+            serde_json::json!({"segments": r.segments, "gaps": r.gaps.len(), "window": r.window, "problems": r.problems,
+                "read_data": read_data, "damaged": r.damaged.as_ref().map(|d| d.iter().map(|d| d.name.clone()).collect::<Vec<_>>())}),
+        ),
+        Err(e) => ("failed", serde_json::json!({"error": e.message})),
+    };
+    ctx.record("wal verify", service, outcome, started, figures)?;
+    result
+}
+
+/// What `verify` finds, without recording it in the evidence log (the daemon's metrics read
+/// it every minute).
+pub fn survey(ctx: &Context, service: &str, read_data: bool) -> Result<WalReport, Error> {
+    (|| -> Result<WalReport, Error> {
         let (a, repo) = archive(ctx, service)?;
         let mut inv = inventory(ctx, &a)?;
         let mut problems = Vec::new();
@@ -697,17 +713,7 @@ pub fn verify(ctx: &Context, service: &str, read_data: bool) -> Result<WalReport
             problems,
             damaged,
         })
-    })();
-    let (outcome, figures) = match &result {
-        Ok(r) => (
-            if r.ok { "ok" } else { "failed" },
-            serde_json::json!({"segments": r.segments, "gaps": r.gaps.len(), "window": r.window, "problems": r.problems,
-                "read_data": read_data, "damaged": r.damaged.as_ref().map(|d| d.iter().map(|d| d.name.clone()).collect::<Vec<_>>())}),
-        ),
-        Err(e) => ("failed", serde_json::json!({"error": e.message})),
-    };
-    ctx.record("wal verify", service, outcome, started, figures)?;
-    result
+    })()
 }
 
 /// Delete WAL no retained base backup needs: segments before the oldest retained backup's

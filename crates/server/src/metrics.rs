@@ -83,7 +83,7 @@ pub fn read_storage(ctx: &Context) -> Storage {
         {
             continue;
         }
-        let w = match lifeboat_protect::wal::verify(ctx, name, false) {
+        let w = match lifeboat_protect::wal::survey(ctx, name, false) {
             Ok(r) => WalState {
                 readable: true,
                 segments: Some(r.segments as u64),
