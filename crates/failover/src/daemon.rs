@@ -84,6 +84,9 @@ pub async fn monitor(
     };
     let interval = m.w.interval();
     let mut next = tokio::time::Instant::now();
+    // LIFEBOAT_LOG_EVERY_CHECK=1: one log line per check with how late it started (for the
+    // benchmark of the checks' jitter; off by default, it is two lines a second).
+    let log_every = std::env::var("LIFEBOAT_LOG_EVERY_CHECK").is_ok_and(|v| v == "1");
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
@@ -93,6 +96,13 @@ pub async fn monitor(
             return;
         }
         let tick = tokio::time::Instant::now();
+        if log_every {
+            log(
+                "check",
+                &m.w.service,
+                serde_json::json!({"late_ms": tick.saturating_duration_since(next).as_secs_f64() * 1000.0}),
+            );
+        }
         next = tick + interval;
         match m.tick().await {
             (_, Next::Now) => next = tokio::time::Instant::now(),
