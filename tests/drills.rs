@@ -155,6 +155,28 @@ fn run_in(dir: &Path, args: &[&str]) -> Run {
         .into()
 }
 
+/// GET /metrics from the lab's daemon until the text holds `line` (the repositories are
+/// probed every 5 s in a lab).
+fn scrape_until(addr: &str, line: &str) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(mut c) = std::net::TcpStream::connect(addr) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut out = String::new();
+            let _ = c.read_to_string(&mut out);
+            if out.lines().any(|l| l.starts_with(line)) {
+                return;
+            }
+            last = out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("no `{line}` from {addr} within 40 s:\n{last}");
+}
+
 fn lifeboat_pg_bin() -> PathBuf {
     common::pg::pg_bin()
 }
@@ -544,7 +566,20 @@ fn async_negative_control_loses_writes_and_the_drill_counts_each_one() {
         s["fault"]
     );
     assert_eq!(objective(&s, "restore checks")["met"], true);
+    // With the repository down: the daemon's metric says so, the daemon keeps running, and a
+    // failover goes through as before.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let metrics = state["metrics"].as_str().unwrap().to_string();
+    let down = r#"lifeboat_repository_up{repository="east-repo"} 0"#;
+    let up = r#"lifeboat_repository_up{repository="east-repo"} 1"#;
+    scrape_until(&metrics, down);
+    let (r, s, _) = lab.drill(&["kill-primary"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), lab.daemon_log());
+    assert_ne!(s["primary_before"], s["primary_after"]);
+    lab.assert_whole();
     std::fs::rename(lab.dir.join("east/repo.gone"), lab.dir.join("east/repo")).unwrap();
+    scrape_until(&metrics, up);
 
     // Trials: the fault's timing drawn from the seed, the distribution in one report.
     let r = lab.run(&[

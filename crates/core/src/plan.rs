@@ -65,6 +65,10 @@ pub struct Plan {
 pub struct MetricsSpec {
     /// TCP address to serve `/metrics` on, e.g. `127.0.0.1:9187`.
     pub listen: String,
+    /// How often the repositories and WAL archives are read for their metrics (each read
+    /// lists a remote repository). Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_interval: Option<Duration>,
 }
 
 /// When something runs: a cron expression (`"0 2 * * *"`, `"@daily"`), or one with its time

@@ -299,7 +299,7 @@ repositories:
   west-repo: {{ url: west/repo, key_file: lab.key }}
 backups:
   db-base: {{ service: db, repository: east-repo, copy_to: [west-repo], retention: {{ last: 3 }} }}
-metrics: {{ listen: "{metrics}" }}
+metrics: {{ listen: "{metrics}", probe_interval: 5s }}
 drills:
   kill-primary: {{ scenario: kill-primary, service: db }}
   hang-primary: {{ scenario: hang-primary, service: db }}

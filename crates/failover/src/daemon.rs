@@ -661,6 +661,7 @@ fn publish(
                     _ => None,
                 },
                 lag_seconds: last.and_then(|p| p.lag_s),
+                timeline: last.and_then(|p| p.timeline),
                 epoch: st.epoch,
                 failure: c
                     .last

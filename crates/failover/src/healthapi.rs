@@ -33,6 +33,8 @@ pub struct MemberHealth {
     /// Standby: bytes behind the primary's last known position.
     pub lag_bytes: Option<u64>,
     pub lag_seconds: Option<f64>,
+    /// The timeline it is on, as its last check saw it.
+    pub timeline: Option<u32>,
     pub epoch: u64,
     /// Why it failed its last check.
     pub failure: Option<String>,

@@ -551,6 +551,12 @@ pub fn render(
         "1 on the member the endpoint routes writes to",
         None,
     );
+    let m_tl = g(
+        &mut reg,
+        "member_timeline",
+        "The timeline the member is on, as its last check saw it",
+        None,
+    );
     let lag_b = g(
         &mut reg,
         "replication_lag",
@@ -580,6 +586,9 @@ pub fn render(
                         ("role", name),
                     ]))
                     .set(if h.role == Some(role) { 1.0 } else { 0.0 });
+            }
+            if let Some(t) = h.timeline {
+                m_tl.get_or_create(&l).set(f64::from(t));
             }
             if let Some(b) = h.lag_bytes {
                 lag_b.get_or_create(&l).set(b as f64);
@@ -711,6 +720,13 @@ pub async fn refresh(
     mut stop: watch::Receiver<bool>,
 ) {
     let storage = Arc::new(RwLock::new(Storage::default()));
+    let probe = ctx
+        .plan
+        .metrics
+        .as_ref()
+        .and_then(|m| m.probe_interval.map(|d| d.0))
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_secs(1));
     // The repositories and archives every minute, in a task of their own (a slow repository
     // delays only these figures).
     {
@@ -725,7 +741,7 @@ pub async fn refresh(
                     }
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = tokio::time::sleep(probe) => {}
                     r = stop.changed() => {
                         if r.is_err() || *stop.borrow() {
                             return;
@@ -977,6 +993,7 @@ backups:
                 role: Some(Role::Standby),
                 lag_bytes: Some(10),
                 lag_seconds: Some(0.5),
+                timeline: Some(3),
                 ..Default::default()
             },
         );
@@ -1061,6 +1078,10 @@ backups:
             1796119000.0
         );
         assert_eq!(v(r#"lifeboat_repository_up{repository="main"}"#), 1.0);
+        assert_eq!(
+            v(r#"lifeboat_member_timeline{service="db",site="west"}"#),
+            3.0
+        );
     }
 
     #[test]
