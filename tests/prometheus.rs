@@ -6,27 +6,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, Lab};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{bin, free_port, Daemon, Lab};
 
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
@@ -134,7 +117,7 @@ metrics: {{ listen: "127.0.0.1:{metrics}" }}
             rules.display()
         ),
     );
-    let _daemon = Killed(
+    let _daemon = Daemon(
         Command::new(bin())
             .arg("serve")
             .current_dir(lab.path())
@@ -146,7 +129,7 @@ metrics: {{ listen: "127.0.0.1:{metrics}" }}
             .spawn()
             .unwrap(),
     );
-    let _prometheus = Killed(
+    let _prometheus = Daemon(
         Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",

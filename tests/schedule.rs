@@ -7,28 +7,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-/// The daemon, killed however the test ends (a failed assertion included).
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Daemon {
-    /// SIGKILL, and gone (its lock released) before this returns.
-    fn kill_now(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 use std::time::{Duration, Instant};
 
-use common::{bin, Lab};
+use common::{bin, Daemon, Lab};
 
 const PLAN: &str = r#"name: sched
 tiers:

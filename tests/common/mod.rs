@@ -36,6 +36,25 @@ impl From<Output> for Run {
     }
 }
 
+/// A `lifeboat serve` (or any child) killed and reaped however the test ends, a failed
+/// assertion included.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Daemon {
+    /// SIGKILL, and gone (its lock released) before this returns.
+    pub fn kill_now(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lifeboat"))
 }

@@ -47,7 +47,9 @@ fn ip(args: &[&str]) -> Result<(), Error> {
     run("ip", args)
 }
 
-fn run(program: &str, args: &[&str]) -> Result<(), Error> {
+/// Run a program as root (taking root back from the saved id), its failure an error naming
+/// the command and what it printed. Shared with the drills' partitions.
+pub fn run(program: &str, args: &[&str]) -> Result<(), Error> {
     let mut c = Command::new(program);
     c.args(args).env("LC_ALL", "C");
     crate::privileged(&mut c);

@@ -695,7 +695,7 @@ impl<'a> Driver<'a> {
                         privileged: true,
                     })?;
                     for (_, ns) in &cut {
-                        privileged_run(
+                        crate::labnet::run(
                             "ip",
                             &["-n", ns, "link", "set", crate::labnet::HOST_LINK, "down"],
                         )?;
@@ -749,7 +749,7 @@ impl<'a> Driver<'a> {
                             privileged: true,
                         })?;
                         for l in &links {
-                            privileged_run("ip", &["-n", &ns, "link", "set", l, "down"])?;
+                            crate::labnet::run("ip", &["-n", &ns, "link", "set", l, "down"])?;
                         }
                     }
                     self.report.fault = Some(format!(
@@ -2157,27 +2157,6 @@ fn check_nft(needs_nft: bool) -> Result<(), Error> {
 
 fn nft_apply(ruleset: &str) -> Result<(), Error> {
     nft_apply_in(None, ruleset)
-}
-
-/// Run a program as root (a drill keeps root as its saved id), its failure an error.
-fn privileged_run(program: &str, args: &[&str]) -> Result<(), Error> {
-    let mut c = std::process::Command::new(program);
-    c.args(args);
-    crate::privileged(&mut c);
-    let out = c
-        .output()
-        .map_err(|e| Error::new(Kind::Internal, format!("{program}: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::new(
-            Kind::Source,
-            format!(
-                "{program} {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Apply an nftables ruleset on this machine, or inside a network namespace.
