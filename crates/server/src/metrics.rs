@@ -691,13 +691,14 @@ pub fn render(
     out
 }
 
-/// The evidence log's events (what the metrics need of them).
-fn logged(ctx: &Context) -> Vec<Logged> {
+/// The evidence log's events (what the metrics need of them), and the last one's number.
+fn logged(ctx: &Context) -> (Vec<Logged>, Option<i64>) {
     let Ok(ev) = ctx.evidence() else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
-    ev.list(None)
-        .unwrap_or_default()
+    let all = ev.list(None).unwrap_or_default();
+    let last = all.last().map(|e| e.seq);
+    let events = all
         .into_iter()
         .map(|e| Logged {
             time: e.time,
@@ -707,7 +708,33 @@ fn logged(ctx: &Context) -> Vec<Logged> {
             duration_ms: e.duration_ms,
             figures: e.figures,
         })
-        .collect()
+        .collect();
+    (events, last)
+}
+
+/// The events, read again only when the log has grown: its head file (`SEQ HASH`) names the
+/// newest event, and a list that reaches it is kept until the head moves. The head is
+/// written just before its event commits, so a list read in between is not kept.
+struct Events {
+    head: Option<String>,
+    events: Arc<Vec<Logged>>,
+}
+
+impl Events {
+    fn get(&mut self, ctx: &Context) -> Arc<Vec<Logged>> {
+        let head = std::fs::read_to_string(ctx.state_dir.join("evidence.head")).ok();
+        if head.is_some() && head == self.head {
+            return self.events.clone();
+        }
+        let (events, last) = logged(ctx);
+        let head_seq = head
+            .as_deref()
+            .and_then(|h| h.split_whitespace().next())
+            .and_then(|n| n.parse::<i64>().ok());
+        self.events = Arc::new(events);
+        self.head = head.filter(|_| head_seq.is_some() && head_seq == last);
+        self.events.clone()
+    }
 }
 
 /// Rebuild the text every `every` (sooner never matters: records change at human pace, the
@@ -751,12 +778,20 @@ pub async fn refresh(
             }
         });
     }
+    let cache = Arc::new(std::sync::Mutex::new(Events {
+        head: None,
+        events: Arc::new(Vec::new()),
+    }));
     loop {
         let c = ctx.clone();
         let m = members.clone();
         let st = storage.read().map(|s| s.clone()).unwrap_or_default();
+        let cache = cache.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let events = logged(&c);
+            let events = match cache.lock() {
+                Ok(mut k) => k.get(&c),
+                Err(_) => Arc::new(logged(&c).0),
+            };
             let views = crate::schedule::views(
                 &c.plan,
                 &c.state_dir,
