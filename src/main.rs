@@ -57,8 +57,12 @@ pub enum Command {
     /// The daemon: health checks, automatic failover, the traffic endpoint, and every
     /// schedule in the plan.
     Serve(commands::serve::Args),
-    /// Every schedule in the plan: what it runs, its last run and its next one.
+    /// Every schedule in the plan: what it runs, its last run and its next one; pause or
+    /// resume one.
     Schedule(commands::schedule::Args),
+    /// The daemon's HTTP API: make a token, print the OpenAPI document.
+    #[command(subcommand)]
+    Api(commands::api::Cmd),
     /// Probe every PostgreSQL member once: roles, health, WAL positions, and what would be decided.
     Status(commands::status::Args),
     /// Manual failover: pre-checks, the steps, a typed confirmation, then the failover.
@@ -102,6 +106,7 @@ fn main() {
         Command::Status(a) => commands::status::run(&cli, a),
         Command::Serve(a) => commands::serve::run(&cli, a),
         Command::Schedule(a) => commands::schedule::run(&cli, a),
+        Command::Api(c) => commands::api::run_cmd(&cli, c),
         Command::Runbook(c) => commands::runbook::run_cmd(&cli, c),
         Command::Rejoin(a) => commands::rejoin::run(&cli, a),
         Command::Failback(a) => commands::rejoin::failback(&cli, a),

@@ -3,7 +3,6 @@
 //! valid), the steps, then — after the operator types the service name — the same failover
 //! the daemon performs automatically (handed to `lifeboat serve` when it runs).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use lifeboat_core::{Error, Kind};
 use lifeboat_failover::control::{Control, Request};
 use lifeboat_failover::coord::StateFile;
 use lifeboat_failover::manual::{plan_failover, run_failover, FailoverPlan, Level, Overrides};
-use lifeboat_failover::world::{Counts, Watched};
+use lifeboat_failover::world::Watched;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -63,17 +62,10 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     let Some(mut w) = Watched::from_plan(&ctx, &a.service)? else {
         anyhow::bail!("`{}` is not a postgres service of the plan", a.service);
     };
-    // One check of each member, judged as if it had lasted.
-    w.spec.unhealthy_threshold = Some(1);
-    w.spec.healthy_threshold = Some(1);
-    w.spec.timeout = Some(lifeboat_core::units::Duration(Duration::from_secs(2)));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
-    for (site, p) in rt.block_on(w.check_all()) {
-        counts.entry(site).or_default().observe(p);
-    }
+    let counts = rt.block_on(lifeboat_failover::manual::check_once(&mut w));
     let state = StateFile::new(&ctx.state_dir, &a.service);
     let overrides = Overrides {
         force: a.force,

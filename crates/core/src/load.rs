@@ -559,6 +559,7 @@ const TOP_LEVEL: &[&str] = &[
     "schedules",
     "scheduler",
     "metrics",
+    "api",
 ];
 
 /// Parse and validate a plan. On failure, every problem found, in file order.
@@ -591,6 +592,7 @@ pub fn parse_plan(src: &str, file: &str) -> Result<Plan, Vec<Diagnostic>> {
             "schedules" => plan.schedules = section(&mut c, v, key),
             "scheduler" => plan.scheduler = c.de(v, key),
             "metrics" => plan.metrics = c.de(v, key),
+            "api" => plan.api = c.de(v, key),
             "notifications" => match v {
                 Value::Array(items) => {
                     plan.notifications = items

@@ -57,7 +57,55 @@ pub struct Plan {
     /// Where the daemon serves `/metrics` (Prometheus / OpenMetrics text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSpec>,
+    /// The daemon's HTTP API and dashboard (`/api/v1/`, `/`), for on-call engineers and
+    /// automation: every `/api` route needs a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSpec>,
 }
+
+/// The daemon's HTTP API.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSpec {
+    /// TCP address to serve on, e.g. `127.0.0.1:8470`.
+    pub listen: String,
+    /// Who may call it. Each token has a name (the actor in the evidence log) and a role:
+    /// `viewer` reads, `operator` also runs jobs, pauses schedules, fails over and switches
+    /// over, `admin` may do everything.
+    #[serde(default)]
+    pub tokens: Vec<ApiToken>,
+    /// Which unauthenticated endpoints the API's address also answers: any of `health`,
+    /// `livez`, `readyz`, `metrics`. Default: all four.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<Vec<String>>,
+    /// Largest request body accepted (default 64KiB); larger ones get 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<Size>,
+    /// How long one request may take, its headers and body included (default 10s); a client
+    /// that is slower is cut off, so slow clients cannot hold the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Duration>,
+}
+
+/// One API token. Give exactly one of `sha256` (the hex SHA-256 of the token: the plan then
+/// holds no secret; `lifeboat api token NAME` makes one) or `token` (`${VAR}` or
+/// `file:PATH`; the daemon keeps only its hash).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+/// The roles an API token can have, weakest first.
+pub const API_ROLES: &[&str] = &["viewer", "operator", "admin"];
+/// The open endpoints the API's address can answer.
+pub const API_OPEN: &[&str] = &["health", "livez", "readyz", "metrics"];
 
 /// The daemon's metrics endpoint.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]

@@ -586,6 +586,9 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
             );
         }
     }
+    if let Some(a) = &plan.api {
+        check_api(&mut err, a);
+    }
     if plan.scheduler.as_ref().and_then(|s| s.max_concurrent) == Some(0) {
         err(
             "scheduler.max_concurrent".into(),
@@ -593,6 +596,74 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
         );
     }
     out
+}
+
+/// The API: an address, tokens with a known role and one way to know each.
+fn check_api(err: &mut impl FnMut(String, String), a: &crate::plan::ApiSpec) {
+    if a.listen.parse::<std::net::SocketAddr>().is_err() {
+        err(
+            "api.listen".into(),
+            format!(
+                "`{}` is not an address to serve the API on (e.g. 127.0.0.1:8470)",
+                a.listen
+            ),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, t) in a.tokens.iter().enumerate() {
+        let base = format!("api.tokens[{i}]");
+        if !valid_name(&t.name) {
+            err(
+                format!("{base}.name"),
+                format!(
+                    "token name `{}` may only use letters, digits, `-`, `_`, `.`",
+                    t.name
+                ),
+            );
+        }
+        if !seen.insert(t.name.clone()) {
+            err(
+                format!("{base}.name"),
+                format!(
+                    "two tokens are named `{}`: the evidence log could not tell them apart",
+                    t.name
+                ),
+            );
+        }
+        if !crate::plan::API_ROLES.contains(&t.role.as_str()) {
+            err(
+                format!("{base}.role"),
+                format!("unknown role `{}`: one of viewer, operator, admin", t.role),
+            );
+        }
+        match (&t.sha256, &t.token) {
+            (Some(h), None) => {
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    err(
+                        format!("{base}.sha256"),
+                        "not a SHA-256 in hex (64 characters): `lifeboat api token NAME` prints one".into(),
+                    );
+                }
+            }
+            (None, Some(crate::secret::Secret::Inline(_))) => err(
+                format!("{base}.token"),
+                "a token written into the plan is readable by everyone who reads the plan: use `${VAR}`, `file:PATH`, or `sha256:` with its hash".into(),
+            ),
+            (None, Some(_)) => {}
+            _ => err(
+                base,
+                "give exactly one of `sha256` (the token's hash) or `token` (`${VAR}` or `file:PATH`)".into(),
+            ),
+        }
+    }
+    for (i, o) in a.open.iter().flatten().enumerate() {
+        if !crate::plan::API_OPEN.contains(&o.as_str()) {
+            err(
+                format!("api.open[{i}]"),
+                format!("unknown endpoint `{o}`: any of health, livez, readyz, metrics"),
+            );
+        }
+    }
 }
 
 /// A `schedules` entry: a known task, fields that apply to it, names that exist.

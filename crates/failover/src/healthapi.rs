@@ -9,15 +9,13 @@
 //!
 //! Otherwise 503, with the same JSON body (the member's state); 404 for unknown paths. Any
 //! method is answered like GET (HAProxy's `option httpchk` sends OPTIONS); HEAD gets no body.
+//! The daemon serves them (`lifeboat_server::http`); this module decides the answers.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use lifeboat_core::decide::Role;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// What the daemon knows about one member, as the endpoints report it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -80,76 +78,6 @@ pub fn status_for(path: &str, m: &MemberHealth) -> u16 {
     } else {
         503
     }
-}
-
-/// Serve one member's endpoints until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    site: String,
-    shared: Shared,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((conn, _)) = accepted else { continue };
-                let shared = shared.clone();
-                let site = site.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::from_secs(5),
-                        answer(conn, &site, &shared),
-                    )
-                    .await;
-                });
-            }
-            _ = stop.changed() => {
-                if *stop.borrow() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn answer(mut conn: TcpStream, site: &str, shared: &Shared) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let method = parts.next().unwrap_or("GET").to_string();
-    let path = parts.next().unwrap_or("/").to_string();
-    let member = shared
-        .lock()
-        .ok()
-        .and_then(|m| m.get(site).cloned())
-        .unwrap_or_else(|| MemberHealth {
-            site: site.to_string(),
-            ..Default::default()
-        });
-    let code = status_for(&path, &member);
-    let body = serde_json::to_string(&member).unwrap_or_default();
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        _ => "Service Unavailable",
-    };
-    let mut resp = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        resp.push_str(&body);
-    }
-    conn.write_all(resp.as_bytes()).await?;
-    conn.shutdown().await
 }
 
 #[cfg(test)]

@@ -59,6 +59,21 @@ fn ago(secs: i64) -> String {
     }
 }
 
+/// One check of each member, judged as if it had lasted (thresholds of 1, 2 s deadline): what
+/// a manual failover decides on.
+pub async fn check_once(w: &mut Watched) -> BTreeMap<String, Counts> {
+    w.spec.unhealthy_threshold = Some(1);
+    w.spec.healthy_threshold = Some(1);
+    w.spec.timeout = Some(lifeboat_core::units::Duration(
+        std::time::Duration::from_secs(2),
+    ));
+    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
+    for (site, p) in w.check_all().await {
+        counts.entry(site).or_default().observe(p);
+    }
+    counts
+}
+
 /// The pre-checks and the decision for a manual failover of `w` now.
 pub fn plan_failover(
     ctx: &Context,

@@ -4,6 +4,9 @@
 //! plan; notifications in the background. Stopping lets a failover under way finish (bounded),
 //! then stops the endpoints and drains notifications.
 
+pub mod api;
+pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod schedule;
 
@@ -33,7 +36,11 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
             out.extend(Watched::from_plan(ctx, name)?);
         }
     }
-    if out.is_empty() && schedule::entries(&ctx.plan).is_empty() && ctx.plan.metrics.is_none() {
+    if out.is_empty()
+        && schedule::entries(&ctx.plan).is_empty()
+        && ctx.plan.metrics.is_none()
+        && ctx.plan.api.is_none()
+    {
         return Err(Error::new(
             Kind::Input,
             "the plan has no schedule and no postgres service with `failover:`: the daemon would have nothing to do",
@@ -46,6 +53,11 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
 /// Run until SIGTERM/SIGINT.
 pub fn serve(ctx: &Context) -> Result<(), Error> {
     let services = watched(ctx)?;
+    // Tokens are read before anything listens: a token that cannot be read stops the start.
+    let tokens = match &ctx.plan.api {
+        Some(a) => Some(std::sync::Arc::new(api::Tokens::load(a)?)),
+        None => None,
+    };
     let _lock = lifeboat_failover::control::Control::new(&ctx.state_dir).hold()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     // Before the runtime creates its threads, so they inherit the blocked mask.
@@ -88,10 +100,12 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                     &w.service,
                     serde_json::json!({"address": listen, "endpoint": "health", "member": site}),
                 );
-                servers.push(tokio::spawn(lifeboat_failover::healthapi::serve(
+                servers.push(tokio::spawn(http::serve(
                     l,
-                    site.clone(),
-                    shared.clone(),
+                    http::with_timeout(
+                        health::router(site.clone(), shared.clone()),
+                        Duration::from_secs(5),
+                    ),
                     stop_rx.clone(),
                 )));
             }
@@ -146,14 +160,8 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                 names,
             )));
         }
-        if let Some(m) = &ctx.plan.metrics {
-            let l = bind("metrics", &m.listen).await?;
-            log(
-                "listening",
-                "*",
-                serde_json::json!({"address": m.listen, "endpoint": "metrics", "url": format!("http://{}/metrics", m.listen)}),
-            );
-            let text = std::sync::Arc::new(std::sync::RwLock::new(String::new()));
+        let text = std::sync::Arc::new(std::sync::RwLock::new(String::new()));
+        if ctx.plan.metrics.is_some() || ctx.plan.api.is_some() {
             servers.push(tokio::spawn(metrics::refresh(
                 ctx.clone(),
                 members.clone(),
@@ -161,7 +169,41 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                 Duration::from_secs(2),
                 stop_rx.clone(),
             )));
-            servers.push(tokio::spawn(metrics::serve(l, text, stop_rx.clone())));
+        }
+        if let Some(m) = &ctx.plan.metrics {
+            let l = bind("metrics", &m.listen).await?;
+            log(
+                "listening",
+                "*",
+                serde_json::json!({"address": m.listen, "endpoint": "metrics", "url": format!("http://{}/metrics", m.listen)}),
+            );
+            servers.push(tokio::spawn(http::serve(
+                l,
+                http::with_timeout(metrics::router(text.clone()), Duration::from_secs(10)),
+                stop_rx.clone(),
+            )));
+        }
+        if let (Some(a), Some(tokens)) = (&ctx.plan.api, tokens) {
+            let l = bind("api", &a.listen).await?;
+            log(
+                "listening",
+                "*",
+                serde_json::json!({"address": a.listen, "endpoint": "api", "url": format!("http://{}/api/v1/", a.listen), "tokens": a.tokens.len()}),
+            );
+            let state = api::ApiState {
+                ctx: ctx.clone(),
+                members: members.clone(),
+                metrics: text.clone(),
+                tokens,
+                jobs: api::jobs::Jobs::open(&ctx.state_dir),
+                started: jiff::Timestamp::now(),
+                max_body: a.max_body.map(|s| s.0 as usize).unwrap_or(64 * 1024),
+            };
+            servers.push(tokio::spawn(http::serve(
+                l,
+                api::router(a, state),
+                stop_rx.clone(),
+            )));
         }
         let scheduler = tokio::spawn(schedule::run(ctx.clone(), stop_rx.clone()));
         let mut stop_rx = stop_rx;

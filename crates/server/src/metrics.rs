@@ -22,7 +22,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use lifeboat_context::Context;
@@ -817,81 +816,33 @@ pub async fn refresh(
     }
 }
 
-/// Serve `GET /metrics` (and `/` with a pointer to it) from the text `refresh` keeps.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    text: Arc<RwLock<String>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            a = listener.accept() => {
-                let Ok((sock, _)) = a else { continue };
-                let text = text.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), answer(sock, text)).await;
-                });
-            }
-            r = stop.changed() => {
-                if r.is_err() || *stop.borrow() {
-                    return;
-                }
-            }
-        }
-    }
+/// The OpenMetrics text as an HTTP response.
+pub fn response(text: &RwLock<String>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text.read().map(|t| t.clone()).unwrap_or_default(),
+    )
+        .into_response()
 }
 
-async fn answer(mut sock: tokio::net::TcpStream, text: Arc<RwLock<String>>) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 8192];
-    let mut n = 0;
-    // Up to the end of the request head (bodies are not read: GET only).
-    while n < buf.len() {
-        let k = sock.read(&mut buf[n..]).await?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..n]);
-    let mut parts = head.split_whitespace();
-    let method = parts.next().unwrap_or("");
-    let path = parts.next().unwrap_or("");
-    let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            text.read().map(|t| t.clone()).unwrap_or_default(),
-        ),
-        ("GET" | "HEAD", "/") => (
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "Lifeboat: metrics at /metrics\n".to_string(),
-        ),
-        ("GET" | "HEAD", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found\n".into(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "GET only\n".into(),
-        ),
-    };
-    let body = if method == "HEAD" {
-        String::new()
-    } else {
-        body
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(resp.as_bytes()).await?;
-    sock.shutdown().await
+/// `GET /metrics` (and `/` with a pointer to it) from the text `refresh` keeps.
+pub fn router(text: Arc<RwLock<String>>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(t): axum::extract::State<Arc<RwLock<String>>>| async move {
+                    response(&t)
+                },
+            ),
+        )
+        .route("/", get(|| async { "Lifeboat: metrics at /metrics\n" }))
+        .with_state(text)
 }
 
 /// Counts by name, for tests: the value of a sample line `name{labels} value`.

@@ -155,6 +155,9 @@ pub struct Record {
     /// Scheduled instants that passed while the daemon was down.
     #[serde(default)]
     pub missed: u64,
+    /// Scheduled instants not run because the schedule was paused.
+    #[serde(default)]
+    pub skipped_paused: u64,
     /// The run under way: its process and when it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<RunningRun>,
@@ -166,6 +169,54 @@ pub struct RunningRun {
     /// The process's start time (clock ticks since boot), so a reused pid is not mistaken.
     pub start_ticks: u64,
     pub started: Timestamp,
+}
+
+/// Who paused a schedule, and when.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Pause {
+    pub by: String,
+    pub since: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn paused_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("schedule").join("paused.json")
+}
+
+/// The paused schedules by id (none when the file is missing or unreadable).
+pub fn paused(state_dir: &Path) -> BTreeMap<String, Pause> {
+    std::fs::read(paused_path(state_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Pause (`Some`) or resume (`None`) schedule `id`; the scheduler reads it before each
+/// instant. Written atomically. Returns whether anything changed.
+pub fn set_paused(state_dir: &Path, id: &str, p: Option<Pause>) -> Result<bool, Error> {
+    let mut all = paused(state_dir);
+    let changed = match p {
+        Some(p) => {
+            if all.contains_key(id) {
+                false
+            } else {
+                all.insert(id.to_string(), p);
+                true
+            }
+        }
+        None => all.remove(id).is_some(),
+    };
+    if changed {
+        let path = paused_path(state_dir);
+        let io = |e: std::io::Error| Error::new(Kind::Io, format!("{}: {e}", path.display()));
+        std::fs::create_dir_all(path.parent().unwrap_or(state_dir)).map_err(io)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&all).unwrap_or_default())
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(io)?;
+    }
+    Ok(changed)
 }
 
 fn state_path(state_dir: &Path) -> PathBuf {
@@ -230,6 +281,8 @@ pub struct View {
     /// or was when it came due).
     pub overdue_since: Option<Timestamp>,
     pub running: bool,
+    /// Paused: instants pass without a run until it is resumed.
+    pub paused: Option<Pause>,
     #[serde(flatten)]
     pub record: Record,
 }
@@ -238,6 +291,7 @@ pub struct View {
 /// overdue when it passed more than `grace` ago and was not acted on.
 pub fn views(plan: &Plan, state_dir: &Path, now: Timestamp, grace: Duration) -> Vec<View> {
     let records = load(state_dir);
+    let paused = paused(state_dir);
     entries(plan)
         .into_iter()
         .map(|e| {
@@ -256,6 +310,7 @@ pub fn views(plan: &Plan, state_dir: &Path, now: Timestamp, grace: Duration) -> 
                 next: e.parsed.next_after(now),
                 overdue_since,
                 running: r.running.as_ref().is_some_and(alive),
+                paused: paused.get(&e.id).cloned(),
                 record: r,
             }
         })
@@ -475,6 +530,7 @@ pub async fn run(ctx: Context, stop: watch::Receiver<bool>) -> Result<(), Error>
             changed = true;
         }
         // Instants that came due.
+        let paused = paused(&ctx.state_dir);
         for l in live.iter_mut() {
             let Some((due, start_at)) = l.next else {
                 continue;
@@ -486,7 +542,14 @@ pub async fn run(ctx: Context, stop: watch::Receiver<bool>) -> Result<(), Error>
             let r = records.entry(l.entry.id.clone()).or_default();
             r.last_due = Some(due);
             changed = true;
-            if l.child.is_some() || l.orphan.is_some() || l.queued.is_some() {
+            if let Some(p) = paused.get(&l.entry.id) {
+                r.skipped_paused += 1;
+                log(
+                    "schedule",
+                    &l.entry.id,
+                    serde_json::json!({"action": "skipped", "due": due.to_string(), "reason": format!("paused by {} since {}", p.by, p.since)}),
+                );
+            } else if l.child.is_some() || l.orphan.is_some() || l.queued.is_some() {
                 r.skipped_overlap += 1;
                 log(
                     "schedule",
@@ -508,6 +571,12 @@ pub async fn run(ctx: Context, stop: watch::Receiver<bool>) -> Result<(), Error>
             }
             let Some(due) = l.queued.take() else { continue };
             let r = records.entry(l.entry.id.clone()).or_default();
+            if paused.contains_key(&l.entry.id) {
+                // A catch-up or a rerun queued before the pause: not run while paused.
+                r.skipped_paused += 1;
+                changed = true;
+                continue;
+            }
             r.last_due = Some(r.last_due.map_or(due, |d| d.max(due)));
             match start(&ctx, &l.entry, &logs) {
                 Ok((child, path)) => {
@@ -604,12 +673,27 @@ fn start(ctx: &Context, e: &Entry, logs: &Path) -> Result<(tokio::process::Child
     ));
     let out = std::fs::File::create(&path).map_err(|err| io(&path, err))?;
     let err_out = out.try_clone().map_err(|err| io(&path, err))?;
+    let child = spawn(ctx, &e.args, "scheduler", out, err_out, &[])
+        .map_err(|err| Error::new(Kind::Internal, format!("starting {}: {err}", e.what)))?;
+    Ok((child, path))
+}
+
+/// Start `lifeboat --plan PLAN ARGS` as the daemon's child, acting as `actor`, its output
+/// into the files given. It gets SIGTERM when the daemon dies (even by SIGKILL).
+pub fn spawn(
+    ctx: &Context,
+    args: &[String],
+    actor: &str,
+    stdout: std::fs::File,
+    stderr: std::fs::File,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::io::Result<tokio::process::Child> {
     let exe = std::env::current_exe().unwrap_or_else(|_| "lifeboat".into());
     let mut c = tokio::process::Command::new(exe);
     // SAFETY: getpid has no preconditions.
     let daemon = unsafe { libc::getpid() };
-    // SAFETY: only async-signal-safe calls between fork and exec. The run gets SIGTERM when
-    // the daemon dies (even by SIGKILL); if it died before this took effect, it stops now.
+    // SAFETY: only async-signal-safe calls between fork and exec. If the daemon died before
+    // PDEATHSIG took effect, the run stops now.
     unsafe {
         c.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
@@ -621,18 +705,18 @@ fn start(ctx: &Context, e: &Entry, logs: &Path) -> Result<(tokio::process::Child
     }
     c.arg("--plan")
         .arg(&ctx.plan_path)
-        .args(&e.args)
+        .args(args)
         .current_dir(&ctx.base)
-        .env("LIFEBOAT_ACTOR", "scheduler")
+        .env("LIFEBOAT_ACTOR", actor)
         .env("LIFEBOAT_PROGRESS", "0")
         .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err_out)
+        .stdout(stdout)
+        .stderr(stderr)
         .kill_on_drop(false);
-    let child = c
-        .spawn()
-        .map_err(|err| Error::new(Kind::Internal, format!("starting {}: {err}", e.what)))?;
-    Ok((child, path))
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn()
 }
 
 /// Keep the newest `keep` run logs.
