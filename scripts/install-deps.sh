@@ -13,6 +13,8 @@ command -v dig >/dev/null || need_apt+=(bind9-dnsutils) # the DNS responder, que
 command -v nft >/dev/null || need_apt+=(nftables)       # partition-site drills cut a member off
 command -v ip >/dev/null || need_apt+=(iproute2)        # a lab built by root: a network namespace per site
 command -v promtool >/dev/null || need_apt+=(prometheus)    # promtool tests the alert rules
+command -v chromium >/dev/null || need_apt+=(chromium)       # the dashboard is tested in a real browser
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null

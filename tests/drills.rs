@@ -164,7 +164,10 @@ fn scrape_until(addr: &str, line: &str) {
     while Instant::now() < deadline {
         if let Ok(mut c) = std::net::TcpStream::connect(addr) {
             let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = write!(
+                c,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
             let mut out = String::new();
             let _ = c.read_to_string(&mut out);
             if out.lines().any(|l| l.starts_with(line)) {

@@ -4,254 +4,12 @@
 //! see it keep its state.
 
 mod common;
+use common::pair::{Pair, Writes};
 use common::pg::Pg;
 use common::*;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A primary (site a) and a streaming standby (site b, application_name b) of one cluster, a
-/// plan with failover on a traffic endpoint, and helpers to write through it.
-struct Pair {
-    pg: Pg,
-    /// The standby's port.
-    sport: u16,
-    /// The traffic endpoint's port.
-    front: u16,
-}
-
-impl Pair {
-    /// `mode`: sync or async. `failover`: extra keys of the `failover:` mapping (flow style,
-    /// each followed by a comma). `members`: extra member lines.
-    fn new(mode: &str, failover: &str, members: &str) -> Pair {
-        let pg = Pg::start("", &[]);
-        let sport = free_port();
-        // In sync mode the standby names the primary as its own synchronous standby, ready
-        // for a role swap (as pg-pair.sh does): promoted alone, it must not wait for it.
-        let ssn = if mode == "sync" { "a" } else { "" };
-        pg.start_standby(
-            pg.port,
-            "standby",
-            &format!(
-                "port = {sport}\narchive_mode = off\nsynchronous_standby_names = '{ssn}'\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=b'\n",
-                pg.port
-            ),
-        );
-        if mode == "sync" {
-            pg.sql("ALTER SYSTEM SET synchronous_standby_names = 'b'");
-            pg.sql("SELECT pg_reload_conf()");
-        }
-        pg.sql("CREATE TABLE w(v int)");
-        let front = free_port();
-        let plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
-        let sites = if members.contains("      c:") {
-            "[a, b, c]"
-        } else {
-            "[a, b]"
-        };
-        let plan = plan.replace("sites: [a]", &format!("sites: {sites}")).replace(
-            "data_dir: pgdata }",
-            &format!(
-                "data_dir: pgdata }}\n      b: {{ host: 127.0.0.1, port: {sport}, user: postgres, data_dir: standby }}\n{members}    replication: {{ mode: {mode} }}\n    failover: {{ {failover} listen: \"127.0.0.1:{front}\" }}"
-            ),
-        );
-        std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
-        pg.chown();
-        pg.ok(&["plan", "check"]);
-        Pair { pg, sport, front }
-    }
-
-    /// After a manual failover of a pair holding one row: b is the primary with that row, and
-    /// the one failover recorded (returned).
-    fn b_took_over_with_one_row(&self) -> serde_json::Value {
-        assert_eq!(self.in_recovery(self.sport), Some(false));
-        assert_eq!(
-            self.pg
-                .sql_on(self.sport, "postgres", "SELECT count(*) FROM w"),
-            "1"
-        );
-        let f = self.failovers();
-        assert_eq!(f.len(), 1);
-        f[0].clone()
-    }
-
-    fn start(&self, failpoints: &str) -> Daemon {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.pg.lab.p("daemon.log"))
-            .unwrap();
-        let mut c = self.pg.cmd(&["serve"]);
-        c.stdout(Stdio::null()).stderr(log);
-        if !failpoints.is_empty() {
-            c.env("LIFEBOAT_FAILPOINTS", failpoints);
-        }
-        Daemon(c.spawn().unwrap())
-    }
-
-    /// Insert `v` through the endpoint: the port of the server that acknowledged it.
-    fn write(&self, v: i32) -> Option<u16> {
-        self.pg
-            .try_sql_on(
-                self.front,
-                "postgres",
-                &format!("INSERT INTO w VALUES ({v}) RETURNING inet_server_port()"),
-            )
-            .ok()
-            .and_then(|s| s.parse().ok())
-    }
-
-    /// Write until `n` writes are acknowledged (the daemon routes), within 20 s.
-    fn write_some(&self, log: &mut Writes, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut got = 0;
-        while got < n {
-            assert!(
-                Instant::now() < deadline,
-                "no write went through the endpoint:\n{}",
-                self.daemon_log()
-            );
-            if log.write(self) {
-                got += 1;
-            } else {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// The daemon ended by SIGKILL (its failpoint fired).
-    fn assert_died_at_failpoint(&self, daemon: &mut Daemon) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(st) = daemon.0.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the failpoint never fired:\n{}",
-                self.daemon_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL),
-            "{}",
-            self.daemon_log()
-        );
-    }
-
-    fn daemon_log(&self) -> String {
-        std::fs::read_to_string(self.pg.lab.p("daemon.log")).unwrap_or_default()
-    }
-
-    fn state(&self) -> serde_json::Value {
-        serde_json::from_slice(
-            &std::fs::read(self.pg.lab.p(".lifeboat/failover/db.json")).unwrap_or_default(),
-        )
-        .unwrap_or_default()
-    }
-
-    fn in_recovery(&self, port: u16) -> Option<bool> {
-        self.pg
-            .try_sql_on(port, "postgres", "SELECT pg_is_in_recovery()")
-            .ok()
-            .map(|s| s == "t")
-    }
-
-    /// Every process of a data directory's server (postmaster and children).
-    fn signal_server(&self, dir: &str, sig: i32) {
-        let pid = self.pg.postmaster_pid(dir);
-        let children = std::process::Command::new("pgrep")
-            .args(["-P", &pid.to_string()])
-            .output()
-            .unwrap();
-        unsafe { libc::kill(pid, sig) };
-        for c in String::from_utf8_lossy(&children.stdout).lines() {
-            if let Ok(c) = c.trim().parse::<i32>() {
-                unsafe { libc::kill(c, sig) };
-            }
-        }
-    }
-
-    fn failovers(&self) -> Vec<serde_json::Value> {
-        self.pg
-            .events()
-            .into_iter()
-            .filter(|e| e["command"] == "failover")
-            .collect()
-    }
-
-    /// Block until the standby is the primary and takes writes through the endpoint.
-    fn await_failover(&self, log: &mut Writes, within: Duration) {
-        self.await_primary(log, self.sport, within);
-    }
-
-    /// Every acknowledged write is on the server that is primary now.
-    fn assert_nothing_lost(&self, log: &Writes, port: u16) {
-        let have: Vec<i32> = self
-            .pg
-            .sql_on(port, "postgres", "SELECT v FROM w ORDER BY v")
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect();
-        let lost: Vec<&i32> = log.acked.iter().filter(|a| !have.contains(a)).collect();
-        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        // A test that failed while the primary was frozen: thaw it so it can be stopped.
-        if self.pg.lab.p("pgdata/postmaster.pid").exists() {
-            self.signal_server("pgdata", libc::SIGCONT);
-        }
-    }
-}
-
-/// What a client writing through the endpoint saw: acknowledged values and, in order, the
-/// server port that acknowledged each.
-#[derive(Default)]
-struct Writes {
-    next: i32,
-    acked: Vec<i32>,
-    servers: Vec<u16>,
-}
-
-impl Writes {
-    fn write(&mut self, pair: &Pair) -> bool {
-        self.next += 1;
-        match pair.write(self.next) {
-            Some(port) => {
-                self.acked.push(self.next);
-                self.servers.push(port);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Once the standby took a write, the old primary never took one again (no instant with
-    /// two primaries behind the endpoint).
-    fn assert_one_primary_at_a_time(&self, old: u16, new: u16) {
-        if let Some(first_new) = self.servers.iter().position(|p| *p == new) {
-            assert!(
-                !self.servers[first_new..].contains(&old),
-                "writes went to {old} after {new} took over: {:?}",
-                self.servers
-            );
-        }
-    }
-}
 
 /// `dig` the responder: the A record, or the status when there is none.
 fn dig(port: u16, name: &str) -> String {
@@ -1416,24 +1174,6 @@ fn rejoin_right_after_a_promotion_uses_the_members_newest_timeline() {
     assert!(r.stdout.contains("; streaming"), "{}", r.stdout);
 }
 
-impl Pair {
-    /// Block until writes through the endpoint land on `port`.
-    fn await_primary(&self, log: &mut Writes, port: u16, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "no write reached port {port} within {within:?}:\n{}",
-                self.daemon_log()
-            );
-            if log.write(self) && log.servers.last() == Some(&port) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 /// One incident after another, on one pair and one daemon: a switchover, then a crash of the
 /// new primary a moment later; a rejoin of the crashed member, then a crash of the primary
 /// again. Each crash is failed over, with nothing acknowledged lost. Both used to hold for up
@@ -1597,5 +1337,116 @@ fn daemon_restarted_while_the_primary_is_down_promotes_on_its_sync_record() {
             .unwrap_or_default()
             .contains("promoting b: synchronous standby"),
         "{f:?}"
+    );
+}
+
+/// The API of a daemon watching a real pair: the status shows the roles; a failover needs the
+/// typed confirmation and is refused with its pre-checks while the primary is healthy; a
+/// viewer may not switch over; a switchover through the API moves the endpoint and is
+/// recorded with the token's name; then the new primary crashes and the API shows the
+/// failover back, without a restart of anything.
+#[test]
+fn api_shows_roles_switches_over_with_confirmation_and_follows_the_next_failover() {
+    let pair = Pair::new("sync", "", "");
+    let pg = &pair.pg;
+    let (port, t) = pair.with_api(&[("oncall", "operator"), ("wallboard", "viewer")]);
+    let (op, ro) = (t[0].clone(), t[1].clone());
+    let _daemon = pair.start("");
+    pair.await_api(port);
+    let roles = |want: (&str, &str)| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, s) = api(port, "GET", "/api/v1/services/db", Some(&ro), None);
+            assert_eq!(code, 200, "{s}");
+            let role = |site: &str| {
+                s["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["site"] == site)
+                    .map(|m| m["role"].as_str().unwrap_or("").to_string())
+                    .unwrap_or_default()
+            };
+            // `want.1` empty: the other member is down.
+            let other = if want.1.is_empty() {
+                true
+            } else {
+                role(want.1) == "standby"
+            };
+            if s["primary"] == want.0 && role(want.0) == "primary" && other {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let s = roles(("a", "b"));
+    assert_eq!(s["epoch"], 1, "{s}");
+    let mut log = Writes::default();
+    pair.write_some(&mut log, 5);
+
+    let post =
+        |path: &str, token: &str, body: &str| api(port, "POST", path, Some(token), Some(body));
+    let path = "/api/v1/services/db/failover";
+    let (code, e) = post(path, &op, "{}");
+    assert_eq!((code, e["field"].as_str()), (400, Some("confirm")), "{e}");
+    let (code, e) = post(path, &op, r#"{"confirm":"db"}"#);
+    assert_eq!(code, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("healthy"), "{e}");
+    let (code, e) = post(path, &op, r#"{"confirm":"db","force":true}"#);
+    assert_eq!(code, 403, "forcing needs an admin: {e}");
+    let (code, p) = post(path, &op, r#"{"dry_run":true}"#);
+    assert_eq!(code, 200, "{p}");
+    assert!(p["checks"].as_array().unwrap().len() >= 2, "{p}");
+
+    let path = "/api/v1/services/db/switchover";
+    let (code, _) = post(path, &ro, r#"{"to":"b","confirm":"db"}"#);
+    assert_eq!(code, 403);
+    let (code, e) = post(path, &op, r#"{"to":"z","confirm":"db"}"#);
+    assert_eq!((code, e["field"].as_str()), (400, Some("to")), "{e}");
+    let (code, e) = post(path, &op, r#"{"to":"b","confirm":"dbx"}"#);
+    assert_eq!((code, e["field"].as_str()), (400, Some("confirm")), "{e}");
+    let (code, j) = post(path, &op, r#"{"to":"b","confirm":"db"}"#);
+    assert_eq!(code, 202, "{j}");
+    assert_eq!(j["command"], "lifeboat switchover db --to b");
+    let id = j["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let (_, j) = api(port, "GET", &format!("/api/v1/jobs/{id}"), Some(&ro), None);
+        if j["state"] != "running" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "{j}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", pair.daemon_log());
+    assert!(done["result"]["aborted"].is_null(), "{done}");
+    pair.await_failover(&mut log, Duration::from_secs(20));
+    roles(("b", "a"));
+    let sw: Vec<_> = pg
+        .events()
+        .into_iter()
+        .filter(|e| e["command"] == "switchover")
+        .collect();
+    assert_eq!(sw.len(), 1);
+    assert_eq!(sw[0]["actor"], "oncall", "the token's name is the actor");
+
+    // The next incident: the new primary crashes; the API follows the failover back to a.
+    pair.write_some(&mut log, 5);
+    unsafe { libc::kill(pg.postmaster_pid("standby"), libc::SIGKILL) };
+    pair.await_primary(&mut log, pg.port, Duration::from_secs(30));
+    let s = roles(("a", ""));
+    assert_eq!(s["epoch"], 3, "{s}");
+    pair.assert_nothing_lost(&log, pg.port);
+    let (_, h) = api(port, "GET", "/api/v1/services/db/history", Some(&ro), None);
+    let cmds: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["command"].as_str().unwrap())
+        .collect();
+    assert!(
+        cmds.contains(&"failover") && cmds.contains(&"switchover"),
+        "{cmds:?}"
     );
 }

@@ -1,6 +1,7 @@
 //! Test harness: a scratch directory with a plan, and the real `lifeboat` binary run in it.
 #![allow(dead_code)]
 pub mod moto;
+pub mod pair;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

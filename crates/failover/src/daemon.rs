@@ -554,6 +554,10 @@ async fn handle(
         &w.service,
         serde_json::json!({"op": req.op, "to": req.to, "actor": req.actor, "id": req.id}),
     );
+    // The evidence log names who asked (a person, an API token), not the daemon.
+    let mut asked = ctx.clone();
+    asked.actor = req.actor.clone();
+    let ctx = &asked;
     match req.op.as_str() {
         "switchover" => {
             let Some(to) = req.to.as_deref() else {

@@ -40,7 +40,11 @@ async fn answer(State(m): State<Member>, uri: Uri) -> impl IntoResponse {
         StatusCode::from_u16(status_for(&path, &member)).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     (
         code,
-        [(header::CONTENT_TYPE, "application/json")],
+        // One check per connection, as load balancers' checks are made (and as before).
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONNECTION, "close"),
+        ],
         serde_json::to_string(&member).unwrap_or_default(),
     )
 }

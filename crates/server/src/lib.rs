@@ -9,6 +9,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod schedule;
+pub mod ui;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -251,7 +251,7 @@ pub fn router(spec: &ApiSpec, state: ApiState) -> Router {
         .map(|d| d.std())
         .unwrap_or(Duration::from_secs(10));
     let app = Router::new()
-        .route("/", get(routes::index))
+        .merge(crate::ui::router())
         .merge(api)
         .merge(plain)
         .merge(guarded.layer(auth))

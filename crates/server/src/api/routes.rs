@@ -52,7 +52,7 @@ pub fn routes() -> Router<ApiState> {
         whoami, status, services, service, history, failover, switchover, snapshots,
         schedules, pause, resume, jobs, start_job, job, cancel_job, evidence
     ),
-    components(schemas(ApiError, Job, StatusDoc, ServiceView, Ages, Objectives, Fact,
+    components(schemas(ApiError, Job, StatusDoc, ServiceView, ActionDoc, Ages, Objectives, Fact,
         FailoverRequest, SwitchoverRequest, JobRequest, PauseRequest, EvidencePage, Me)),
     modifiers(&Bearer),
 )]
@@ -88,10 +88,6 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 // ---- open endpoints -------------------------------------------------------------------
-
-pub async fn index() -> impl IntoResponse {
-    "Lifeboat: the API is at /api/v1/ (its document: /api/v1/openapi.json); metrics at /metrics\n"
-}
 
 pub async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {
     Json(
@@ -237,6 +233,116 @@ struct ServiceView {
     drills: Vec<lifeboat_drill::Latest>,
     /// Every metric sample about the service.
     facts: Vec<Fact>,
+    /// What can be done for it, each with the command line that does the same.
+    actions: Vec<ActionDoc>,
+}
+
+/// One way to act, as the dashboard offers it.
+#[derive(Serialize, ToSchema)]
+struct ActionDoc {
+    label: String,
+    /// The command line that does the same.
+    command: String,
+    method: String,
+    path: String,
+    #[schema(value_type = Object)]
+    body: serde_json::Value,
+    /// `typed`: the person types the service's name, sent as `confirm`; `plain`: a yes.
+    confirm: String,
+    /// The weakest role allowed.
+    role: String,
+    /// A body to send first for the pre-checks (`dry_run`), shown before confirming.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dry_run: Option<serde_json::Value>,
+}
+
+fn action(
+    label: String,
+    command: String,
+    path: String,
+    body: serde_json::Value,
+    typed: bool,
+) -> ActionDoc {
+    ActionDoc {
+        label,
+        command,
+        method: "POST".into(),
+        path,
+        body,
+        confirm: if typed { "typed" } else { "plain" }.into(),
+        role: "operator".into(),
+        dry_run: None,
+    }
+}
+
+/// The actions a service offers: switch over to each other member and fail over (when it has
+/// failover), back up now (each job), prove a restore (postgres), run each drill.
+fn actions(
+    plan: &lifeboat_core::plan::Plan,
+    name: &str,
+    svc: &Service,
+    primary: Option<&str>,
+) -> Vec<ActionDoc> {
+    let mut out = Vec::new();
+    if let Service::Postgres {
+        failover: Some(_),
+        members,
+        ..
+    } = svc
+    {
+        for site in members.keys().filter(|m| Some(m.as_str()) != primary) {
+            out.push(action(
+                format!("Switch over to {site}"),
+                format!("lifeboat switchover {name} --to {site}"),
+                format!("/api/v1/services/{name}/switchover"),
+                serde_json::json!({"to": site}),
+                true,
+            ));
+        }
+        let mut f = action(
+            "Fail over".into(),
+            format!("lifeboat failover {name}"),
+            format!("/api/v1/services/{name}/failover"),
+            serde_json::json!({}),
+            true,
+        );
+        f.dry_run = Some(serde_json::json!({"dry_run": true}));
+        out.push(f);
+    }
+    for job in plan
+        .backups
+        .iter()
+        .filter(|(_, j)| j.service == name)
+        .map(|(k, _)| k)
+    {
+        out.push(action(
+            format!("Back up now ({job})"),
+            format!("lifeboat backup {job}"),
+            "/api/v1/jobs".into(),
+            serde_json::json!({"kind": "backup", "job": job}),
+            false,
+        ));
+    }
+    if matches!(svc, Service::Postgres { .. }) {
+        out.push(action(
+            "Prove a restore".into(),
+            format!("lifeboat verify --restore {name}"),
+            "/api/v1/jobs".into(),
+            serde_json::json!({"kind": "restore", "service": name}),
+            false,
+        ));
+    }
+    for (drill, d) in plan.drills.iter().filter(|(_, d)| d.service == name) {
+        out.push(action(
+            format!("Run drill {drill} ({})", d.scenario),
+            format!("lifeboat drill run {drill} --yes"),
+            "/api/v1/jobs".into(),
+            serde_json::json!({"kind": "drill", "drill": drill}),
+            true,
+        ));
+    }
+    out
 }
 
 fn time_of(secs: f64) -> Option<String> {
@@ -339,6 +445,12 @@ fn view(
         decision,
         drills: drills.to_vec(),
         facts,
+        actions: actions(
+            &s.ctx.plan,
+            name,
+            svc,
+            st.as_ref().and_then(|s| s.primary.as_deref()),
+        ),
     }
 }
 
