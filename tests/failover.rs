@@ -56,6 +56,63 @@ fn dig_over(port: u16, name: &str, transport: &str) -> String {
     }
 }
 
+/// Garbage on a health endpoint gets 400 (or a closed connection), headers far over the limit
+/// 431; a DNS query that does not parse gets FORMERR with its id, noise without a header no
+/// answer, and a query truncated inside TCP's length prefix is dropped.
+fn assert_malformed_is_refused(http_port: u16, dns_port: u16) {
+    use std::io::{Read, Write};
+    let raw = |bytes: &[u8]| -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    for garbage in [
+        &b"\x00\x01\x02 hello\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"GET /primary HTTP/9.9\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ] {
+        let out = raw(garbage);
+        assert!(
+            out.is_empty() || out.starts_with("HTTP/1.1 400") || out.starts_with("HTTP/1.1 505"),
+            "{garbage:?}: {out}"
+        );
+    }
+    let huge = format!(
+        "GET /primary HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(512 * 1024)
+    );
+    let out = raw(huge.as_bytes());
+    assert!(
+        out.is_empty() || out.starts_with("HTTP/1.1 431"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    // A header claiming one question, and a name whose compression points at itself.
+    let q = [
+        0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1,
+    ];
+    udp.send_to(&q, ("127.0.0.1", dns_port)).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = udp.recv_from(&mut buf).expect("FORMERR comes back");
+    assert!(
+        n >= 12 && buf[0] == 0xAB && buf[1] == 0xCD,
+        "the id is kept"
+    );
+    assert_eq!(buf[3] & 0x0F, 1, "FORMERR");
+    udp.send_to(b"\x01\x02", ("127.0.0.1", dns_port)).unwrap();
+    assert!(udp.recv_from(&mut buf).is_err(), "noise gets no answer");
+    let mut t = std::net::TcpStream::connect(("127.0.0.1", dns_port)).unwrap();
+    let _ = t.write_all(&[0x00, 0x40, 0xAB]);
+    drop(t);
+}
+
 /// GET a health endpoint: the status code.
 fn http_status(port: u16, path: &str) -> u16 {
     use std::io::{Read, Write};
@@ -109,6 +166,11 @@ fn sync_failover_through_the_endpoint_loses_nothing_and_fences_the_old_primary()
     assert_eq!(http_status(hb, "/replica?lag=1GiB"), 200);
     assert_eq!(http_status(hb, "/health"), 200);
     // The name follows the primary (a real resolver client asks).
+    assert_eq!(dig(dns, "db.test.internal"), "10.0.0.1");
+    // Malformed requests and packets are answered with an error (or not at all) and change
+    // nothing: the endpoints answer as before.
+    assert_malformed_is_refused(ha, dns);
+    assert_eq!(http_status(ha, "/primary"), 200);
     assert_eq!(dig(dns, "db.test.internal"), "10.0.0.1");
     // Status shows the standby's lag and its sync state.
     let st = pg.ok(&["status"]).stdout;

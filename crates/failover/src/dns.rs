@@ -4,10 +4,14 @@
 //! writes (a failover under way, or held) the name answers SERVFAIL, so resolvers retry instead
 //! of caching a wrong answer. Other names: REFUSED (it is authoritative for its names only).
 //! Over UDP and TCP (length-prefixed, for resolvers that retry or ask over TCP); no recursion.
+//! Packets are read and written with `hickory-proto`; one that cannot be read gets FORMERR
+//! (or nothing, when it is not a question at all).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{rdata, Name, RData, Record, RecordType};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
@@ -23,104 +27,76 @@ pub struct Answer {
 
 pub type Names = Arc<Mutex<Vec<Answer>>>;
 
-const A: u16 = 1;
-const CNAME: u16 = 5;
-const AAAA: u16 = 28;
-const ANY: u16 = 255;
-
-/// Parse a query: (id, flags, question name, qtype, qclass, end of the question).
-fn parse(q: &[u8]) -> Option<(u16, u16, String, u16, u16, usize)> {
-    if q.len() < 12 {
-        return None;
-    }
-    let id = u16::from_be_bytes([q[0], q[1]]);
-    let flags = u16::from_be_bytes([q[2], q[3]]);
-    let qd = u16::from_be_bytes([q[4], q[5]]);
-    if qd != 1 || flags & 0x8000 != 0 {
-        return None;
-    }
-    let mut i = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = *q.get(i)? as usize;
-        i += 1;
-        if len == 0 {
-            break;
-        }
-        if len > 63 {
-            return None; // compression in a question: not from a sane client
-        }
-        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
-        i += len;
-    }
-    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
-    let qclass = u16::from_be_bytes([*q.get(i + 2)?, *q.get(i + 3)?]);
-    Some((id, flags, labels.join("."), qtype, qclass, i + 4))
-}
-
-fn encode_name(name: &str, out: &mut Vec<u8>) {
-    for l in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        out.push(l.len().min(63) as u8);
-        out.extend_from_slice(&l.as_bytes()[..l.len().min(63)]);
-    }
-    out.push(0);
-}
-
-/// The response to one query packet (None: not a query worth answering).
+/// The response to one query packet, parsed and written with `hickory-proto` (None: not a
+/// query — an answer, or noise without a DNS header — so nothing is sent back). A packet with
+/// a header that does not parse gets FORMERR, as does one with other than one question.
 pub fn respond(q: &[u8], names: &[Answer]) -> Option<Vec<u8>> {
-    let (id, flags, name, qtype, qclass, qend) = parse(q)?;
-    let rd = flags & 0x0100;
-    let opcode = (flags >> 11) & 0xF;
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(&id.to_be_bytes());
-    let found = names.iter().find(|n| n.name == name);
-    // rcode: 0 ok, 2 SERVFAIL, 4 NOTIMP, 5 REFUSED.
-    let (rcode, answer) = match found {
-        _ if opcode != 0 => (4, None),
-        None => (5, None),
-        Some(Answer { target: None, .. }) => (2, None),
-        Some(a) => (0, Some(a)),
-    };
-    let mut records: Vec<(u16, Vec<u8>)> = Vec::new();
-    if let Some(a) = answer {
-        let t = a.target.as_deref().unwrap_or_default();
-        match t.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) if qtype == A || qtype == ANY => {
-                records.push((A, v4.octets().to_vec()))
+    let req = match Message::from_vec(q) {
+        Ok(m) => m,
+        Err(_) => {
+            // The QR bit clear: someone asked; say the question could not be read.
+            if q.len() >= 12 && q[2] & 0x80 == 0 {
+                let id = u16::from_be_bytes([q[0], q[1]]);
+                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                    .to_vec()
+                    .ok();
             }
-            Ok(IpAddr::V6(v6)) if qtype == AAAA || qtype == ANY => {
-                records.push((AAAA, v6.octets().to_vec()))
-            }
-            Ok(_) => {} // the name exists, not with this type: NODATA
-            Err(_) => {
-                let mut n = Vec::new();
-                encode_name(t, &mut n);
-                records.push((CNAME, n));
-            }
+            return None;
         }
+    };
+    if req.message_type() != MessageType::Query {
+        return None;
     }
-    // QR, AA, RD copied; RA clear.
-    let rflags: u16 = 0x8000 | 0x0400 | rd | rcode;
-    out.extend_from_slice(&rflags.to_be_bytes());
-    out.extend_from_slice(&1u16.to_be_bytes()); // questions
-    out.extend_from_slice(&(records.len() as u16).to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&q[12..qend]);
-    let ttl = answer.map(|a| a.ttl).unwrap_or(0);
-    for (rtype, data) in records {
-        out.extend_from_slice(&[0xC0, 0x0C]); // the question's name
-        out.extend_from_slice(&rtype.to_be_bytes());
-        out.extend_from_slice(&qclass.to_be_bytes());
-        out.extend_from_slice(&ttl.to_be_bytes());
-        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        out.extend_from_slice(&data);
+    let mut resp = Message::new();
+    resp.set_id(req.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(req.op_code())
+        .set_authoritative(true)
+        .set_recursion_desired(req.recursion_desired())
+        .set_recursion_available(false);
+    let [query] = req.queries() else {
+        resp.set_response_code(ResponseCode::FormErr);
+        return resp.to_vec().ok();
+    };
+    resp.add_query(query.clone());
+    if req.op_code() != OpCode::Query {
+        resp.set_response_code(ResponseCode::NotImp);
+        return resp.to_vec().ok();
     }
-    Some(out)
+    let asked = query.name().to_lowercase().to_ascii();
+    let asked = asked.trim_end_matches('.');
+    let rcode = match names.iter().find(|n| n.name == asked) {
+        None => ResponseCode::Refused,
+        Some(Answer { target: None, .. }) => ResponseCode::ServFail,
+        Some(a) => {
+            let t = a.target.as_deref().unwrap_or_default();
+            let qtype = query.query_type();
+            let data = match t.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) if qtype == RecordType::A || qtype == RecordType::ANY => {
+                    Some(RData::A(rdata::A(v4)))
+                }
+                Ok(IpAddr::V6(v6)) if qtype == RecordType::AAAA || qtype == RecordType::ANY => {
+                    Some(RData::AAAA(rdata::AAAA(v6)))
+                }
+                Ok(_) => None, // the name exists, not with this type: NODATA
+                Err(_) => match Name::from_ascii(t) {
+                    Ok(mut n) => {
+                        n.set_fqdn(true);
+                        Some(RData::CNAME(rdata::CNAME(n)))
+                    }
+                    Err(_) => None,
+                },
+            };
+            if let Some(d) = data {
+                let mut r = Record::from_rdata(query.name().clone(), a.ttl, d);
+                r.set_dns_class(query.query_class());
+                resp.add_answer(r);
+            }
+            ResponseCode::NoError
+        }
+    };
+    resp.set_response_code(rcode);
+    resp.to_vec().ok()
 }
 
 /// The responder's sockets: UDP and TCP on the same address (resolvers retry over TCP when an
@@ -201,13 +177,13 @@ pub async fn bind(addr: &str) -> std::io::Result<Sockets> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::op::Query;
 
-    fn query(name: &str, qtype: u16) -> Vec<u8> {
-        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        encode_name(name, &mut q);
-        q.extend_from_slice(&qtype.to_be_bytes());
-        q.extend_from_slice(&1u16.to_be_bytes());
-        q
+    fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(0x1234).set_recursion_desired(true);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        m.to_vec().unwrap()
     }
 
     fn names(target: Option<&str>) -> Vec<Answer> {
@@ -218,34 +194,125 @@ mod tests {
         }]
     }
 
+    fn answer(q: &[u8], n: &[Answer]) -> Message {
+        Message::from_vec(&respond(q, n).expect("an answer")).unwrap()
+    }
+
     #[test]
     fn a_record_of_the_primary_with_its_ttl() {
-        let r = respond(&query("DB.lifeboat.internal", A), &names(Some("10.0.2.5"))).unwrap();
-        assert_eq!(&r[0..2], &[0x12, 0x34]);
-        assert_eq!(r[3] & 0x0F, 0, "NOERROR");
-        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 1, "one answer");
-        assert_eq!(&r[r.len() - 4..], &[10, 0, 2, 5]);
-        let ttl = &r[r.len() - 10..r.len() - 6];
-        assert_eq!(u32::from_be_bytes(ttl.try_into().unwrap()), 5);
+        let r = answer(
+            &query("DB.lifeboat.internal", RecordType::A),
+            &names(Some("10.0.2.5")),
+        );
+        assert_eq!(r.id(), 0x1234);
+        assert_eq!(r.response_code(), ResponseCode::NoError);
+        assert!(r.authoritative() && r.recursion_desired() && !r.recursion_available());
+        assert_eq!(r.answers().len(), 1);
+        assert_eq!(r.answers()[0].ttl(), 5);
+        assert_eq!(
+            r.answers()[0].data(),
+            &RData::A(rdata::A("10.0.2.5".parse().unwrap()))
+        );
     }
 
     #[test]
     fn no_primary_is_servfail_other_names_refused_other_types_nodata() {
-        let r = respond(&query("db.lifeboat.internal", A), &names(None)).unwrap();
-        assert_eq!(r[3] & 0x0F, 2);
-        let r = respond(&query("www.example.com", A), &names(Some("10.0.2.5"))).unwrap();
-        assert_eq!(r[3] & 0x0F, 5);
-        let r = respond(
-            &query("db.lifeboat.internal", AAAA),
+        let r = answer(&query("db.lifeboat.internal", RecordType::A), &names(None));
+        assert_eq!(r.response_code(), ResponseCode::ServFail);
+        let r = answer(
+            &query("www.example.com", RecordType::A),
             &names(Some("10.0.2.5")),
-        )
-        .unwrap();
-        assert_eq!(r[3] & 0x0F, 0);
-        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 0);
-        let q = query("db.lifeboat.internal", A);
-        let r = respond(&q, &names(Some("west.db.internal"))).unwrap();
-        let at = q.len() + 2;
-        assert_eq!(u16::from_be_bytes([r[at], r[at + 1]]), CNAME);
-        assert!(respond(&[1, 2, 3], &names(None)).is_none());
+        );
+        assert_eq!(r.response_code(), ResponseCode::Refused);
+        let r = answer(
+            &query("db.lifeboat.internal", RecordType::AAAA),
+            &names(Some("10.0.2.5")),
+        );
+        assert_eq!(r.response_code(), ResponseCode::NoError);
+        assert!(r.answers().is_empty());
+        let r = answer(
+            &query("db.lifeboat.internal", RecordType::A),
+            &names(Some("west.db.internal")),
+        );
+        assert_eq!(r.answers()[0].record_type(), RecordType::CNAME);
+        let r = answer(
+            &query("db.lifeboat.internal", RecordType::AAAA),
+            &names(Some("fd00::5")),
+        );
+        assert_eq!(r.answers()[0].record_type(), RecordType::AAAA);
+    }
+
+    #[test]
+    fn malformed_packets_get_formerr_or_nothing_and_never_panic() {
+        let n = names(Some("10.0.2.5"));
+        // Too short for a header: nothing.
+        assert!(respond(&[1, 2, 3], &n).is_none());
+        assert!(respond(&[], &n).is_none());
+        // A header claiming a question that is not there: FORMERR with the id.
+        let mut q = query("db.lifeboat.internal", RecordType::A);
+        q.truncate(14);
+        let r = answer(&q, &n);
+        assert_eq!((r.id(), r.response_code()), (0x1234, ResponseCode::FormErr));
+        // A name compressed into a loop.
+        let mut q = vec![
+            0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1,
+        ];
+        let r = answer(&q, &n);
+        assert_eq!(r.response_code(), ResponseCode::FormErr);
+        // A label longer than 63 bytes.
+        q.truncate(12);
+        q.push(64);
+        q.extend([b'a'; 64]);
+        q.extend([0, 0, 1, 0, 1]);
+        assert_eq!(answer(&q, &n).response_code(), ResponseCode::FormErr);
+        // Two questions.
+        let mut m = Message::new();
+        m.set_id(7);
+        m.add_query(Query::query(
+            Name::from_ascii("db.lifeboat.internal").unwrap(),
+            RecordType::A,
+        ));
+        m.add_query(Query::query(
+            Name::from_ascii("x.lifeboat.internal").unwrap(),
+            RecordType::A,
+        ));
+        let r = answer(&m.to_vec().unwrap(), &n);
+        assert_eq!(r.response_code(), ResponseCode::FormErr);
+        // An answer is never answered (no reflection loops).
+        let mut m = Message::new();
+        m.set_id(8).set_message_type(MessageType::Response);
+        m.add_query(Query::query(
+            Name::from_ascii("db.lifeboat.internal").unwrap(),
+            RecordType::A,
+        ));
+        assert!(respond(&m.to_vec().unwrap(), &n).is_none());
+        // Another opcode: NOTIMP.
+        let mut m = Message::new();
+        m.set_id(9).set_op_code(OpCode::Status);
+        m.add_query(Query::query(
+            Name::from_ascii("db.lifeboat.internal").unwrap(),
+            RecordType::A,
+        ));
+        assert_eq!(
+            answer(&m.to_vec().unwrap(), &n).response_code(),
+            ResponseCode::NotImp
+        );
+        // Noise: whatever it is, no panic, and anything sent back is a well-formed response.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for len in 0..2000usize {
+            let mut p = query("db.lifeboat.internal", RecordType::A);
+            for _ in 0..1 + len % 7 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let at = (seed as usize) % p.len();
+                p[at] = (seed >> 32) as u8;
+            }
+            p.truncate(len % (p.len() + 1));
+            if let Some(out) = respond(&p, &n) {
+                let m = Message::from_vec(&out).expect("a response that parses");
+                assert_eq!(m.message_type(), MessageType::Response);
+            }
+        }
     }
 }
