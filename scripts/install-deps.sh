@@ -15,6 +15,7 @@ command -v ip >/dev/null || need_apt+=(iproute2)        # a lab built by root: a
 command -v promtool >/dev/null || need_apt+=(prometheus)    # promtool tests the alert rules
 command -v chromium >/dev/null || need_apt+=(chromium)       # the dashboard is tested in a real browser
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+/usr/bin/python3 -c "import aiosmtpd" 2>/dev/null || need_apt+=(python3-aiosmtpd)  # a real SMTP server for e-mail notifications
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -60,6 +60,12 @@ pub enum Command {
     /// Every schedule in the plan: what it runs, its last run and its next one; pause or
     /// resume one.
     Schedule(commands::schedule::Args),
+    /// Incidents (failovers, failed backups and verifications, missed drill objectives): list,
+    /// show, write the post-incident report, resolve.
+    #[command(subcommand)]
+    Incident(commands::incident::Cmd),
+    /// Acknowledge an incident: its escalation stops.
+    Ack(commands::incident::AckArgs),
     /// The daemon's HTTP API: make a token, print the OpenAPI document.
     #[command(subcommand)]
     Api(commands::api::Cmd),
@@ -107,6 +113,8 @@ fn main() {
         Command::Serve(a) => commands::serve::run(&cli, a),
         Command::Schedule(a) => commands::schedule::run(&cli, a),
         Command::Api(c) => commands::api::run_cmd(&cli, c),
+        Command::Incident(c) => commands::incident::run_cmd(&cli, c),
+        Command::Ack(a) => commands::incident::ack(&cli, a),
         Command::Runbook(c) => commands::runbook::run_cmd(&cli, c),
         Command::Rejoin(a) => commands::rejoin::run(&cli, a),
         Command::Failback(a) => commands::rejoin::failback(&cli, a),

@@ -9,10 +9,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
-use common::{api, bin, free_port, http, Daemon, Lab};
+use common::{api, free_port, http, Daemon, Lab};
 
 struct Tokens {
     viewer: String,
@@ -74,19 +74,7 @@ api:
 }
 
 fn serve(lab: &Lab, t: &Tokens, log: &str) -> Daemon {
-    Daemon(
-        Command::new(bin())
-            .arg("serve")
-            .current_dir(lab.path())
-            .env("LIFEBOAT_PROGRESS", "0")
-            .env("LB_ONCALL_TOKEN", &t.operator)
-            .env_remove("LIFEBOAT_PLAN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(lab.p(log)).unwrap())
-            .spawn()
-            .unwrap(),
-    )
+    lab.serve(log, &[("LB_ONCALL_TOKEN", &t.operator)])
 }
 
 fn wait_up(lab: &Lab, port: u16, log: &str) {

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod drill;
 pub mod failover;
 pub mod forget;
+pub mod incident;
 pub mod init;
 pub mod lab;
 pub mod plan;
@@ -69,6 +70,7 @@ impl Notes {
             service: self.service.clone(),
             summary,
             details,
+            only: None,
         });
     }
 

@@ -101,6 +101,21 @@ impl Lab {
         assert_eq!(r.code, 0, "lifeboat {args:?} failed:\n{}", r.all());
         r
     }
+    /// `lifeboat serve` in the lab, its stderr into `log`, with `env` set.
+    pub fn serve(&self, log: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut c = Command::new(bin());
+        c.arg("serve")
+            .current_dir(self.path())
+            .env("LIFEBOAT_PROGRESS", "0")
+            .env_remove("LIFEBOAT_PLAN")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(self.p(log)).unwrap());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Daemon(c.spawn().unwrap())
+    }
     pub fn snapshot_count(&self, repo: &str) -> usize {
         let r = self.ok(&["--json", "snapshots", "--repo", repo]);
         r.json().as_array().unwrap().len()

@@ -554,6 +554,7 @@ const TOP_LEVEL: &[&str] = &[
     "repositories",
     "backups",
     "notifications",
+    "escalation",
     "runbooks",
     "drills",
     "schedules",
@@ -593,6 +594,7 @@ pub fn parse_plan(src: &str, file: &str) -> Result<Plan, Vec<Diagnostic>> {
             "scheduler" => plan.scheduler = c.de(v, key),
             "metrics" => plan.metrics = c.de(v, key),
             "api" => plan.api = c.de(v, key),
+            "escalation" => plan.escalation = c.de(v, key),
             "notifications" => match v {
                 Value::Array(items) => {
                     plan.notifications = items

@@ -39,6 +39,9 @@ pub struct Plan {
     /// Where to send notifications.
     #[serde(default)]
     pub notifications: Vec<Notification>,
+    /// Who is told next while an incident stays unacknowledged (on-call, then team lead …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
     /// Ordered procedures (failover, switchover, failback, restoration), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runbooks: BTreeMap<String, Runbook>,
@@ -879,24 +882,99 @@ pub struct VerifyPolicy {
     pub min_snapshots: Option<u32>,
 }
 
-/// A notification target.
+/// A notification target: a webhook or an e-mail address list.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Notification {
+    /// The name escalation levels use for it (default: `webhook-N` / `email-N`, N its place in
+    /// the list from 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Webhook URL (usually a secret: `${SLACK_WEBHOOK}`).
-    pub webhook: Secret,
-    /// Payload format. Default: `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Secret>,
+    /// E-mail over SMTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailSpec>,
+    /// Webhook payload: `json` (default), `slack`, or `statuspage` (a status page's incident:
+    /// name, status, impact, body).
     #[serde(default)]
     pub format: NotificationFormat,
     /// Only events at least this severe (P1 most severe). Default: P4 (everything).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_severity: Option<Severity>,
-    /// Deadline of one delivery attempt. Default 5s.
+    /// Only these kinds of event (`failover`, `switchover`, `hold`, `fence`, `incident`,
+    /// `escalation`, `resolved`, …). Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// Deadline of one delivery attempt. Default 5s (e-mail: 15s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Attempts after the first failed one (1 s, 2 s, 4 s … apart). Default 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+}
+
+impl Notification {
+    /// Its name: the plan's, or `webhook-N` / `email-N` (`index` from 0).
+    pub fn name_at(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                if self.email.is_some() {
+                    "email"
+                } else {
+                    "webhook"
+                },
+                index + 1
+            )
+        })
+    }
+}
+
+/// E-mail delivery over SMTP.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSpec {
+    /// Recipients.
+    pub to: Vec<String>,
+    /// Sender address.
+    pub from: String,
+    /// The SMTP server, `host:port`.
+    pub smtp: String,
+    /// `starttls` (default), `tls` (implicit, port 465), or `none` (a relay on this host or
+    /// this network only: the message and the password travel in the clear).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+/// Who is told next while an incident stays unacknowledged.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    /// The severities that escalate. Default: P1 and P2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severities: Option<Vec<Severity>>,
+    /// In order: each level is notified once its delay since the incident opened has passed
+    /// and nobody acknowledged it (`lifeboat ack INCIDENT`).
+    pub levels: Vec<EscalationLevel>,
+}
+
+/// One escalation level.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationLevel {
+    /// Who this is, in words (`on-call`, `team lead`, `engineering manager`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// How long after the incident opened (`0s`: at once).
+    pub after: Duration,
+    /// The notification targets (by `name`) to tell.
+    pub notify: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -905,6 +983,7 @@ pub enum NotificationFormat {
     #[default]
     Json,
     Slack,
+    Statuspage,
 }
 
 /// Incident severity: P1 critical … P4 low.

@@ -589,6 +589,7 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     if let Some(a) = &plan.api {
         check_api(&mut err, a);
     }
+    check_notifications(&mut err, plan);
     if plan.scheduler.as_ref().and_then(|s| s.max_concurrent) == Some(0) {
         err(
             "scheduler.max_concurrent".into(),
@@ -596,6 +597,107 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
         );
     }
     out
+}
+
+/// Notification targets: one way each (webhook or e-mail), names that differ, escalation
+/// levels naming targets that exist, in order of their delays.
+fn check_notifications(err: &mut impl FnMut(String, String), plan: &Plan) {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, n) in plan.notifications.iter().enumerate() {
+        let base = format!("notifications[{i}]");
+        match (&n.webhook, &n.email) {
+            (Some(_), None) => {}
+            (None, Some(e)) => {
+                if e.to.is_empty() {
+                    err(format!("{base}.email.to"), "no recipient".into());
+                }
+                for (j, a) in e.to.iter().enumerate() {
+                    if !a.contains('@') {
+                        err(
+                            format!("{base}.email.to[{j}]"),
+                            format!("`{a}` is not an e-mail address"),
+                        );
+                    }
+                }
+                if !e.from.contains('@') {
+                    err(
+                        format!("{base}.email.from"),
+                        format!("`{}` is not an e-mail address", e.from),
+                    );
+                }
+                if e.smtp
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    err(
+                        format!("{base}.email.smtp"),
+                        format!(
+                            "`{}` is not `host:port` (e.g. smtp.example.com:587)",
+                            e.smtp
+                        ),
+                    );
+                }
+                if let Some(t) = &e.tls {
+                    if !["starttls", "tls", "none"].contains(&t.as_str()) {
+                        err(
+                            format!("{base}.email.tls"),
+                            format!("unknown `{t}`: one of starttls, tls, none"),
+                        );
+                    }
+                }
+                if e.password.is_some() && e.user.is_none() {
+                    err(
+                        format!("{base}.email.user"),
+                        "a password needs a user".into(),
+                    );
+                }
+            }
+            _ => err(
+                base.clone(),
+                "give exactly one of `webhook` or `email`".into(),
+            ),
+        }
+        if !names.insert(n.name_at(i)) {
+            err(
+                format!("{base}.name"),
+                format!("two notification targets are named `{}`", n.name_at(i)),
+            );
+        }
+    }
+    if let Some(e) = &plan.escalation {
+        let mut last = None;
+        for (i, l) in e.levels.iter().enumerate() {
+            let base = format!("escalation.levels[{i}]");
+            if l.notify.is_empty() {
+                err(
+                    format!("{base}.notify"),
+                    "names no notification target".into(),
+                );
+            }
+            for (j, t) in l.notify.iter().enumerate() {
+                if !names.contains(t) {
+                    err(
+                        format!("{base}.notify[{j}]"),
+                        format!(
+                            "no notification target `{t}` (give it `name: {t}` under notifications; the plan's: {})",
+                            names.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+            if last.is_some_and(|p| l.after.0 < p) {
+                err(
+                    format!("{base}.after"),
+                    "levels are in order: each comes no sooner than the one before".into(),
+                );
+            }
+            last = Some(l.after.0);
+        }
+        if e.levels.is_empty() {
+            err("escalation.levels".into(), "no level".into());
+        }
+    }
 }
 
 /// The API: an address, tokens with a known role and one way to know each.

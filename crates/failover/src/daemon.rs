@@ -233,6 +233,7 @@ impl Monitor {
                 ),
             },
             details: answer.clone(),
+            only: None,
         });
         self.control.answer(&self.w.service, &req.id, &answer);
         self.counts.clear();
@@ -486,6 +487,7 @@ fn note(
         service: service.into(),
         summary: summary.into(),
         details: serde_json::to_value(d).unwrap_or_default(),
+        only: None,
     }
 }
 

@@ -265,6 +265,7 @@ pub async fn run_runbook(ctx: &Context, name: &str, rb: &Runbook, opts: Options)
             report.steps.len()
         ),
         details: serde_json::json!({"runbook": name, "outcome": report.outcome}),
+        only: None,
     });
     notifier.drain(notify_worker, Duration::from_secs(30)).await;
     report
@@ -287,6 +288,7 @@ fn step_note(runbook: &str, r: &StepResult) -> lifeboat_context::notify::Note {
             }
         ),
         details: serde_json::to_value(r).unwrap_or_default(),
+        only: None,
     }
 }
 
@@ -483,6 +485,7 @@ async fn attempt_step(
                 service: st.service.clone().unwrap_or_default(),
                 summary: st.message.clone().unwrap_or_else(|| step_name(st)),
                 details: serde_json::json!({"runbook": runbook}),
+                only: None,
             });
             n.drain(worker, Duration::from_secs(30)).await;
             Ok("notified (deliveries recorded as `notify`)".into())

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod health;
 pub mod http;
+pub mod incident;
 pub mod metrics;
 pub mod schedule;
 pub mod ui;
@@ -207,6 +208,11 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
             )));
         }
         let scheduler = tokio::spawn(schedule::run(ctx.clone(), stop_rx.clone()));
+        servers.push(tokio::spawn(incident::run(
+            ctx.clone(),
+            notifier.clone(),
+            stop_rx.clone(),
+        )));
         let mut stop_rx = stop_rx;
         while !*stop_rx.borrow() {
             if stop_rx.changed().await.is_err() {

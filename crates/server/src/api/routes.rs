@@ -40,6 +40,11 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/evidence", get(evidence))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}", get(incident_one))
+        .route("/api/v1/incidents/{id}/report", get(incident_report))
+        .route("/api/v1/incidents/{id}/ack", post(incident_ack))
+        .route("/api/v1/incidents/{id}/resolve", post(incident_resolve))
 }
 
 #[derive(OpenApi)]
@@ -50,10 +55,12 @@ pub fn routes() -> Router<ApiState> {
     ),
     paths(
         whoami, status, services, service, history, failover, switchover, snapshots,
-        schedules, pause, resume, jobs, start_job, job, cancel_job, evidence
+        schedules, pause, resume, jobs, start_job, job, cancel_job, evidence,
+        incidents, incident_one, incident_report, incident_ack, incident_resolve
     ),
     components(schemas(ApiError, Job, StatusDoc, ServiceView, ActionDoc, Ages, Objectives, Fact,
-        FailoverRequest, SwitchoverRequest, JobRequest, PauseRequest, EvidencePage, Me)),
+        FailoverRequest, SwitchoverRequest, JobRequest, PauseRequest, EvidencePage, Me,
+        crate::incident::Incident, ResolveRequest, ReportQuery)),
     modifiers(&Bearer),
 )]
 struct Doc;
@@ -503,6 +510,8 @@ struct StatusDoc {
     schedules: Vec<crate::schedule::View>,
     /// Running jobs and the ten most recent others.
     jobs: Vec<Job>,
+    /// Incidents not resolved yet, newest first.
+    incidents: Vec<crate::incident::Incident>,
 }
 
 fn schedule_views(s: &ApiState) -> Vec<crate::schedule::View> {
@@ -535,6 +544,9 @@ async fn status(State(s): State<ApiState>) -> R<Json<StatusDoc>> {
             services: views(&st, None)?,
             schedules: schedule_views(&st),
             jobs,
+            incidents: crate::incident::load(&st.ctx)
+                .map(|(all, _)| all.into_iter().rev().filter(|i| i.open()).collect())
+                .unwrap_or_default(),
         })
     })
     .await
@@ -1153,4 +1165,151 @@ async fn switchover(
             Ok(serde_json::to_value(report).unwrap_or_default())
         });
     Ok((StatusCode::ACCEPTED, Json(j)))
+}
+
+// ---- incidents -------------------------------------------------------------------------
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> R<T> + Send + 'static) -> R<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(500, format!("{e}")))?
+}
+
+fn incident_of(
+    s: &ApiState,
+    id: &str,
+) -> R<(crate::incident::Incident, Vec<lifeboat_evidence::Event>)> {
+    let (all, events) = crate::incident::load(&s.ctx)?;
+    let inc = crate::incident::find(&all, id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no incident `{id}`")))?;
+    Ok((inc, events))
+}
+
+/// Every incident, newest first.
+#[utoipa::path(get, path = "/api/v1/incidents", responses((status = 200, body = Vec<crate::incident::Incident>)))]
+async fn incidents(State(s): State<ApiState>) -> R<Json<Vec<crate::incident::Incident>>> {
+    let v = blocking(move || Ok(crate::incident::load(&s.ctx)?.0)).await?;
+    Ok(Json(v.into_iter().rev().collect()))
+}
+
+/// One incident with its timeline (the evidence events).
+#[utoipa::path(get, path = "/api/v1/incidents/{id}", params(("id" = String, Path)), responses((status = 200, body = Object), (status = 404, body = ApiError)))]
+async fn incident_one(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> R<Json<serde_json::Value>> {
+    let (inc, events) = blocking(move || incident_of(&s, &id)).await?;
+    let timeline: Vec<_> = events
+        .iter()
+        .filter(|e| inc.events.contains(&e.seq))
+        .collect();
+    Ok(Json(
+        serde_json::json!({"incident": inc, "timeline": timeline}),
+    ))
+}
+
+#[derive(Deserialize, IntoParams, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ReportQuery {
+    /// `markdown` (default) or `html`.
+    format: Option<String>,
+}
+
+/// The post-incident report (Markdown or HTML).
+#[utoipa::path(get, path = "/api/v1/incidents/{id}/report", params(("id" = String, Path), ReportQuery), responses((status = 200, body = String), (status = 404, body = ApiError)))]
+async fn incident_report(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> R<Response> {
+    let Query(q) = q.map_err(|e| ApiError::new(400, format!("the query: {}", e.body_text())))?;
+    let html = match q.format.as_deref() {
+        None | Some("markdown") | Some("md") => false,
+        Some("html") => true,
+        Some(other) => {
+            return Err(ApiError::field(
+                400,
+                "format",
+                format!("format: `{other}` is not markdown or html"),
+            ))
+        }
+    };
+    let plan = s.ctx.plan.clone();
+    let (inc, events) = blocking(move || incident_of(&s, &id)).await?;
+    let md = crate::incident::report(&plan, &inc, &events);
+    Ok(if html {
+        (
+            [
+                (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (
+                    axum::http::header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'",
+                ),
+            ],
+            crate::incident::report_html(&md),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/markdown; charset=utf-8",
+            )],
+            md,
+        )
+            .into_response()
+    })
+}
+
+/// An operator's act on an incident, recorded under the token's name.
+async fn incident_act(
+    s: ApiState,
+    c: Caller,
+    id: String,
+    command: &'static str,
+    note: Option<String>,
+) -> R<Json<crate::incident::Incident>> {
+    require(&c, Role::Operator)?;
+    let inc = blocking(move || {
+        incident_of(&s, &id)?;
+        Ok(crate::incident::act(
+            &s.ctx,
+            &c.name,
+            &id,
+            command,
+            note.as_deref(),
+        )?)
+    })
+    .await?;
+    Ok(Json(inc))
+}
+
+/// Acknowledge an incident: its escalation stops. Operator.
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/ack", params(("id" = String, Path)), responses((status = 200, body = crate::incident::Incident), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn incident_ack(
+    State(s): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> R<Json<crate::incident::Incident>> {
+    incident_act(s, c, id, "incident ack", None).await
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+struct ResolveRequest {
+    /// What ended it, in a sentence.
+    note: Option<String>,
+}
+
+/// Resolve an incident after the review. Operator.
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", params(("id" = String, Path)), request_body = ResolveRequest, responses((status = 200, body = crate::incident::Incident), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn incident_resolve(
+    State(s): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ResolveRequest>,
+) -> R<Json<crate::incident::Incident>> {
+    incident_act(s, c, id, "incident resolve", b.note).await
 }

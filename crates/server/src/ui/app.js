@@ -122,6 +122,7 @@ function render(st) {
   const box = document.getElementById('services');
   const focused = document.activeElement && document.activeElement.id;
   box.replaceChildren(...st.services.map(serviceCard));
+  renderIncidents(st.incidents);
   renderSchedules(st.schedules);
   renderJobs(st.jobs);
   if (focused) { const el = document.getElementById(focused); if (el) el.focus(); }
@@ -193,6 +194,29 @@ function reason(e) {
   const r = f.reason || (f.decision && f.decision.reason) || f.aborted || f.error || '';
   const move = f.from && f.to ? f.from + ' → ' + f.to : f.to ? '→ ' + f.to : '';
   return [move, r].filter(Boolean).join(': ');
+}
+
+function renderIncidents(list) {
+  const card = document.getElementById('incidents-card');
+  card.hidden = !list || !list.length;
+  if (card.hidden) return;
+  const canAct = me && (me.role === 'operator' || me.role === 'admin');
+  document.getElementById('incidents').replaceChildren(...list.map((i) => h('li', { 'data-incident': i.id },
+    badge(i.severity, i.severity === 'P1' || i.severity === 'P2' ? 'bad' : 'warn'),
+    h('strong', {}, i.id), i.title, h('span', { class: 'small' }, 'opened ' + ago(i.opened) + ' · ' + (i.state === 'acknowledged' ? 'acknowledged by ' + i.acknowledged_by : 'not acknowledged') + (i.escalated.length ? ' · escalated ' + i.escalated.length + '×' : '')),
+    i.state === 'open' ? h('button', { type: 'button', class: 'secondary', disabled: !canAct, onclick: () => ask(null, { label: 'Acknowledge ' + i.id, command: 'lifeboat ack ' + i.id, method: 'POST', path: '/api/v1/incidents/' + i.id + '/ack', body: {}, confirm: 'plain' }) }, 'acknowledge') : '',
+    h('button', { type: 'button', class: 'secondary', onclick: () => showReport(i.id) }, 'report'))));
+}
+
+async function showReport(id) {
+  const dlg = document.getElementById('report');
+  const pre = document.getElementById('report-text');
+  try {
+    const r = await fetch('/api/v1/incidents/' + encodeURIComponent(id) + '/report', { headers: { 'Authorization': 'Bearer ' + token }, cache: 'no-store', credentials: 'omit' });
+    pre.textContent = r.ok ? await r.text() : 'The report could not be read (' + r.status + ').';
+  } catch (e) { pre.textContent = e.message; }
+  pre.append(document.createTextNode('\n(command line: lifeboat incident report ' + id + ')'));
+  dlg.showModal();
 }
 
 function renderSchedules(list) {
