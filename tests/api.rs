@@ -527,3 +527,130 @@ fn a_job_writes_its_progress_file_and_an_unreadable_token_stops_the_start() {
     assert_ne!(r.code, 0);
     assert!(r.all().contains("api.tokens[2].role"), "{}", r.all());
 }
+
+/// `openssl` with arguments, in the lab.
+fn openssl(lab: &Lab, args: &str) {
+    let o = std::process::Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(lab.path())
+        .output()
+        .expect("openssl is installed by scripts/install-deps.sh");
+    assert!(
+        o.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn curl(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .current_dir(lab.path())
+        .output()
+        .expect("curl is installed by scripts/install-deps.sh");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[test]
+fn over_tls_with_client_certificates_only_a_signed_client_gets_in() {
+    let (lab, port, t) = setup();
+    // A CA, the daemon's certificate for 127.0.0.1, and a client certificate it signed.
+    openssl(&lab, "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -keyout ca.key -out ca.pem -subj /CN=test-ca");
+    openssl(&lab, "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
+    lab.write(
+        "san.ext",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    );
+    openssl(&lab, "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out server.pem -extfile san.ext");
+    openssl(&lab, "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout client.key -out client.csr -subj /CN=oncall-laptop");
+    lab.write(
+        "client.ext",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    );
+    openssl(&lab, "x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem -extfile client.ext");
+    let plan = std::fs::read_to_string(lab.p("lifeboat.yaml")).unwrap();
+    lab.plan(&plan.replace(
+        "  max_body: 2KiB\n",
+        "  max_body: 2KiB\n  tls: { cert: server.pem, key: server.key, client_ca: ca.pem }\n",
+    ));
+    let _d = serve(&lab, &t, "serve.log");
+    let url = format!("https://127.0.0.1:{port}/api/v1/whoami");
+    let auth = format!("Authorization: Bearer {}", t.viewer);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (ok, out) = curl(
+            &lab,
+            &[
+                "--cacert",
+                "ca.pem",
+                "--cert",
+                "client.pem",
+                "--key",
+                "client.key",
+                "-H",
+                &auth,
+                &url,
+            ],
+        );
+        if ok {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{out}\n{}",
+            std::fs::read_to_string(lab.p("serve.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.contains("\"dashboard\""), "{body}");
+    // The certificate alone is not enough: /api still needs the token.
+    let (ok, out) = curl(
+        &lab,
+        &[
+            "--cacert",
+            "ca.pem",
+            "--cert",
+            "client.pem",
+            "--key",
+            "client.key",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ],
+    );
+    assert!(ok && out.ends_with("401"), "{out}");
+    // No client certificate, or plain HTTP: no way in.
+    let (ok, out) = curl(&lab, &["--cacert", "ca.pem", "-H", &auth, &url]);
+    assert!(
+        !ok || !out.contains("dashboard"),
+        "in without a client certificate: {out}"
+    );
+    let (code, _) = http(port, "GET", "/api/v1/whoami", Some(&t.viewer), None);
+    assert_ne!(code, 200, "plain HTTP on the TLS port");
+    // A key that does not exist stops the start, naming the field.
+    lab.plan(&plan.replace(
+        "  max_body: 2KiB\n",
+        "  max_body: 2KiB\n  tls: { cert: server.pem, key: missing.key }\n",
+    ));
+    let out = lab
+        .cmd(&["serve"])
+        .env("LB_ONCALL_TOKEN", &t.operator)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("api.tls.key") && err.contains("missing.key"),
+        "{err}"
+    );
+}

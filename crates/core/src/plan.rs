@@ -88,6 +88,23 @@ pub struct ApiSpec {
     /// that is slower is cut off, so slow clients cannot hold the daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<Duration>,
+    /// Serve over TLS (rustls), optionally requiring client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ApiTls>,
+}
+
+/// The API's TLS: PEM files, relative paths relative to the plan.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTls {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Require a client certificate signed by one of these CAs (a bearer token is still
+    /// needed on `/api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
 }
 
 /// One API token. Give exactly one of `sha256` (the hex SHA-256 of the token: the plan then

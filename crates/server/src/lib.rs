@@ -60,6 +60,11 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
         Some(a) => Some(std::sync::Arc::new(api::Tokens::load(a)?)),
         None => None,
     };
+    // So are the TLS files.
+    let tls = match ctx.plan.api.as_ref().and_then(|a| a.tls.as_ref()) {
+        Some(t) => Some(http::tls_acceptor(t, &ctx.base)?),
+        None => None,
+    };
     let _lock = lifeboat_failover::control::Control::new(&ctx.state_dir).hold()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     // Before the runtime creates its threads, so they inherit the blocked mask.
@@ -190,7 +195,7 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
             log(
                 "listening",
                 "*",
-                serde_json::json!({"address": a.listen, "endpoint": "api", "url": format!("http://{}/api/v1/", a.listen), "tokens": a.tokens.len()}),
+                serde_json::json!({"address": a.listen, "endpoint": "api", "url": format!("{}://{}/api/v1/", if tls.is_some() { "https" } else { "http" }, a.listen), "tokens": a.tokens.len(), "client_certificates": a.tls.as_ref().is_some_and(|t| t.client_ca.is_some())}),
             );
             let state = api::ApiState {
                 ctx: ctx.clone(),
@@ -201,9 +206,10 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                 started: jiff::Timestamp::now(),
                 max_body: a.max_body.map(|s| s.0 as usize).unwrap_or(64 * 1024),
             };
-            servers.push(tokio::spawn(http::serve(
+            servers.push(tokio::spawn(http::serve_with(
                 l,
                 api::router(a, state),
+                tls,
                 stop_rx.clone(),
             )));
         }
