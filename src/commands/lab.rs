@@ -78,6 +78,13 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                 println!("  endpoint: postgresql://postgres@{}/postgres", st.endpoint);
                 println!("  DNS:      {} on {}", st.dns_name, st.dns);
                 println!("  metrics:  http://{}/metrics", st.metrics);
+                if !st.api.is_empty() {
+                    println!(
+                        "  dashboard: http://{}/ (sign in with the token in {})",
+                        st.api,
+                        st.dir.join("api.token").display()
+                    );
+                }
                 println!(
                     "  drill it: lifeboat --plan {} drill run kill-primary",
                     st.plan.display()

@@ -175,6 +175,31 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             m.listen
         );
     }
+    if let Some(a) = &ctx.plan.api {
+        println!(
+            "dashboard: {}://{}/ (served by `lifeboat serve`)",
+            if a.tls.is_some() { "https" } else { "http" },
+            a.listen
+        );
+    }
+    // Incidents not resolved yet (`lifeboat incident list` shows them all).
+    if let Ok((all, _)) = lifeboat_server::incident::load(&ctx) {
+        for i in all.iter().rev().filter(|i| i.open()) {
+            println!(
+                "incident {} {:?} {}: {} (opened {}){}",
+                i.id,
+                i.severity,
+                i.state.to_uppercase(),
+                i.title,
+                i.opened.get(..19).unwrap_or(&i.opened),
+                if i.state == "open" {
+                    format!(" — `lifeboat ack {}` stops its escalation", i.id)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
     // Schedules that should have run and have not (`lifeboat schedule` lists them all).
     for v in lifeboat_server::schedule::views(
         &ctx.plan,

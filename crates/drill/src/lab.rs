@@ -49,6 +49,9 @@ pub struct LabState {
     /// Where the daemon serves /metrics.
     #[serde(default)]
     pub metrics: String,
+    /// Where the daemon serves its API and dashboard (the token is in `api.token`).
+    #[serde(default)]
+    pub api: String,
     pub daemon_pid: u32,
     pub daemon_start: u64,
     pub created: String,
@@ -300,6 +303,11 @@ repositories:
 backups:
   db-base: {{ service: db, repository: east-repo, copy_to: [west-repo], retention: {{ last: 3 }} }}
 metrics: {{ listen: "{metrics}", probe_interval: 5s }}
+# The dashboard and API; the token is in api.token beside this plan.
+api:
+  listen: "{api}"
+  tokens:
+    - {{ name: lab-admin, role: admin, token: "file:{token}" }}
 drills:
   kill-primary: {{ scenario: kill-primary, service: db }}
   hang-primary: {{ scenario: hang-primary, service: db }}
@@ -326,6 +334,8 @@ drills:
         dns = s.dns,
         dns_name = s.dns_name,
         metrics = s.metrics,
+        api = s.api,
+        token = s.dir.join("api.token").display(),
     )
 }
 
@@ -393,10 +403,16 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
     std::fs::write(&key_path, format!("{}\n", hex::encode(key))).map_err(|e| io(&key_path, e))?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600));
+    let mut token = [0u8; 32];
+    let _ = getrandom::fill(&mut token);
+    let token_path = dir.join("api.token");
+    std::fs::write(&token_path, format!("lbt_{}\n", hex::encode(token)))
+        .map_err(|e| io(&token_path, e))?;
+    let _ = std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600));
     for d in ["east", "west"] {
         std::fs::create_dir_all(dir.join(d)).map_err(|e| io(dir, e))?;
     }
-    let ports = free_ports(5)?;
+    let ports = free_ports(6)?;
     let sync = !o.asynchronous;
     let mut st = LabState {
         dir: dir.clone(),
@@ -413,6 +429,7 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
         dns: format!("127.0.0.1:{}", ports[3]),
         dns_name: "db.lab.internal".into(),
         metrics: format!("127.0.0.1:{}", ports[4]),
+        api: format!("127.0.0.1:{}", ports[5]),
         daemon_pid: 0,
         daemon_start: 0,
         created: jiff::Timestamp::now().to_string(),

@@ -65,6 +65,11 @@ pub fn latest(ctx: &Context) -> Vec<Latest> {
     let Ok(events) = ev.list(None) else {
         return Vec::new();
     };
+    latest_of(&events)
+}
+
+/// The latest run of each drill scenario per service, from events already read.
+pub fn latest_of(events: &[lifeboat_evidence::Event]) -> Vec<Latest> {
     let mut by: std::collections::BTreeMap<(String, String), Latest> = Default::default();
     for e in events.iter().filter(|e| e.command == "drill") {
         let f = &e.figures;

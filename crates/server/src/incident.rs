@@ -314,6 +314,11 @@ pub fn load(
     Ok((derive(&ctx.plan, &events), events))
 }
 
+/// The incidents of events already read.
+pub fn of(plan: &Plan, events: &[Event]) -> Vec<Incident> {
+    derive(plan, events)
+}
+
 /// Find an incident by id (`INC-12` or `12`).
 pub fn find<'a>(all: &'a [Incident], id: &str) -> Option<&'a Incident> {
     let id = if id.starts_with("INC-") {

@@ -205,6 +205,7 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                 jobs: api::jobs::Jobs::open(&ctx.state_dir),
                 started: jiff::Timestamp::now(),
                 max_body: a.max_body.map(|s| s.0 as usize).unwrap_or(64 * 1024),
+                events: Default::default(),
             };
             servers.push(tokio::spawn(http::serve_with(
                 l,

@@ -36,6 +36,9 @@ use lifeboat_failover::healthapi::Shared;
 
 pub use auth::{Caller, Role, Tokens};
 
+/// The evidence log's events and the head they were read at.
+pub type EventCache = Arc<std::sync::Mutex<Option<(String, Arc<Vec<lifeboat_evidence::Event>>)>>>;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -48,6 +51,40 @@ pub struct ApiState {
     pub jobs: jobs::Jobs,
     pub started: jiff::Timestamp,
     pub max_body: usize,
+    /// The evidence log as last read, with the head it was read at: read again only when
+    /// the head moves, so a status under load does not read the whole log each time.
+    pub events: EventCache,
+}
+
+impl ApiState {
+    /// The evidence log's events, oldest first (cached until the log's head moves).
+    pub fn events(&self) -> Result<Arc<Vec<lifeboat_evidence::Event>>, ApiError> {
+        let head =
+            std::fs::read_to_string(self.ctx.state_dir.join("evidence.head")).unwrap_or_default();
+        if let Ok(c) = self.events.lock() {
+            if let Some((h, ev)) = c.as_ref() {
+                if *h == head && !head.is_empty() {
+                    return Ok(ev.clone());
+                }
+            }
+        }
+        let ev = self
+            .ctx
+            .evidence()
+            .and_then(|e| e.list(None))
+            .map_err(|e| ApiError::new(500, format!("the evidence log: {e}")))?;
+        let ev = Arc::new(ev);
+        // Kept only when the head did not move while the log was read (else the next read
+        // tries again).
+        let after =
+            std::fs::read_to_string(self.ctx.state_dir.join("evidence.head")).unwrap_or_default();
+        if after == head {
+            if let Ok(mut c) = self.events.lock() {
+                *c = Some((head, ev.clone()));
+            }
+        }
+        Ok(ev)
+    }
 }
 
 /// An error answer.

@@ -464,7 +464,7 @@ fn view(
 fn views(s: &ApiState, only: Option<&str>) -> R<Vec<ServiceView>> {
     let text = s.metrics.read().map(|t| t.clone()).unwrap_or_default();
     let all = samples(&text);
-    let drills = lifeboat_drill::latest(&s.ctx);
+    let drills = lifeboat_drill::latest_of(&s.events()?);
     let mut out = Vec::new();
     for (name, svc) in &s.ctx.plan.services {
         if only.is_some_and(|o| o != name) {
@@ -544,9 +544,11 @@ async fn status(State(s): State<ApiState>) -> R<Json<StatusDoc>> {
             services: views(&st, None)?,
             schedules: schedule_views(&st),
             jobs,
-            incidents: crate::incident::load(&st.ctx)
-                .map(|(all, _)| all.into_iter().rev().filter(|i| i.open()).collect())
-                .unwrap_or_default(),
+            incidents: crate::incident::of(&st.ctx.plan, &st.events()?)
+                .into_iter()
+                .rev()
+                .filter(|i| i.open())
+                .collect(),
         })
     })
     .await
@@ -618,16 +620,10 @@ fn evidence_page(s: &ApiState, q: &EvidenceQuery) -> R<EvidencePage> {
     if limit == 0 || limit > 1000 {
         return Err(ApiError::field(400, "limit", "limit: between 1 and 1000"));
     }
-    let ev = s
-        .ctx
-        .evidence()
-        .map_err(|e| ApiError::new(500, format!("the evidence log: {e}")))?;
-    let all = ev
-        .list(None)
-        .map_err(|e| ApiError::new(500, format!("the evidence log: {e}")))?;
+    let all = s.events()?;
     let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
     let mut events: Vec<_> = all
-        .into_iter()
+        .iter()
         .rev()
         .filter(|e| q.before.is_none_or(|b| e.seq < b))
         .filter(|e| {
@@ -637,6 +633,7 @@ fn evidence_page(s: &ApiState, q: &EvidenceQuery) -> R<EvidencePage> {
                 && eq(&q.actor, &e.actor)
         })
         .take(limit + 1)
+        .cloned()
         .collect();
     let more = events.len() > limit;
     events.truncate(limit);

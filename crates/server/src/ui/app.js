@@ -181,9 +181,11 @@ function serviceCard(s) {
   }
   if (s.actions && s.actions.length) {
     const canAct = me && (me.role === 'operator' || me.role === 'admin');
+    // A switchover to a member that is down would only be called off: offered when it is up.
+    const down = (x) => x.body && x.body.to && !(s.members || []).some((m) => m.site === x.body.to && m.healthy);
     card.append(h('h3', {}, 'Actions'), h('div', { class: 'actions' }, s.actions.map((x, i) =>
       h('div', { class: 'action' },
-        h('button', { type: 'button', id: 'act-' + s.name + '-' + i, class: 'secondary', disabled: !canAct, title: canAct ? '' : 'needs an operator token', onclick: () => ask(s, x) }, x.label),
+        h('button', { type: 'button', id: 'act-' + s.name + '-' + i, class: 'secondary', disabled: !canAct || down(x), title: !canAct ? 'needs an operator token' : down(x) ? x.body.to + ' is down' : '', onclick: () => ask(s, x) }, x.label),
         h('code', {}, x.command)))));
   }
   return card;
