@@ -66,6 +66,9 @@ pub enum Command {
     Incident(commands::incident::Cmd),
     /// Acknowledge an incident: its escalation stops.
     Ack(commands::incident::AckArgs),
+    /// Act through a daemon's API from anywhere (status, switchover, failover, jobs,
+    /// acknowledging incidents), with a token.
+    Remote(commands::remote::Args),
     /// The daemon's HTTP API: make a token, print the OpenAPI document.
     #[command(subcommand)]
     Api(commands::api::Cmd),
@@ -115,6 +118,7 @@ fn main() {
         Command::Api(c) => commands::api::run_cmd(&cli, c),
         Command::Incident(c) => commands::incident::run_cmd(&cli, c),
         Command::Ack(a) => commands::incident::ack(&cli, a),
+        Command::Remote(a) => commands::remote::run(&cli, a),
         Command::Runbook(c) => commands::runbook::run_cmd(&cli, c),
         Command::Rejoin(a) => commands::rejoin::run(&cli, a),
         Command::Failback(a) => commands::rejoin::failback(&cli, a),

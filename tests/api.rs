@@ -654,3 +654,70 @@ fn over_tls_with_client_certificates_only_a_signed_client_gets_in() {
         "{err}"
     );
 }
+
+#[test]
+fn the_remote_command_line_acts_through_the_api_with_a_token() {
+    let (lab, port, t) = setup();
+    let _d = serve(&lab, &t, "serve.log");
+    wait_up(&lab, port, "serve.log");
+    let url = format!("http://127.0.0.1:{port}");
+    let remote = |token: &str, args: &[&str]| {
+        let mut c = lab.cmd(&["remote", "--url", &url]);
+        c.args(args)
+            .env("LIFEBOAT_TOKEN", token)
+            .env_remove("LIFEBOAT_API");
+        let o = c.output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (code, out) = remote(&t.viewer, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("plan served") && out.contains("service files"),
+        "{out}"
+    );
+    // A viewer may not start a job: the API's refusal, with its hint.
+    let (code, out) = remote(&t.viewer, &["run", "backup", "files"]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("403") && out.contains("needs operator"),
+        "{out}"
+    );
+    // An operator runs a backup and follows it to its end; it is recorded under the token.
+    let (code, out) = remote(&t.operator, &["run", "backup", "files"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("lifeboat backup files: succeeded"), "{out}");
+    let ev = lab.events();
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e["command"] == "backup" && e["actor"] == "oncall")
+            .count(),
+        1
+    );
+    // A failing one exits non-zero with the command's error.
+    let (code, out) = remote(&t.operator, &["run", "backup", "nope"]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("404") && out.contains("no backup job `nope`"),
+        "{out}"
+    );
+    // A wrong token, a daemon that is not there.
+    let (code, out) = remote("lbt_wrong", &["status"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("401"), "{out}");
+    let mut c = lab.cmd(&[
+        "remote",
+        "--url",
+        &format!("http://127.0.0.1:{}", free_port()),
+        "status",
+    ]);
+    let o = c.env("LIFEBOAT_TOKEN", &t.viewer).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("connection failed"));
+}

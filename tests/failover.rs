@@ -1444,6 +1444,25 @@ fn api_shows_roles_switches_over_with_confirmation_and_follows_the_next_failover
     };
     let s = roles(("a", "b"));
     assert_eq!(s["epoch"], 1, "{s}");
+    // The same through the remote command line, with the token; its dry run refuses.
+    let remote = |args: &[&str]| {
+        let mut c = pg.cmd(&["remote", "--url", &format!("http://127.0.0.1:{port}")]);
+        c.args(args).env("LIFEBOAT_TOKEN", &op);
+        let o = c.output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, out) = remote(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("primary a, epoch 1") && out.contains("primary, takes writes"),
+        "{out}"
+    );
+    let (code, out) = remote(&["failover", "db", "--dry-run"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("primary a is healthy"), "{out}");
     let mut log = Writes::default();
     pair.write_some(&mut log, 5);
 

@@ -17,25 +17,42 @@ use lifeboat_failover::world::Watched;
 #[derive(clap::Args)]
 pub struct Args {
     /// The postgres service.
-    service: String,
+    pub(crate) service: String,
     /// The site to promote (default: the best eligible standby).
     #[arg(long)]
-    to: Option<String>,
+    pub(crate) to: Option<String>,
     /// Show the pre-checks, the steps and the decision; change nothing.
     #[arg(long)]
-    dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Fail over even though the primary is healthy (its clients are cut off; it is stopped).
     #[arg(long)]
-    force: bool,
+    pub(crate) force: bool,
     /// Promote a standby that may lack acknowledged writes: not known to have been synchronous
     /// (sync tier), behind `max_lag_on_failover`, not streaming, or of unknown position. For
     /// when the primary is gone for good and waiting costs more than the loss; the pre-checks
     /// say what may be lost, and the evidence log records that it was accepted.
     #[arg(long)]
-    accept_data_loss: bool,
+    pub(crate) accept_data_loss: bool,
     /// Do not ask for the typed confirmation (automation).
     #[arg(long)]
-    yes: bool,
+    pub(crate) yes: bool,
+}
+
+/// What the person types after `prompt`; refused without a terminal.
+pub(crate) fn typed(prompt: &str) -> anyhow::Result<String> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::new(
+            Kind::Input,
+            "refusing to fail over without a typed confirmation: no terminal",
+        )
+        .hint("run it in a terminal, or pass --yes (automation)")
+        .into());
+    }
+    print!("{prompt}");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_string())
 }
 
 fn show(p: &FailoverPlan) {
@@ -96,21 +113,10 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         return Err(Error::new(Kind::Input, plan.decision.reason).into());
     };
     if !a.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(Error::new(
-                Kind::Input,
-                "refusing to fail over without a typed confirmation: no terminal",
-            )
-            .hint("run it in a terminal, or pass --yes (automation)")
-            .into());
-        }
-        print!(
+        let line = typed(&format!(
             "Type the service name ({}) to fail over to {to}: ",
             a.service
-        );
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
+        ))?;
         if line.trim() != a.service {
             return Err(Error::new(
                 Kind::Input,

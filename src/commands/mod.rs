@@ -12,6 +12,7 @@ pub mod init;
 pub mod lab;
 pub mod plan;
 pub mod rejoin;
+pub mod remote;
 pub mod repo;
 pub mod restore;
 pub mod runbook;
