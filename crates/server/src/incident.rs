@@ -537,19 +537,26 @@ fn measured(plan: &Plan, inc: &Incident, timeline: &[&Event]) -> (String, String
             let Some(f) = timeline.iter().find(|e| e.command == "failover") else {
                 return ("—".into(), "—".into());
             };
-            let detect = match plan.services.get(&inc.service) {
+            let (interval, threshold) = match plan.services.get(&inc.service) {
                 Some(lifeboat_core::plan::Service::Postgres {
                     failover: Some(fo), ..
-                }) => {
-                    let interval = fo.interval.map(|d| d.0.as_millis() as i64).unwrap_or(200);
-                    interval * fo.unhealthy_threshold.unwrap_or(3) as i64
-                }
-                _ => 0,
+                }) => (
+                    fo.interval.map(|d| d.0.as_millis() as i64).unwrap_or(500),
+                    fo.unhealthy_threshold.unwrap_or(3),
+                ),
+                _ => (500, 3),
             };
+            let refused = f.figures["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("connection refused"));
             let rto = format!(
-                "{} to fail over after detection, plus about {} to detect (the checks' interval × threshold)",
+                "{} to fail over once decided, after {threshold} failed checks in a row ({}); a drill measures the whole outage as clients see it",
                 span(f.duration_ms),
-                span(detect)
+                if refused {
+                    "refused connections are re-checked every 100 ms".to_string()
+                } else {
+                    format!("one every {}", span(interval))
+                }
             );
             let lost = f.figures["lost_bytes"]
                 .as_u64()
