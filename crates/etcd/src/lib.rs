@@ -1,0 +1,187 @@
+//! Coordination through etcd: who may make a service's PostgreSQL writable. One key per
+//! service (`/lifeboat/PLAN/SERVICE/leader`) held on a lease; the key's create revision is the
+//! fencing token — it only grows, so anything that remembers the last token it saw can refuse
+//! an older leader (etcd's own advice: a lease alone cannot give mutual exclusion across
+//! process pauses). A leader renews its lease and knows, on a monotonic clock, the instant by
+//! which it must stop acting: the time it *sent* its last acknowledged renewal plus the TTL,
+//! minus a margin — not the time the answer came back.
+//!
+//! Nothing here touches PostgreSQL: the agents (a later step) act on what this says.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use lifeboat_core::{Error, Kind};
+
+fn etcd_err(what: &str, e: etcd_client::Error) -> Error {
+    let mut err = Error::new(Kind::Backend, format!("etcd: {what}: {e}"))
+        .hint("is etcd reachable from here (a quorum of its members up)?");
+    err.retryable = true;
+    err
+}
+
+fn lost() -> Error {
+    Error::new(
+        Kind::Conflict,
+        "etcd: the lease expired: this member no longer leads",
+    )
+}
+
+/// A renewal's error: the lease gone (this member lost the leadership) or etcd unreachable.
+fn renew_err(e: etcd_client::Error) -> Error {
+    if e.to_string().contains("lease not found") {
+        lost()
+    } else {
+        etcd_err("renew the lease", e)
+    }
+}
+
+/// A connection to the etcd cluster.
+pub struct Coordinator {
+    client: Client,
+}
+
+/// Who holds a leader key, and its fencing token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub member: String,
+    /// The key's create revision: a later leader always has a larger one.
+    pub token: i64,
+}
+
+/// A leadership this process holds.
+pub struct Leadership {
+    key: String,
+    lease: i64,
+    ttl: Duration,
+    pub token: i64,
+    /// When the last acknowledged renewal (or the grant) was sent.
+    sent: Instant,
+}
+
+impl Leadership {
+    /// The instant by which the leader must have stopped acting as one (`margin` before its
+    /// lease can expire, counted from when its last acknowledged renewal was sent).
+    pub fn deadline(&self, margin: Duration) -> Instant {
+        self.sent + self.ttl.saturating_sub(margin)
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Coordinator {
+    /// Connect to any of `endpoints` (`host:port`), within `timeout`.
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Coordinator, Error> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout);
+        let client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(|e| etcd_err("connect", e))?;
+        Ok(Coordinator { client })
+    }
+
+    /// The key of a service's leader.
+    pub fn leader_key(plan: &str, service: &str) -> String {
+        format!("/lifeboat/{plan}/{service}/leader")
+    }
+
+    /// Who leads now, if anyone.
+    pub async fn holder(&mut self, key: &str) -> Result<Option<Holder>, Error> {
+        let r = self
+            .client
+            .get(key, None)
+            .await
+            .map_err(|e| etcd_err("read the leader", e))?;
+        Ok(r.kvs().first().map(|kv| Holder {
+            member: String::from_utf8_lossy(kv.value()).into_owned(),
+            token: kv.create_revision(),
+        }))
+    }
+
+    /// Become leader if nobody is: the key is created on a fresh lease of `ttl` only when it
+    /// does not exist (one transaction). `Ok(None)`: someone else leads (their lease keeps it).
+    pub async fn campaign(
+        &mut self,
+        key: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<Result<Leadership, Holder>, Error> {
+        let sent = Instant::now();
+        let secs = ttl.as_secs().max(1) as i64;
+        let lease = self
+            .client
+            .lease_grant(secs, None)
+            .await
+            .map_err(|e| etcd_err("grant a lease", e))?
+            .id();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                member,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let r = self
+            .client
+            .txn(txn)
+            .await
+            .map_err(|e| etcd_err("campaign", e))?;
+        if r.succeeded() {
+            // The key's create revision is the transaction's revision.
+            let token = r.header().map(|h| h.revision()).unwrap_or(0);
+            return Ok(Ok(Leadership {
+                key: key.to_string(),
+                lease,
+                ttl: Duration::from_secs(secs as u64),
+                token,
+                sent,
+            }));
+        }
+        let _ = self.client.lease_revoke(lease).await;
+        let holder = self.holder(key).await?.unwrap_or(Holder {
+            member: String::new(),
+            token: 0,
+        });
+        Ok(Err(holder))
+    }
+
+    /// Renew the lease once. On success the deadline moves to the time this renewal was sent
+    /// plus the TTL; an error (or a lease etcd no longer knows) leaves it where it was, so the
+    /// leader keeps counting down.
+    pub async fn renew(&mut self, l: &mut Leadership) -> Result<(), Error> {
+        let sent = Instant::now();
+        let (mut keeper, mut stream) = self
+            .client
+            .lease_keep_alive(l.lease)
+            .await
+            .map_err(renew_err)?;
+        keeper.keep_alive().await.map_err(renew_err)?;
+        match stream.message().await.map_err(renew_err)? {
+            Some(r) if r.ttl() > 0 => {
+                l.sent = sent;
+                Ok(())
+            }
+            _ => Err(lost()),
+        }
+    }
+
+    /// Give the leadership up at once (a clean stop, or PostgreSQL crashed under the agent):
+    /// the next candidate need not wait for the lease to expire.
+    pub async fn resign(&mut self, l: Leadership) -> Result<(), Error> {
+        self.client
+            .lease_revoke(l.lease)
+            .await
+            .map(|_| ())
+            .map_err(|e| etcd_err("resign", e))
+    }
+
+    /// Whether `token` is still the leader's: the check anything that acts for a leader makes
+    /// (the traffic endpoint before it routes, a standby before it follows).
+    pub async fn is_current(&mut self, key: &str, token: i64) -> Result<bool, Error> {
+        Ok(self.holder(key).await?.is_some_and(|h| h.token == token))
+    }
+}

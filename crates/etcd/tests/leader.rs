@@ -1,0 +1,181 @@
+//! The leader key against a real etcd (Debian's `etcd-server`, one member on loopback): one
+//! leader at a time; a successor's fencing token is larger; resigning hands over at once; a
+//! leader that stops renewing loses the key when its lease expires and cannot renew it back;
+//! with etcd gone a renewal fails and the leader's deadline stays where it was.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lifeboat_etcd::Coordinator;
+
+struct Etcd {
+    child: Child,
+    client: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn etcd() -> Etcd {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, p) = (free_port(), free_port());
+    let client = format!("127.0.0.1:{c}");
+    let peer = format!("http://127.0.0.1:{p}");
+    let child = Command::new("etcd")
+        .args(["--name", "one", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &format!("http://{client}"),
+            "--advertise-client-urls",
+            &format!("http://{client}"),
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("one={peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (Debian etcd-server) is installed by scripts/install-deps.sh");
+    Etcd {
+        child,
+        client,
+        _dir: dir,
+    }
+}
+
+async fn connect(e: &Etcd) -> Coordinator {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) =
+            Coordinator::connect(std::slice::from_ref(&e.client), Duration::from_secs(2)).await
+        {
+            if c.holder("/probe").await.is_ok() {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "etcd did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn one_leader_at_a_time_and_a_successor_has_a_larger_token() {
+    let e = etcd();
+    rt().block_on(async {
+        let (mut a, mut b) = (connect(&e).await, connect(&e).await);
+        let key = Coordinator::leader_key("shop", "db");
+        let la = a
+            .campaign(&key, "east", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("east leads");
+        let held = b
+            .campaign(&key, "west", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .err()
+            .expect("west does not");
+        assert_eq!(held.member, "east");
+        assert_eq!(held.token, la.token);
+        assert!(b.is_current(&key, la.token).await.unwrap());
+        a.resign(la).await.unwrap();
+        let lb = b
+            .campaign(&key, "west", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("west leads at once");
+        assert!(lb.token > held.token, "{} > {}", lb.token, held.token);
+        assert!(
+            !a.is_current(&key, held.token).await.unwrap(),
+            "the old token is fenced"
+        );
+        assert_eq!(a.holder(&key).await.unwrap().unwrap().member, "west");
+    });
+}
+
+#[test]
+fn a_leader_that_stops_renewing_loses_the_key_and_cannot_renew_it_back() {
+    let e = etcd();
+    rt().block_on(async {
+        let (mut a, mut b) = (connect(&e).await, connect(&e).await);
+        let key = Coordinator::leader_key("shop", "db");
+        let ttl = Duration::from_secs(2);
+        let mut la = a
+            .campaign(&key, "east", ttl)
+            .await
+            .unwrap()
+            .expect("east leads");
+        let before = Instant::now();
+        a.renew(&mut la).await.unwrap();
+        // The deadline counts from when the renewal was sent, minus the margin.
+        let d = la.deadline(Duration::from_millis(500));
+        assert!(
+            d >= before + Duration::from_millis(1500)
+                && d <= Instant::now() + Duration::from_millis(1500)
+        );
+        // East stops renewing (it paused): west takes over once the lease ran out, not before.
+        assert!(b.campaign(&key, "west", ttl).await.unwrap().is_err());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let lb = loop {
+            if let Ok(l) = b.campaign(&key, "west", ttl).await.unwrap() {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "the lease never expired");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(lb.token > la.token);
+        let err = a.renew(&mut la).await.unwrap_err();
+        assert!(err.to_string().contains("no longer leads"), "{err}");
+    });
+}
+
+#[test]
+fn with_etcd_gone_a_renewal_fails_and_the_deadline_stays() {
+    let mut e = etcd();
+    rt().block_on(async {
+        let mut a = connect(&e).await;
+        let key = Coordinator::leader_key("shop", "db");
+        let mut la = a
+            .campaign(&key, "east", Duration::from_secs(3))
+            .await
+            .unwrap()
+            .expect("east leads");
+        let d = la.deadline(Duration::from_millis(500));
+        let _ = e.child.kill();
+        let _ = e.child.wait();
+        let r = tokio::time::timeout(Duration::from_secs(10), a.renew(&mut la)).await;
+        assert!(
+            matches!(r, Ok(Err(_)) | Err(_)),
+            "a renewal without etcd succeeded"
+        );
+        assert_eq!(
+            la.deadline(Duration::from_millis(500)),
+            d,
+            "the deadline moved"
+        );
+    });
+}
