@@ -88,6 +88,80 @@ impl Coordinator {
         format!("/lifeboat/{plan}/{service}/leader")
     }
 
+    /// The key of the synchronous standbys a service's leader published.
+    pub fn sync_key(leader_key: &str) -> String {
+        match leader_key.strip_suffix("/leader") {
+            Some(p) => format!("{p}/sync"),
+            None => format!("{leader_key}.sync"),
+        }
+    }
+
+    /// Publish the standbys PostgreSQL lists as synchronous now (once
+    /// `synchronous_standby_names` has taken effect), as the leader holding `l`: written only
+    /// while `l`'s token is still the leader key's, in one transaction, so a fenced leader
+    /// cannot change who may succeed it. `Ok(false)`: `l` no longer leads.
+    pub async fn publish_sync(
+        &mut self,
+        l: &Leadership,
+        member: &str,
+        sync: &[String],
+    ) -> Result<bool, Error> {
+        let doc = serde_json::json!({"leader": member, "token": l.token, "sync": sync}).to_string();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                l.key.as_str(),
+                CompareOp::Equal,
+                l.token,
+            )])
+            .and_then([TxnOp::put(Self::sync_key(&l.key), doc, None)]);
+        let r = self
+            .client
+            .txn(txn)
+            .await
+            .map_err(|e| etcd_err("publish the synchronous standbys", e))?;
+        Ok(r.succeeded())
+    }
+
+    /// The last published synchronous set: (the leader that published it, its token, the
+    /// synchronous standbys).
+    pub async fn sync_set(
+        &mut self,
+        leader_key: &str,
+    ) -> Result<Option<(String, i64, Vec<String>)>, Error> {
+        let r = self
+            .client
+            .get(Self::sync_key(leader_key), None)
+            .await
+            .map_err(|e| etcd_err("read the synchronous standbys", e))?;
+        let Some(kv) = r.kvs().first() else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap_or_default();
+        let sync = v["sync"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some((
+            v["leader"].as_str().unwrap_or_default().to_string(),
+            v["token"].as_i64().unwrap_or(0),
+            sync,
+        )))
+    }
+
+    /// Whether `member` may campaign in a sync tier: it was the last leader, or the last
+    /// leader listed it as synchronous (Patroni's rule). With nothing published (a new
+    /// service), anyone may: nothing acknowledged can be lost yet.
+    pub async fn may_campaign(&mut self, leader_key: &str, member: &str) -> Result<bool, Error> {
+        Ok(match self.sync_set(leader_key).await? {
+            None => true,
+            Some((leader, _, sync)) => leader == member || sync.iter().any(|s| s == member),
+        })
+    }
+
     /// Who leads now, if anyone.
     pub async fn holder(&mut self, key: &str) -> Result<Option<Holder>, Error> {
         let r = self

@@ -179,3 +179,67 @@ fn with_etcd_gone_a_renewal_fails_and_the_deadline_stays() {
         );
     });
 }
+
+#[test]
+fn only_the_last_leader_or_its_synchronous_standby_may_succeed_and_a_fenced_leader_cannot_change_that(
+) {
+    let e = etcd();
+    rt().block_on(async {
+        let (mut a, mut b) = (connect(&e).await, connect(&e).await);
+        let key = Coordinator::leader_key("shop", "db");
+        assert!(
+            b.may_campaign(&key, "west").await.unwrap(),
+            "nothing published yet"
+        );
+        let la = a
+            .campaign(&key, "east", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("east leads");
+        assert!(a.publish_sync(&la, "east", &["west".into()]).await.unwrap());
+        assert!(
+            b.may_campaign(&key, "west").await.unwrap(),
+            "west is synchronous"
+        );
+        assert!(
+            !b.may_campaign(&key, "north").await.unwrap(),
+            "north is not"
+        );
+        assert!(
+            b.may_campaign(&key, "east").await.unwrap(),
+            "the last leader may"
+        );
+        // East stops renewing (paused); its lease expires; west leads.
+        let old = la.token;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let lb = loop {
+            if let Ok(l) = b
+                .campaign(&key, "west", Duration::from_secs(5))
+                .await
+                .unwrap()
+            {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "east's lease never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // East wakes: fenced, it can neither lead nor rewrite who may succeed.
+        assert!(a
+            .campaign(&key, "east", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_err());
+        assert!(
+            !a.publish_sync(&la, "east", &["north".into()])
+                .await
+                .unwrap(),
+            "a fenced leader published"
+        );
+        assert!(!a.may_campaign(&key, "north").await.unwrap());
+        assert!(b.publish_sync(&lb, "west", &[]).await.unwrap());
+        let (leader, token, sync) = a.sync_set(&key).await.unwrap().unwrap();
+        assert_eq!((leader.as_str(), sync.len()), ("west", 0));
+        assert!(token > old);
+        assert!(!a.may_campaign(&key, "north").await.unwrap());
+    });
+}
