@@ -36,6 +36,32 @@ fn renew_err(e: etcd_client::Error) -> Error {
     }
 }
 
+/// Whether a request never reached a member (its endpoint refused the connection): safe to
+/// send again, to another member.
+fn unsent(e: &etcd_client::Error) -> bool {
+    let t = e.to_string();
+    t.contains("tcp connect error") || t.contains("Connection refused")
+}
+
+/// Run `f` again (up to three times in all) while its request could not be sent: the client
+/// spreads requests over the members, and one may be down.
+async fn resend<T, F, Fut>(mut f: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match f().await {
+            Err(e) if unsent(&e) && tries < 2 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A connection to the etcd cluster.
 pub struct Coordinator {
     client: Client,
@@ -128,11 +154,15 @@ impl Coordinator {
         &mut self,
         leader_key: &str,
     ) -> Result<Option<(String, i64, Vec<String>)>, Error> {
-        let r = self
-            .client
-            .get(Self::sync_key(leader_key), None)
-            .await
-            .map_err(|e| etcd_err("read the synchronous standbys", e))?;
+        let c = &self.client;
+        let k = Self::sync_key(leader_key);
+        let r = resend(|| {
+            let mut c = c.clone();
+            let k = k.clone();
+            async move { c.get(k, None).await }
+        })
+        .await
+        .map_err(|e| etcd_err("read the synchronous standbys", e))?;
         let Some(kv) = r.kvs().first() else {
             return Ok(None);
         };
@@ -164,11 +194,13 @@ impl Coordinator {
 
     /// Who leads now, if anyone.
     pub async fn holder(&mut self, key: &str) -> Result<Option<Holder>, Error> {
-        let r = self
-            .client
-            .get(key, None)
-            .await
-            .map_err(|e| etcd_err("read the leader", e))?;
+        let c = &self.client;
+        let r = resend(|| {
+            let mut c = c.clone();
+            async move { c.get(key, None).await }
+        })
+        .await
+        .map_err(|e| etcd_err("read the leader", e))?;
         Ok(r.kvs().first().map(|kv| Holder {
             member: String::from_utf8_lossy(kv.value()).into_owned(),
             token: kv.create_revision(),
@@ -185,12 +217,14 @@ impl Coordinator {
     ) -> Result<Result<Leadership, Holder>, Error> {
         let sent = Instant::now();
         let secs = ttl.as_secs().max(1) as i64;
-        let lease = self
-            .client
-            .lease_grant(secs, None)
-            .await
-            .map_err(|e| etcd_err("grant a lease", e))?
-            .id();
+        let c = &self.client;
+        let lease = resend(|| {
+            let mut c = c.clone();
+            async move { c.lease_grant(secs, None).await }
+        })
+        .await
+        .map_err(|e| etcd_err("grant a lease", e))?
+        .id();
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -199,11 +233,14 @@ impl Coordinator {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let r = self
-            .client
-            .txn(txn)
-            .await
-            .map_err(|e| etcd_err("campaign", e))?;
+        let c = &self.client;
+        let r = resend(|| {
+            let mut c = c.clone();
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(|e| etcd_err("campaign", e))?;
         if r.succeeded() {
             // The key's create revision is the transaction's revision.
             let token = r.header().map(|h| h.revision()).unwrap_or(0);
@@ -228,11 +265,14 @@ impl Coordinator {
     /// leader keeps counting down.
     pub async fn renew(&mut self, l: &mut Leadership) -> Result<(), Error> {
         let sent = Instant::now();
-        let (mut keeper, mut stream) = self
-            .client
-            .lease_keep_alive(l.lease)
-            .await
-            .map_err(renew_err)?;
+        let c = &self.client;
+        let lease = l.lease;
+        let (mut keeper, mut stream) = resend(|| {
+            let mut c = c.clone();
+            async move { c.lease_keep_alive(lease).await }
+        })
+        .await
+        .map_err(renew_err)?;
         keeper.keep_alive().await.map_err(renew_err)?;
         match stream.message().await.map_err(renew_err)? {
             Some(r) if r.ttl() > 0 => {

@@ -29,13 +29,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn etcd() -> Etcd {
+/// One etcd member `name` on loopback, in a cluster of `initial` (`name=peer-url,…`).
+fn member(name: &str, client_port: u16, peer_port: u16, initial: &str) -> Etcd {
     let dir = tempfile::tempdir().unwrap();
-    let (c, p) = (free_port(), free_port());
-    let client = format!("127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{p}");
+    let client = format!("127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
     let child = Command::new("etcd")
-        .args(["--name", "one", "--data-dir"])
+        .args(["--name", name, "--data-dir"])
         .arg(dir.path().join("data"))
         .args([
             "--listen-client-urls",
@@ -47,7 +47,13 @@ fn etcd() -> Etcd {
             "--initial-advertise-peer-urls",
             &peer,
             "--initial-cluster",
-            &format!("one={peer}"),
+            initial,
+            "--initial-cluster-state",
+            "new",
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "500",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -58,6 +64,11 @@ fn etcd() -> Etcd {
         client,
         _dir: dir,
     }
+}
+
+fn etcd() -> Etcd {
+    let (c, p) = (free_port(), free_port());
+    member("one", c, p, &format!("one=http://127.0.0.1:{p}"))
 }
 
 async fn connect(e: &Etcd) -> Coordinator {
@@ -75,6 +86,18 @@ async fn connect(e: &Etcd) -> Coordinator {
     }
 }
 
+/// `who` campaigns and must win.
+async fn leads(c: &mut Coordinator, key: &str, who: &str, secs: u64) -> lifeboat_etcd::Leadership {
+    match c
+        .campaign(key, who, Duration::from_secs(secs))
+        .await
+        .unwrap()
+    {
+        Ok(l) => l,
+        Err(h) => panic!("{who} should lead; {} does (token {})", h.member, h.token),
+    }
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -88,11 +111,7 @@ fn one_leader_at_a_time_and_a_successor_has_a_larger_token() {
     rt().block_on(async {
         let (mut a, mut b) = (connect(&e).await, connect(&e).await);
         let key = Coordinator::leader_key("shop", "db");
-        let la = a
-            .campaign(&key, "east", Duration::from_secs(5))
-            .await
-            .unwrap()
-            .expect("east leads");
+        let la = leads(&mut a, &key, "east", 5).await;
         let held = b
             .campaign(&key, "west", Duration::from_secs(5))
             .await
@@ -103,11 +122,7 @@ fn one_leader_at_a_time_and_a_successor_has_a_larger_token() {
         assert_eq!(held.token, la.token);
         assert!(b.is_current(&key, la.token).await.unwrap());
         a.resign(la).await.unwrap();
-        let lb = b
-            .campaign(&key, "west", Duration::from_secs(5))
-            .await
-            .unwrap()
-            .expect("west leads at once");
+        let lb = leads(&mut b, &key, "west", 5).await;
         assert!(lb.token > held.token, "{} > {}", lb.token, held.token);
         assert!(
             !a.is_current(&key, held.token).await.unwrap(),
@@ -159,11 +174,7 @@ fn with_etcd_gone_a_renewal_fails_and_the_deadline_stays() {
     rt().block_on(async {
         let mut a = connect(&e).await;
         let key = Coordinator::leader_key("shop", "db");
-        let mut la = a
-            .campaign(&key, "east", Duration::from_secs(3))
-            .await
-            .unwrap()
-            .expect("east leads");
+        let mut la = leads(&mut a, &key, "east", 3).await;
         let d = la.deadline(Duration::from_millis(500));
         let _ = e.child.kill();
         let _ = e.child.wait();
@@ -191,11 +202,7 @@ fn only_the_last_leader_or_its_synchronous_standby_may_succeed_and_a_fenced_lead
             b.may_campaign(&key, "west").await.unwrap(),
             "nothing published yet"
         );
-        let la = a
-            .campaign(&key, "east", Duration::from_secs(1))
-            .await
-            .unwrap()
-            .expect("east leads");
+        let la = leads(&mut a, &key, "east", 1).await;
         assert!(a.publish_sync(&la, "east", &["west".into()]).await.unwrap());
         assert!(
             b.may_campaign(&key, "west").await.unwrap(),
@@ -241,5 +248,77 @@ fn only_the_last_leader_or_its_synchronous_standby_may_succeed_and_a_fenced_lead
         assert_eq!((leader.as_str(), sync.len()), ("west", 0));
         assert!(token > old);
         assert!(!a.may_campaign(&key, "north").await.unwrap());
+    });
+}
+
+/// Three etcd members on loopback, one per site: (the members, their client addresses).
+fn cluster() -> (Vec<Etcd>, Vec<String>) {
+    let names = ["east", "west", "witness"];
+    let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
+    let initial = names
+        .iter()
+        .zip(&ports)
+        .map(|(n, (_, p))| format!("{n}=http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let members: Vec<Etcd> = names
+        .iter()
+        .zip(&ports)
+        .map(|(n, (c, p))| member(n, *c, *p, &initial))
+        .collect();
+    let clients = members.iter().map(|m| m.client.clone()).collect();
+    (members, clients)
+}
+
+#[test]
+fn a_three_member_etcd_keeps_the_leader_through_one_member_lost_and_not_through_two() {
+    let (mut members, clients) = cluster();
+    rt().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut a = loop {
+            if let Ok(mut c) = Coordinator::connect(&clients, Duration::from_secs(2)).await {
+                if c.holder("/probe").await.is_ok() {
+                    break c;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the etcd cluster did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let key = Coordinator::leader_key("shop", "db");
+        let mut la = leads(&mut a, &key, "east", 3).await;
+        // One member gone (a site lost): a quorum of two remains; renewals go on.
+        let _ = members[1].child.kill();
+        let _ = members[1].child.wait();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match a.renew(&mut la).await {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no renewal with two of three members: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        assert!(a.is_current(&key, la.token).await.unwrap());
+        // Two gone: no quorum; a renewal fails (or never answers) and the deadline stays.
+        let _ = members[2].child.kill();
+        let _ = members[2].child.wait();
+        // etcd serves a renewal from its raft leader without a quorum round: a leader that has
+        // not yet noticed it lost its quorum (an election timeout, 500 ms here) still renews.
+        // Past that, nothing does. (Why the fencing token, not the lease, is the guard.)
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let d = la.deadline(Duration::from_millis(500));
+        let r = tokio::time::timeout(Duration::from_secs(5), a.renew(&mut la)).await;
+        assert!(
+            matches!(r, Ok(Err(_)) | Err(_)),
+            "a renewal without a quorum succeeded"
+        );
+        assert_eq!(la.deadline(Duration::from_millis(500)), d);
     });
 }
