@@ -6,11 +6,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use std::time::{Duration, Instant};
 
-use common::{bin, free_port, Daemon, Lab, KEY};
+use common::{free_port, Daemon, Lab, KEY};
 
 fn plan(port: u16) -> String {
     format!(
@@ -31,18 +31,7 @@ metrics: {{ listen: "127.0.0.1:{port}" }}
 }
 
 fn serve(lab: &Lab) -> Daemon {
-    Daemon(
-        Command::new(bin())
-            .arg("serve")
-            .current_dir(lab.path())
-            .env("LIFEBOAT_PROGRESS", "0")
-            .env_remove("LIFEBOAT_PLAN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(lab.p("serve.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    )
+    lab.serve("serve.log", &[])
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String)> {

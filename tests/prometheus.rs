@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, free_port, Daemon, Lab};
+use common::{free_port, Daemon, Lab};
 
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
@@ -117,18 +117,7 @@ metrics: {{ listen: "127.0.0.1:{metrics}" }}
             rules.display()
         ),
     );
-    let _daemon = Daemon(
-        Command::new(bin())
-            .arg("serve")
-            .current_dir(lab.path())
-            .env("LIFEBOAT_PROGRESS", "0")
-            .env_remove("LIFEBOAT_PLAN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(lab.p("serve.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = lab.serve("serve.log", &[]);
     let _prometheus = Daemon(
         Command::new("prometheus")
             .arg(format!(
