@@ -57,6 +57,10 @@ pub enum Command {
     /// The daemon: health checks, automatic failover, the traffic endpoint, and every
     /// schedule in the plan.
     Serve(commands::serve::Args),
+    /// The agent beside one PostgreSQL member when etcd coordinates the sites (the plan's
+    /// `coordinator:`): holds the leader's lease on the primary, promotes its standby only
+    /// after winning it, and stops its server before a lease it cannot renew runs out.
+    Agent(commands::agent::Args),
     /// Every schedule in the plan: what it runs, its last run and its next one; pause or
     /// resume one.
     Schedule(commands::schedule::Args),
@@ -114,6 +118,7 @@ fn main() {
         Command::Wal(c) => commands::wal::run(&cli, c),
         Command::Status(a) => commands::status::run(&cli, a),
         Command::Serve(a) => commands::serve::run(&cli, a),
+        Command::Agent(a) => commands::agent::run(&cli, a),
         Command::Schedule(a) => commands::schedule::run(&cli, a),
         Command::Api(c) => commands::api::run_cmd(&cli, c),
         Command::Incident(c) => commands::incident::run_cmd(&cli, c),

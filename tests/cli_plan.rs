@@ -227,3 +227,47 @@ fn hostile_plans_are_refused_with_a_position() {
         r.stderr
     );
 }
+
+#[test]
+fn a_coordinator_needs_etcd_addresses_and_timings_that_leave_time_to_renew() {
+    let lab = Lab::new();
+    let base = "name: t\ntiers:\n  std: { rpo: 1h, rto: 4h }\nsites: [a, b]\nservices:\n  db:\n    kind: postgres\n    tier: std\n    members:\n      a: { host: 127.0.0.1, port: 5432 }\n      b: { host: 127.0.0.1, port: 5433 }\n";
+    lab.plan(&format!(
+        "{base}coordinator:\n  etcd: [\"10.0.0.1:2379\", \"no-port\"]\n  ttl: 1500ms\n"
+    ));
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("coordinator.etcd[1]: `no-port` is not an etcd client address"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("coordinator.ttl: "), "{}", r.stderr);
+    lab.plan(&format!(
+        "{base}coordinator:\n  etcd: []\n  ttl: 3s\n  renew: 2s\n  margin: 1s\n"
+    ));
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("coordinator.etcd: name at least one etcd member"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("coordinator.renew: renewing every 2s"),
+        "{}",
+        r.stderr
+    );
+    lab.plan(&format!(
+        "{base}coordinator:\n  etcd: [\"10.0.0.1:2379\"]\n  tll: 3s\n"
+    ));
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("tll"), "{}", r.stderr);
+    lab.plan(&format!(
+        "{base}coordinator:\n  etcd: [\"10.0.0.1:2379\", \"10.0.0.2:2379\", \"10.0.0.3:2379\"]\n"
+    ));
+    lab.ok(&["plan", "check"]);
+}

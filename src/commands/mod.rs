@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod backup;

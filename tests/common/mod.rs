@@ -1,5 +1,6 @@
 //! Test harness: a scratch directory with a plan, and the real `lifeboat` binary run in it.
 #![allow(dead_code)]
+pub mod etcd;
 pub mod moto;
 pub mod pair;
 pub mod pg;
@@ -233,13 +234,7 @@ pub fn flip_largest_pack(repo: &Path) {
 }
 
 /// A free TCP port on loopback.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use etcd::free_port;
 
 /// The real `restic` (Debian package) pointed at the lab's local repository `repo`.
 pub fn restic(lab: &Lab) -> Command {

@@ -561,6 +561,7 @@ const TOP_LEVEL: &[&str] = &[
     "scheduler",
     "metrics",
     "api",
+    "coordinator",
 ];
 
 /// Parse and validate a plan. On failure, every problem found, in file order.
@@ -594,6 +595,7 @@ pub fn parse_plan(src: &str, file: &str) -> Result<Plan, Vec<Diagnostic>> {
             "scheduler" => plan.scheduler = c.de(v, key),
             "metrics" => plan.metrics = c.de(v, key),
             "api" => plan.api = c.de(v, key),
+            "coordinator" => plan.coordinator = c.de(v, key),
             "escalation" => plan.escalation = c.de(v, key),
             "notifications" => match v {
                 Value::Array(items) => {

@@ -64,6 +64,44 @@ pub struct Plan {
     /// automation: every `/api` route needs a bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiSpec>,
+    /// An etcd cluster that coordinates an agent on every PostgreSQL member (`lifeboat agent
+    /// --member SITE`) instead of one daemon deciding: the primary's agent holds a leader key
+    /// on a short lease and stops its server before the lease can run out when it cannot renew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<CoordinatorSpec>,
+}
+
+/// The etcd cluster the agents coordinate through.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSpec {
+    /// etcd client addresses (`host:port`), one member per site.
+    pub etcd: Vec<String>,
+    /// Lifetime of the leader's lease: how long a lost primary's site keeps the leadership
+    /// before another member may take it. Whole seconds, at least 2. Default 3s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// How often the leader renews its lease (and every agent checks its server). Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew: Option<Duration>,
+    /// How long before its lease could expire a leader that could not renew stops its server,
+    /// counted from when it sent its last acknowledged renewal. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<Duration>,
+}
+
+impl CoordinatorSpec {
+    pub fn ttl(&self) -> std::time::Duration {
+        self.ttl.map_or(std::time::Duration::from_secs(3), |d| d.0)
+    }
+    pub fn renew(&self) -> std::time::Duration {
+        self.renew
+            .map_or(std::time::Duration::from_secs(1), |d| d.0)
+    }
+    pub fn margin(&self) -> std::time::Duration {
+        self.margin
+            .map_or(std::time::Duration::from_secs(1), |d| d.0)
+    }
 }
 
 /// The daemon's HTTP API.

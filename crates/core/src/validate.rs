@@ -589,6 +589,9 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     if let Some(a) = &plan.api {
         check_api(&mut err, a);
     }
+    if let Some(c) = &plan.coordinator {
+        check_coordinator(&mut err, c);
+    }
     check_notifications(&mut err, plan);
     if plan.scheduler.as_ref().and_then(|s| s.max_concurrent) == Some(0) {
         err(
@@ -701,6 +704,50 @@ fn check_notifications(err: &mut impl FnMut(String, String), plan: &Plan) {
 }
 
 /// The API: an address, tokens with a known role and one way to know each.
+fn check_coordinator(err: &mut impl FnMut(String, String), c: &crate::plan::CoordinatorSpec) {
+    if c.etcd.is_empty() {
+        err(
+            "coordinator.etcd".into(),
+            "name at least one etcd member (host:port), one per site".into(),
+        );
+    }
+    for (i, e) in c.etcd.iter().enumerate() {
+        let hostport = e
+            .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"))
+            .unwrap_or(e);
+        let ok = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            err(
+                format!("coordinator.etcd[{i}]"),
+                format!("`{e}` is not an etcd client address (host:port, e.g. 10.0.1.5:2379)"),
+            );
+        }
+    }
+    let (ttl, renew, margin) = (c.ttl(), c.renew(), c.margin());
+    if ttl.as_secs() < 2 || ttl.subsec_nanos() != 0 {
+        err(
+            "coordinator.ttl".into(),
+            format!("{ttl:?}: etcd leases count whole seconds; use 2s or more"),
+        );
+    }
+    if margin.is_zero() || margin >= ttl {
+        err(
+            "coordinator.margin".into(),
+            format!("{margin:?} must be more than 0 and less than the ttl ({ttl:?})"),
+        );
+    } else if renew.is_zero() || renew >= ttl - margin {
+        err(
+            "coordinator.renew".into(),
+            format!(
+                "renewing every {renew:?} leaves no second try before the leader must stop (ttl {ttl:?} minus margin {margin:?})"
+            ),
+        );
+    }
+}
+
 fn check_api(err: &mut impl FnMut(String, String), a: &crate::plan::ApiSpec) {
     if a.listen.parse::<std::net::SocketAddr>().is_err() {
         err(

@@ -6,7 +6,8 @@
 //! which it must stop acting: the time it *sent* its last acknowledged renewal plus the TTL,
 //! minus a margin — not the time the answer came back.
 //!
-//! Nothing here touches PostgreSQL: the agents (a later step) act on what this says.
+//! Nothing here touches PostgreSQL: the agents (`lifeboat_failover::agent`) act on what this
+//! says.
 
 use std::time::{Duration, Instant};
 
@@ -192,6 +193,45 @@ impl Coordinator {
         })
     }
 
+    /// One transaction: put `value` at `key` if the key does not exist, else read it.
+    async fn create(
+        &self,
+        key: &str,
+        value: &str,
+        opts: Option<PutOptions>,
+        what: &str,
+    ) -> Result<etcd_client::TxnResponse, Error> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, opts)])
+            .or_else([TxnOp::get(key, None)]);
+        let c = &self.client;
+        resend(|| {
+            let mut c = c.clone();
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(|e| etcd_err(what, e))
+    }
+
+    /// Write `value` at `key` unless the key exists (no lease: it stays). Returns what the
+    /// key holds afterwards: `value`, or what another writer put there first.
+    pub async fn put_if_absent(&mut self, key: &str, value: &str) -> Result<String, Error> {
+        let r = self.create(key, value, None, "write a key").await?;
+        if r.succeeded() {
+            return Ok(value.to_string());
+        }
+        for op in r.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(g) = op {
+                if let Some(kv) = g.kvs().first() {
+                    return Ok(String::from_utf8_lossy(kv.value()).into_owned());
+                }
+            }
+        }
+        Ok(value.to_string())
+    }
+
     /// Who leads now, if anyone.
     pub async fn holder(&mut self, key: &str) -> Result<Option<Holder>, Error> {
         let c = &self.client;
@@ -225,22 +265,14 @@ impl Coordinator {
         .await
         .map_err(|e| etcd_err("grant a lease", e))?
         .id();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
+        let r = self
+            .create(
                 key,
                 member,
                 Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let c = &self.client;
-        let r = resend(|| {
-            let mut c = c.clone();
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
-        .map_err(|e| etcd_err("campaign", e))?;
+                "campaign",
+            )
+            .await?;
         if r.succeeded() {
             // The key's create revision is the transaction's revision.
             let token = r.header().map(|h| h.revision()).unwrap_or(0);

@@ -3,73 +3,13 @@
 //! leader that stops renewing loses the key when its lease expires and cannot renew it back;
 //! with etcd gone a renewal fails and the leader's deadline stays where it was.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lifeboat_etcd::Coordinator;
 
-struct Etcd {
-    child: Child,
-    client: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One etcd member `name` on loopback, in a cluster of `initial` (`name=peer-url,…`).
-fn member(name: &str, client_port: u16, peer_port: u16, initial: &str) -> Etcd {
-    let dir = tempfile::tempdir().unwrap();
-    let client = format!("127.0.0.1:{client_port}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let child = Command::new("etcd")
-        .args(["--name", name, "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &format!("http://{client}"),
-            "--advertise-client-urls",
-            &format!("http://{client}"),
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            initial,
-            "--initial-cluster-state",
-            "new",
-            "--heartbeat-interval",
-            "100",
-            "--election-timeout",
-            "500",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (Debian etcd-server) is installed by scripts/install-deps.sh");
-    Etcd {
-        child,
-        client,
-        _dir: dir,
-    }
-}
-
-fn etcd() -> Etcd {
-    let (c, p) = (free_port(), free_port());
-    member("one", c, p, &format!("one=http://127.0.0.1:{p}"))
-}
+#[path = "../../../tests/common/etcd.rs"]
+mod common_etcd;
+use common_etcd::{cluster, etcd, Etcd};
 
 async fn connect(e: &Etcd) -> Coordinator {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -252,27 +192,9 @@ fn only_the_last_leader_or_its_synchronous_standby_may_succeed_and_a_fenced_lead
 }
 
 /// Three etcd members on loopback, one per site: (the members, their client addresses).
-fn cluster() -> (Vec<Etcd>, Vec<String>) {
-    let names = ["east", "west", "witness"];
-    let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
-    let initial = names
-        .iter()
-        .zip(&ports)
-        .map(|(n, (_, p))| format!("{n}=http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let members: Vec<Etcd> = names
-        .iter()
-        .zip(&ports)
-        .map(|(n, (c, p))| member(n, *c, *p, &initial))
-        .collect();
-    let clients = members.iter().map(|m| m.client.clone()).collect();
-    (members, clients)
-}
-
 #[test]
 fn a_three_member_etcd_keeps_the_leader_through_one_member_lost_and_not_through_two() {
-    let (mut members, clients) = cluster();
+    let (mut members, clients) = cluster(&["east", "west", "witness"]);
     rt().block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut a = loop {

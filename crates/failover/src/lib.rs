@@ -1,4 +1,5 @@
-//! Failover: keeping one writable primary and clients pointed at it — the per-service monitor
+//! Failover: keeping one writable primary and clients pointed at it — the agent on each member
+//! coordinated through etcd (`agent`), the single daemon's per-service monitor
 //! around `lifeboat_core::decide` (`daemon`), the failover state and its on-disk records
 //! (`coord`), the world a decision is made on (`world`), the failover sequence (`sequence`), requests from commands to a running daemon (`control`), the traffic endpoint
 //! (`traffic`), the DNS responder (`dns`), Patroni-style health endpoints (`healthapi`), manual
@@ -8,6 +9,7 @@
 //! Above `pg`, `context` and `runbook`; knows nothing of backups (`lifeboat-protect`).
 
 pub mod actions;
+pub mod agent;
 pub mod control;
 pub mod coord;
 pub mod daemon;

@@ -442,6 +442,50 @@ pub async fn stop_fast(bin_dir: &Path, m: &Member, secs: u32) -> Result<(), Erro
     Ok(())
 }
 
+/// Fence a member on this host at once: SIGKILL its postmaster first (no new backend can be
+/// forked after it), then every process left in its data directory, until none is. Nothing
+/// is acknowledged after this returns `Ok`; the server restarts with crash recovery. Used when
+/// a leader's lease is about to run out, where a clean shutdown could take longer than the
+/// time left.
+pub fn kill_all(m: &Member) -> Result<usize, Error> {
+    let postmaster = m
+        .data_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("postmaster.pid")).ok())
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+    let mut killed = 0;
+    if let Some(pid) = postmaster.filter(|p| *p > 0 && alive(*p as u32)) {
+        // SAFETY: kill(2) with a pid read from the cluster's own pid file.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            killed += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes(m);
+        if left.is_empty() {
+            return Ok(killed);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::new(
+                Kind::Source,
+                format!(
+                    "{} could not be stopped: processes {left:?} survive SIGKILL",
+                    m.site
+                ),
+            )
+            .hint("the server may still take writes: stop it by hand"));
+        }
+        for pid in left {
+            // SAFETY: kill(2) on a process found working in the member's data directory.
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// What a stopped member's control file says (`pg_controldata`).
 pub struct ControlData {
     /// Latest checkpoint location (a clean shutdown's is the last WAL it wrote).

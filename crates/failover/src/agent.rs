@@ -1,0 +1,652 @@
+//! `lifeboat agent --member SITE`: one agent beside each PostgreSQL member, coordinated through
+//! etcd (the plan's `coordinator:`), instead of one daemon deciding for every site.
+//!
+//! - The agent is the only thing that makes its server writable: a standby is promoted only
+//!   by its own agent, and only after that agent won the service's leader key
+//!   ([`lifeboat_etcd::Coordinator::campaign`]); the key's create revision is the fencing
+//!   token, recorded in the evidence log with every decision.
+//! - The leader renews its lease every `renew`. A watchdog thread, apart from the async loop
+//!   so a stuck request cannot hold it, kills the server (every process of it, postmaster
+//!   first: [`lifeboat_pg::ops::kill_all`]) when the deadline passes — the time the last
+//!   acknowledged renewal was *sent*, plus the TTL, minus `margin`, on a monotonic clock.
+//! - A primary whose agent does not hold the key (another member leads, or etcd cannot be
+//!   reached to take it) is stopped: a server never stays writable without the lease.
+//! - The primary's PostgreSQL gone (crashed, stopped) → the agent resigns at once, so a
+//!   standby need not wait for the lease to run out.
+//! - In a sync tier only the last leader, or a standby it published as synchronous (read from
+//!   `pg_stat_replication` once `synchronous_standby_names` has taken effect), may campaign;
+//!   a standby campaigns only when its WAL receiver no longer streams (its primary is gone from
+//!   its view), never on a fresh service nobody has led yet.
+//!
+//! Not yet here: standbys re-pointed at a new leader (`lifeboat rejoin` does that by hand),
+//! the traffic endpoint routing by token, a hardware watchdog, the fail-safe mode.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use lifeboat_context::Context;
+use lifeboat_core::plan::{CoordinatorSpec, Service};
+use lifeboat_core::{Error, Kind};
+use lifeboat_etcd::{Coordinator, Leadership};
+use lifeboat_pg::ops::Session;
+use lifeboat_pg::Member;
+use tokio::sync::watch;
+
+use crate::log::log;
+
+/// How often an agent looks at its own server (the renewals go every `renew`).
+const CHECK: Duration = Duration::from_millis(100);
+/// The longest one look at the server may take.
+const PROBE: Duration = Duration::from_millis(500);
+
+/// What the agent saw of its server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Not answering (crashed, stopped, hung).
+    Down,
+    Primary,
+    /// A standby; `streaming`: its WAL receiver streams from a primary now.
+    Standby {
+        streaming: bool,
+    },
+}
+
+/// The services a member at `site` belongs to (all, or the one named).
+fn services<'a>(ctx: &'a Context, site: &str, only: Option<&str>) -> Result<Vec<&'a str>, Error> {
+    let mut out = Vec::new();
+    for (name, svc) in &ctx.plan.services {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        if let Service::Postgres { members, .. } = svc {
+            if members.contains_key(site) {
+                out.push(name.as_str());
+            }
+        }
+    }
+    if out.is_empty() {
+        let what = only.map_or("no postgres service".to_string(), |o| {
+            format!("service `{o}` has no member")
+        });
+        return Err(Error::new(
+            Kind::Input,
+            format!("{what} in site `{site}`: this agent would have nothing to look after"),
+        )
+        .hint("run the agent on a member's host with --member naming that member's site"));
+    }
+    Ok(out)
+}
+
+/// Run the agents of site `site` (one per service) until `stop`. Fails at once, leaving every
+/// server as it is, when the plan has no coordinator or etcd cannot be reached.
+pub async fn run(
+    ctx: &Context,
+    site: &str,
+    only: Option<&str>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let Some(spec) = ctx.plan.coordinator.clone() else {
+        return Err(Error::new(
+            Kind::Input,
+            "the plan has no `coordinator:`: agents coordinate through etcd",
+        )
+        .hint("add `coordinator: { etcd: [host:port, …] }`, or run `lifeboat serve` (one daemon decides)"));
+    };
+    let names = services(ctx, site, only)?;
+    let mut agents = Vec::new();
+    for name in names {
+        agents.push(Agent::start(ctx, &spec, name, site).await?);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in agents {
+        tasks.spawn(a.run(stop.clone()));
+    }
+    let mut first_err = None;
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// The watchdog: one OS thread per agent that kills the server when the leader's deadline
+/// passes without a renewal having moved it.
+#[derive(Clone)]
+struct Watchdog(Arc<(Mutex<Option<Instant>>, Condvar)>);
+
+impl Watchdog {
+    fn spawn(member: Member, ctx: Context, margin: Duration) -> Watchdog {
+        let w = Watchdog(Arc::new((Mutex::new(None), Condvar::new())));
+        let inner = w.0.clone();
+        std::thread::spawn(move || {
+            let (lock, cv) = &*inner;
+            let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match *g {
+                    None => g = cv.wait(g).unwrap_or_else(|e| e.into_inner()),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now < d {
+                            g = cv
+                                .wait_timeout(g, d - now)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                            continue;
+                        }
+                        *g = None;
+                        drop(g);
+                        let started = Instant::now();
+                        let r = lifeboat_pg::ops::kill_all(&member);
+                        // How long before the lease could run out the server was gone.
+                        let left = (d + margin).saturating_duration_since(Instant::now());
+                        let reason = "the lease could not be renewed in time: the server was stopped before it could run out";
+                        let (outcome, err) = match &r {
+                            Ok(_) => ("ok", None),
+                            Err(e) => ("failed", Some(e.to_string())),
+                        };
+                        log(
+                            "agent_fenced",
+                            &member.service,
+                            serde_json::json!({"member": member.site, "reason": reason, "lease_left_ms": left.as_millis() as u64, "error": err}),
+                        );
+                        let _ = ctx.record(
+                            "agent fence",
+                            &member.service,
+                            outcome,
+                            started,
+                            serde_json::json!({"member": member.site, "action": "fence", "reason": reason, "by": "watchdog", "lease_left_ms": left.as_millis() as u64, "error": err}),
+                        );
+                        g = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+            }
+        });
+        w
+    }
+
+    /// Arm (or move) the deadline; `None` disarms.
+    fn set(&self, d: Option<Instant>) {
+        let (lock, cv) = &*self.0;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = d;
+        cv.notify_all();
+    }
+
+    /// Whether the watchdog fired since the deadline was last set.
+    fn fired(&self) -> bool {
+        self.0
+             .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+}
+
+/// One service's agent on one member.
+struct Agent {
+    ctx: Context,
+    member: Member,
+    co: Coordinator,
+    key: String,
+    spec: CoordinatorSpec,
+    sync_tier: bool,
+    lead: Option<Leadership>,
+    /// This agent's claim on its site (a key on its own lease): two agents for one site are
+    /// refused.
+    claim: Option<Leadership>,
+    watchdog: Watchdog,
+    /// The synchronous standbys last published.
+    published: Option<Vec<String>>,
+    last_renew: Instant,
+    /// The system identifier every member of the service must share, once checked.
+    system_ok: bool,
+}
+
+fn err_for(service: &str, site: &str, e: Error) -> Error {
+    Error {
+        message: format!("agent for {service} at {site}: {}", e.message),
+        ..e
+    }
+}
+
+impl Agent {
+    async fn start(
+        ctx: &Context,
+        spec: &CoordinatorSpec,
+        service: &str,
+        site: &str,
+    ) -> Result<Agent, Error> {
+        let svc = ctx.plan.services.get(service).expect("listed above");
+        let pg = lifeboat_pg::PgService::from_plan(service, svc, &ctx.base)?;
+        let member = pg.member(site)?;
+        let sync_tier = matches!(svc, Service::Postgres { replication: Some(r), .. } if r.mode == lifeboat_core::plan::ReplicationMode::Sync);
+        let mut co = Coordinator::connect(&spec.etcd, Duration::from_secs(2))
+            .await
+            .map_err(|e| {
+                err_for(service, site, e).hint(
+                    "start etcd or correct coordinator.etcd; no server was touched or made writable",
+                )
+            })?;
+        let key = Coordinator::leader_key(&ctx.plan.name, service);
+        // A first request proves etcd answers (connecting alone may not).
+        co.holder(&key).await.map_err(|e| {
+            err_for(service, site, e).hint(
+                "start etcd (a quorum of its members) or correct coordinator.etcd; no server was touched or made writable",
+            )
+        })?;
+        let claim_key = format!(
+            "{}/agents/{site}",
+            key.strip_suffix("/leader").unwrap_or(&key)
+        );
+        let me = format!(
+            "{}:{}",
+            lifeboat_store::lock::hostname(),
+            std::process::id()
+        );
+        let claim = match co.campaign(&claim_key, &me, spec.ttl()).await? {
+            Ok(c) => c,
+            Err(h) => {
+                return Err(Error::new(
+                    Kind::Conflict,
+                    format!(
+                        "agent for {service} at {site}: another agent ({}) already runs for this member",
+                        h.member
+                    ),
+                )
+                .hint("run one agent per member: stop the other one first"))
+            }
+        };
+        let watchdog = Watchdog::spawn(member.clone(), ctx.clone(), spec.margin());
+        log(
+            "agent_started",
+            service,
+            serde_json::json!({"member": site, "leader_key": key, "ttl_s": spec.ttl().as_secs()}),
+        );
+        Ok(Agent {
+            ctx: ctx.clone(),
+            member,
+            co,
+            key,
+            spec: spec.clone(),
+            sync_tier,
+            lead: None,
+            claim: Some(claim),
+            watchdog,
+            published: None,
+            last_renew: Instant::now(),
+            system_ok: false,
+        })
+    }
+
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let seen = self.look().await;
+            self.step(seen).await;
+            tokio::select! {
+                _ = tokio::time::sleep(CHECK) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        // A clean stop gives the leadership up (the server keeps running as it is: the next
+        // agent to start for it campaigns again as its last leader).
+        if let Some(l) = self.lead.take() {
+            self.watchdog.set(None);
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.co.resign(l)).await;
+        }
+        if let Some(claim) = self.claim.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.co.resign(claim)).await;
+        }
+        Ok(())
+    }
+
+    fn service(&self) -> &str {
+        &self.member.service
+    }
+
+    fn event(&self, what: &str, outcome: &str, started: Instant, fields: serde_json::Value) {
+        let mut f = serde_json::json!({"member": self.member.site, "action": what});
+        if let (Some(o), Some(x)) = (f.as_object_mut(), fields.as_object()) {
+            o.extend(x.clone());
+        }
+        log(&format!("agent_{what}"), self.service(), f.clone());
+        if let Err(e) = self.ctx.record(
+            &format!("agent {what}"),
+            self.service(),
+            outcome,
+            started,
+            f,
+        ) {
+            log(
+                "error",
+                self.service(),
+                serde_json::json!({"error": format!("evidence log: {e}")}),
+            );
+        }
+    }
+
+    async fn look(&self) -> Seen {
+        let probe = async {
+            let s = Session::connect(&self.member, PROBE).await.ok()?;
+            if !s.in_recovery().await.ok()? {
+                return Some(Seen::Primary);
+            }
+            let streaming = s
+                .bool(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')",
+                )
+                .await
+                .ok()?;
+            Some(Seen::Standby { streaming })
+        };
+        tokio::time::timeout(PROBE, probe)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Seen::Down)
+    }
+
+    async fn step(&mut self, seen: Seen) {
+        // Keep the site claim alive (its lease is this agent's own).
+        let due = self.last_renew.elapsed() >= self.spec.renew();
+        if due {
+            self.last_renew = Instant::now();
+        }
+        if self.lead.is_some() && self.watchdog.fired() {
+            // The watchdog stopped the server: this agent no longer leads.
+            self.lead = None;
+        }
+        match (self.lead.is_some(), seen) {
+            (true, Seen::Primary) => {
+                if due {
+                    self.renew().await;
+                }
+            }
+            (true, _) => {
+                let why = if seen == Seen::Down {
+                    "the server stopped answering"
+                } else {
+                    "the server is no longer a primary"
+                };
+                self.resign(why).await;
+            }
+            (false, Seen::Primary) => self.primary_without_lease().await,
+            (false, Seen::Standby { streaming }) if !streaming => self.maybe_take_over().await,
+            (false, _) => {}
+        }
+        // The site claim's lease is this agent's own; after the leader's renewal, and briefly.
+        if let (true, Some(claim)) = (due, self.claim.as_mut()) {
+            let _ = tokio::time::timeout(PROBE, self.co.renew(claim)).await;
+        }
+    }
+
+    async fn renew(&mut self) {
+        let Some(l) = self.lead.as_mut() else { return };
+        let deadline = l.deadline(self.spec.margin());
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline.into(), self.co.renew(l)).await {
+            Ok(Ok(())) => {
+                let d = l.deadline(self.spec.margin());
+                self.watchdog.set(Some(d));
+                self.publish_sync().await;
+            }
+            Ok(Err(e)) if e.kind == Kind::Conflict => {
+                self.fence("the lease is gone: another member may lead now", started)
+                    .await;
+            }
+            Ok(Err(e)) => {
+                // etcd unreachable: the watchdog counts down; the next renewal may get through.
+                log(
+                    "agent_renew_failed",
+                    self.service(),
+                    serde_json::json!({"member": self.member.site, "error": e.to_string()}),
+                );
+            }
+            Err(_) => {
+                self.fence("the lease could not be renewed before it ran out", started)
+                    .await;
+            }
+        }
+    }
+
+    /// Publish the standbys the primary lists as synchronous now, when they changed.
+    async fn publish_sync(&mut self) {
+        if !self.sync_tier {
+            return;
+        }
+        let Some(l) = self.lead.as_ref() else { return };
+        let q = async {
+            let s = Session::connect(&self.member, PROBE).await.ok()?;
+            let t = s
+                .text("SELECT coalesce(string_agg(application_name, ',' ORDER BY application_name), '') FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')")
+                .await
+                .ok()?;
+            Some(
+                t.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let Some(sync) = tokio::time::timeout(PROBE, q).await.ok().flatten() else {
+            return;
+        };
+        if self.published.as_ref() == Some(&sync) {
+            return;
+        }
+        let site = self.member.site.clone();
+        if let Ok(true) = self.co.publish_sync(l, &site, &sync).await {
+            log(
+                "agent_sync_published",
+                self.service(),
+                serde_json::json!({"member": site, "token": l.token, "synchronous": sync}),
+            );
+            self.published = Some(sync);
+        }
+    }
+
+    async fn resign(&mut self, why: &str) {
+        let Some(l) = self.lead.take() else { return };
+        self.watchdog.set(None);
+        let started = Instant::now();
+        let token = l.token;
+        let r = tokio::time::timeout(Duration::from_secs(1), self.co.resign(l)).await;
+        let (outcome, err) = match r {
+            Ok(Ok(())) => ("ok", None),
+            Ok(Err(e)) => ("failed", Some(e.to_string())),
+            Err(_) => ("failed", Some("etcd did not answer within 1 s".to_string())),
+        };
+        self.event(
+            "resign",
+            outcome,
+            started,
+            serde_json::json!({"token": token, "reason": why, "error": err,
+                "note": if err.is_some() { "the lease runs out on its own within its ttl" } else { "another member may take over at once" }}),
+        );
+    }
+
+    /// Stop this member's server now and say why.
+    async fn fence(&mut self, why: &str, started: Instant) {
+        let lead = self.lead.take();
+        let token = lead.as_ref().map(|l| l.token);
+        self.watchdog.set(None);
+        let m = self.member.clone();
+        let r = tokio::task::spawn_blocking(move || lifeboat_pg::ops::kill_all(&m)).await;
+        // For a leader: how long before its lease could run out the server was gone.
+        let left = lead.map(|l| {
+            l.deadline(Duration::ZERO)
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64
+        });
+        let err = match r {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        self.event(
+            "fence",
+            if err.is_none() { "ok" } else { "failed" },
+            started,
+            serde_json::json!({"token": token, "reason": why, "by": "agent", "lease_left_ms": left, "error": err}),
+        );
+    }
+
+    /// Every member of the service must be of one cluster: the first agent to look records
+    /// the system identifier in etcd, the others compare.
+    async fn same_cluster(&mut self) -> Result<bool, Error> {
+        if self.system_ok {
+            return Ok(true);
+        }
+        let Ok(s) = Session::connect(&self.member, PROBE).await else {
+            return Ok(false);
+        };
+        let mine = s.system_id().await?;
+        let key = format!(
+            "{}/system_id",
+            self.key.strip_suffix("/leader").unwrap_or(&self.key)
+        );
+        let theirs = self.co.put_if_absent(&key, &mine).await?;
+        if theirs == mine {
+            self.system_ok = true;
+            return Ok(true);
+        }
+        Err(Error::new(
+            Kind::Conflict,
+            format!(
+                "{} at {} is of another cluster (system identifier {mine}; the service's is {theirs})",
+                self.service(),
+                self.member.site
+            ),
+        )
+        .hint("this member was not made from the service's primary: rebuild it (lifeboat rejoin) or correct the plan"))
+    }
+
+    /// A writable server without the lease: take the lease if nobody holds it and this member
+    /// may, else stop the server.
+    async fn primary_without_lease(&mut self) {
+        let started = Instant::now();
+        match self.same_cluster().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => return self.fence(&e.message, started).await,
+        }
+        match self.take_lease().await {
+            Ok(l) => {
+                self.watchdog.set(Some(l.deadline(self.spec.margin())));
+                let token = l.token;
+                self.lead = Some(l);
+                self.published = None;
+                self.event(
+                    "lead",
+                    "ok",
+                    started,
+                    serde_json::json!({"token": token, "reason": "the primary took the service's leader key"}),
+                );
+                self.publish_sync().await;
+            }
+            Err(why) => self.fence(&why, started).await,
+        }
+    }
+
+    /// Take the leader key for a primary, or why it may not have it (and must stop).
+    async fn take_lease(&mut self) -> Result<Leadership, String> {
+        let site = self.member.site.clone();
+        let key = self.key.clone();
+        let unreachable = |e: Error| {
+            format!(
+                "a primary without the lease, and etcd cannot give it: {}",
+                e.message
+            )
+        };
+        let held = |h: lifeboat_etcd::Holder| {
+            format!(
+                "{} leads (token {}): this server may not take writes",
+                h.member, h.token
+            )
+        };
+        if let Some(h) = self.co.holder(&key).await.map_err(unreachable)? {
+            return Err(held(h));
+        }
+        if !self
+            .co
+            .may_campaign(&key, &site)
+            .await
+            .map_err(unreachable)?
+        {
+            return Err(
+                "a primary that is neither the last leader nor one of its synchronous standbys"
+                    .into(),
+            );
+        }
+        self.co
+            .campaign(&key, &site, self.spec.ttl())
+            .await
+            .map_err(unreachable)?
+            .map_err(held)
+    }
+
+    /// A standby whose primary is gone from its view: campaign when nobody leads and this
+    /// member may, and promote on winning.
+    async fn maybe_take_over(&mut self) {
+        let started = Instant::now();
+        let site = self.member.site.clone();
+        let key = self.key.clone();
+        let Ok(None) = self.co.holder(&key).await else {
+            return;
+        };
+        // Nobody has led this service yet: a standby waits for the primary's agent.
+        let published = match self.co.sync_set(&key).await {
+            Ok(Some(p)) => p,
+            _ => return,
+        };
+        let allowed = !self.sync_tier || published.0 == site || published.2.contains(&site);
+        if !allowed {
+            return;
+        }
+        if !matches!(self.same_cluster().await, Ok(true)) {
+            return;
+        }
+        let l = match self.co.campaign(&key, &site, self.spec.ttl()).await {
+            Ok(Ok(l)) => l,
+            _ => return,
+        };
+        self.watchdog.set(Some(l.deadline(self.spec.margin())));
+        let token = l.token;
+        self.lead = Some(l);
+        self.published = None;
+        let reason = format!(
+            "{} led last (token {}); {site} {} and its primary no longer streams to it",
+            published.0,
+            published.1,
+            if self.sync_tier {
+                "was published as its synchronous standby"
+            } else {
+                "is a standby"
+            }
+        );
+        let r = async {
+            let s = Session::connect(&self.member, Duration::from_secs(2)).await?;
+            s.promote().await
+        }
+        .await;
+        match r {
+            Ok(_) => self.event(
+                "promote",
+                "ok",
+                started,
+                serde_json::json!({"token": token, "from": published.0, "reason": reason}),
+            ),
+            Err(e) => {
+                self.event(
+                    "promote",
+                    "failed",
+                    started,
+                    serde_json::json!({"token": token, "from": published.0, "reason": reason, "error": e.to_string()}),
+                );
+                self.resign("the promotion failed").await;
+            }
+        }
+    }
+}

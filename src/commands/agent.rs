@@ -1,0 +1,34 @@
+//! `lifeboat agent --member SITE`: the agent beside one PostgreSQL member, coordinated with the
+//! other members' agents through the plan's etcd (`coordinator:`); see
+//! crates/failover/src/agent.rs. Structured events (JSON lines) go to stderr; leadership,
+//! promotions and fences to the evidence log.
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The site of the member this agent runs beside (on that member's host).
+    #[arg(long, value_name = "SITE")]
+    pub member: String,
+    /// Only this service (default: every postgres service with a member in that site).
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+}
+
+pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
+    let ctx = super::context(cli)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Before the runtime creates its threads, so they inherit the blocked mask.
+    lifeboat_context::signals::on_termination(move || {
+        let _ = stop_tx.send(true);
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(lifeboat_failover::agent::run(
+        &ctx,
+        &a.member,
+        a.service.as_deref(),
+        stop_rx,
+    ))?;
+    Ok(0)
+}

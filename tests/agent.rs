@@ -1,0 +1,218 @@
+//! Agents beside each PostgreSQL member, coordinated through a real etcd (Debian's
+//! `etcd-server`) and acting on a real primary and synchronous standby:
+//! - the primary's agent takes the leader key; its PostgreSQL crashing makes it resign at once
+//!   and the standby's agent wins a larger token and promotes, with every acknowledged write;
+//! - the old primary started again as a primary (a service manager restarting it) is stopped
+//!   by its own agent: another member holds the key;
+//! - etcd lost under a leader: its agent stops its server before the lease can run out;
+//! - refusals: no etcd at start (nothing touched), a second agent for one member; an agent
+//!   killed alone fails nothing over, and started again leads again.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::etcd::{etcd, free_port, Etcd};
+use common::pair::Pair;
+use common::Daemon;
+
+/// A sync pair (a primary, b standby) whose plan coordinates through `etcd`.
+fn pair(etcd: &str) -> Pair {
+    let p = Pair::new("sync", "", "");
+    let plan = std::fs::read_to_string(p.pg.lab.p("lifeboat.yaml")).unwrap();
+    std::fs::write(
+        p.pg.lab.p("lifeboat.yaml"),
+        format!("{plan}\ncoordinator:\n  etcd: [\"{etcd}\"]\n  ttl: 3s\n"),
+    )
+    .unwrap();
+    p.pg.ok(&["plan", "check"]);
+    p
+}
+
+fn agent(p: &Pair, site: &str) -> Daemon {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p.pg.lab.p(&format!("agent-{site}.log")))
+        .unwrap();
+    let mut c = p.pg.cmd(&["agent", "--member", site]);
+    c.stdout(Stdio::null()).stderr(log);
+    Daemon(c.spawn().unwrap())
+}
+
+fn logs(p: &Pair) -> String {
+    ["a", "b"]
+        .iter()
+        .map(|s| {
+            format!(
+                "--- agent {s}:\n{}",
+                std::fs::read_to_string(p.pg.lab.p(&format!("agent-{s}.log"))).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// The agent events (`agent lead`, `agent promote` …) in the evidence log.
+fn agent_events(p: &Pair, what: &str) -> Vec<serde_json::Value> {
+    p.pg.events()
+        .into_iter()
+        .filter(|e| e["command"] == format!("agent {what}"))
+        .collect()
+}
+
+/// Wait (20 s at most) for an `agent WHAT` event of `member`, the n-th of its kind counted from
+/// 1; returns it.
+fn await_event(p: &Pair, what: &str, member: &str, nth: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: Vec<_> = agent_events(p, what)
+            .into_iter()
+            .filter(|e| e["figures"]["member"] == member)
+            .collect();
+        if got.len() >= nth {
+            return got[nth - 1].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `agent {what}` #{nth} of {member}:\n{}",
+            logs(p)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn await_stopped(p: &Pair, dir: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while postmaster_alive(p, dir) {
+        assert!(
+            Instant::now() < deadline,
+            "{dir}'s server still runs:\n{}",
+            logs(p)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn postmaster_alive(p: &Pair, dir: &str) -> bool {
+    let Ok(t) = std::fs::read_to_string(p.pg.lab.p(&format!("{dir}/postmaster.pid"))) else {
+        return false;
+    };
+    let pid: i32 = t.lines().next().unwrap_or("0").trim().parse().unwrap_or(0);
+    pid > 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z") && !s.contains(") X"))
+}
+
+fn token(e: &serde_json::Value) -> i64 {
+    e["figures"]["token"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no token: {e}"))
+}
+
+#[test]
+fn the_leader_resigns_when_postgres_crashes_the_standby_takes_over_and_a_restarted_old_primary_is_stopped(
+) {
+    let mut e: Etcd = etcd();
+    e.await_healthy();
+    let p = pair(&e.client);
+    let (_a, _b) = (agent(&p, "a"), agent(&p, "b"));
+    let lead = await_event(&p, "lead", "a", 1);
+    let t1 = token(&lead);
+    // Acknowledged writes on the primary (sync: each one is on b as well).
+    let mut acked = Vec::new();
+    for v in 1..=20 {
+        if p.pg
+            .try_sql_on(
+                p.pg.port,
+                "postgres",
+                &format!("INSERT INTO w VALUES ({v})"),
+            )
+            .is_ok()
+        {
+            acked.push(v);
+        }
+    }
+    assert_eq!(acked.len(), 20);
+    // The agent published b as synchronous before b may campaign; give it a renewal.
+    std::thread::sleep(Duration::from_millis(1500));
+    p.signal_server("pgdata", libc::SIGKILL);
+    let resign = await_event(&p, "resign", "a", 1);
+    assert_eq!(token(&resign), t1, "{resign}");
+    assert_eq!(resign["outcome"], "ok", "{resign}");
+    let promote = await_event(&p, "promote", "b", 1);
+    assert_eq!(promote["outcome"], "ok", "{promote}\n{}", logs(&p));
+    let t2 = token(&promote);
+    assert!(t2 > t1, "the successor's token {t2} is not above {t1}");
+    assert_eq!(p.in_recovery(p.sport), Some(false));
+    let have = p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w");
+    assert_eq!(have, "20", "acknowledged writes lost");
+
+    // A service manager starts the old primary again, as a primary: its agent stops it.
+    // (The killed postmaster may linger unreaped here, a zombie whose pid file would stop the
+    // start: the service manager's reaping, done by hand.)
+    await_stopped(&p, "pgdata");
+    let _ = std::fs::remove_file(p.pg.lab.p("pgdata/postmaster.pid"));
+    let _ =
+        p.pg.tool("pg_ctl", &["-D", "pgdata", "-l", "pg.log", "start"]);
+    let fence = await_event(&p, "fence", "a", 1);
+    let why = fence["figures"]["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("b leads"), "{fence}");
+    assert!(why.contains(&t2.to_string()), "{fence}");
+    await_stopped(&p, "pgdata");
+
+    // etcd lost under the new leader: its agent stops its server (the lease cannot be renewed).
+    e.kill();
+    let fence = await_event(&p, "fence", "b", 1);
+    assert_eq!(fence["outcome"], "ok", "{fence}");
+    // Stopped before the lease could run out (counted from the last renewal it sent).
+    let left = fence["figures"]["lease_left_ms"].as_u64();
+    assert!(left.is_some_and(|l| l > 0), "{fence}");
+    await_stopped(&p, "standby");
+}
+
+#[test]
+fn refusals_and_an_agent_killed_alone_fail_nothing_over() {
+    // No etcd at the address: the agent stops at once, touching nothing.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let p = pair(&nowhere);
+    let r = p.pg.run(&["agent", "--member", "a"]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.all().contains("etcd"), "{}", r.all());
+    assert!(r.all().contains("no server was touched"), "{}", r.all());
+    assert_eq!(p.in_recovery(p.pg.port), Some(false));
+    assert_eq!(p.in_recovery(p.sport), Some(true));
+
+    // With etcd: one agent per member, the second refused.
+    let e = etcd();
+    e.await_healthy();
+    let plan = std::fs::read_to_string(p.pg.lab.p("lifeboat.yaml")).unwrap();
+    std::fs::write(
+        p.pg.lab.p("lifeboat.yaml"),
+        plan.replace(&nowhere, &e.client),
+    )
+    .unwrap();
+    let mut a = agent(&p, "a");
+    let _b = agent(&p, "b");
+    let t1 = token(&await_event(&p, "lead", "a", 1));
+    let r = p.pg.run(&["agent", "--member", "a"]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.all().contains("another agent"), "{}", r.all());
+
+    // The primary's agent killed alone: its lease runs out, but the standby still streams from
+    // a live primary, so nothing fails over and writes go on.
+    a.kill_now();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(p.in_recovery(p.sport), Some(true), "{}", logs(&p));
+    assert_eq!(p.in_recovery(p.pg.port), Some(false));
+    p.pg.sql("INSERT INTO w VALUES (1)");
+    assert!(agent_events(&p, "promote").is_empty(), "{}", logs(&p));
+    // Started again, it leads again with a new token.
+    let _a = agent(&p, "a");
+    let t2 = token(&await_event(&p, "lead", "a", 2));
+    assert!(t2 > t1);
+    assert_eq!(
+        p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w"),
+        "1"
+    );
+}
