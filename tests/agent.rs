@@ -42,7 +42,7 @@ fn agent(p: &Pair, site: &str) -> Daemon {
 }
 
 fn logs(p: &Pair) -> String {
-    ["a", "b"]
+    ["a", "b", "c"]
         .iter()
         .map(|s| {
             format!(
@@ -95,7 +95,19 @@ fn await_stopped(p: &Pair, dir: &str) {
 }
 
 fn postmaster_alive(p: &Pair, dir: &str) -> bool {
-    let Ok(t) = std::fs::read_to_string(p.pg.lab.p(&format!("{dir}/postmaster.pid"))) else {
+    alive_at(&p.pg.lab.p(dir))
+}
+
+fn await_stopped_at(dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive_at(dir) {
+        assert!(Instant::now() < deadline, "{} still runs", dir.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive_at(dir: &std::path::Path) -> bool {
+    let Ok(t) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
         return false;
     };
     let pid: i32 = t.lines().next().unwrap_or("0").trim().parse().unwrap_or(0);
@@ -116,7 +128,7 @@ fn the_leader_resigns_when_postgres_crashes_the_standby_takes_over_and_a_restart
     let mut e: Etcd = etcd();
     e.await_healthy();
     let p = pair(&e.client);
-    let (_a, _b) = (agent(&p, "a"), agent(&p, "b"));
+    let (_a, mut b) = (agent(&p, "a"), agent(&p, "b"));
     let lead = await_event(&p, "lead", "a", 1);
     let t1 = token(&lead);
     // Acknowledged writes on the primary (sync: each one is on b as well).
@@ -160,6 +172,13 @@ fn the_leader_resigns_when_postgres_crashes_the_standby_takes_over_and_a_restart
     assert!(why.contains("b leads"), "{fence}");
     assert!(why.contains(&t2.to_string()), "{fence}");
     await_stopped(&p, "pgdata");
+
+    // The new leader's agent killed and started again: it leads again, with a larger token.
+    b.kill_now();
+    let _b = agent(&p, "b");
+    let relead = await_event(&p, "lead", "b", 1);
+    assert!(token(&relead) > t2, "{relead}");
+    assert_eq!(p.in_recovery(p.sport), Some(false));
 
     // etcd lost under the new leader: its agent stops its server (the lease cannot be renewed).
     e.kill();
@@ -215,4 +234,97 @@ fn refusals_and_an_agent_killed_alone_fail_nothing_over() {
         p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w"),
         "1"
     );
+}
+
+/// A primary paused (SIGSTOP) for longer than its lease: its agent resigns (the server stopped
+/// answering), the standby takes over, and when the old primary wakes its agent stops it —
+/// and a commit it takes meanwhile is never acknowledged (its synchronous standby follows it
+/// no more).
+#[test]
+fn a_primary_paused_past_its_lease_is_stopped_when_it_wakes_and_acknowledges_nothing() {
+    let e = etcd();
+    e.await_healthy();
+    let p = pair(&e.client);
+    let (_a, _b) = (agent(&p, "a"), agent(&p, "b"));
+    let t1 = token(&await_event(&p, "lead", "a", 1));
+    p.pg.sql("INSERT INTO w VALUES (1)");
+    std::thread::sleep(Duration::from_millis(1500));
+    // A client connected before the pause, whose commit goes in while the server sleeps.
+    let port = p.pg.port.to_string();
+    let mut psql = std::process::Command::new(common::pg::pg_bin().join("psql"));
+    psql.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-X",
+        "-A",
+        "-t",
+        "-c",
+    ])
+    .arg("SELECT pg_sleep(1); INSERT INTO w VALUES (2) RETURNING v")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let writer = psql.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal_server("pgdata", libc::SIGSTOP);
+    let promote = await_event(&p, "promote", "b", 1);
+    assert!(token(&promote) > t1, "{promote}");
+    std::thread::sleep(Duration::from_secs(4)); // past a's lease
+    p.signal_server("pgdata", libc::SIGCONT);
+    let fence = await_event(&p, "fence", "a", 1);
+    assert!(
+        fence["figures"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("b leads"),
+        "{fence}"
+    );
+    await_stopped(&p, "pgdata");
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains('2'),
+        "the paused primary acknowledged a commit after it woke: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w WHERE v = 1"),
+        "1"
+    );
+}
+
+/// A member of another cluster (its own initdb) is stopped by its agent, which names both
+/// system identifiers; the service's leader is untouched.
+#[test]
+fn a_member_of_another_cluster_is_stopped_by_its_agent() {
+    let e = etcd();
+    e.await_healthy();
+    let stranger = common::pg::Pg::start("", &[]);
+    let p = Pair::new(
+        "sync",
+        "",
+        &format!(
+            "      c: {{ host: 127.0.0.1, port: {}, user: postgres, data_dir: \"{}\" }}\n",
+            stranger.port,
+            stranger.lab.p("pgdata").display()
+        ),
+    );
+    let plan = std::fs::read_to_string(p.pg.lab.p("lifeboat.yaml")).unwrap();
+    std::fs::write(
+        p.pg.lab.p("lifeboat.yaml"),
+        format!("{plan}\ncoordinator:\n  etcd: [\"{}\"]\n", e.client),
+    )
+    .unwrap();
+    let (_a, _b) = (agent(&p, "a"), agent(&p, "b"));
+    await_event(&p, "lead", "a", 1);
+    let _c = agent(&p, "c");
+    let fence = await_event(&p, "fence", "c", 1);
+    let why = fence["figures"]["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("another cluster"), "{fence}");
+    assert!(why.contains("system identifier"), "{fence}");
+    await_stopped_at(&stranger.lab.p("pgdata"));
+    assert_eq!(p.in_recovery(p.pg.port), Some(false));
+    assert!(agent_events(&p, "resign").is_empty(), "{}", logs(&p));
 }

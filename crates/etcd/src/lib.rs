@@ -74,6 +74,8 @@ pub struct Holder {
     pub member: String,
     /// The key's create revision: a later leader always has a larger one.
     pub token: i64,
+    /// The lease the key lives on.
+    pub lease: i64,
 }
 
 /// A leadership this process holds.
@@ -244,6 +246,7 @@ impl Coordinator {
         Ok(r.kvs().first().map(|kv| Holder {
             member: String::from_utf8_lossy(kv.value()).into_owned(),
             token: kv.create_revision(),
+            lease: kv.lease(),
         }))
     }
 
@@ -288,6 +291,7 @@ impl Coordinator {
         let holder = self.holder(key).await?.unwrap_or(Holder {
             member: String::new(),
             token: 0,
+            lease: 0,
         });
         Ok(Err(holder))
     }
@@ -323,6 +327,16 @@ impl Coordinator {
             .await
             .map(|_| ())
             .map_err(|e| etcd_err("resign", e))
+    }
+
+    /// End a holder's lease (its keys go with it): for an agent that took over from a dead
+    /// predecessor at its own member, whose lease would otherwise hold until it runs out.
+    pub async fn revoke(&mut self, h: &Holder) -> Result<(), Error> {
+        match self.client.lease_revoke(h.lease).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("lease not found") => Ok(()),
+            Err(e) => Err(etcd_err("end a stale lease", e)),
+        }
     }
 
     /// Whether `token` is still the leader's: the check anything that acts for a leader makes

@@ -15,8 +15,11 @@
 //!   standby need not wait for the lease to run out.
 //! - In a sync tier only the last leader, or a standby it published as synchronous (read from
 //!   `pg_stat_replication` once `synchronous_standby_names` has taken effect), may campaign;
-//!   a standby campaigns only when its WAL receiver no longer streams (its primary is gone from
-//!   its view), never on a fresh service nobody has led yet.
+//!   a standby campaigns only when nobody holds the key and the last leader's server is gone
+//!   from its view (its WAL receiver no longer streams, or the server does not answer), never
+//!   on a fresh service nobody has led yet. An agent killed alone fails nothing over: its
+//!   server still answers, and the agent started again takes the key back (the dead agent's
+//!   lease ended, so its token is refused from then on).
 //!
 //! Not yet here: standbys re-pointed at a new leader (`lifeboat rejoin` does that by hand),
 //! the traffic endpoint routing by token, a hardware watchdog, the fail-safe mode.
@@ -110,6 +113,27 @@ pub async fn run(
     first_err.map_or(Ok(()), Err)
 }
 
+/// Whether a site claim's holder (`host:pid`) is an agent of this host that no longer runs.
+fn predecessor_dead(holder: &str) -> bool {
+    let Some((host, pid)) = holder.rsplit_once(':') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    host == lifeboat_store::lock::hostname()
+        && pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            // Gone, a zombie, or another program that took the pid since.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            matches!(state, Some("Z") | Some("X"))
+                || !std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains("lifeboat") || c.contains("agent"))
+        })
+}
+
 /// The watchdog: one OS thread per agent that kills the server when the leader's deadline
 /// passes without a renewal having moved it.
 #[derive(Clone)]
@@ -200,6 +224,8 @@ struct Agent {
     last_renew: Instant,
     /// The system identifier every member of the service must share, once checked.
     system_ok: bool,
+    /// The service's other members.
+    peers: std::collections::BTreeMap<String, Member>,
 }
 
 fn err_for(service: &str, site: &str, e: Error) -> Error {
@@ -219,6 +245,10 @@ impl Agent {
         let svc = ctx.plan.services.get(service).expect("listed above");
         let pg = lifeboat_pg::PgService::from_plan(service, svc, &ctx.base)?;
         let member = pg.member(site)?;
+        let mut peers = std::collections::BTreeMap::new();
+        for other in pg.members.keys().filter(|s| *s != site) {
+            peers.insert(other.clone(), pg.member(other)?);
+        }
         let sync_tier = matches!(svc, Service::Postgres { replication: Some(r), .. } if r.mode == lifeboat_core::plan::ReplicationMode::Sync);
         let mut co = Coordinator::connect(&spec.etcd, Duration::from_secs(2))
             .await
@@ -243,7 +273,15 @@ impl Agent {
             lifeboat_store::lock::hostname(),
             std::process::id()
         );
-        let claim = match co.campaign(&claim_key, &me, spec.ttl()).await? {
+        let mut claimed = co.campaign(&claim_key, &me, spec.ttl()).await?;
+        if let Err(h) = &claimed {
+            // A predecessor on this host that died (killed, crashed): its claim is stale.
+            if predecessor_dead(&h.member) {
+                co.revoke(h).await?;
+                claimed = co.campaign(&claim_key, &me, spec.ttl()).await?;
+            }
+        }
+        let claim = match claimed {
             Ok(c) => c,
             Err(h) => {
                 return Err(Error::new(
@@ -275,6 +313,7 @@ impl Agent {
             published: None,
             last_renew: Instant::now(),
             system_ok: false,
+            peers,
         })
     }
 
@@ -373,7 +412,7 @@ impl Agent {
                 self.resign(why).await;
             }
             (false, Seen::Primary) => self.primary_without_lease().await,
-            (false, Seen::Standby { streaming }) if !streaming => self.maybe_take_over().await,
+            (false, Seen::Standby { streaming }) => self.maybe_take_over(streaming).await,
             (false, _) => {}
         }
         // The site claim's lease is this agent's own; after the leader's renewal, and briefly.
@@ -567,7 +606,13 @@ impl Agent {
             )
         };
         if let Some(h) = self.co.holder(&key).await.map_err(unreachable)? {
-            return Err(held(h));
+            if h.member != site {
+                return Err(held(h));
+            }
+            // This member's own key, left by a predecessor agent that is gone (this one holds
+            // the member's claim, so no other agent for it lives): end that lease, so the old
+            // token is refused from now on, and take a new one.
+            self.co.revoke(&h).await.map_err(unreachable)?;
         }
         if !self
             .co
@@ -589,7 +634,7 @@ impl Agent {
 
     /// A standby whose primary is gone from its view: campaign when nobody leads and this
     /// member may, and promote on winning.
-    async fn maybe_take_over(&mut self) {
+    async fn maybe_take_over(&mut self, streaming: bool) {
         let started = Instant::now();
         let site = self.member.site.clone();
         let key = self.key.clone();
@@ -604,6 +649,25 @@ impl Agent {
         let allowed = !self.sync_tier || published.0 == site || published.2.contains(&site);
         if !allowed {
             return;
+        }
+        // Still streaming: the last leader may only have lost its agent (then nothing fails
+        // over) — or be paused or cut off, its connection not yet timed out. Ask it.
+        if streaming {
+            let Some(last) = self.peers.get(&published.0) else {
+                return;
+            };
+            let answers = async {
+                let s = Session::connect(last, PROBE).await.ok()?;
+                s.in_recovery().await.ok()
+            };
+            if tokio::time::timeout(PROBE, answers)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return;
+            }
         }
         if !matches!(self.same_cluster().await, Ok(true)) {
             return;
