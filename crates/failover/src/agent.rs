@@ -113,6 +113,36 @@ pub async fn run(
     first_err.map_or(Ok(()), Err)
 }
 
+/// One thing an agent did: on stderr as `agent_WHAT`, in the evidence log as `agent WHAT`,
+/// with the member and the action beside `fields`.
+fn event(
+    ctx: &Context,
+    member: &Member,
+    what: &str,
+    outcome: &str,
+    started: Instant,
+    fields: serde_json::Value,
+) {
+    let mut f = serde_json::json!({"member": member.site, "action": what});
+    if let (Some(o), Some(x)) = (f.as_object_mut(), fields.as_object()) {
+        o.extend(x.clone());
+    }
+    log(&format!("agent_{what}"), &member.service, f.clone());
+    if let Err(e) = ctx.record(
+        &format!("agent {what}"),
+        &member.service,
+        outcome,
+        started,
+        f,
+    ) {
+        log(
+            "error",
+            &member.service,
+            serde_json::json!({"error": format!("evidence log: {e}")}),
+        );
+    }
+}
+
 /// Whether a site claim's holder (`host:pid`) is an agent of this host that no longer runs.
 fn predecessor_dead(holder: &str) -> bool {
     let Some((host, pid)) = holder.rsplit_once(':') else {
@@ -123,15 +153,10 @@ fn predecessor_dead(holder: &str) -> bool {
     };
     host == lifeboat_store::lock::hostname()
         && pid != std::process::id()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            // Gone, a zombie, or another program that took the pid since.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next());
-            matches!(state, Some("Z") | Some("X"))
-                || !std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.contains("lifeboat") || c.contains("agent"))
-        })
+        // Gone, a zombie, or another program that took the pid since.
+        && (!lifeboat_pg::ops::alive(pid)
+            || !std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("lifeboat") || c.contains("agent")))
 }
 
 /// The watchdog: one OS thread per agent that kills the server when the leader's deadline
@@ -169,17 +194,13 @@ impl Watchdog {
                             Ok(_) => ("ok", None),
                             Err(e) => ("failed", Some(e.to_string())),
                         };
-                        log(
-                            "agent_fenced",
-                            &member.service,
-                            serde_json::json!({"member": member.site, "reason": reason, "lease_left_ms": left.as_millis() as u64, "error": err}),
-                        );
-                        let _ = ctx.record(
-                            "agent fence",
-                            &member.service,
+                        event(
+                            &ctx,
+                            &member,
+                            "fence",
                             outcome,
                             started,
-                            serde_json::json!({"member": member.site, "action": "fence", "reason": reason, "by": "watchdog", "lease_left_ms": left.as_millis() as u64, "error": err}),
+                            serde_json::json!({"reason": reason, "by": "watchdog", "lease_left_ms": left.as_millis() as u64, "error": err}),
                         );
                         g = lock.lock().unwrap_or_else(|e| e.into_inner());
                     }
@@ -346,24 +367,7 @@ impl Agent {
     }
 
     fn event(&self, what: &str, outcome: &str, started: Instant, fields: serde_json::Value) {
-        let mut f = serde_json::json!({"member": self.member.site, "action": what});
-        if let (Some(o), Some(x)) = (f.as_object_mut(), fields.as_object()) {
-            o.extend(x.clone());
-        }
-        log(&format!("agent_{what}"), self.service(), f.clone());
-        if let Err(e) = self.ctx.record(
-            &format!("agent {what}"),
-            self.service(),
-            outcome,
-            started,
-            f,
-        ) {
-            log(
-                "error",
-                self.service(),
-                serde_json::json!({"error": format!("evidence log: {e}")}),
-            );
-        }
+        event(&self.ctx, &self.member, what, outcome, started, fields);
     }
 
     async fn look(&self) -> Seen {

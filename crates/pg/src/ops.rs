@@ -346,7 +346,15 @@ pub async fn pg_ctl(
     .map_err(|e| Error::new(Kind::Internal, e.to_string()))?
 }
 
-fn alive(pid: u32) -> bool {
+/// The postmaster's pid from a member's local pid file (first line), if it has one.
+fn postmaster_pid(m: &Member) -> Option<u32> {
+    let d = m.data_dir.as_ref()?;
+    let t = std::fs::read_to_string(d.join("postmaster.pid")).ok()?;
+    t.lines().next()?.trim().parse().ok()
+}
+
+/// Whether process `pid` runs on this host (a zombie does not).
+pub fn alive(pid: u32) -> bool {
     // The state follows the command name in parentheses; a zombie is not running.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -390,11 +398,7 @@ pub fn running(m: &Member) -> bool {
 /// keeps it running is an error.
 pub async fn stop_fast(bin_dir: &Path, m: &Member, secs: u32) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(secs.into());
-    let postmaster = m
-        .data_dir
-        .as_ref()
-        .and_then(|d| std::fs::read_to_string(d.join("postmaster.pid")).ok())
-        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+    let postmaster = postmaster_pid(m);
     let mut why = String::new();
     if postmaster.is_some_and(alive) {
         let out = pg_ctl(
@@ -448,15 +452,10 @@ pub async fn stop_fast(bin_dir: &Path, m: &Member, secs: u32) -> Result<(), Erro
 /// a leader's lease is about to run out, where a clean shutdown could take longer than the
 /// time left.
 pub fn kill_all(m: &Member) -> Result<usize, Error> {
-    let postmaster = m
-        .data_dir
-        .as_ref()
-        .and_then(|d| std::fs::read_to_string(d.join("postmaster.pid")).ok())
-        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
     let mut killed = 0;
-    if let Some(pid) = postmaster.filter(|p| *p > 0 && alive(*p as u32)) {
+    if let Some(pid) = postmaster_pid(m).filter(|p| *p > 0 && alive(*p)) {
         // SAFETY: kill(2) with a pid read from the cluster's own pid file.
-        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
             killed += 1;
         }
     }
@@ -474,7 +473,14 @@ pub fn kill_all(m: &Member) -> Result<usize, Error> {
                     m.site
                 ),
             )
-            .hint("the server may still take writes: stop it by hand"));
+            .hint(format!(
+                "the server may still take writes: stop it by hand (kill -9 {}), then check that nothing runs in {}",
+                left.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
+                m.data_dir
+                    .as_deref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            )));
         }
         for pid in left {
             // SAFETY: kill(2) on a process found working in the member's data directory.
