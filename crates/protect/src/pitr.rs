@@ -385,8 +385,12 @@ pub fn install_teardown_on_signal() {
 }
 
 /// Stop every server this process started and remove its sandbox: the restore waiting on one
-/// then fails (for callers that handle the interruption themselves, such as a drill).
+/// then fails (for callers that handle the interruption themselves, such as a drill). No
+/// restore of this process writes anything after this (it is for an interrupted command).
 pub fn stop_sandboxes() {
+    // First no restore of this process writes again (it waits for the writes in flight), so a
+    // sandbox removed below cannot be written again behind the removal.
+    lifeboat_store::restore::halt();
     let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
     for (data, socket, pg_ctl, remove) in live {
         let r = Running {
@@ -399,12 +403,15 @@ pub fn stop_sandboxes() {
             keep_running: false,
         };
         drop(r);
-        // The main thread may still be restoring into it: make sure it stays gone.
+        // A server's processes may still be ending: make sure it stays gone.
         for _ in 0..5 {
-            std::thread::sleep(Duration::from_millis(50));
             if data.exists() {
                 let _ = std::fs::remove_dir_all(&data);
             }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if data.exists() {
+            let _ = std::fs::remove_dir_all(&data);
         }
     }
 }

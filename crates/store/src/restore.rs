@@ -17,7 +17,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use rustic_core::repofile::{BlobType, Node, NodeType};
 use rustic_core::{IndexedFull, LsOptions, Progress, Repository};
@@ -162,6 +162,29 @@ fn all_zero(data: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
+/// Set once a command is interrupted: from then on no restore of this process writes again.
+/// Every write holds the read side, so [`halt`] returns only when none is in flight.
+static HALTED: RwLock<bool> = RwLock::new(false);
+
+/// Stop every restore of this process for good, waiting for the writes in flight: a command
+/// tearing down what it restored (an interrupted sandbox) can then remove it knowing nothing
+/// writes there again behind it.
+pub fn halt() {
+    *HALTED.write().unwrap_or_else(|e| e.into_inner()) = true;
+}
+
+/// Permission to write one more thing of a restore, held while it is written.
+fn write_gate() -> Result<RwLockReadGuard<'static, bool>> {
+    let g = HALTED.read().unwrap_or_else(|e| e.into_inner());
+    if *g {
+        return Err(Error::new(
+            Kind::Io,
+            "the restore was stopped: the command was interrupted",
+        ));
+    }
+    Ok(g)
+}
+
 fn restore_file<S: IndexedFull + Sync>(
     repo: &Repository<S>,
     job: &FileJob,
@@ -170,6 +193,7 @@ fn restore_file<S: IndexedFull + Sync>(
     bytes: &AtomicU64,
     progress: &Progress,
 ) -> Result<()> {
+    let _gate = write_gate()?;
     let tmp = tmp_name(&job.dest, index);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
@@ -237,7 +261,10 @@ pub fn restore_tree<S: IndexedFull + Sync>(
     // (device, inode) → the file job of its first path, for nodes with more than one link.
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     let mut total: u64 = 0;
-    std::fs::create_dir_all(target).map_err(|e| io_err("creating", target, e))?;
+    {
+        let _gate = write_gate()?;
+        std::fs::create_dir_all(target).map_err(|e| io_err("creating", target, e))?;
+    }
     // A single file (or symlink) restores as itself into `target`; a directory restores its tree.
     let entries: Box<dyn Iterator<Item = rustic_core::RusticResult<(PathBuf, Node)>>> =
         if matches!(root.node_type, NodeType::Dir) {
@@ -258,6 +285,7 @@ pub fn restore_tree<S: IndexedFull + Sync>(
             err
         })?;
         let dest = target.join(&rel);
+        let _gate = write_gate()?;
         match &node.node_type {
             NodeType::Dir => {
                 std::fs::create_dir_all(&dest).map_err(|e| io_err("creating", &dest, e))?;
@@ -335,6 +363,7 @@ pub fn restore_tree<S: IndexedFull + Sync>(
     // Hard links last: each to its inode's first path, restored above.
     let mut linked = 0u64;
     for l in &links {
+        let _gate = write_gate()?;
         let first = &files[l.first].dest;
         if failed[l.first].load(Ordering::Relaxed) {
             failures.lock().expect("failures lock").push((
@@ -357,6 +386,7 @@ pub fn restore_tree<S: IndexedFull + Sync>(
     }
     // Directories last, deepest first, so their times survive the files written into them.
     for (dest, node) in dirs.iter().rev() {
+        let _gate = write_gate()?;
         set_meta(dest, node, is_root)?;
     }
     let failures = failures.into_inner().expect("failures lock");
