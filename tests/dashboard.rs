@@ -154,6 +154,9 @@ fn dashboard_in_chromium_switches_over_follows_a_failover_and_asks_before_acting
         until(&c, &format!("{card} ul.timeline li.ok"), 30, &pair).await;
         let same = c.execute("return window.__same_page || 0;", vec![]).await.unwrap();
         assert_eq!(same, 42, "the page was reloaded");
+        let incident = until(&c, "#incidents li[data-incident]", 30, &pair).await;
+        let text = incident.text().await.unwrap();
+        assert!(text.contains("db: failed over from b to a"), "the open incident names both sites: {text}");
         shot(&c, "4-after-failover.png").await;
 
         // A failover asked for now (a is healthy): the pre-checks refuse, it cannot be confirmed.

@@ -88,11 +88,13 @@ fn effect(plan: &Plan, e: &Event) -> Effect {
     };
     match e.command.as_str() {
         "failover" => {
-            let a = &f["action"];
-            let to = a["to"].as_str().unwrap_or("?");
-            let from = a["from"].as_str().unwrap_or("?");
+            // The figures are the decision as recorded (its action flattened into them).
+            let to = f["to"].as_str().unwrap_or("?");
             let title = if ok {
-                format!("{}: failed over from {from} to {to}", e.target)
+                match f["from"].as_str() {
+                    Some(from) => format!("{}: failed over from {from} to {to}", e.target),
+                    None => format!("{}: failed over to {to}", e.target),
+                }
             } else {
                 format!("{}: failover to {to} FAILED", e.target)
             };
@@ -915,7 +917,16 @@ mod tests {
                 "failover",
                 "db",
                 "ok",
-                serde_json::json!({"action": {"action": "failover", "from": "a", "to": "b", "epoch": 2}, "reason": "promoting b: synchronous standby"}),
+                // As the daemon records it.
+                serde_json::to_value(lifeboat_core::decide::Decision {
+                    action: lifeboat_core::decide::Action::Failover {
+                        from: Some("a".into()),
+                        to: "b".into(),
+                        epoch: 2,
+                    },
+                    reason: "promoting b: synchronous standby".into(),
+                })
+                .unwrap(),
             ),
             ev(
                 2,
