@@ -61,6 +61,9 @@ pub enum Command {
     /// `coordinator:`): holds the leader's lease on the primary, promotes its standby only
     /// after winning it, and stops its server before a lease it cannot renew runs out.
     Agent(commands::agent::Args),
+    /// A site's traffic endpoints alone (the plan's `failover.site_listen`), each routing to
+    /// the member that holds the leader key in etcd, for a site without a PostgreSQL member.
+    Endpoint(commands::endpoint::Args),
     /// Every schedule in the plan: what it runs, its last run and its next one; pause or
     /// resume one.
     Schedule(commands::schedule::Args),
@@ -119,6 +122,7 @@ fn main() {
         Command::Status(a) => commands::status::run(&cli, a),
         Command::Serve(a) => commands::serve::run(&cli, a),
         Command::Agent(a) => commands::agent::run(&cli, a),
+        Command::Endpoint(a) => commands::endpoint::run(&cli, a),
         Command::Schedule(a) => commands::schedule::run(&cli, a),
         Command::Api(c) => commands::api::run_cmd(&cli, c),
         Command::Incident(c) => commands::incident::run_cmd(&cli, c),

@@ -19,8 +19,15 @@ use common::Daemon;
 
 /// A sync pair (a primary, b standby) whose plan coordinates through `etcd`.
 fn pair(etcd: &str) -> Pair {
+    pair_with(etcd, "")
+}
+
+/// The same, with more keys in the service's `failover:` mapping.
+fn pair_with(etcd: &str, failover: &str) -> Pair {
     let p = Pair::new("sync", "", "");
-    let plan = std::fs::read_to_string(p.pg.lab.p("lifeboat.yaml")).unwrap();
+    let plan = std::fs::read_to_string(p.pg.lab.p("lifeboat.yaml"))
+        .unwrap()
+        .replace("failover: { ", &format!("failover: {{ {failover} "));
     std::fs::write(
         p.pg.lab.p("lifeboat.yaml"),
         format!("{plan}\ncoordinator:\n  etcd: [\"{etcd}\"]\n  ttl: 3s\n"),
@@ -31,23 +38,32 @@ fn pair(etcd: &str) -> Pair {
 }
 
 fn agent(p: &Pair, site: &str) -> Daemon {
+    spawn_logged(
+        p,
+        &["agent", "--member", site],
+        &format!("agent-{site}.log"),
+    )
+}
+
+/// `lifeboat ARGS` in the background, its stderr appended to `log` in the lab.
+fn spawn_logged(p: &Pair, args: &[&str], log: &str) -> Daemon {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(p.pg.lab.p(&format!("agent-{site}.log")))
+        .open(p.pg.lab.p(log))
         .unwrap();
-    let mut c = p.pg.cmd(&["agent", "--member", site]);
+    let mut c = p.pg.cmd(args);
     c.stdout(Stdio::null()).stderr(log);
     Daemon(c.spawn().unwrap())
 }
 
 fn logs(p: &Pair) -> String {
-    ["a", "b", "c"]
+    ["agent-a", "agent-b", "agent-c", "endpoint-b"]
         .iter()
         .map(|s| {
             format!(
-                "--- agent {s}:\n{}",
-                std::fs::read_to_string(p.pg.lab.p(&format!("agent-{s}.log"))).unwrap_or_default()
+                "--- {s}:\n{}",
+                std::fs::read_to_string(p.pg.lab.p(&format!("{s}.log"))).unwrap_or_default()
             )
         })
         .collect()
@@ -327,4 +343,97 @@ fn a_member_of_another_cluster_is_stopped_by_its_agent() {
     await_stopped_at(&stranger.lab.p("pgdata"));
     assert_eq!(p.in_recovery(p.pg.port), Some(false));
     assert!(agent_events(&p, "resign").is_empty(), "{}", logs(&p));
+}
+
+/// Which server a connection through the endpoint on `port` reaches (its port), if any.
+fn through(p: &Pair, port: u16) -> Option<String> {
+    p.pg.try_sql_on(port, "postgres", "SELECT inet_server_port()")
+        .ok()
+}
+
+/// Wait (20 s at most) until the endpoint on `port` reaches the server on `want`.
+fn await_route(p: &Pair, port: u16, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while through(p, port) != Some(want.to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint on {port} does not reach {want}:\n{}",
+            logs(p)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The traffic endpoint on every site (one run by site a's agent, one by `lifeboat endpoint`
+/// at site b) routes to the token holder only, follows a failover, and drops its connections
+/// when it cannot read etcd.
+#[test]
+fn site_endpoints_route_to_the_token_holder_follow_a_failover_and_drop_when_etcd_is_gone() {
+    let mut e: Etcd = etcd();
+    e.await_healthy();
+    let (ea, eb) = (free_port(), free_port());
+    let p = pair_with(
+        &e.client,
+        &format!("site_listen: {{ a: \"127.0.0.1:{ea}\", b: \"127.0.0.1:{eb}\" }},"),
+    );
+    let _a = agent(&p, "a");
+    let _b = spawn_logged(
+        &p,
+        &["agent", "--member", "b", "--no-endpoint"],
+        "agent-b.log",
+    );
+    let _eb = spawn_logged(&p, &["endpoint", "--site", "b"], "endpoint-b.log");
+    let t1 = token(&await_event(&p, "lead", "a", 1));
+    await_route(&p, ea, p.pg.port);
+    await_route(&p, eb, p.pg.port);
+    // Writes through either site's endpoint land on the primary.
+    for (i, port) in [ea, eb].into_iter().enumerate() {
+        p.pg.try_sql_on(
+            port,
+            "postgres",
+            &format!("INSERT INTO w VALUES ({})", i + 1),
+        )
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // The primary crashes: both endpoints follow the new token holder.
+    p.signal_server("pgdata", libc::SIGKILL);
+    let t2 = token(&await_event(&p, "promote", "b", 1));
+    assert!(t2 > t1);
+    await_route(&p, ea, p.sport);
+    await_route(&p, eb, p.sport);
+    p.pg.try_sql_on(ea, "postgres", "INSERT INTO w VALUES (3)")
+        .unwrap();
+    assert_eq!(
+        p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w"),
+        "3"
+    );
+    // The endpoints said which token they route under.
+    let ep = std::fs::read_to_string(p.pg.lab.p("endpoint-b.log")).unwrap();
+    assert!(
+        ep.lines()
+            .any(|l| l.contains("endpoint_route") && l.contains(&format!("\"token\":{t2}"))),
+        "{ep}"
+    );
+
+    // etcd lost: each endpoint drops its connections and refuses new ones (its leader's agent
+    // stops the server too, before its lease could run out).
+    e.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ep = std::fs::read_to_string(p.pg.lab.p("endpoint-b.log")).unwrap();
+        let a = std::fs::read_to_string(p.pg.lab.p("agent-a.log")).unwrap();
+        let dropped = |l: &str| l.contains("endpoint_route") && l.contains("etcd cannot be read");
+        if ep.lines().any(dropped) && a.lines().any(dropped) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the endpoints kept routing:\n{}",
+            logs(&p)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(through(&p, ea), None);
+    assert_eq!(through(&p, eb), None);
 }

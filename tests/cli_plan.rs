@@ -271,3 +271,38 @@ fn a_coordinator_needs_etcd_addresses_and_timings_that_leave_time_to_renew() {
     ));
     lab.ok(&["plan", "check"]);
 }
+
+#[test]
+fn endpoints_per_site_need_plan_sites_addresses_and_a_coordinator() {
+    let lab = Lab::new();
+    let svc = |listen: &str| {
+        format!("name: t\ntiers:\n  std: {{ rpo: 1h, rto: 4h }}\nsites: [a, b, w]\nservices:\n  db:\n    kind: postgres\n    tier: std\n    members:\n      a: {{ host: 127.0.0.1, port: 5432 }}\n      b: {{ host: 127.0.0.1, port: 5433 }}\n    failover:\n      site_listen: {listen}\n")
+    };
+    let coordinator = "coordinator:\n  etcd: [\"10.0.0.1:2379\"]\n";
+    lab.plan(&format!(
+        "{}{coordinator}",
+        svc("{ a: \"127.0.0.1:6432\", x: \"127.0.0.1:6433\", b: \"east-proxy\" }")
+    ));
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    for want in [
+        "services.db.failover.site_listen.x: `x` is not one of the plan's sites",
+        "services.db.failover.site_listen.b: `east-proxy` is not an address to listen on",
+    ] {
+        assert!(r.stderr.contains(want), "{want}:\n{}", r.stderr);
+    }
+    // A site without a member (a witness) may have an endpoint; without etcd none may.
+    let good = svc("{ a: \"127.0.0.1:6432\", w: \"127.0.0.1:6434\" }");
+    lab.plan(&good);
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "services.db.failover.site_listen: endpoints per site follow the leader key in etcd"
+        ),
+        "{}",
+        r.stderr
+    );
+    lab.plan(&format!("{good}{coordinator}"));
+    lab.ok(&["plan", "check"]);
+}

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod backup;
 pub mod demo;
 pub mod drill;
+pub mod endpoint;
 pub mod failover;
 pub mod forget;
 pub mod incident;

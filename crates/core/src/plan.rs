@@ -729,6 +729,14 @@ pub struct FailoverSpec {
     /// on any member that answers its checks; others 503. Body: the member's state as JSON.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health_listen: BTreeMap<String, String>,
+    /// With agents (`coordinator:`): a traffic endpoint per site, each a TCP proxy to the
+    /// member holding the service's leader key — run by that site's `lifeboat agent` (or by
+    /// `lifeboat endpoint --site SITE` on a site without a member). Each routes only to the
+    /// current token holder once its server takes writes, never back to an older token, and
+    /// drops every connection when it cannot read etcd. Clients list them all
+    /// (`host=east-proxy,west-proxy target_session_attrs=read-write`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub site_listen: BTreeMap<String, String>,
     /// Extra checks per site that must pass for a member to count as healthy (besides the
     /// built-in PostgreSQL check: connect, `SELECT 1`, role, LSNs).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

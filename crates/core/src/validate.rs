@@ -180,22 +180,27 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                             "thresholds must be at least 1".into(),
                         );
                     }
-                    for (site, addr) in &f.health_listen {
-                        let at = format!("{base}.failover.health_listen.{site}");
-                        if !members.contains_key(site) {
-                            err(
-                                at.clone(),
-                                format!("`{site}` is not a member of this service"),
-                            );
-                        }
-                        if addr.parse::<std::net::SocketAddr>().is_err() {
-                            err(
-                                at,
-                                format!(
-                                    "`{addr}` is not an address to listen on (e.g. 127.0.0.1:8008)"
-                                ),
-                            );
-                        }
+                    check_listen_per_site(
+                        &mut err,
+                        &format!("{base}.failover.health_listen"),
+                        &f.health_listen,
+                        |s| members.contains_key(s),
+                        "is not a member of this service",
+                        "127.0.0.1:8008",
+                    );
+                    check_listen_per_site(
+                        &mut err,
+                        &format!("{base}.failover.site_listen"),
+                        &f.site_listen,
+                        |s| sites.contains(s),
+                        "is not one of the plan's sites",
+                        "10.0.1.5:6432",
+                    );
+                    if !f.site_listen.is_empty() && plan.coordinator.is_none() {
+                        err(
+                            format!("{base}.failover.site_listen"),
+                            "endpoints per site follow the leader key in etcd: add `coordinator:` (or use `listen` with `lifeboat serve`)".into(),
+                        );
                     }
                     for (key, map) in [("health_checks", &f.health_checks), ("witness", &f.witness)]
                     {
@@ -704,6 +709,29 @@ fn check_notifications(err: &mut impl FnMut(String, String), plan: &Plan) {
 }
 
 /// The API: an address, tokens with a known role and one way to know each.
+/// A map of site → address to listen on: every site known (`known`), every address one.
+fn check_listen_per_site(
+    err: &mut impl FnMut(String, String),
+    at: &str,
+    map: &std::collections::BTreeMap<String, String>,
+    known: impl Fn(&str) -> bool,
+    unknown: &str,
+    example: &str,
+) {
+    for (site, addr) in map {
+        let at = format!("{at}.{site}");
+        if !known(site) {
+            err(at.clone(), format!("`{site}` {unknown}"));
+        }
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            err(
+                at,
+                format!("`{addr}` is not an address to listen on (e.g. {example})"),
+            );
+        }
+    }
+}
+
 fn check_coordinator(err: &mut impl FnMut(String, String), c: &crate::plan::CoordinatorSpec) {
     if c.etcd.is_empty() {
         err(

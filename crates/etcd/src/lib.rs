@@ -339,6 +339,78 @@ impl Coordinator {
         }
     }
 
+    /// The key naming where a service's traffic goes (written by the leader once its server
+    /// takes writes, read by the endpoints).
+    pub fn route_key(leader_key: &str) -> String {
+        match leader_key.strip_suffix("/leader") {
+            Some(p) => format!("{p}/route"),
+            None => format!("{leader_key}.route"),
+        }
+    }
+
+    /// As the leader holding `l`: say that traffic may come to `member` (its server takes
+    /// writes now). Written on the leader's lease (it goes with it) and only while `l`'s token
+    /// is the leader key's, so a fenced or stale leader can never write a route.
+    /// `Ok(false)`: `l` no longer leads.
+    pub async fn publish_route(&mut self, l: &Leadership, member: &str) -> Result<bool, Error> {
+        let doc = serde_json::json!({"member": member, "token": l.token}).to_string();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                l.key.as_str(),
+                CompareOp::Equal,
+                l.token,
+            )])
+            .and_then([TxnOp::put(
+                Self::route_key(&l.key),
+                doc,
+                Some(PutOptions::new().with_lease(l.lease)),
+            )]);
+        let r = self
+            .client
+            .txn(txn)
+            .await
+            .map_err(|e| etcd_err("publish the route", e))?;
+        Ok(r.succeeded())
+    }
+
+    /// Where traffic may go now: the leader and its token, when the leader key and the route
+    /// the leader published agree (read together, in one linearizable transaction). `None`:
+    /// nobody leads, or the leader's server does not take writes yet.
+    pub async fn route(&mut self, leader_key: &str) -> Result<Option<Holder>, Error> {
+        let route_key = Self::route_key(leader_key);
+        let txn = Txn::new().and_then([
+            TxnOp::get(leader_key, None),
+            TxnOp::get(route_key.as_str(), None),
+        ]);
+        let c = &self.client;
+        let r = resend(|| {
+            let mut c = c.clone();
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(|e| etcd_err("read the route", e))?;
+        let mut kvs = r.op_responses().into_iter().map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        let (Some(Some(leader)), Some(Some(route))) = (kvs.next(), kvs.next()) else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_slice(route.value()).unwrap_or_default();
+        let member = String::from_utf8_lossy(leader.value()).into_owned();
+        if v["token"].as_i64() != Some(leader.create_revision())
+            || v["member"].as_str() != Some(member.as_str())
+        {
+            return Ok(None);
+        }
+        Ok(Some(Holder {
+            member,
+            token: leader.create_revision(),
+            lease: leader.lease(),
+        }))
+    }
+
     /// Whether `token` is still the leader's: the check anything that acts for a leader makes
     /// (the traffic endpoint before it routes, a standby before it follows).
     pub async fn is_current(&mut self, key: &str, token: i64) -> Result<bool, Error> {

@@ -244,3 +244,42 @@ fn a_three_member_etcd_keeps_the_leader_through_one_member_lost_and_not_through_
         assert_eq!(la.deadline(Duration::from_millis(500)), d);
     });
 }
+
+/// The route the endpoints follow: only the current leader can write it, it goes with the
+/// leader's lease, and a stale leader (its lease ended, a successor elected) can never write
+/// it again.
+#[test]
+fn only_the_current_leader_publishes_the_route_and_a_stale_one_never_again() {
+    let e = etcd();
+    rt().block_on(async {
+        let (mut a, mut b) = (connect(&e).await, connect(&e).await);
+        let key = Coordinator::leader_key("shop", "db");
+        assert_eq!(a.route(&key).await.unwrap(), None, "nobody leads");
+        let la = leads(&mut a, &key, "east", 2).await;
+        // Leading is not enough: the route appears once the leader publishes it.
+        assert_eq!(a.route(&key).await.unwrap(), None);
+        assert!(a.publish_route(&la, "east").await.unwrap());
+        let r = b.route(&key).await.unwrap().expect("a route");
+        assert_eq!((r.member.as_str(), r.token), ("east", la.token));
+        // east stops renewing; its lease ends, the route with it; west leads.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(
+            b.route(&key).await.unwrap(),
+            None,
+            "the route went with the lease"
+        );
+        let lb = leads(&mut b, &key, "west", 5).await;
+        assert!(lb.token > la.token);
+        // The stale leader cannot route traffic back to itself.
+        assert!(!a.publish_route(&la, "east").await.unwrap());
+        assert_eq!(b.route(&key).await.unwrap(), None);
+        assert!(b.publish_route(&lb, "west").await.unwrap());
+        let r = a.route(&key).await.unwrap().expect("a route");
+        assert_eq!((r.member.as_str(), r.token), ("west", lb.token));
+        assert!(!a.publish_route(&la, "east").await.unwrap());
+        assert_eq!(
+            a.route(&key).await.unwrap().map(|h| h.token),
+            Some(lb.token)
+        );
+    });
+}

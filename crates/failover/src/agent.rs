@@ -21,8 +21,12 @@
 //!   server still answers, and the agent started again takes the key back (the dead agent's
 //!   lease ended, so its token is refused from then on).
 //!
+//! - Once its server takes writes, the leader publishes the route under its token
+//!   ([`lifeboat_etcd::Coordinator::publish_route`]); the site's traffic endpoints
+//!   ([`crate::site_endpoint`], run beside the agent) route only to it.
+//!
 //! Not yet here: standbys re-pointed at a new leader (`lifeboat rejoin` does that by hand),
-//! the traffic endpoint routing by token, a hardware watchdog, the fail-safe mode.
+//! a hardware watchdog, the fail-safe mode.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -86,6 +90,7 @@ pub async fn run(
     ctx: &Context,
     site: &str,
     only: Option<&str>,
+    endpoints: bool,
     stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let Some(spec) = ctx.plan.coordinator.clone() else {
@@ -96,21 +101,26 @@ pub async fn run(
         .hint("add `coordinator: { etcd: [host:port, …] }`, or run `lifeboat serve` (one daemon decides)"));
     };
     let names = services(ctx, site, only)?;
+    // The site's traffic endpoints (`failover.site_listen`) take their addresses first, then
+    // follow etcd on their own connections, beside the agents.
+    let mut bound = Vec::new();
+    if endpoints {
+        for e in crate::site_endpoint::at_site(ctx, site, only)? {
+            bound.push(e.bind().await?);
+        }
+    }
     let mut agents = Vec::new();
     for name in names {
         agents.push(Agent::start(ctx, &spec, name, site).await?);
     }
     let mut tasks = tokio::task::JoinSet::new();
+    for b in bound {
+        tasks.spawn(b.run(stop.clone()));
+    }
     for a in agents {
         tasks.spawn(a.run(stop.clone()));
     }
-    let mut first_err = None;
-    while let Some(r) = tasks.join_next().await {
-        if let Ok(Err(e)) = r {
-            first_err.get_or_insert(e);
-        }
-    }
-    first_err.map_or(Ok(()), Err)
+    crate::site_endpoint::all_of(tasks).await
 }
 
 /// One thing an agent did: on stderr as `agent_WHAT`, in the evidence log as `agent WHAT`,
@@ -242,6 +252,8 @@ struct Agent {
     watchdog: Watchdog,
     /// The synchronous standbys last published.
     published: Option<Vec<String>>,
+    /// The token under which this agent last published the route to its server.
+    routed: Option<i64>,
     last_renew: Instant,
     /// The system identifier every member of the service must share, once checked.
     system_ok: bool,
@@ -332,6 +344,7 @@ impl Agent {
             claim: Some(claim),
             watchdog,
             published: None,
+            routed: None,
             last_renew: Instant::now(),
             system_ok: false,
             peers,
@@ -406,6 +419,7 @@ impl Agent {
                 if due {
                     self.renew().await;
                 }
+                self.publish_route().await;
             }
             (true, _) => {
                 let why = if seen == Seen::Down {
@@ -451,6 +465,34 @@ impl Agent {
                 self.fence("the lease could not be renewed before it ran out", started)
                     .await;
             }
+        }
+    }
+
+    /// Tell the endpoints traffic may come here (the server takes writes, under this token).
+    async fn publish_route(&mut self) {
+        let Some(l) = self.lead.as_ref() else { return };
+        if self.routed == Some(l.token) {
+            return;
+        }
+        let site = self.member.site.clone();
+        let token = l.token;
+        match tokio::time::timeout(PROBE, self.co.publish_route(l, &site)).await {
+            Ok(Ok(true)) => {
+                self.routed = Some(token);
+                log(
+                    "agent_route_published",
+                    self.service(),
+                    serde_json::json!({"member": site, "token": token}),
+                );
+            }
+            // No longer the leader's token: the next renewal finds out and fences.
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => log(
+                "agent_route_failed",
+                self.service(),
+                serde_json::json!({"member": site, "token": token, "error": e.to_string()}),
+            ),
+            Err(_) => {}
         }
     }
 
@@ -700,12 +742,15 @@ impl Agent {
         }
         .await;
         match r {
-            Ok(_) => self.event(
-                "promote",
-                "ok",
-                started,
-                serde_json::json!({"token": token, "from": published.0, "reason": reason}),
-            ),
+            Ok(_) => {
+                self.event(
+                    "promote",
+                    "ok",
+                    started,
+                    serde_json::json!({"token": token, "from": published.0, "reason": reason}),
+                );
+                self.publish_route().await;
+            }
             Err(e) => {
                 self.event(
                     "promote",
