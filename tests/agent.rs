@@ -17,20 +17,21 @@ use common::etcd::{etcd, free_port, Etcd};
 use common::pair::Pair;
 use common::Daemon;
 
-/// A sync pair (a primary, b standby) whose plan coordinates through `etcd`.
+/// A sync pair (a primary, b standby) whose plan coordinates through `etcd`; its agents leave
+/// a stopped member stopped (`rejoin: manual`), so each step here is the agents' alone.
 fn pair(etcd: &str) -> Pair {
-    pair_with(etcd, "")
+    pair_with(etcd, "", "  rejoin: manual\n")
 }
 
-/// The same, with more keys in the service's `failover:` mapping.
-fn pair_with(etcd: &str, failover: &str) -> Pair {
+/// The same, with more keys in the service's `failover:` mapping and in `coordinator:`.
+fn pair_with(etcd: &str, failover: &str, coordinator: &str) -> Pair {
     let p = Pair::new("sync", "", "");
     let plan = std::fs::read_to_string(p.pg.lab.p("lifeboat.yaml"))
         .unwrap()
         .replace("failover: { ", &format!("failover: {{ {failover} "));
     std::fs::write(
         p.pg.lab.p("lifeboat.yaml"),
-        format!("{plan}\ncoordinator:\n  etcd: [\"{etcd}\"]\n  ttl: 3s\n"),
+        format!("{plan}\ncoordinator:\n  etcd: [\"{etcd}\"]\n  ttl: 3s\n{coordinator}"),
     )
     .unwrap();
     p.pg.ok(&["plan", "check"]);
@@ -143,7 +144,9 @@ fn the_leader_resigns_when_postgres_crashes_the_standby_takes_over_and_a_restart
 ) {
     let mut e: Etcd = etcd();
     e.await_healthy();
-    let p = pair(&e.client);
+    // Its agents rejoin (the default); without wal_log_hints or checksums pg_rewind is
+    // impossible, so a crashed old primary is left stopped, saying why.
+    let p = pair_with(&e.client, "", "");
     let (_a, mut b) = (agent(&p, "a"), agent(&p, "b"));
     let lead = await_event(&p, "lead", "a", 1);
     let t1 = token(&lead);
@@ -175,6 +178,15 @@ fn the_leader_resigns_when_postgres_crashes_the_standby_takes_over_and_a_restart
     assert_eq!(p.in_recovery(p.sport), Some(false));
     let have = p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w");
     assert_eq!(have, "20", "acknowledged writes lost");
+
+    let rejoin = await_event(&p, "rejoin", "a", 1);
+    assert_eq!(rejoin["outcome"], "failed", "{rejoin}");
+    let why = rejoin["figures"]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("pg_rewind is impossible") && why.contains("stays stopped"),
+        "{rejoin}"
+    );
+    assert!(!postmaster_alive(&p, "pgdata"));
 
     // A service manager starts the old primary again, as a primary: its agent stops it.
     // (The killed postmaster may linger unreaped here, a zombie whose pid file would stop the
@@ -342,6 +354,14 @@ fn a_member_of_another_cluster_is_stopped_by_its_agent() {
     assert!(why.contains("system identifier"), "{fence}");
     await_stopped_at(&stranger.lab.p("pgdata"));
     assert_eq!(p.in_recovery(p.pg.port), Some(false));
+    // Stopped, and left as it is: the agents rejoin members of this cluster only.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        agent_events(&p, "rejoin").is_empty(),
+        "a member of another cluster was rejoined:\n{}",
+        logs(&p)
+    );
+    assert!(!alive_at(&stranger.lab.p("pgdata")));
     assert!(agent_events(&p, "resign").is_empty(), "{}", logs(&p));
 }
 
@@ -375,6 +395,7 @@ fn site_endpoints_route_to_the_token_holder_follow_a_failover_and_drop_when_etcd
     let p = pair_with(
         &e.client,
         &format!("site_listen: {{ a: \"127.0.0.1:{ea}\", b: \"127.0.0.1:{eb}\" }},"),
+        "  rejoin: manual\n",
     );
     let _a = agent(&p, "a");
     let _b = spawn_logged(
@@ -436,4 +457,133 @@ fn site_endpoints_route_to_the_token_holder_follow_a_failover_and_drop_when_etcd
     }
     assert_eq!(through(&p, ea), None);
     assert_eq!(through(&p, eb), None);
+}
+
+/// Acknowledged writes through site a's endpoint, numbered from `from`; the ones acknowledged.
+fn write_through(p: &Pair, port: u16, from: u32, n: u32) -> Vec<u32> {
+    (from..from + n)
+        .filter(|v| {
+            p.pg.try_sql_on(port, "postgres", &format!("INSERT INTO w VALUES ({v})"))
+                .is_ok()
+        })
+        .collect()
+}
+
+/// Wait (30 s at most) for a line of `log` (in the lab) containing every one of `parts`.
+fn await_line(p: &Pair, log: &str, parts: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(p.pg.lab.p(log)).unwrap_or_default();
+        if text.lines().any(|l| parts.iter().all(|x| l.contains(x))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {parts:?} in {log}:\n{}",
+            logs(p)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One incident after another, with nobody at the keyboard: the primary crashes, the standby
+/// takes over, the old primary is rewound and made the new one's synchronous standby by its
+/// agent; then the new primary crashes and the same happens the other way. Every write
+/// acknowledged through the endpoint survives both failovers, and each leader's token is
+/// larger than the one before.
+#[test]
+fn failover_rejoin_failover_rejoin_with_every_acknowledged_write() {
+    let e = etcd();
+    e.await_healthy();
+    let ea = free_port();
+    let p = pair_with(
+        &e.client,
+        &format!("site_listen: {{ a: \"127.0.0.1:{ea}\" }},"),
+        "",
+    );
+    // pg_rewind needs hint bits in the WAL (or data checksums) on both.
+    p.pg.sql("ALTER SYSTEM SET wal_log_hints = on");
+    p.pg.pg_ctl(&["restart", "-m", "fast", "-w", "-l", "pg.log"]);
+    p.pg.sql_on(p.sport, "postgres", "ALTER SYSTEM SET wal_log_hints = on");
+    let r = p.pg.tool(
+        "pg_ctl",
+        &[
+            "-D",
+            "standby",
+            "-l",
+            "standby.log",
+            "restart",
+            "-m",
+            "fast",
+            "-w",
+        ],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (_a, _b) = (agent(&p, "a"), agent(&p, "b"));
+    let t1 = token(&await_event(&p, "lead", "a", 1));
+    await_route(&p, ea, p.pg.port);
+    let mut acked = write_through(&p, ea, 1, 20);
+    assert_eq!(acked.len(), 20);
+    await_line(
+        &p,
+        "agent-a.log",
+        &["agent_sync_published", "\"synchronous\":[\"b\"]"],
+    );
+
+    // First incident: a crashes. b leads; a is rewound and follows b, synchronously.
+    p.signal_server("pgdata", libc::SIGKILL);
+    let t2 = token(&await_event(&p, "promote", "b", 1));
+    assert!(t2 > t1);
+    let rejoin = await_event(&p, "rejoin", "a", 1);
+    assert_eq!(rejoin["outcome"], "ok", "{rejoin}\n{}", logs(&p));
+    assert_eq!(rejoin["figures"]["leader"], "b", "{rejoin}");
+    assert_eq!(rejoin["figures"]["method"], "pg_rewind", "{rejoin}");
+    assert_eq!(p.in_recovery(p.pg.port), Some(true));
+    let sync = await_event(&p, "synchronous", "b", 1);
+    assert_eq!(sync["figures"]["now"], "a", "{sync}");
+    await_line(
+        &p,
+        "agent-b.log",
+        &["agent_sync_published", "\"synchronous\":[\"a\"]"],
+    );
+    await_route(&p, ea, p.sport);
+    let more = write_through(&p, ea, 21, 20);
+    assert_eq!(more.len(), 20, "{}", logs(&p));
+    acked.extend(more);
+
+    // Second incident: b crashes. a leads again with a larger token; b is rewound and follows.
+    p.signal_server("standby", libc::SIGKILL);
+    let t3 = token(&await_event(&p, "promote", "a", 1));
+    assert!(t3 > t2);
+    let rejoin = await_event(&p, "rejoin", "b", 1);
+    assert_eq!(rejoin["outcome"], "ok", "{rejoin}\n{}", logs(&p));
+    assert_eq!(rejoin["figures"]["leader"], "a", "{rejoin}");
+    assert_eq!(rejoin["figures"]["method"], "pg_rewind", "{rejoin}");
+    let sync = await_event(&p, "synchronous", "a", 1);
+    assert_eq!(sync["figures"]["now"], "b", "{sync}");
+    await_route(&p, ea, p.pg.port);
+    acked.extend(write_through(&p, ea, 41, 5));
+    assert_eq!(acked.len(), 45);
+
+    // Every acknowledged write is on the primary, and on its synchronous standby.
+    let want = acked.len().to_string();
+    assert_eq!(
+        p.pg.sql_on(p.pg.port, "postgres", "SELECT count(*) FROM w"),
+        want
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p
+        .pg
+        .try_sql_on(p.sport, "postgres", "SELECT count(*) FROM w")
+        .ok()
+        != Some(want.clone())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "b did not catch up:\n{}",
+            logs(&p)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(p.in_recovery(p.sport), Some(true));
 }

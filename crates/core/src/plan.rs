@@ -88,6 +88,24 @@ pub struct CoordinatorSpec {
     /// counted from when it sent its last acknowledged renewal. Default 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin: Option<Duration>,
+    /// What an agent does with its member once another member leads and takes writes: `auto`
+    /// (default) makes it that leader's standby — a stopped old primary rewound with
+    /// `pg_rewind` (its discarded transactions in a divergence report), a standby following
+    /// another server re-pointed — and leaves it stopped, saying why, where a rewind is
+    /// impossible; `clone` then also clones it again with `pg_basebackup` (the old directory
+    /// kept beside it, as `lifeboat rejoin` does); `manual` leaves it for `lifeboat rejoin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin: Option<RejoinMode>,
+}
+
+/// See [`CoordinatorSpec::rejoin`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RejoinMode {
+    #[default]
+    Auto,
+    Clone,
+    Manual,
 }
 
 impl CoordinatorSpec {

@@ -234,6 +234,20 @@ impl Coordinator {
         Ok(value.to_string())
     }
 
+    /// What `key` holds, if it exists.
+    pub async fn value(&mut self, key: &str) -> Result<Option<String>, Error> {
+        let c = &self.client;
+        let r = resend(|| {
+            let mut c = c.clone();
+            async move { c.get(key, None).await }
+        })
+        .await
+        .map_err(|e| etcd_err("read a key", e))?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
     /// Who leads now, if anyone.
     pub async fn holder(&mut self, key: &str) -> Result<Option<Holder>, Error> {
         let c = &self.client;

@@ -25,14 +25,19 @@
 //!   ([`lifeboat_etcd::Coordinator::publish_route`]); the site's traffic endpoints
 //!   ([`crate::site_endpoint`], run beside the agent) route only to it.
 //!
-//! Not yet here: standbys re-pointed at a new leader (`lifeboat rejoin` does that by hand),
-//! a hardware watchdog, the fail-safe mode.
+//! - In a sync tier the leader keeps one streaming standby synchronous, emptying the list of
+//!   possible successors in etcd before it changes or clears `synchronous_standby_names`
+//!   (`Agent::manage_sync`).
+//! - Once another member leads, an agent makes its own member that leader's standby
+//!   (`coordinator.rejoin`; [`crate::rejoin::rejoin_to`]).
+//!
+//! Not yet here: a hardware watchdog, the fail-safe mode.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use lifeboat_context::Context;
-use lifeboat_core::plan::{CoordinatorSpec, Service};
+use lifeboat_core::plan::{CoordinatorSpec, RejoinMode, Service};
 use lifeboat_core::{Error, Kind};
 use lifeboat_etcd::{Coordinator, Leadership};
 use lifeboat_pg::ops::Session;
@@ -45,6 +50,8 @@ use crate::log::log;
 const CHECK: Duration = Duration::from_millis(100);
 /// The longest one look at the server may take.
 const PROBE: Duration = Duration::from_millis(500);
+/// After a rejoin that failed, the next try.
+const REJOIN_RETRY: Duration = Duration::from_secs(30);
 
 /// What the agent saw of its server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,6 +266,12 @@ struct Agent {
     system_ok: bool,
     /// The service's other members.
     peers: std::collections::BTreeMap<String, Member>,
+    /// The service as a rejoin sees it.
+    watched: crate::world::Watched,
+    /// No rejoin before this (after one that failed).
+    rejoin_after: Instant,
+    /// Why the last rejoin failed (the same failure again is not recorded again).
+    rejoin_failed: Option<String>,
 }
 
 fn err_for(service: &str, site: &str, e: Error) -> Error {
@@ -283,6 +296,7 @@ impl Agent {
             peers.insert(other.clone(), pg.member(other)?);
         }
         let sync_tier = matches!(svc, Service::Postgres { replication: Some(r), .. } if r.mode == lifeboat_core::plan::ReplicationMode::Sync);
+        let watched = crate::world::Watched::from_plan(ctx, service)?.expect("a postgres service");
         let mut co = Coordinator::connect(&spec.etcd, Duration::from_secs(2))
             .await
             .map_err(|e| {
@@ -348,6 +362,9 @@ impl Agent {
             last_renew: Instant::now(),
             system_ok: false,
             peers,
+            watched,
+            rejoin_after: Instant::now(),
+            rejoin_failed: None,
         })
     }
 
@@ -430,8 +447,13 @@ impl Agent {
                 self.resign(why).await;
             }
             (false, Seen::Primary) => self.primary_without_lease().await,
-            (false, Seen::Standby { streaming }) => self.maybe_take_over(streaming).await,
-            (false, _) => {}
+            (false, Seen::Standby { streaming }) => {
+                self.maybe_take_over(streaming).await;
+                if self.lead.is_none() && !streaming {
+                    self.maybe_rejoin(seen).await;
+                }
+            }
+            (false, Seen::Down) => self.maybe_rejoin(seen).await,
         }
         // The site claim's lease is this agent's own; after the leader's renewal, and briefly.
         if let (true, Some(claim)) = (due, self.claim.as_mut()) {
@@ -447,6 +469,7 @@ impl Agent {
             Ok(Ok(())) => {
                 let d = l.deadline(self.spec.margin());
                 self.watchdog.set(Some(d));
+                self.manage_sync().await;
                 self.publish_sync().await;
             }
             Ok(Err(e)) if e.kind == Kind::Conflict => {
@@ -466,6 +489,193 @@ impl Agent {
                     .await;
             }
         }
+    }
+
+    /// In a sync tier, as the leader: keep exactly one streaming standby synchronous
+    /// (`synchronous_standby_names`), so a commit is acknowledged only once another site has
+    /// it. Every standby published in etcd as allowed to take over must have every
+    /// acknowledged commit, so the set published there is emptied *before* the server's
+    /// synchronous standby changes or is cleared, and a new one is published only once
+    /// `pg_stat_replication` shows it synchronous ([`Self::publish_sync`]). With no standby
+    /// streaming the requirement is dropped (writes go on; nobody else may take over) — but
+    /// only after etcd has taken the empty set: a leader cut off from etcd keeps waiting for
+    /// its standby and acknowledges nothing.
+    async fn manage_sync(&mut self) {
+        if !self.sync_tier {
+            return;
+        }
+        let Some(l) = self.lead.as_ref() else { return };
+        let q = async {
+            let s = Session::connect(&self.member, PROBE).await.ok()?;
+            let ssn = s.text("SHOW synchronous_standby_names").await.ok()?;
+            let streaming = s
+                .text("SELECT coalesce(string_agg(application_name, ',' ORDER BY application_name), '') FROM pg_stat_replication WHERE state = 'streaming'")
+                .await
+                .ok()?;
+            Some((s, ssn, streaming))
+        };
+        let Some((session, ssn, streaming)) = tokio::time::timeout(PROBE, q).await.ok().flatten()
+        else {
+            return;
+        };
+        let streaming: Vec<&str> = streaming
+            .split(',')
+            .filter(|x| self.peers.contains_key(*x))
+            .collect();
+        let current = ssn.trim().trim_matches('"').to_string();
+        if !current.is_empty() && streaming.contains(&current.as_str()) {
+            return;
+        }
+        let next = streaming.first().map(|s| s.to_string());
+        if current.is_empty() && next.is_none() {
+            return;
+        }
+        // First nobody else may take over…
+        if self.published.as_ref().is_none_or(|p| !p.is_empty()) {
+            let site = self.member.site.clone();
+            match self.co.publish_sync(l, &site, &[]).await {
+                Ok(true) => self.published = Some(Vec::new()),
+                _ => return,
+            }
+        }
+        // …then the server's synchronous standby changes.
+        let started = Instant::now();
+        let value = next.as_ref().map_or(String::new(), |n| format!("\"{n}\""));
+        let r = tokio::time::timeout(PROBE, session.set("synchronous_standby_names", &value)).await;
+        let err = match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("the server did not answer within 500 ms".into()),
+        };
+        let token = l.token;
+        self.event(
+            "synchronous",
+            if err.is_none() { "ok" } else { "failed" },
+            started,
+            serde_json::json!({"token": token, "was": current, "now": next, "error": err,
+                "reason": match &next {
+                    Some(n) => format!("{n} streams: commits wait for it"),
+                    None => format!("{current} no longer streams: commits go on without a synchronous standby, and no other member may take over"),
+                }}),
+        );
+    }
+
+    /// Once another member leads and takes writes (its route published): make this member its
+    /// standby — a stopped server rewound or cloned again, a standby that follows another
+    /// server re-pointed — unless the plan says `rejoin: manual` or this host does not have the
+    /// member's data directory. The site claim is kept alive meanwhile.
+    async fn maybe_rejoin(&mut self, seen: Seen) {
+        let mode = self.spec.rejoin.unwrap_or_default();
+        if mode == RejoinMode::Manual
+            || self.member.data_dir.is_none()
+            || Instant::now() < self.rejoin_after
+        {
+            return;
+        }
+        let Ok(Ok(Some(h))) = tokio::time::timeout(PROBE, self.co.route(&self.key)).await else {
+            return;
+        };
+        if h.member == self.member.site {
+            return;
+        }
+        let Some(leader) = self.peers.get(&h.member).cloned() else {
+            return;
+        };
+        if matches!(seen, Seen::Standby { .. }) && self.follows(&leader).await {
+            // It waits for the leader itself: it reconnects on its own.
+            return;
+        }
+        // Never over a member of another cluster (a misplaced data directory): that is for a
+        // person (`lifeboat rejoin` clones it again, keeping the old directory).
+        if !self.system_ok {
+            let theirs = self.co.value(&self.system_key()).await.ok().flatten();
+            let mine = lifeboat_pg::ops::control_data(&self.watched.bin_dir, &self.member)
+                .await
+                .ok()
+                .and_then(|c| c.system_id);
+            if theirs.is_none() || theirs != mine {
+                self.rejoin_after = Instant::now() + REJOIN_RETRY;
+                return;
+            }
+        }
+        let started = Instant::now();
+        let (w, state_dir, site) = (
+            self.watched.clone(),
+            self.ctx.state_dir.clone(),
+            self.member.site.clone(),
+        );
+        let service = self.service().to_string();
+        let progress = move |m: &str| {
+            log(
+                "agent_rejoin_progress",
+                &service,
+                serde_json::json!({"member": site, "step": m}),
+            )
+        };
+        let site = self.member.site.clone();
+        let may_clone = mode == RejoinMode::Clone;
+        let work =
+            crate::rejoin::rejoin_to(&w, &state_dir, &site, Some(&h.member), may_clone, &progress);
+        tokio::pin!(work);
+        let r = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tokio::time::sleep(self.spec.renew()) => {
+                    if let Some(claim) = self.claim.as_mut() {
+                        let _ = tokio::time::timeout(PROBE, self.co.renew(claim)).await;
+                    }
+                }
+            }
+        };
+        let fields = match &r {
+            Ok(rep) => {
+                serde_json::json!({"token": h.token, "leader": h.member, "method": rep.method,
+                "streaming": rep.streaming, "rewind_error": rep.rewind_error,
+                "discarded_commits": rep.divergence.as_ref().map(|d| d.commits.len()),
+                "discarded_bytes": rep.divergence.as_ref().map(|d| d.bytes),
+                "divergence_report": rep.divergence.as_ref().and_then(|d| d.file.clone()),
+                "reason": format!("{} leads (token {}): {} follows it", h.member, h.token, self.member.site)})
+            }
+            Err(e) => {
+                serde_json::json!({"token": h.token, "leader": h.member, "error": e.to_string(),
+                "reason": format!("{} leads (token {}); rejoining {} failed, next try in {} s", h.member, h.token, self.member.site, REJOIN_RETRY.as_secs())})
+            }
+        };
+        let again = match &r {
+            Ok(_) => {
+                self.rejoin_failed = None;
+                false
+            }
+            Err(e) => {
+                self.rejoin_after = Instant::now() + REJOIN_RETRY;
+                self.rejoin_failed.replace(e.message.clone()).as_deref() == Some(&e.message)
+            }
+        };
+        if again {
+            return;
+        }
+        self.event(
+            "rejoin",
+            if r.is_ok() { "ok" } else { "failed" },
+            started,
+            fields,
+        );
+    }
+
+    /// Whether this standby's `primary_conninfo` names `leader`'s address.
+    async fn follows(&self, leader: &Member) -> bool {
+        let q = async {
+            let s = Session::connect(&self.member, PROBE).await.ok()?;
+            s.primary_conninfo().await.ok()
+        };
+        let Some(ci) = tokio::time::timeout(PROBE, q).await.ok().flatten() else {
+            return true;
+        };
+        let kv = lifeboat_pg::parse_conninfo(&ci);
+        let get = |k: &str| kv.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+        let host = get("host").or(get("hostaddr"));
+        let port = get("port").unwrap_or("5432");
+        host == Some(leader.host.as_str()) && port == leader.port.to_string()
     }
 
     /// Tell the endpoints traffic may come here (the server takes writes, under this token).
@@ -578,6 +788,14 @@ impl Agent {
         );
     }
 
+    /// Where the service's system identifier is recorded.
+    fn system_key(&self) -> String {
+        format!(
+            "{}/system_id",
+            self.key.strip_suffix("/leader").unwrap_or(&self.key)
+        )
+    }
+
     /// Every member of the service must be of one cluster: the first agent to look records
     /// the system identifier in etcd, the others compare.
     async fn same_cluster(&mut self) -> Result<bool, Error> {
@@ -588,10 +806,7 @@ impl Agent {
             return Ok(false);
         };
         let mine = s.system_id().await?;
-        let key = format!(
-            "{}/system_id",
-            self.key.strip_suffix("/leader").unwrap_or(&self.key)
-        );
+        let key = self.system_key();
         let theirs = self.co.put_if_absent(&key, &mine).await?;
         if theirs == mine {
             self.system_ok = true;

@@ -240,6 +240,23 @@ pub async fn rejoin(
     site: &str,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Report, Error> {
+    rejoin_to(w, state_dir, site, None, true, progress).await
+}
+
+/// Rejoin `site` as a standby. `leader`: for an agent, the member holding the leader key —
+/// only it counts as the primary to follow, and it makes the rejoined member synchronous
+/// itself (the leader's agent owns `synchronous_standby_names`). Without it: the one other
+/// member answering as primary, and in a sync tier the rejoined member is made synchronous
+/// here. `may_clone`: where pg_rewind is impossible, clone the member again (else fail, the
+/// member left stopped).
+pub async fn rejoin_to(
+    w: &Watched,
+    state_dir: &Path,
+    site: &str,
+    leader: Option<&str>,
+    may_clone: bool,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Report, Error> {
     let started = Instant::now();
     let old = w
         .members
@@ -256,8 +273,19 @@ pub async fn rejoin(
     // The primary: the one member that answers as such, and it is not `site`.
     let mut primary: Option<(Member, Session)> = None;
     for m in &w.members {
+        if leader.is_some_and(|l| l != m.site && m.site != site) {
+            continue;
+        }
         if let Ok(s) = Session::connect(m, Duration::from_secs(3)).await {
             if matches!(s.in_recovery().await, Ok(false)) {
+                if m.site == site && leader.is_some() {
+                    return Err(Error::new(
+                        Kind::Conflict,
+                        format!(
+                            "{site} runs as a primary while another member leads: not rejoined"
+                        ),
+                    ));
+                }
                 if m.site == site {
                     let recorded = crate::coord::StateFile::new(state_dir, &w.service)
                         .load()?
@@ -407,6 +435,16 @@ pub async fn rejoin(
             }
         };
         if let Err(why) = rewound {
+            if !may_clone {
+                return Err(Error::new(
+                    Kind::Source,
+                    format!("pg_rewind is impossible ({why}): {site} stays stopped"),
+                )
+                .hint(format!(
+                    "`lifeboat rejoin {} {site}` clones it again (its directory kept beside), or set coordinator.rejoin: clone; turn on wal_log_hints or data checksums so a rewind can be used",
+                    w.service
+                )));
+            }
             progress(&format!(
                 "pg_rewind is impossible ({why}): cloning {site} again from {} with pg_basebackup",
                 pm.site
@@ -430,7 +468,8 @@ pub async fn rejoin(
     crate::switchover::start_as_standby(w, &old, &pm).await?;
     progress(&format!("{site} started as a standby of {}", pm.site));
     report.streaming =
-        crate::switchover::await_streaming(w, &pm, site, Duration::from_secs(30)).await?;
+        crate::switchover::await_streaming(w, &pm, site, Duration::from_secs(30), leader.is_none())
+            .await?;
     report.ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }

@@ -325,7 +325,8 @@ pub async fn switchover(
 
     // The old primary follows the new one.
     start_as_standby(w, old, target).await?;
-    let following = await_streaming(w, target, &from, timeout.max(Duration::from_secs(10))).await?;
+    let following =
+        await_streaming(w, target, &from, timeout.max(Duration::from_secs(10)), true).await?;
     clock.report.old_primary_streaming = following;
     clock.done(
         "rejoin",
@@ -416,19 +417,20 @@ async fn catch_up(
     }
 }
 
-/// Wait until `site` streams from `primary`; in a sync tier it then becomes the primary's
-/// synchronous standby (RPO 0 protected again). Whether it streams.
+/// Wait until `site` streams from `primary`; in a sync tier (and `make_sync`) it then becomes
+/// the primary's synchronous standby (RPO 0 protected again). Whether it streams.
 pub async fn await_streaming(
     w: &Watched,
     primary: &Member,
     site: &str,
     timeout: Duration,
+    make_sync: bool,
 ) -> Result<bool, Error> {
     let s = Session::connect(primary, Duration::from_secs(5)).await?;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if s.standby_state(site).await? == "streaming" {
-            if w.is_sync() {
+            if w.is_sync() && make_sync {
                 s.set_synchronous_standby(site).await?;
             }
             return Ok(true);

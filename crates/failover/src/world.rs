@@ -31,6 +31,7 @@ async fn check_member(m: &Member, extra: Option<Vec<HealthCheck>>, timeout: Dura
 }
 
 /// A postgres service as the daemon (and `status`) watch it.
+#[derive(Clone)]
 pub struct Watched {
     pub service: String,
     pub members: Vec<Member>,

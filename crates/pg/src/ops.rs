@@ -500,6 +500,8 @@ pub struct ControlData {
     pub timeline: u32,
     /// Shut down cleanly (not crashed, not in recovery).
     pub clean: bool,
+    /// The cluster's system identifier.
+    pub system_id: Option<String>,
 }
 
 pub async fn control_data(bin_dir: &Path, m: &Member) -> Result<ControlData, Error> {
@@ -532,5 +534,6 @@ pub async fn control_data(bin_dir: &Path, m: &Member) -> Result<ControlData, Err
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         clean: field("Database cluster state:").as_deref() == Some("shut down"),
+        system_id: field("Database system identifier:"),
     })
 }
