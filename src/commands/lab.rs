@@ -24,6 +24,11 @@ pub enum Cmd {
         /// (`tc netem`; namespaces only, where the kernel has netem).
         #[arg(long, value_name = "DELAY")]
         wan_delay: Option<String>,
+        /// Three sites (east, west and a witness without a server), each with an etcd member
+        /// and a traffic endpoint, and an agent beside each server instead of the daemon.
+        /// Needs root (a network namespace per site).
+        #[arg(long)]
+        agents: bool,
     },
     /// The lab's members and daemon now.
     Status {
@@ -46,6 +51,7 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             asynchronous,
             loopback,
             wan_delay,
+            agents,
         } => {
             let say = |s: &str| {
                 if !cli.json {
@@ -58,6 +64,7 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                     asynchronous: *asynchronous,
                     loopback: *loopback,
                     wan_delay: wan_delay.clone(),
+                    agents: *agents,
                 },
                 &say,
             )?;
@@ -75,6 +82,21 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
                     }
                 );
                 println!("  plan:     {}", st.plan.display());
+                if st.agents {
+                    let hosts: Vec<&str> = st
+                        .site_endpoints
+                        .iter()
+                        .map(|(_, a)| a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h))
+                        .collect();
+                    println!(
+                        "  endpoints: postgresql://postgres@{}/postgres?target_session_attrs=read-write (port {})",
+                        hosts.join(","),
+                        st.endpoint.rsplit_once(':').map_or("", |(_, p)| p)
+                    );
+                    println!("  etcd:     {}", st.etcd.join(", "));
+                    println!("  agents:   east and west (their logs: SITE/agent.log); no daemon");
+                    return Ok(0);
+                }
                 println!("  endpoint: postgresql://postgres@{}/postgres", st.endpoint);
                 println!("  DNS:      {} on {}", st.dns_name, st.dns);
                 println!("  metrics:  http://{}/metrics", st.metrics);

@@ -55,6 +55,16 @@ pub struct LabState {
     pub daemon_pid: u32,
     pub daemon_start: u64,
     pub created: String,
+    /// Agents coordinated through etcd instead of the daemon (`lab up --agents`): a third,
+    /// witness site with etcd and an endpoint only.
+    #[serde(default)]
+    pub agents: bool,
+    /// etcd's client addresses, one member per site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd: Vec<String>,
+    /// Each site's traffic endpoint (site, address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_endpoints: Vec<(String, String)>,
 }
 
 pub const MARKER: &str = "lab.json";
@@ -71,7 +81,16 @@ pub struct LabOpts {
     pub loopback: bool,
     /// A WAN delay on every site link (`tc netem delay`, e.g. `20ms`), namespaces only.
     pub wan_delay: Option<String>,
+    /// Agents beside each member coordinated through etcd (one member per site, a third
+    /// witness site), instead of the daemon. Root only: every site in its namespace.
+    pub agents: bool,
 }
+
+/// The port of every site's traffic endpoint in an agents lab.
+const SITE_ENDPOINT_PORT: u16 = 6432;
+/// etcd's client and peer ports on each site's address.
+const ETCD_CLIENT: u16 = 2379;
+const ETCD_PEER: u16 = 2380;
 
 impl LabState {
     fn netns(&self, site: &str) -> Option<&str> {
@@ -339,6 +358,58 @@ drills:
     )
 }
 
+/// The plan of an agents lab: the same cluster and repositories, a witness site, the
+/// coordinator and an endpoint per site; no daemon sections and no drills (drills measure
+/// the daemon's failovers).
+fn agents_plan_text(s: &LabState) -> String {
+    let etcd = s
+        .etcd
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let endpoints = s
+        .site_endpoints
+        .iter()
+        .map(|(site, a)| format!("{site}: \"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"# A three-site lab made by `lifeboat lab up --agents`: a primary (east) and a {mode}
+# streaming standby (west) of one PostgreSQL cluster, and a witness site with no server. Each
+# site is a network namespace with an etcd member and a traffic endpoint; beside each server
+# its agent (`lifeboat agent --member SITE`) holds or waits for the leader key. No daemon:
+# nothing here runs `lifeboat serve`. Remove it: lifeboat lab down
+name: lab
+tiers:
+  critical: {{ rpo: 0, rto: 30s }}
+sites: [east, west, witness]
+coordinator:
+  etcd: [{etcd}]
+services:
+  db:
+    kind: postgres
+    tier: critical
+    members:
+      {east}
+      {west}
+    replication: {{ mode: {mode} }}
+    checks: ["SELECT count(*) > 0 FROM pg_database"]
+    failover:
+      # Clients list every site's endpoint (target_session_attrs=read-write).
+      site_listen: {{ {endpoints} }}
+repositories:
+  east-repo: {{ url: east/repo, key_file: lab.key }}
+  west-repo: {{ url: west/repo, key_file: lab.key }}
+backups:
+  db-base: {{ service: db, repository: east-repo, copy_to: [west-repo], retention: {{ last: 3 }} }}
+"#,
+        mode = s.replication,
+        east = member_line(s, "east"),
+        west = member_line(s, "west"),
+    )
+}
+
 /// Build the lab. On failure, what was started is stopped and the directory removed.
 pub fn up(o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error> {
     let dir = std::path::absolute(&o.dir).map_err(|e| io(&o.dir, e))?;
@@ -409,7 +480,18 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
     std::fs::write(&token_path, format!("lbt_{}\n", hex::encode(token)))
         .map_err(|e| io(&token_path, e))?;
     let _ = std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600));
-    for d in ["east", "west"] {
+    if o.agents && (o.loopback || sh.owner.is_none()) {
+        return Err(Error::new(
+            Kind::Input,
+            "an agents lab gives each site its own network namespace (its server, agent, etcd member and endpoint cut off together by a partition): it needs root and no --loopback",
+        ));
+    }
+    let sites: &[&str] = if o.agents {
+        &["east", "west", "witness"]
+    } else {
+        &["east", "west"]
+    };
+    for d in sites {
         std::fs::create_dir_all(dir.join(d)).map_err(|e| io(dir, e))?;
     }
     let ports = free_ports(6)?;
@@ -433,6 +515,9 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
         daemon_pid: 0,
         daemon_start: 0,
         created: jiff::Timestamp::now().to_string(),
+        agents: o.agents,
+        etcd: Vec::new(),
+        site_endpoints: Vec::new(),
     };
     // The marker first: whatever is made from here on, `lab down` finds and removes.
     save(&st)?;
@@ -455,7 +540,7 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
             s2.net = Some(n.clone());
             save(&s2)
         };
-        let net = crate::labnet::create(&["east", "west"], o.wan_delay.as_deref(), &keep)?;
+        let net = crate::labnet::create(sites, o.wan_delay.as_deref(), &keep)?;
         say(&format!(
             "network: a namespace per site ({}), joined by a veth pair; this machine at {}{}",
             net.netns
@@ -476,10 +561,35 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
         st.east_port = 5432;
         st.west_port = 5432;
         st.wan_delay = o.wan_delay.clone();
+        if o.agents {
+            st.etcd = sites
+                .iter()
+                .map(|s| format!("{}:{ETCD_CLIENT}", net.site_addr(s)))
+                .collect();
+            st.site_endpoints = sites
+                .iter()
+                .map(|s| {
+                    (
+                        s.to_string(),
+                        format!("{}:{SITE_ENDPOINT_PORT}", net.site_addr(s)),
+                    )
+                })
+                .collect();
+            // Clients (and `lab status`) use the witness's endpoint.
+            st.endpoint = format!("{}:{SITE_ENDPOINT_PORT}", net.site_addr("witness"));
+            st.dns = String::new();
+            st.metrics = String::new();
+            st.api = String::new();
+        }
         st.net = Some(net);
         save(&st)?;
     }
-    std::fs::write(&st.plan, plan_text(&st)).map_err(|e| io(&st.plan, e))?;
+    let text = if o.agents {
+        agents_plan_text(&st)
+    } else {
+        plan_text(&st)
+    };
+    std::fs::write(&st.plan, text).map_err(|e| io(&st.plan, e))?;
     sh.chown(dir);
 
     say(&format!(
@@ -568,6 +678,10 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
     await_streaming(sh, &st.east_host, st.east_port)?;
     say("a first base backup into east-repo, copied to west-repo");
     sh.lifeboat(&["backup", "db-base"], "the first base backup")?;
+    if o.agents {
+        start_agents(sh, &mut st, say)?;
+        return Ok(st);
+    }
     say(&format!(
         "the daemon: endpoint {}, DNS {} on {}",
         st.endpoint, st.dns_name, st.dns
@@ -602,6 +716,187 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
     sh.chown(&dir.join(MARKER));
     await_endpoint(sh, &st)?;
     Ok(st)
+}
+
+/// Start `program args` in `site`'s namespace, as root (it works as the lab's owner where it
+/// must, as `lifeboat` does), in its own session, its output in `log`.
+fn spawn_in_site(
+    sh: &Shell,
+    st: &LabState,
+    site: &str,
+    program: &Path,
+    args: &[&str],
+    log: &str,
+) -> Result<(), Error> {
+    let f = std::fs::File::create(sh.dir.join(log)).map_err(|e| io(&sh.dir, e))?;
+    let mut c = sh.cmd_as_root(program);
+    c.args(args)
+        .env("LIFEBOAT_ACTOR", "lab")
+        .stdout(f.try_clone().map_err(|e| io(&sh.dir, e))?)
+        .stderr(f);
+    // Root's own directory: the child stays root inside the namespace.
+    lifeboat_pg::as_owner_of_in(&mut c, Path::new("/"), st.netns(site))?;
+    // SAFETY: setsid in the child before exec: it outlives this command's session.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = c
+        .spawn()
+        .map_err(|e| err(format!("starting {} in {site}: {e}", program.display())))?;
+    std::mem::forget(child);
+    Ok(())
+}
+
+/// An agents lab's coordination: an etcd member per site, an agent beside each server, the
+/// witness's endpoint; then wait until the endpoints route to the primary.
+fn start_agents(sh: &Shell, st: &mut LabState, say: &dyn Fn(&str)) -> Result<(), Error> {
+    let net = st.net.clone().expect("an agents lab has namespaces");
+    let sites = ["east", "west", "witness"];
+    let initial = sites
+        .iter()
+        .map(|s| format!("{s}=http://{}:{ETCD_PEER}", net.site_addr(s)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let etcd = which("etcd").ok_or_else(|| {
+        Error::new(Kind::Input, "etcd is not installed here")
+            .hint("install it (Debian: etcd-server), or build the lab without --agents")
+    })?;
+    say(&format!("etcd: a member per site ({})", st.etcd.join(", ")));
+    for site in sites {
+        let addr = net.site_addr(site);
+        let client = format!("http://{addr}:{ETCD_CLIENT}");
+        let peer = format!("http://{addr}:{ETCD_PEER}");
+        let data = format!("{site}/etcd");
+        spawn_in_site(
+            sh,
+            st,
+            site,
+            &etcd,
+            &[
+                "--name",
+                site,
+                "--data-dir",
+                &data,
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+                "--heartbeat-interval",
+                "100",
+                "--election-timeout",
+                "1000",
+            ],
+            &format!("{site}/etcd.log"),
+        )?;
+    }
+    await_etcd(st)?;
+    let lb = sh.dir.join("lifeboat");
+    for site in ["east", "west"] {
+        say(&format!(
+            "{site}: its agent, and its endpoint on {}",
+            endpoint_of(st, site)
+        ));
+        spawn_in_site(
+            sh,
+            st,
+            site,
+            &lb,
+            &["--plan", "lifeboat.yaml", "agent", "--member", site],
+            &format!("{site}/agent.log"),
+        )?;
+    }
+    say(&format!(
+        "witness: its endpoint on {} (no server)",
+        endpoint_of(st, "witness")
+    ));
+    spawn_in_site(
+        sh,
+        st,
+        "witness",
+        &lb,
+        &["--plan", "lifeboat.yaml", "endpoint", "--site", "witness"],
+        "witness/endpoint.log",
+    )?;
+    save(st)?;
+    sh.chown(&sh.dir.join(MARKER));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (site, addr) in &st.site_endpoints {
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+        let port: u16 = port.parse().unwrap_or(0);
+        while sh
+            .sql(host, port, "SELECT pg_is_in_recovery()")
+            .ok()
+            .as_deref()
+            != Some("f")
+        {
+            if Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(sh.dir.join("east/agent.log")).unwrap_or_default();
+                return Err(err(format!(
+                    "{site}'s endpoint {addr} did not reach the primary within 30 s; east's agent:\n{}",
+                    lifeboat_core::error::stderr_tail(&log, 15)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+fn endpoint_of<'a>(st: &'a LabState, site: &str) -> &'a str {
+    st.site_endpoints
+        .iter()
+        .find(|(s, _)| s == site)
+        .map_or("", |(_, a)| a.as_str())
+}
+
+/// A program on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Until every etcd member answers `/health` healthy (30 s at most).
+fn await_etcd(st: &LabState) -> Result<(), Error> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for addr in &st.etcd {
+        loop {
+            let healthy = std::net::TcpStream::connect(addr)
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    s.write_all(b"GET /health HTTP/1.0\r\n\r\n")?;
+                    let mut t = String::new();
+                    s.read_to_string(&mut t)?;
+                    Ok(t)
+                })
+                .is_ok_and(|t| t.contains("\"health\":\"true\""));
+            if healthy {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "etcd at {addr} was not healthy within 30 s (see its site's etcd.log)"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 fn append(p: &Path, text: &str) -> Result<(), Error> {

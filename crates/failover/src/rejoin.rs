@@ -57,6 +57,36 @@ pub struct Report {
 }
 
 /// Decode the old primary's WAL from the fork point to its end.
+/// Whether `pg_wal` holds a segment of timeline `tli` at or after the one holding `fork`
+/// (where the old primary may have written after the fork). The segment size is the WAL
+/// files' own (16 MiB when none is there to say).
+fn wrote_after(pg_wal: &Path, tli: u32, fork: u64) -> bool {
+    let files: Vec<(String, u64)> = std::fs::read_dir(pg_wal)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_str()?.to_string(),
+                e.metadata().ok()?.len(),
+            ))
+        })
+        .collect();
+    let seg_size = files
+        .iter()
+        .find(|(n, len)| n.len() == 24 && len.is_power_of_two())
+        .map_or(16 << 20, |(_, len)| *len);
+    let fork_seg = lifeboat_core::wal::segno_of(Lsn(fork), seg_size);
+    files.iter().any(|(n, _)| {
+        matches!(
+            lifeboat_core::wal::WalFile::parse(n, seg_size),
+            Some(lifeboat_core::wal::WalFile::Segment { timeline, segno }
+                | lifeboat_core::wal::WalFile::Partial { timeline, segno })
+                if timeline == tli && segno >= fork_seg
+        )
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn divergence(
     bin_dir: &Path,
@@ -74,6 +104,11 @@ fn divergence(
         fork_lsn: Lsn(fork).to_string(),
         ..Default::default()
     };
+    if !wrote_after(&data.join("pg_wal"), old_tli, fork) {
+        // The old primary's WAL ends where the new timeline begins (a fork on a segment
+        // boundary, after a segment switch): nothing was written after it.
+        return Ok(d);
+    }
     let out = lifeboat_pg::tool::waldump(bin_dir, data, old_tli, Lsn(fork))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -168,7 +203,9 @@ fn divergence(
 /// Why the primary behind `ps` no longer has its WAL from `fork` on (the segment holding it,
 /// on its current timeline, is gone from pg_wal), or None when it has it (or cannot say).
 async fn wal_gone_since(ps: &Session, fork: u64) -> Option<String> {
-    let name = ps.walfile_name(fork).await.ok()?;
+    // pg_walfile_name names the segment holding the byte *before* an LSN on a segment
+    // boundary; the standby needs the one the new timeline starts in.
+    let name = ps.walfile_name(fork + 1).await.ok()?;
     let there = ps.has_wal_file(&name).await.ok()?;
     (!there).then(|| {
         format!(
@@ -512,4 +549,36 @@ async fn reclone(w: &Watched, old: &Member, pm: &Member, data: &Path) -> Result<
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_written_after_a_fork_on_a_segment_boundary() {
+        let d = tempfile::tempdir().unwrap();
+        let seg = |name: &str| {
+            std::fs::File::create(d.path().join(name))
+                .unwrap()
+                .set_len(16 << 20)
+                .unwrap();
+        };
+        seg("000000010000000000000002");
+        seg("000000010000000000000003");
+        std::fs::write(
+            d.path().join("000000010000000000000003.00000028.backup"),
+            "x",
+        )
+        .unwrap();
+        // The new timeline begins at 0/4000000: the old one ends with segment 3.
+        assert!(!wrote_after(d.path(), 1, 0x400_0000));
+        // A fork inside segment 3: the old primary may have written after it.
+        assert!(wrote_after(d.path(), 1, 0x380_0000));
+        // Another timeline's files do not count.
+        seg("000000020000000000000004");
+        assert!(!wrote_after(d.path(), 1, 0x400_0000));
+        seg("000000010000000000000004");
+        assert!(wrote_after(d.path(), 1, 0x400_0000));
+    }
 }
