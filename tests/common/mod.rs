@@ -4,6 +4,7 @@ pub mod etcd;
 pub mod moto;
 pub mod pair;
 pub mod pg;
+pub mod sites;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

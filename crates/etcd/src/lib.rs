@@ -37,35 +37,34 @@ fn renew_err(e: etcd_client::Error) -> Error {
     }
 }
 
-/// Whether a request never reached a member (its endpoint refused the connection): safe to
-/// send again, to another member.
-fn unsent(e: &etcd_client::Error) -> bool {
-    let t = e.to_string();
-    t.contains("tcp connect error") || t.contains("Connection refused")
-}
-
-/// Run `f` again (up to three times in all) while its request could not be sent: the client
-/// spreads requests over the members, and one may be down.
-async fn resend<T, F, Fut>(mut f: F) -> Result<T, etcd_client::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
-{
-    let mut tries = 0;
-    loop {
-        match f().await {
-            Err(e) if unsent(&e) && tries < 2 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            r => return r,
-        }
+/// Whether an error is etcd's answer (the request reached a member that decided), rather than
+/// a member that could not be reached or could not decide (no quorum, a timeout): only the
+/// latter is worth sending to another member.
+fn answered(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            format!("{:?}", s.code()).as_str(),
+            "NotFound"
+                | "FailedPrecondition"
+                | "InvalidArgument"
+                | "PermissionDenied"
+                | "Unauthenticated"
+                | "AlreadyExists"
+                | "OutOfRange"
+        ),
+        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::LeaseKeepAliveError(_) => true,
+        _ => false,
     }
 }
 
-/// A connection to the etcd cluster.
+/// A connection to the etcd cluster: one client per member, requests going to one of them
+/// until it fails to answer within `per_try` (cut off, down, without quorum), then to the
+/// next. (One client balancing over every member keeps sending some requests to a member that
+/// a partition cut off, each waiting for its timeout.)
 pub struct Coordinator {
-    client: Client,
+    clients: Vec<Client>,
+    at: usize,
+    per_try: Duration,
 }
 
 /// Who holds a leader key, and its fencing token.
@@ -102,14 +101,55 @@ impl Leadership {
 
 impl Coordinator {
     /// Connect to any of `endpoints` (`host:port`), within `timeout`.
+    /// One try of a request goes to one member for at most a quarter of `timeout` (at least
+    /// 250 ms); a request that member cannot answer goes to the next one.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Coordinator, Error> {
+        let per_try = (timeout / 4).max(Duration::from_millis(250));
         let opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout);
-        let client = Client::connect(endpoints, Some(opts))
-            .await
-            .map_err(|e| etcd_err("connect", e))?;
-        Ok(Coordinator { client })
+            .with_connect_timeout(per_try)
+            .with_timeout(per_try);
+        let mut clients = Vec::new();
+        for e in endpoints {
+            clients.push(
+                Client::connect([e.as_str()], Some(opts.clone()))
+                    .await
+                    .map_err(|err| etcd_err("connect", err))?,
+            );
+        }
+        if clients.is_empty() {
+            return Err(Error::new(Kind::Input, "etcd: no member to connect to"));
+        }
+        Ok(Coordinator {
+            clients,
+            at: 0,
+            per_try,
+        })
+    }
+
+    /// Run a request on the current member, moving to the next one while a member does not
+    /// answer (each member tried once).
+    async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = None;
+        for _ in 0..self.clients.len() {
+            let c = self.clients[self.at].clone();
+            match tokio::time::timeout(self.per_try, f(c)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if answered(&e) => return Err(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(etcd_client::Error::IoError(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer in time",
+                    )))
+                }
+            }
+            self.at = (self.at + 1) % self.clients.len();
+        }
+        Err(last.expect("at least one member"))
     }
 
     /// The key of a service's leader.
@@ -144,8 +184,10 @@ impl Coordinator {
             )])
             .and_then([TxnOp::put(Self::sync_key(&l.key), doc, None)]);
         let r = self
-            .client
-            .txn(txn)
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
             .map_err(|e| etcd_err("publish the synchronous standbys", e))?;
         Ok(r.succeeded())
@@ -157,15 +199,14 @@ impl Coordinator {
         &mut self,
         leader_key: &str,
     ) -> Result<Option<(String, i64, Vec<String>)>, Error> {
-        let c = &self.client;
         let k = Self::sync_key(leader_key);
-        let r = resend(|| {
-            let mut c = c.clone();
-            let k = k.clone();
-            async move { c.get(k, None).await }
-        })
-        .await
-        .map_err(|e| etcd_err("read the synchronous standbys", e))?;
+        let r = self
+            .call(|mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await
+            .map_err(|e| etcd_err("read the synchronous standbys", e))?;
         let Some(kv) = r.kvs().first() else {
             return Ok(None);
         };
@@ -197,7 +238,7 @@ impl Coordinator {
 
     /// One transaction: put `value` at `key` if the key does not exist, else read it.
     async fn create(
-        &self,
+        &mut self,
         key: &str,
         value: &str,
         opts: Option<PutOptions>,
@@ -207,9 +248,7 @@ impl Coordinator {
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, opts)])
             .or_else([TxnOp::get(key, None)]);
-        let c = &self.client;
-        resend(|| {
-            let mut c = c.clone();
+        self.call(|mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })
@@ -236,13 +275,10 @@ impl Coordinator {
 
     /// What `key` holds, if it exists.
     pub async fn value(&mut self, key: &str) -> Result<Option<String>, Error> {
-        let c = &self.client;
-        let r = resend(|| {
-            let mut c = c.clone();
-            async move { c.get(key, None).await }
-        })
-        .await
-        .map_err(|e| etcd_err("read a key", e))?;
+        let r = self
+            .call(|mut c| async move { c.get(key, None).await })
+            .await
+            .map_err(|e| etcd_err("read a key", e))?;
         Ok(r.kvs()
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
@@ -250,13 +286,10 @@ impl Coordinator {
 
     /// Who leads now, if anyone.
     pub async fn holder(&mut self, key: &str) -> Result<Option<Holder>, Error> {
-        let c = &self.client;
-        let r = resend(|| {
-            let mut c = c.clone();
-            async move { c.get(key, None).await }
-        })
-        .await
-        .map_err(|e| etcd_err("read the leader", e))?;
+        let r = self
+            .call(|mut c| async move { c.get(key, None).await })
+            .await
+            .map_err(|e| etcd_err("read the leader", e))?;
         Ok(r.kvs().first().map(|kv| Holder {
             member: String::from_utf8_lossy(kv.value()).into_owned(),
             token: kv.create_revision(),
@@ -274,14 +307,11 @@ impl Coordinator {
     ) -> Result<Result<Leadership, Holder>, Error> {
         let sent = Instant::now();
         let secs = ttl.as_secs().max(1) as i64;
-        let c = &self.client;
-        let lease = resend(|| {
-            let mut c = c.clone();
-            async move { c.lease_grant(secs, None).await }
-        })
-        .await
-        .map_err(|e| etcd_err("grant a lease", e))?
-        .id();
+        let lease = self
+            .call(|mut c| async move { c.lease_grant(secs, None).await })
+            .await
+            .map_err(|e| etcd_err("grant a lease", e))?
+            .id();
         let r = self
             .create(
                 key,
@@ -301,7 +331,9 @@ impl Coordinator {
                 sent,
             }));
         }
-        let _ = self.client.lease_revoke(lease).await;
+        let _ = self
+            .call(|mut c| async move { c.lease_revoke(lease).await })
+            .await;
         let holder = self.holder(key).await?.unwrap_or(Holder {
             member: String::new(),
             token: 0,
@@ -315,17 +347,18 @@ impl Coordinator {
     /// leader keeps counting down.
     pub async fn renew(&mut self, l: &mut Leadership) -> Result<(), Error> {
         let sent = Instant::now();
-        let c = &self.client;
         let lease = l.lease;
-        let (mut keeper, mut stream) = resend(|| {
-            let mut c = c.clone();
-            async move { c.lease_keep_alive(lease).await }
-        })
-        .await
-        .map_err(renew_err)?;
-        keeper.keep_alive().await.map_err(renew_err)?;
-        match stream.message().await.map_err(renew_err)? {
-            Some(r) if r.ttl() > 0 => {
+        // The keep-alive stream, one renewal and its answer, on one member.
+        let ttl = self
+            .call(|mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map(|r| r.ttl()))
+            })
+            .await
+            .map_err(renew_err)?;
+        match ttl {
+            Some(t) if t > 0 => {
                 l.sent = sent;
                 Ok(())
             }
@@ -336,8 +369,8 @@ impl Coordinator {
     /// Give the leadership up at once (a clean stop, or PostgreSQL crashed under the agent):
     /// the next candidate need not wait for the lease to expire.
     pub async fn resign(&mut self, l: Leadership) -> Result<(), Error> {
-        self.client
-            .lease_revoke(l.lease)
+        let lease = l.lease;
+        self.call(|mut c| async move { c.lease_revoke(lease).await })
             .await
             .map(|_| ())
             .map_err(|e| etcd_err("resign", e))
@@ -346,7 +379,11 @@ impl Coordinator {
     /// End a holder's lease (its keys go with it): for an agent that took over from a dead
     /// predecessor at its own member, whose lease would otherwise hold until it runs out.
     pub async fn revoke(&mut self, h: &Holder) -> Result<(), Error> {
-        match self.client.lease_revoke(h.lease).await {
+        let lease = h.lease;
+        match self
+            .call(|mut c| async move { c.lease_revoke(lease).await })
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("lease not found") => Ok(()),
             Err(e) => Err(etcd_err("end a stale lease", e)),
@@ -380,8 +417,10 @@ impl Coordinator {
                 Some(PutOptions::new().with_lease(l.lease)),
             )]);
         let r = self
-            .client
-            .txn(txn)
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
             .map_err(|e| etcd_err("publish the route", e))?;
         Ok(r.succeeded())
@@ -396,14 +435,13 @@ impl Coordinator {
             TxnOp::get(leader_key, None),
             TxnOp::get(route_key.as_str(), None),
         ]);
-        let c = &self.client;
-        let r = resend(|| {
-            let mut c = c.clone();
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
-        .map_err(|e| etcd_err("read the route", e))?;
+        let r = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(|e| etcd_err("read the route", e))?;
         let mut kvs = r.op_responses().into_iter().map(|op| match op {
             etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
             _ => None,

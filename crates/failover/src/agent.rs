@@ -50,8 +50,9 @@ use crate::log::log;
 const CHECK: Duration = Duration::from_millis(100);
 /// The longest one look at the server may take.
 const PROBE: Duration = Duration::from_millis(500);
-/// After a rejoin that failed, the next try.
-const REJOIN_RETRY: Duration = Duration::from_secs(30);
+/// After a rejoin (or restart) that failed, the next try: 2 s, doubling up to a minute.
+const REJOIN_FIRST_RETRY: Duration = Duration::from_secs(2);
+const REJOIN_LAST_RETRY: Duration = Duration::from_secs(60);
 
 /// What the agent saw of its server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +263,8 @@ struct Agent {
     /// The token under which this agent last published the route to its server.
     routed: Option<i64>,
     last_renew: Instant,
+    /// When the leader renews next (sooner again after a renewal that failed).
+    next_renew: Instant,
     /// The system identifier every member of the service must share, once checked.
     system_ok: bool,
     /// The service's other members.
@@ -270,6 +273,8 @@ struct Agent {
     watched: crate::world::Watched,
     /// No rejoin before this (after one that failed).
     rejoin_after: Instant,
+    /// The wait before the next try after one more failure.
+    rejoin_backoff: Duration,
     /// Why the last rejoin failed (the same failure again is not recorded again).
     rejoin_failed: Option<String>,
 }
@@ -360,10 +365,12 @@ impl Agent {
             published: None,
             routed: None,
             last_renew: Instant::now(),
+            next_renew: Instant::now(),
             system_ok: false,
             peers,
             watched,
             rejoin_after: Instant::now(),
+            rejoin_backoff: REJOIN_FIRST_RETRY,
             rejoin_failed: None,
         })
     }
@@ -433,8 +440,11 @@ impl Agent {
         }
         match (self.lead.is_some(), seen) {
             (true, Seen::Primary) => {
-                if due {
-                    self.renew().await;
+                // A renewal that failed is tried again at the next look, not a period later:
+                // an etcd electing a new leader answers again within its election timeout.
+                if Instant::now() >= self.next_renew {
+                    let ok = self.renew().await;
+                    self.next_renew = Instant::now() + if ok { self.spec.renew() } else { CHECK };
                 }
                 self.publish_route().await;
             }
@@ -453,7 +463,11 @@ impl Agent {
                     self.maybe_rejoin(seen).await;
                 }
             }
-            (false, Seen::Down) => self.maybe_rejoin(seen).await,
+            (false, Seen::Down) => {
+                if !self.restart_as_last_leader().await {
+                    self.maybe_rejoin(seen).await;
+                }
+            }
         }
         // The site claim's lease is this agent's own; after the leader's renewal, and briefly.
         if let (true, Some(claim)) = (due, self.claim.as_mut()) {
@@ -461,8 +475,11 @@ impl Agent {
         }
     }
 
-    async fn renew(&mut self) {
-        let Some(l) = self.lead.as_mut() else { return };
+    /// Renew the leader's lease once; whether it was renewed.
+    async fn renew(&mut self) -> bool {
+        let Some(l) = self.lead.as_mut() else {
+            return false;
+        };
         let deadline = l.deadline(self.spec.margin());
         let started = Instant::now();
         match tokio::time::timeout_at(deadline.into(), self.co.renew(l)).await {
@@ -471,6 +488,7 @@ impl Agent {
                 self.watchdog.set(Some(d));
                 self.manage_sync().await;
                 self.publish_sync().await;
+                return true;
             }
             Ok(Err(e)) if e.kind == Kind::Conflict => {
                 self.fence("the lease is gone: another member may lead now", started)
@@ -489,6 +507,7 @@ impl Agent {
                     .await;
             }
         }
+        false
     }
 
     /// In a sync tier, as the leader: keep exactly one streaming standby synchronous
@@ -560,6 +579,57 @@ impl Agent {
         );
     }
 
+    /// A server this agent stopped as the last leader (its lease could not be renewed: etcd
+    /// unreachable, the site cut off) while nobody took over — in a sync tier nobody else
+    /// may, when no standby was synchronous: once etcd answers again and still nobody leads,
+    /// start it again as it was, so it can take the key back (the next step, as any primary
+    /// without the key) instead of the service staying down. Whether it was started.
+    async fn restart_as_last_leader(&mut self) -> bool {
+        if self.member.data_dir.is_none() || lifeboat_pg::ops::running(&self.member) {
+            return false;
+        }
+        let Ok(Ok(None)) = tokio::time::timeout(PROBE, self.co.holder(&self.key)).await else {
+            return false;
+        };
+        let Ok(Ok(Some((last, token, _)))) =
+            tokio::time::timeout(PROBE, self.co.sync_set(&self.key)).await
+        else {
+            return false;
+        };
+        if last != self.member.site || Instant::now() < self.rejoin_after {
+            return false;
+        }
+        // Only a server that was a primary when it stopped (not a standby's crash).
+        let was_primary = self
+            .member
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| !d.join("standby.signal").exists());
+        if !was_primary {
+            return false;
+        }
+        let started = Instant::now();
+        let r = crate::switchover::start_logged(&self.watched, &self.member, 60).await;
+        let err = match &r {
+            Ok((out, log)) if !out.status.success() => {
+                Some(format!("pg_ctl start failed (see {})", log.display()))
+            }
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        if err.is_some() {
+            self.back_off();
+        }
+        self.event(
+            "restart",
+            if err.is_none() { "ok" } else { "failed" },
+            started,
+            serde_json::json!({"token": token, "error": err,
+                "reason": "this member led last and nobody took over: its server is started again to take the key back"}),
+        );
+        err.is_none()
+    }
+
     /// Once another member leads and takes writes (its route published): make this member its
     /// standby — a stopped server rewound or cloned again, a standby that follows another
     /// server re-pointed — unless the plan says `rejoin: manual` or this host does not have the
@@ -594,7 +664,7 @@ impl Agent {
                 .ok()
                 .and_then(|c| c.system_id);
             if theirs.is_none() || theirs != mine {
-                self.rejoin_after = Instant::now() + REJOIN_RETRY;
+                self.rejoin_after = Instant::now() + REJOIN_LAST_RETRY;
                 return;
             }
         }
@@ -638,16 +708,17 @@ impl Agent {
             }
             Err(e) => {
                 serde_json::json!({"token": h.token, "leader": h.member, "error": e.to_string(),
-                "reason": format!("{} leads (token {}); rejoining {} failed, next try in {} s", h.member, h.token, self.member.site, REJOIN_RETRY.as_secs())})
+                "reason": format!("{} leads (token {}); rejoining {} failed, next try in {} s", h.member, h.token, self.member.site, self.rejoin_backoff.as_secs())})
             }
         };
         let again = match &r {
             Ok(_) => {
                 self.rejoin_failed = None;
+                self.rejoin_backoff = REJOIN_FIRST_RETRY;
                 false
             }
             Err(e) => {
-                self.rejoin_after = Instant::now() + REJOIN_RETRY;
+                self.back_off();
                 self.rejoin_failed.replace(e.message.clone()).as_deref() == Some(&e.message)
             }
         };
@@ -660,6 +731,12 @@ impl Agent {
             started,
             fields,
         );
+    }
+
+    /// No rejoin or restart for a while after one failed, longer each time.
+    fn back_off(&mut self) {
+        self.rejoin_after = Instant::now() + self.rejoin_backoff;
+        self.rejoin_backoff = (self.rejoin_backoff * 2).min(REJOIN_LAST_RETRY);
     }
 
     /// Whether this standby's `primary_conninfo` names `leader`'s address.
@@ -835,6 +912,7 @@ impl Agent {
         match self.take_lease().await {
             Ok(l) => {
                 self.watchdog.set(Some(l.deadline(self.spec.margin())));
+                self.next_renew = Instant::now() + self.spec.renew();
                 let token = l.token;
                 self.lead = Some(l);
                 self.published = None;
@@ -938,6 +1016,7 @@ impl Agent {
             _ => return,
         };
         self.watchdog.set(Some(l.deadline(self.spec.margin())));
+        self.next_renew = Instant::now() + self.spec.renew();
         let token = l.token;
         self.lead = Some(l);
         self.published = None;

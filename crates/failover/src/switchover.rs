@@ -81,7 +81,7 @@ fn member<'a>(w: &'a Watched, site: &str) -> Result<&'a Member, Error> {
 /// up to `wait_s` for it to accept connections (a standby: once consistent, which after a
 /// rewind means replaying the WAL from the last common checkpoint on; pg_ctl returns at once
 /// if the server exits).
-async fn start_logged(
+pub(crate) async fn start_logged(
     w: &Watched,
     m: &Member,
     wait_s: u32,
