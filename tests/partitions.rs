@@ -132,15 +132,17 @@ fn suite(faults: &[(String, Duration)]) -> (common::sites::Count, Vec<String>) {
             );
         }
         done.push(format!("{fault} at {before} → primary {after}"));
+        eprintln!("trial {i}: {}", done[i]);
         // Writes go on in the whole service before the next fault.
         std::thread::sleep(Duration::from_secs(1));
     }
     let acks = w.stop();
     let primary = s.primary().unwrap();
     let all = s
-        .sql_via(
+        .sql_within(
             &format!("{}:5432", s.addr[&primary]),
             "SELECT string_agg(v::text, ',') FROM w",
+            Duration::from_secs(60),
         )
         .unwrap();
     let have: BTreeSet<u64> = all.split(',').filter_map(|v| v.parse().ok()).collect();

@@ -127,8 +127,13 @@ impl Sites {
 
     /// One statement through `host:port` (from this machine), within 3 s.
     pub fn sql_via(&self, hostport: &str, q: &str) -> Result<String, String> {
+        self.sql_within(hostport, q, Duration::from_secs(3))
+    }
+
+    /// The same within `limit` (a long read).
+    pub fn sql_within(&self, hostport: &str, q: &str, limit: Duration) -> Result<String, String> {
         let (h, p) = hostport.rsplit_once(':').unwrap();
-        psql(h, p, q, Duration::from_secs(3))
+        psql(h, p, q, limit)
     }
 
     /// The site whose server answers as primary, if exactly one does.
@@ -327,7 +332,8 @@ impl Sites {
 }
 
 /// `psql -c Q` against `host:port`, killed when it takes longer than `limit` (then the write it
-/// carried counts as not acknowledged).
+/// carried counts as not acknowledged). Its output is read while it runs (a long answer must
+/// not fill the pipe and hold it).
 fn psql(host: &str, port: &str, q: &str, limit: Duration) -> Result<String, String> {
     let mut c = Command::new(pg_bin().join("psql"));
     c.args(["-X", "-h", host, "-p", port, "-U", "postgres", "-Atq"])
@@ -336,21 +342,20 @@ fn psql(host: &str, port: &str, q: &str, limit: Duration) -> Result<String, Stri
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c.spawn().map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("timed out".into());
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(e.to_string()),
+    let child = c.spawn().map_err(|e| e.to_string())?;
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(limit) {
+        Ok(r) => r.map_err(|e| e.to_string())?,
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, which the thread above still waits for.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err("timed out".into());
         }
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    };
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {

@@ -81,7 +81,9 @@ pub struct CoordinatorSpec {
     /// before another member may take it. Whole seconds, at least 2. Default 3s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
-    /// How often the leader renews its lease (and every agent checks its server). Default 1s.
+    /// How often the leader renews its lease. Default 500ms: a renewal that etcd cannot answer
+    /// while it elects a new leader of its own (about its election timeout) leaves time for
+    /// the next ones before the leader must stop (ttl minus margin after the last one sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew: Option<Duration>,
     /// How long before its lease could expire a leader that could not renew stops its server,
@@ -114,7 +116,7 @@ impl CoordinatorSpec {
     }
     pub fn renew(&self) -> std::time::Duration {
         self.renew
-            .map_or(std::time::Duration::from_secs(1), |d| d.0)
+            .map_or(std::time::Duration::from_millis(500), |d| d.0)
     }
     pub fn margin(&self) -> std::time::Duration {
         self.margin

@@ -101,10 +101,12 @@ impl Leadership {
 
 impl Coordinator {
     /// Connect to any of `endpoints` (`host:port`), within `timeout`.
-    /// One try of a request goes to one member for at most a quarter of `timeout` (at least
-    /// 250 ms); a request that member cannot answer goes to the next one.
+    /// One try of a request goes to one member for at most an eighth of `timeout` (at least
+    /// 150 ms); a request that member cannot answer goes to the next one. Short tries matter
+    /// while etcd elects a leader: the request that lands after the election must not be
+    /// queued behind one still waiting.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Coordinator, Error> {
-        let per_try = (timeout / 4).max(Duration::from_millis(250));
+        let per_try = (timeout / 8).max(Duration::from_millis(150));
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(per_try)
             .with_timeout(per_try);
