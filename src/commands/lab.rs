@@ -122,16 +122,32 @@ pub fn run_cmd(cli: &crate::Cli, c: &Cmd) -> anyhow::Result<i32> {
             if cli.json {
                 crate::output::json(&s);
             } else {
-                println!(
-                    "lab in {} ({}), daemon {}",
-                    s.state.dir.display(),
-                    s.state.replication,
-                    if s.daemon_running {
-                        "running"
-                    } else {
-                        "NOT running"
-                    }
-                );
+                if s.state.agents {
+                    // No daemon: agents beside the servers, coordinated through etcd.
+                    println!(
+                        "lab in {} ({}), agents through etcd ({}); endpoints {}",
+                        s.state.dir.display(),
+                        s.state.replication,
+                        s.state.etcd.join(", "),
+                        s.state
+                            .site_endpoints
+                            .iter()
+                            .map(|(site, a)| format!("{site} {a}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                } else {
+                    println!(
+                        "lab in {} ({}), daemon {}",
+                        s.state.dir.display(),
+                        s.state.replication,
+                        if s.daemon_running {
+                            "running"
+                        } else {
+                            "NOT running"
+                        }
+                    );
+                }
                 let rows: Vec<Vec<String>> = s
                     .members
                     .iter()
