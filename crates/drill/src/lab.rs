@@ -699,13 +699,7 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
         .env("LIFEBOAT_ACTOR", "lab")
         .stdout(log.try_clone().map_err(|e| io(dir, e))?)
         .stderr(log);
-    // SAFETY: setsid in the child before exec: the daemon outlives this command's session.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    detached(&mut c);
     let child = c
         .spawn()
         .map_err(|e| err(format!("starting lifeboat serve: {e}")))?;
@@ -716,6 +710,17 @@ fn build(sh: &Shell, o: &LabOpts, say: &dyn Fn(&str)) -> Result<LabState, Error>
     sh.chown(&dir.join(MARKER));
     await_endpoint(sh, &st)?;
     Ok(st)
+}
+
+/// The child in a session of its own: what the lab starts outlives the command that built it.
+fn detached(c: &mut Command) {
+    // SAFETY: setsid is async-signal-safe, called in the child before exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
 }
 
 /// Start `program args` in `site`'s namespace, as root (it works as the lab's owner where it
@@ -736,13 +741,7 @@ fn spawn_in_site(
         .stderr(f);
     // Root's own directory: the child stays root inside the namespace.
     lifeboat_pg::as_owner_of_in(&mut c, Path::new("/"), st.netns(site))?;
-    // SAFETY: setsid in the child before exec: it outlives this command's session.
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    detached(&mut c);
     let child = c
         .spawn()
         .map_err(|e| err(format!("starting {} in {site}: {e}", program.display())))?;

@@ -346,15 +346,21 @@ pub async fn rejoin_to(
             }
         }
     }
-    let (pm, ps) = primary.ok_or_else(|| {
-        Error::new(
+    let (pm, ps) = primary.ok_or_else(|| match leader {
+        // An agent: the leader it saw in etcd does not answer as primary (yet, or any more).
+        Some(l) => Error::new(
+            Kind::Source,
+            format!("{}: the leader {l} does not answer as primary", w.service),
+        )
+        .hint("the agent tries again; check the leader's agent and server (`lifeboat status`)"),
+        None => Error::new(
             Kind::Source,
             format!("{}: no other member answers as primary", w.service),
         )
         .hint(format!(
             "a rejoined member follows a running primary: check `lifeboat status {0}`, or fail over first (`lifeboat failover {0}`)",
             w.service
-        ))
+        )),
     })?;
     // Stopped? (A standby that runs already is stopped too: it is re-pointed.)
     if lifeboat_pg::ops::running(&old) {
