@@ -459,6 +459,206 @@ fn site_endpoints_route_to_the_token_holder_follow_a_failover_and_drop_when_etcd
     assert_eq!(through(&p, eb), None);
 }
 
+/// libfaketime: one agent's wall clock stepped while its monotonic clock runs on, as a stepped
+/// system clock (NTP, a person with `date -s`) leaves CLOCK_MONOTONIC alone.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// An agent for `site` whose wall clock is the real one plus the offset in `clock-SITE` (e.g.
+/// `+10s`), read again every second.
+fn agent_with_clock(p: &Pair, site: &str) -> Daemon {
+    let clock = p.pg.lab.p(&format!("clock-{site}"));
+    std::fs::write(&clock, "+0\n").unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p.pg.lab.p(&format!("agent-{site}.log")))
+        .unwrap();
+    let mut c = p.pg.cmd(&["agent", "--member", site]);
+    c.env("LD_PRELOAD", FAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", &clock)
+        .env("FAKETIME_CACHE_DURATION", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(Stdio::null())
+        .stderr(log);
+    Daemon(c.spawn().unwrap())
+}
+
+#[test]
+fn wall_clocks_stepped_by_ten_seconds_on_the_members_change_nothing() {
+    assert!(
+        std::path::Path::new(FAKETIME).exists(),
+        "libfaketime (Debian faketime) is installed by scripts/install-deps.sh"
+    );
+    let e: Etcd = etcd();
+    e.await_healthy();
+    let p = pair(&e.client);
+    let (_a, _b) = (agent_with_clock(&p, "a"), agent_with_clock(&p, "b"));
+    let t1 = token(&await_event(&p, "lead", "a", 1));
+    std::thread::sleep(Duration::from_millis(1500));
+    let step = |site: &str, by: &str| {
+        std::fs::write(p.pg.lab.p(&format!("clock-{site}")), format!("{by}\n")).unwrap();
+    };
+    let mut v = 0;
+    for (a, b) in [("+10s", "-10s"), ("-10s", "+10s"), ("+0", "+10s")] {
+        step("a", a);
+        step("b", b);
+        // Longer than the lease: each side's clock read stepped at least once meanwhile.
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            v += 1;
+            p.pg.try_sql_on(
+                p.pg.port,
+                "postgres",
+                &format!("INSERT INTO w VALUES ({v})"),
+            )
+            .unwrap_or_else(|e| panic!("write {v} with clocks at a {a}, b {b}: {e}\n{}", logs(&p)));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for what in ["fence", "resign", "promote"] {
+        assert!(agent_events(&p, what).is_empty(), "{what}:\n{}", logs(&p));
+    }
+    assert_eq!(agent_events(&p, "lead").len(), 1, "{}", logs(&p));
+    // The agents still act on a real fault: a crash fails over with a larger token — b's
+    // clock still 10 s ahead, as the time it records shows (so the steps did reach it).
+    p.signal_server("pgdata", libc::SIGKILL);
+    let promote = await_event(&p, "promote", "b", 1);
+    assert!(token(&promote) > t1, "{promote}");
+    let at: jiff::Timestamp = promote["time"].as_str().unwrap().parse().unwrap();
+    let ahead = at.duration_since(jiff::Timestamp::now()).as_secs_f64();
+    assert!(ahead > 5.0, "b's clock is not ahead ({ahead} s): {promote}");
+    assert_eq!(
+        p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w"),
+        v.to_string()
+    );
+}
+
+#[test]
+fn a_required_watchdog_that_cannot_be_used_stops_the_agent_at_start_and_touches_nothing() {
+    let e: Etcd = etcd();
+    e.await_healthy();
+    let p = pair_with(
+        &e.client,
+        "",
+        "  rejoin: manual\n  watchdog: required\n  watchdog_device: /dev/null\n",
+    );
+    let out = p.pg.cmd(&["agent", "--member", "a"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("coordinator.watchdog is required")
+            && err.contains("/dev/null is not a watchdog")
+            && err.contains("no server was touched"),
+        "{err}"
+    );
+    assert_eq!(p.in_recovery(p.pg.port), Some(false));
+    assert!(agent_events(&p, "lead").is_empty());
+    // `auto`: the agent says it runs without one, and leads.
+    let plan = p.pg.lab.p("lifeboat.yaml");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    std::fs::write(&plan, text.replace("watchdog: required", "watchdog: auto")).unwrap();
+    let _a = agent(&p, "a");
+    await_event(&p, "lead", "a", 1);
+    let log = std::fs::read_to_string(p.pg.lab.p("agent-a.log")).unwrap();
+    assert!(log.contains("agent_watchdog_unavailable"), "{log}");
+}
+
+fn signal(e: &Etcd, sig: i32) {
+    // SAFETY: kill(2) on the test's own etcd.
+    unsafe { libc::kill(e.child.id() as i32, sig) };
+}
+
+#[test]
+fn failsafe_keeps_the_primary_while_every_member_confirms_it_and_stops_it_when_one_does_not() {
+    let e: Etcd = etcd();
+    e.await_healthy();
+    let (fa, fb, eb) = (free_port(), free_port(), free_port());
+    let p = pair_with(
+        &e.client,
+        &format!("site_listen: {{ b: \"127.0.0.1:{eb}\" }},"),
+        &format!(
+            "  rejoin: manual\n  failsafe:\n    listen: {{ a: \"127.0.0.1:{fa}\", b: \"127.0.0.1:{fb}\" }}\n    key_file: failsafe.key\n"
+        ),
+    );
+    std::fs::write(
+        p.pg.lab.p("failsafe.key"),
+        "a secret every agent of this service shares\n",
+    )
+    .unwrap();
+    // b's agent runs b's endpoint.
+    let (_a, mut b) = (agent(&p, "a"), agent(&p, "b"));
+    let t1 = token(&await_event(&p, "lead", "a", 1));
+    await_route(&p, eb, p.pg.port);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut acked = 0;
+    let mut write = |port: u16, p: &Pair| {
+        acked += 1;
+        p.pg.try_sql_on(port, "postgres", &format!("INSERT INTO w VALUES ({acked})"))
+            .unwrap_or_else(|e| panic!("write {acked} through port {port}: {e}\n{}", logs(p)));
+    };
+    write(p.pg.port, &p);
+
+    // etcd frozen: nobody reaches it. a's agent cannot renew; b's agent confirms it, so a's
+    // server stays writable past two lease times — directly and through b's endpoint, which
+    // asks a's agent since it cannot read etcd either.
+    signal(&e, libc::SIGSTOP);
+    let fs = await_event(&p, "failsafe", "a", 1);
+    assert_eq!(fs["outcome"], "ok", "{fs}");
+    assert_eq!(token(&fs), t1);
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(agent_events(&p, "fence").is_empty(), "{}", logs(&p));
+    assert_eq!(p.in_recovery(p.pg.port), Some(false));
+    assert_eq!(p.in_recovery(p.sport), Some(true), "b must not promote");
+    write(p.pg.port, &p);
+    write(eb, &p);
+    let ep = std::fs::read_to_string(p.pg.lab.p("agent-b.log")).unwrap();
+    assert!(
+        ep.contains("failsafe_pledged") && ep.contains("endpoint_failsafe"),
+        "{ep}"
+    );
+
+    // etcd back: a's lease ran out in it meanwhile; a takes the key back with a new token (b
+    // promised not to campaign), and b's endpoint routes to it under that token.
+    signal(&e, libc::SIGCONT);
+    let relead = await_event(&p, "lead", "a", 2);
+    let t2 = token(&relead);
+    assert!(t2 > t1, "{relead}");
+    assert!(
+        relead["figures"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fail-safe")),
+        "{relead}"
+    );
+    assert!(agent_events(&p, "promote").is_empty(), "{}", logs(&p));
+    await_route(&p, eb, p.pg.port);
+    write(eb, &p);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Frozen again, and b's agent gone: nobody confirms a any more, so its server is stopped
+    // before its lease could run out, as without fail-safe.
+    signal(&e, libc::SIGSTOP);
+    b.kill_now();
+    let fence = await_event(&p, "fence", "a", 1);
+    assert_eq!(fence["outcome"], "ok", "{fence}");
+    await_stopped(&p, "pgdata");
+    assert!(
+        agent_events(&p, "failsafe")
+            .iter()
+            .any(|e| e["outcome"] == "refused"
+                && e["figures"]["error"]
+                    .as_str()
+                    .is_some_and(|w| w.contains('b'))),
+        "{}",
+        logs(&p)
+    );
+    // Every acknowledged write is on b (the synchronous standby).
+    assert_eq!(
+        p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w"),
+        acked.to_string()
+    );
+    signal(&e, libc::SIGCONT);
+}
+
 /// Acknowledged writes through site a's endpoint, numbered from `from`; the ones acknowledged.
 fn write_through(p: &Pair, port: u16, from: u32, n: u32) -> Vec<u32> {
     (from..from + n)

@@ -273,6 +273,33 @@ fn a_coordinator_needs_etcd_addresses_and_timings_that_leave_time_to_renew() {
 }
 
 #[test]
+fn failsafe_needs_an_address_for_every_member_site_and_a_key_and_the_watchdog_a_known_mode() {
+    let lab = Lab::new();
+    let base = "name: t\ntiers:\n  std: { rpo: 1h, rto: 4h }\nsites: [a, b, w]\nservices:\n  db:\n    kind: postgres\n    tier: std\n    members:\n      a: { host: 127.0.0.1, port: 5432 }\n      b: { host: 127.0.0.1, port: 5433 }\ncoordinator:\n  etcd: [\"10.0.0.1:2379\"]\n";
+    lab.plan(&format!(
+        "{base}  failsafe:\n    listen: {{ a: \"127.0.0.1:7434\", x: \"127.0.0.1:7435\", w: \"here\" }}\n    key_file: \" \"\n"
+    ));
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    for want in [
+        "coordinator.failsafe.listen.x: `x` is not one of the plan's sites",
+        "coordinator.failsafe.listen.w: `here` is not an address to listen on",
+        "coordinator.failsafe.listen: db has a member at b: give its agent an address",
+        "coordinator.failsafe.key_file: name a file",
+    ] {
+        assert!(r.stderr.contains(want), "{want}:\n{}", r.stderr);
+    }
+    lab.plan(&format!("{base}  watchdog: sometimes\n"));
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("sometimes"), "{}", r.stderr);
+    lab.plan(&format!(
+        "{base}  watchdog: required\n  failsafe:\n    listen: {{ a: \"127.0.0.1:7434\", b: \"127.0.0.1:7435\" }}\n    key_file: failsafe.key\n"
+    ));
+    lab.ok(&["plan", "check"]);
+}
+
+#[test]
 fn endpoints_per_site_need_plan_sites_addresses_and_a_coordinator() {
     let lab = Lab::new();
     let svc = |listen: &str| {

@@ -276,7 +276,7 @@ postgresql:
                 let ok = if site == "east" {
                     self.primary() == Some(want.clone())
                 } else {
-                    self.converged_within(Duration::from_secs(1))
+                    self.converged_within(Duration::from_secs(1)).is_some()
                 };
                 if ok {
                     break;
@@ -344,14 +344,9 @@ postgresql:
         (p.len() == 1).then(|| p[0].clone())
     }
 
-    /// Until the service is whole again (within the keeper's settling time): one primary, the
-    /// other member its synchronous standby, every endpoint reaching the primary. Whether it
-    /// got there.
-    pub fn converged(&self) -> bool {
-        self.converged_within(self.keeper.settle())
-    }
-
-    pub fn converged_within(&self, limit: Duration) -> bool {
+    /// Until the service is whole again (within `limit`): one primary, the other member its
+    /// synchronous standby, every endpoint reaching the primary. The primary's site then.
+    pub fn converged_within(&self, limit: Duration) -> Option<String> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(p) = self.primary() {
@@ -366,12 +361,12 @@ postgresql:
                         .is_ok_and(|r| r == "f")
                 });
                 if streaming && routed {
-                    return true;
+                    return Some(p);
                 }
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        false
+        None
     }
 
     /// The logs of the agents, endpoints and etcd members (for a failed assertion).

@@ -98,6 +98,47 @@ pub struct CoordinatorSpec {
     /// kept beside it, as `lifeboat rejoin` does); `manual` leaves it for `lifeboat rejoin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejoin: Option<RejoinMode>,
+    /// Fail-safe mode (off without it): when etcd cannot be reached, the leader keeps its
+    /// server writable only while the agent of *every* other member of the service answers
+    /// its call and promises not to campaign for a lease's time (Patroni's `failsafe_mode`;
+    /// not a quorum: one member not answering and the leader stops as without fail-safe).
+    /// Without it, a leader that cannot renew stops its server before its lease can run out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failsafe: Option<FailsafeSpec>,
+    /// A hardware or kernel watchdog (e.g. the `softdog` module's `/dev/watchdog`) as the
+    /// backstop of the leader's own fencing: `off` (default), `auto` (used when the device can
+    /// be opened), `required` (an agent that cannot use it does not start). While its member
+    /// leads, the agent keeps the device fed only as long as a reset would still come before
+    /// the lease could run out; so a leader whose agent is frozen or killed has its machine
+    /// reset in time. Killing a leader's agent therefore resets its machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<WatchdogMode>,
+    /// The watchdog device. Default `/dev/watchdog`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog_device: Option<String>,
+}
+
+/// See [`CoordinatorSpec::watchdog`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchdogMode {
+    #[default]
+    Off,
+    Auto,
+    Required,
+}
+
+/// See [`CoordinatorSpec::failsafe`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailsafeSpec {
+    /// site → the address its agent listens on for the leader's calls (`host:port`), one for
+    /// every site with a member.
+    pub listen: std::collections::BTreeMap<String, String>,
+    /// A file (relative to the plan) holding a secret every agent shares, at least 16 bytes:
+    /// each call and answer carries an HMAC-SHA256 made with it, so nobody else can answer
+    /// for a member.
+    pub key_file: String,
 }
 
 /// See [`CoordinatorSpec::rejoin`].

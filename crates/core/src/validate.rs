@@ -596,6 +596,34 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
     }
     if let Some(c) = &plan.coordinator {
         check_coordinator(&mut err, c);
+        if let Some(f) = &c.failsafe {
+            check_listen_per_site(
+                &mut err,
+                "coordinator.failsafe.listen",
+                &f.listen,
+                |s| plan.sites.iter().any(|x| x == s),
+                "is not one of the plan's sites",
+                "10.0.1.5:7434",
+            );
+            if f.key_file.trim().is_empty() {
+                err(
+                    "coordinator.failsafe.key_file".into(),
+                    "name a file holding the secret the agents share (at least 16 bytes)".into(),
+                );
+            }
+            for (name, svc) in &plan.services {
+                if let Service::Postgres { members, .. } = svc {
+                    for site in members.keys() {
+                        if !f.listen.contains_key(site) {
+                            err(
+                                "coordinator.failsafe.listen".into(),
+                                format!("{name} has a member at {site}: give its agent an address to listen on (e.g. {site}: \"10.0.1.5:7434\")"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
     check_notifications(&mut err, plan);
     if plan.scheduler.as_ref().and_then(|s| s.max_concurrent) == Some(0) {

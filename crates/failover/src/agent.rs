@@ -31,7 +31,12 @@
 //! - Once another member leads, an agent makes its own member that leader's standby
 //!   (`coordinator.rejoin`; [`crate::rejoin::rejoin_to`]).
 //!
-//! Not yet here: a hardware watchdog, the fail-safe mode.
+//! - Fail-safe (`coordinator.failsafe`, off by default): a leader that cannot renew keeps its
+//!   server writable only while every other member's agent promises not to campaign
+//!   ([`crate::failsafe`]); etcd back, it takes the key again as the last leader.
+//! - A hardware or kernel watchdog device (`coordinator.watchdog`, off by default) as the
+//!   backstop, fed by the watchdog thread only while a reset would still come before the
+//!   lease could run out.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -183,7 +188,7 @@ fn predecessor_dead(holder: &str) -> bool {
 struct Watchdog(Arc<(Mutex<Option<Instant>>, Condvar)>);
 
 impl Watchdog {
-    fn spawn(member: Member, ctx: Context, margin: Duration) -> Watchdog {
+    fn spawn(member: Member, ctx: Context, margin: Duration, mut dev: Option<Device>) -> Watchdog {
         let w = Watchdog(Arc::new((Mutex::new(None), Condvar::new())));
         let inner = w.0.clone();
         std::thread::spawn(move || {
@@ -191,18 +196,36 @@ impl Watchdog {
             let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 match *g {
-                    None => g = cv.wait(g).unwrap_or_else(|e| e.into_inner()),
+                    None => {
+                        if let Some(d) = dev.as_mut() {
+                            d.disarm();
+                        }
+                        g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                    }
                     Some(d) => {
                         let now = Instant::now();
                         if now < d {
+                            // The device is fed only while a reset would still come at most
+                            // half the margin after the deadline: before the lease could run
+                            // out, after this thread had its chance to stop the server.
+                            let mut wait = d - now;
+                            if let Some(dev) = dev.as_mut() {
+                                if now + dev.timeout <= d + margin / 2 {
+                                    dev.feed(&ctx, &member);
+                                }
+                                wait = wait.min(FEED);
+                            }
                             g = cv
-                                .wait_timeout(g, d - now)
+                                .wait_timeout(g, wait)
                                 .unwrap_or_else(|e| e.into_inner())
                                 .0;
                             continue;
                         }
                         *g = None;
                         drop(g);
+                        if let Some(dev) = dev.as_mut() {
+                            dev.disarm();
+                        }
                         let started = Instant::now();
                         let r = lifeboat_pg::ops::kill_all(&member);
                         // How long before the lease could run out the server was gone.
@@ -245,6 +268,112 @@ impl Watchdog {
     }
 }
 
+/// How often the watchdog thread feeds a hardware watchdog while its member leads.
+const FEED: Duration = Duration::from_millis(100);
+
+/// A hardware or kernel watchdog device (`coordinator.watchdog`): open (armed) only while this
+/// member leads; closed with the magic character otherwise, so it stops counting.
+struct Device {
+    path: std::path::PathBuf,
+    /// Whole seconds the device waits after the last feed before it resets the machine.
+    timeout: Duration,
+    open: Option<std::fs::File>,
+    /// Why the device could not be armed last (said once).
+    failed: Option<String>,
+}
+
+/// `WDIOC_SETTIMEOUT` (linux/watchdog.h: `_IOWR('W', 6, int)`).
+const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
+
+impl Device {
+    /// The device's timeout for a lease, whole seconds. The reset comes at most `ttl −
+    /// margin/2` after the send time of the last acknowledged renewal whatever the timeout
+    /// (the feeding stops that much earlier); a longer one survives longer stalls of the
+    /// feeding thread, a shorter one feeds on late renewals. Half the time left: 1 s for the
+    /// default 3 s lease.
+    fn timeout_for(ttl: Duration, margin: Duration) -> Duration {
+        let secs = ((ttl - margin / 2).as_secs_f64() / 2.0).floor().max(1.0);
+        Duration::from_secs(secs as u64)
+    }
+
+    /// Open `path` and set its timeout (the device counts from here).
+    fn arm(path: &std::path::Path, timeout: Duration) -> Result<std::fs::File, String> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let mut t: libc::c_int = timeout.as_secs() as libc::c_int;
+        // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through the pointer; the file is
+        // held open across the call.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut t) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            Self::close(f);
+            return Err(format!(
+                "{} is not a watchdog that takes a {} s timeout: {e}",
+                path.display(),
+                timeout.as_secs()
+            ));
+        }
+        if t as u64 > timeout.as_secs() {
+            Self::close(f);
+            return Err(format!(
+                "{} cannot count as short as {} s (it set {t} s)",
+                path.display(),
+                timeout.as_secs()
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Close with the magic character: the device stops counting.
+    fn close(mut f: std::fs::File) {
+        use std::io::Write;
+        let _ = f.write_all(b"V");
+    }
+
+    /// Whether `path` can be used as the agents need (opened, timeout set, closed again).
+    fn probe(path: &std::path::Path, timeout: Duration) -> Result<(), String> {
+        Self::arm(path, timeout).map(Self::close)
+    }
+
+    fn feed(&mut self, ctx: &Context, member: &Member) {
+        use std::io::Write;
+        if self.open.is_none() {
+            match Self::arm(&self.path, self.timeout) {
+                Ok(f) => {
+                    self.open = Some(f);
+                    self.failed = None;
+                }
+                Err(why) => {
+                    if self.failed.as_deref() != Some(why.as_str()) {
+                        event(
+                            ctx,
+                            member,
+                            "watchdog",
+                            "failed",
+                            Instant::now(),
+                            serde_json::json!({"error": why, "note": "the agent's own watchdog thread still stops the server at the deadline"}),
+                        );
+                        self.failed = Some(why);
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some(f) = self.open.as_mut() {
+            let _ = f.write_all(b"1");
+        }
+    }
+
+    fn disarm(&mut self) {
+        if let Some(f) = self.open.take() {
+            Self::close(f);
+        }
+    }
+}
+
 /// One service's agent on one member.
 struct Agent {
     ctx: Context,
@@ -277,6 +406,15 @@ struct Agent {
     rejoin_backoff: Duration,
     /// Why the last rejoin failed (the same failure again is not recorded again).
     rejoin_failed: Option<String>,
+    /// Fail-safe mode, when the plan has it.
+    failsafe: Option<crate::failsafe::Failsafe>,
+    /// What this agent's fail-safe listener answers from.
+    fs_state: crate::failsafe::Shared,
+    /// In fail-safe: the leader stays writable until then (the last confirmed round's send
+    /// time plus ttl minus margin).
+    fs_until: Option<Instant>,
+    /// Why the last fail-safe round was refused (recorded once while it stays the same).
+    fs_refused: Option<String>,
 }
 
 fn err_for(service: &str, site: &str, e: Error) -> Error {
@@ -346,7 +484,66 @@ impl Agent {
                 .hint("run one agent per member: stop the other one first"))
             }
         };
-        let watchdog = Watchdog::spawn(member.clone(), ctx.clone(), spec.margin());
+        let failsafe = match &spec.failsafe {
+            Some(f) => Some(crate::failsafe::Failsafe::load(f, &ctx.base)?),
+            None => None,
+        };
+        let fs_state = crate::failsafe::Shared::default();
+        if let Some(fs) = &failsafe {
+            for peer in peers.keys() {
+                if !fs.listen.contains_key(peer) {
+                    return Err(Error::new(
+                        Kind::Input,
+                        format!("coordinator.failsafe.listen has no address for {peer}, a member of {service}"),
+                    )
+                    .hint("fail-safe asks every other member: give each one's site an address"));
+                }
+            }
+            let l = crate::failsafe::bind(fs, service, site).await?;
+            tokio::spawn(crate::failsafe::serve(
+                l,
+                fs.clone(),
+                service.to_string(),
+                site.to_string(),
+                spec.ttl(),
+                fs_state.clone(),
+            ));
+        }
+        let device = {
+            use lifeboat_core::plan::WatchdogMode;
+            let path = std::path::PathBuf::from(
+                spec.watchdog_device.as_deref().unwrap_or("/dev/watchdog"),
+            );
+            let timeout = Device::timeout_for(spec.ttl(), spec.margin());
+            match spec.watchdog.unwrap_or_default() {
+                WatchdogMode::Off => None,
+                mode => match Device::probe(&path, timeout) {
+                    Ok(()) => Some(Device {
+                        path,
+                        timeout,
+                        open: None,
+                        failed: None,
+                    }),
+                    Err(why) if mode == WatchdogMode::Required => {
+                        return Err(Error::new(
+                            Kind::Input,
+                            format!("agent for {service} at {site}: coordinator.watchdog is required, but {why}"),
+                        )
+                        .hint("load a watchdog driver (e.g. `modprobe softdog`) and let the agent's user write the device, or set coordinator.watchdog: auto or off; no server was touched or made writable"));
+                    }
+                    Err(why) => {
+                        log(
+                            "agent_watchdog_unavailable",
+                            service,
+                            serde_json::json!({"member": site, "error": why,
+                                "note": "without it the agent's own watchdog thread stops the server at the deadline; a machine frozen as a whole relies on the sync tier"}),
+                        );
+                        None
+                    }
+                },
+            }
+        };
+        let watchdog = Watchdog::spawn(member.clone(), ctx.clone(), spec.margin(), device);
         log(
             "agent_started",
             service,
@@ -372,6 +569,10 @@ impl Agent {
             rejoin_after: Instant::now(),
             rejoin_backoff: REJOIN_FIRST_RETRY,
             rejoin_failed: None,
+            failsafe,
+            fs_state,
+            fs_until: None,
+            fs_refused: None,
         })
     }
 
@@ -437,13 +638,22 @@ impl Agent {
         if self.lead.is_some() && self.watchdog.fired() {
             // The watchdog stopped the server: this agent no longer leads.
             self.lead = None;
+            self.fs_until = None;
         }
         match (self.lead.is_some(), seen) {
             (true, Seen::Primary) => {
                 // A renewal that failed is tried again at the next look, not a period later:
                 // an etcd electing a new leader answers again within its election timeout.
                 if Instant::now() >= self.next_renew {
+                    // In fail-safe the members are asked first (a renewal that etcd cannot
+                    // answer takes its whole time), then etcd again.
+                    if self.fs_until.is_some() {
+                        self.failsafe_round().await;
+                    }
                     let ok = self.renew().await;
+                    if !ok && self.lead.is_some() && self.fs_until.is_none() {
+                        self.failsafe_round().await;
+                    }
                     self.next_renew = Instant::now() + if ok { self.spec.renew() } else { CHECK };
                 }
                 self.publish_route().await;
@@ -473,22 +683,147 @@ impl Agent {
         if let (true, Some(claim)) = (due, self.claim.as_mut()) {
             let _ = tokio::time::timeout(PROBE, self.co.renew(claim)).await;
         }
+        // What the fail-safe listener answers: whether this agent leads, and until when.
+        let leading = self
+            .lead
+            .as_ref()
+            .map(|l| (l.token, Some(self.writable_until(l))));
+        self.fs_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .leading = leading;
+    }
+
+    /// Until when the leader may keep its server writable: its lease's deadline, or later
+    /// while every other member confirmed it in fail-safe.
+    fn writable_until(&self, l: &Leadership) -> Instant {
+        let d = l.deadline(self.spec.margin());
+        self.fs_until.map_or(d, |f| f.max(d))
+    }
+
+    /// Whether this member promised a fail-safe leader not to campaign (and so may not now).
+    fn pledged(&self) -> bool {
+        self.fs_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pledged()
+    }
+
+    /// A token seen in etcd: a fail-safe call under a smaller one is stale.
+    fn saw_token(&self, token: i64) {
+        let mut st = self.fs_state.lock().unwrap_or_else(|e| e.into_inner());
+        st.seen_token = st.seen_token.max(token);
+    }
+
+    /// Fail-safe, as the leader that could not renew: ask every other member's agent to
+    /// promise not to campaign. All of them did → the server stays writable until this
+    /// round's send time + ttl − margin (each promise runs a whole ttl from its answer, so
+    /// this ends first). One did not → nothing moves: the watchdog stops the server at the
+    /// deadline it has.
+    async fn failsafe_round(&mut self) {
+        let (Some(fs), Some(l)) = (self.failsafe.clone(), self.lead.as_ref()) else {
+            return;
+        };
+        let sent = Instant::now();
+        let token = l.token;
+        let mut calls = tokio::task::JoinSet::new();
+        for peer in self.peers.keys() {
+            let (fs, service, me, peer) = (
+                fs.clone(),
+                self.service().to_string(),
+                self.member.site.clone(),
+                peer.clone(),
+            );
+            calls.spawn(async move {
+                crate::failsafe::ask(&fs, &service, &me, &peer, "hold", token, PROBE).await
+            });
+        }
+        let mut refused = Vec::new();
+        while let Some(r) = calls.join_next().await {
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(why)) => refused.push(why),
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+        refused.sort();
+        if !refused.is_empty() || self.peers.is_empty() {
+            let why = refused.join("; ");
+            if self.fs_refused.as_deref() != Some(why.as_str()) {
+                self.event(
+                    "failsafe",
+                    "refused",
+                    sent,
+                    serde_json::json!({"token": token, "error": why,
+                        "reason": "etcd cannot be reached and not every other member confirmed this leader: it stops at its lease's deadline"}),
+                );
+                self.fs_refused = Some(why);
+            }
+            return;
+        }
+        let until = sent + self.spec.ttl().saturating_sub(self.spec.margin());
+        if self.fs_until.is_none() {
+            let members: Vec<&String> = self.peers.keys().collect();
+            self.event(
+                "failsafe",
+                "ok",
+                sent,
+                serde_json::json!({"token": token, "members": members,
+                    "reason": "etcd cannot be reached; every other member confirmed this leader and promised not to campaign: the server stays writable while they do"}),
+            );
+        }
+        self.fs_refused = None;
+        self.fs_until = Some(self.fs_until.map_or(until, |f| f.max(until)));
+        let d = self.writable_until(l);
+        self.watchdog.set(Some(d));
     }
 
     /// Renew the leader's lease once; whether it was renewed.
     async fn renew(&mut self) -> bool {
+        let Some(l) = self.lead.as_ref() else {
+            return false;
+        };
+        let deadline = self.writable_until(l);
+        let in_failsafe = self.fs_until.is_some_and(|f| Instant::now() < f);
+        let started = Instant::now();
         let Some(l) = self.lead.as_mut() else {
             return false;
         };
-        let deadline = l.deadline(self.spec.margin());
-        let started = Instant::now();
         match tokio::time::timeout_at(deadline.into(), self.co.renew(l)).await {
             Ok(Ok(())) => {
                 let d = l.deadline(self.spec.margin());
                 self.watchdog.set(Some(d));
+                if self.fs_until.take().is_some() {
+                    let token = l.token;
+                    self.event(
+                        "failsafe",
+                        "ended",
+                        started,
+                        serde_json::json!({"token": token, "reason": "etcd answers again: the lease is renewed"}),
+                    );
+                }
                 self.manage_sync().await;
                 self.publish_sync().await;
                 return true;
+            }
+            Ok(Err(e)) if e.kind == Kind::Conflict && in_failsafe => {
+                // The lease ran out in etcd while every other member kept this leader: etcd
+                // answers again, so take the key back as the last leader (a new token), or
+                // stop if someone else has it.
+                self.lead = None;
+                self.fs_until = None;
+                match self.take_lease().await {
+                    Ok(l) => {
+                        self.took_key(
+                            l,
+                            started,
+                            "etcd answers again after fail-safe: the leader took the key back",
+                        )
+                        .await;
+                        return true;
+                    }
+                    Err(why) => self.fence(&why, started).await,
+                }
             }
             Ok(Err(e)) if e.kind == Kind::Conflict => {
                 self.fence("the lease is gone: another member may lead now", started)
@@ -502,6 +837,7 @@ impl Agent {
                     serde_json::json!({"member": self.member.site, "error": e.to_string()}),
                 );
             }
+            Err(_) if self.fs_until.is_some_and(|f| Instant::now() < f) => {}
             Err(_) => {
                 self.fence("the lease could not be renewed before it ran out", started)
                     .await;
@@ -596,7 +932,7 @@ impl Agent {
         else {
             return false;
         };
-        if last != self.member.site || Instant::now() < self.rejoin_after {
+        if last != self.member.site || Instant::now() < self.rejoin_after || self.pledged() {
             return false;
         }
         // Only a server that was a primary when it stopped (not a standby's crash).
@@ -821,6 +1157,7 @@ impl Agent {
 
     async fn resign(&mut self, why: &str) {
         let Some(l) = self.lead.take() else { return };
+        self.fs_until = None;
         self.watchdog.set(None);
         let started = Instant::now();
         let token = l.token;
@@ -842,6 +1179,7 @@ impl Agent {
     /// Stop this member's server now and say why.
     async fn fence(&mut self, why: &str, started: Instant) {
         let lead = self.lead.take();
+        self.fs_until = None;
         let token = lead.as_ref().map(|l| l.token);
         self.watchdog.set(None);
         let m = self.member.clone();
@@ -911,21 +1249,34 @@ impl Agent {
         }
         match self.take_lease().await {
             Ok(l) => {
-                self.watchdog.set(Some(l.deadline(self.spec.margin())));
-                self.next_renew = Instant::now() + self.spec.renew();
-                let token = l.token;
-                self.lead = Some(l);
-                self.published = None;
-                self.event(
-                    "lead",
-                    "ok",
-                    started,
-                    serde_json::json!({"token": token, "reason": "the primary took the service's leader key"}),
-                );
-                self.publish_sync().await;
+                self.took_key(l, started, "the primary took the service's leader key")
+                    .await
             }
             Err(why) => self.fence(&why, started).await,
         }
+    }
+
+    /// This agent leads under `l` from now: the watchdog armed at its deadline, the next
+    /// renewal scheduled, the synchronous standbys to be published again. Its token.
+    fn hold(&mut self, l: Leadership) -> i64 {
+        self.watchdog.set(Some(l.deadline(self.spec.margin())));
+        self.next_renew = Instant::now() + self.spec.renew();
+        let token = l.token;
+        self.lead = Some(l);
+        self.published = None;
+        token
+    }
+
+    /// A primary's agent that took the key: hold it, say so, publish its synchronous standby.
+    async fn took_key(&mut self, l: Leadership, started: Instant, reason: &str) {
+        let token = self.hold(l);
+        self.event(
+            "lead",
+            "ok",
+            started,
+            serde_json::json!({"token": token, "reason": reason}),
+        );
+        self.publish_sync().await;
     }
 
     /// Take the leader key for a primary, or why it may not have it (and must stop).
@@ -944,7 +1295,14 @@ impl Agent {
                 h.member, h.token
             )
         };
+        if self.pledged() {
+            return Err(
+                "this member promised a fail-safe leader not to campaign: it may not take writes"
+                    .into(),
+            );
+        }
         if let Some(h) = self.co.holder(&key).await.map_err(unreachable)? {
+            self.saw_token(h.token);
             if h.member != site {
                 return Err(held(h));
             }
@@ -977,9 +1335,17 @@ impl Agent {
         let started = Instant::now();
         let site = self.member.site.clone();
         let key = self.key.clone();
-        let Ok(None) = self.co.holder(&key).await else {
+        let holder = self.co.holder(&key).await;
+        if let Ok(Some(h)) = &holder {
+            self.saw_token(h.token);
+        }
+        // A fail-safe leader holds without etcd while this member promised not to campaign.
+        let Ok(None) = holder else {
             return;
         };
+        if self.pledged() {
+            return;
+        }
         // Nobody has led this service yet: a standby waits for the primary's agent.
         let published = match self.co.sync_set(&key).await {
             Ok(Some(p)) => p,
@@ -1015,11 +1381,7 @@ impl Agent {
             Ok(Ok(l)) => l,
             _ => return,
         };
-        self.watchdog.set(Some(l.deadline(self.spec.margin())));
-        self.next_renew = Instant::now() + self.spec.renew();
-        let token = l.token;
-        self.lead = Some(l);
-        self.published = None;
+        let token = self.hold(l);
         let reason = format!(
             "{} led last (token {}); {site} {} and its primary no longer streams to it",
             published.0,
@@ -1055,5 +1417,43 @@ impl Agent {
                 self.resign("the promotion failed").await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_timeout_lets_the_reset_come_after_the_deadline_and_before_the_lease_ends() {
+        for (ttl, margin) in [(3, 1000), (5, 1000), (10, 2000), (30, 5000), (2, 500)] {
+            let ttl = Duration::from_secs(ttl);
+            let margin = Duration::from_millis(margin);
+            let t = Device::timeout_for(ttl, margin);
+            assert!(t >= Duration::from_secs(1));
+            // Fed until deadline + margin/2 − t: a renewal's answer may come that late.
+            let deadline = ttl - margin;
+            let last_feed = deadline + margin / 2 - t;
+            assert!(last_feed > Duration::ZERO, "{ttl:?} {margin:?}: never fed");
+            let reset = last_feed + t;
+            assert!(reset > deadline && reset < ttl, "{ttl:?} {margin:?} {t:?}");
+        }
+        assert_eq!(
+            Device::timeout_for(Duration::from_secs(3), Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_watchdog_is_refused_and_a_missing_one_named() {
+        let e =
+            Device::probe(std::path::Path::new("/dev/null"), Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("is not a watchdog"), "{e}");
+        let e = Device::probe(
+            std::path::Path::new("/nonexistent/watchdog"),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(e.contains("cannot open /nonexistent/watchdog"), "{e}");
     }
 }

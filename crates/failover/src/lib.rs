@@ -14,6 +14,7 @@ pub mod control;
 pub mod coord;
 pub mod daemon;
 pub mod dns;
+pub mod failsafe;
 pub mod healthapi;
 pub mod log;
 pub mod manual;

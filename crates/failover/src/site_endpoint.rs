@@ -13,7 +13,9 @@
 //! - It cannot read etcd: it keeps the route it has only until the instant the leader it
 //!   routes to must itself have stopped had it lost etcd too (the read's *send* time plus the
 //!   lease TTL minus the margin, on a monotonic clock), then drops every connection and
-//!   refuses new ones until it reads etcd again.
+//!   refuses new ones until it reads etcd again — unless the plan has fail-safe mode
+//!   (`coordinator.failsafe`): then it asks the leader's agent whether it still leads under
+//!   the route's token and for how long, and keeps the route that long from when it asked.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -42,6 +44,7 @@ pub struct SiteEndpoint {
     /// `site → host:port` of every member.
     members: BTreeMap<String, String>,
     spec: CoordinatorSpec,
+    failsafe: Option<crate::failsafe::Failsafe>,
 }
 
 /// The endpoints the plan puts at `site` (every postgres service with a `site_listen` entry
@@ -53,6 +56,10 @@ pub fn at_site(ctx: &Context, site: &str, only: Option<&str>) -> Result<Vec<Site
             "the plan has no `coordinator:`: these endpoints follow the leader key in etcd",
         )
         .hint("add `coordinator: { etcd: [host:port, …] }`, or use `failover.listen` with `lifeboat serve`"));
+    };
+    let failsafe = match &spec.failsafe {
+        Some(f) => Some(crate::failsafe::Failsafe::load(f, &ctx.base)?),
+        None => None,
     };
     let mut out = Vec::new();
     for (name, svc) in &ctx.plan.services {
@@ -81,6 +88,7 @@ pub fn at_site(ctx: &Context, site: &str, only: Option<&str>) -> Result<Vec<Site
             key: Coordinator::leader_key(&ctx.plan.name, name),
             members,
             spec: spec.clone(),
+            failsafe: failsafe.clone(),
         });
     }
     Ok(out)
@@ -152,6 +160,14 @@ impl Follower {
         }
         (self.current.clone(), refused)
     }
+
+    /// Fail-safe: the leader of the current route confirmed it stays writable until `until`
+    /// (measured from when it was asked). The route holds until then, never back once dropped.
+    fn extend(&mut self, until: Instant) {
+        if self.current.target.is_some() {
+            self.valid_until = self.valid_until.map(|v| v.max(until));
+        }
+    }
 }
 
 impl SiteEndpoint {
@@ -196,6 +212,9 @@ impl Bound {
         let mut f = Follower::new(hold);
         let mut stop = stop;
         let mut last_refused = 0;
+        // The member and token of the route taken last (for fail-safe's question).
+        let mut routed: Option<(String, i64)> = None;
+        let mut failsafe_logged = false;
         loop {
             if *stop.borrow() {
                 break;
@@ -217,6 +236,45 @@ impl Bound {
                 Read::To(_, t) => *t,
                 _ => 0,
             };
+            match &read {
+                Read::To(site, t) if *t >= f.max_token => routed = Some((site.clone(), *t)),
+                Read::Nobody => routed = None,
+                _ => {}
+            }
+            if let (true, Some(fs), Some((site, t))) = (failed, &me.failsafe, &routed) {
+                if f.current.target.is_some() {
+                    let asked = Instant::now();
+                    let from = format!("endpoint at {}", me.site);
+                    match crate::failsafe::ask(fs, &me.service, &from, site, "status", *t, READ)
+                        .await
+                    {
+                        Ok(ms) => {
+                            f.extend(asked + Duration::from_millis(ms));
+                            if !failsafe_logged {
+                                failsafe_logged = true;
+                                log(
+                                    "endpoint_failsafe",
+                                    &me.service,
+                                    serde_json::json!({"site": me.site, "token": t, "leader": site,
+                                        "reason": "etcd cannot be read; the leader confirms it holds in fail-safe: the route stays"}),
+                                );
+                            }
+                        }
+                        Err(why) => {
+                            if failsafe_logged {
+                                failsafe_logged = false;
+                                log(
+                                    "endpoint_failsafe_ended",
+                                    &me.service,
+                                    serde_json::json!({"site": me.site, "token": t, "leader": site, "why": why}),
+                                );
+                            }
+                        }
+                    }
+                }
+            } else if !failed {
+                failsafe_logged = false;
+            }
             let (route, refused) =
                 f.apply(read, sent, Instant::now(), |s| me.members.get(s).cloned());
             if refused && token != last_refused {
