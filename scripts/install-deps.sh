@@ -16,6 +16,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)    # the API over TLS: cert
 command -v curl >/dev/null || need_apt+=(curl)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)   # the etcd client's protocol is compiled at build time
 command -v etcd >/dev/null || need_apt+=(etcd-server)    # the coordinator: a real etcd in the tests
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || need_apt+=(libfaketime)  # one agent's wall clock stepped
 command -v promtool >/dev/null || need_apt+=(prometheus)    # promtool tests the alert rules
 command -v chromium >/dev/null || need_apt+=(chromium)       # the dashboard is tested in a real browser
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
