@@ -563,6 +563,92 @@ fn a_required_watchdog_that_cannot_be_used_stops_the_agent_at_start_and_touches_
     assert!(log.contains("agent_watchdog_unavailable"), "{log}");
 }
 
+/// `q` on `port`; whether it was acknowledged within `limit` (a commit waiting for a
+/// synchronous standby is not).
+fn acked_within(port: u16, q: &str, limit: Duration) -> bool {
+    let mut child = std::process::Command::new(common::pg::pg_bin().join("psql"))
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-d", "postgres", "-Atq", "-v", "ON_ERROR_STOP=1", "-c", q])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_synchronous_standby_that_stops_answering_is_dropped_so_commits_go_on_and_is_taken_back() {
+    let e: Etcd = etcd();
+    e.await_healthy();
+    let p = pair(&e.client);
+    let (_a, _b) = (agent(&p, "a"), agent(&p, "b"));
+    await_event(&p, "lead", "a", 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(acked_within(
+        p.pg.port,
+        "INSERT INTO w VALUES (1)",
+        Duration::from_secs(5)
+    ));
+    // b's server frozen: its connection to a stays open (a still sees it streaming, for a
+    // minute by default), and a commit waits for it. a's agent finds b's server not
+    // answering, empties the list of possible successors in etcd, and drops b.
+    p.signal_server("standby", libc::SIGSTOP);
+    let acked = acked_within(
+        p.pg.port,
+        "INSERT INTO w VALUES (2)",
+        Duration::from_secs(20),
+    );
+    assert!(
+        acked,
+        "a commit still waits for the frozen standby:\n{}",
+        logs(&p)
+    );
+    let dropped = agent_events(&p, "synchronous")
+        .into_iter()
+        .find(|e| e["figures"]["now"].is_null() && e["figures"]["was"] == "b");
+    assert!(dropped.is_some(), "{}", logs(&p));
+    // b back: it streams again and is made synchronous again.
+    p.signal_server("standby", libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent_events(&p, "synchronous")
+        .iter()
+        .any(|e| e["figures"]["now"] == "b")
+    {
+        assert!(Instant::now() < deadline, "b not taken back:\n{}", logs(&p));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(acked_within(
+        p.pg.port,
+        "INSERT INTO w VALUES (3)",
+        Duration::from_secs(5)
+    ));
+    // Every write reached b (replayed there soon after).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w") != "3" {
+        assert!(Instant::now() < deadline, "b lacks writes:\n{}", logs(&p));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn signal(e: &Etcd, sig: i32) {
     // SAFETY: kill(2) on the test's own etcd.
     unsafe { libc::kill(e.child.id() as i32, sig) };

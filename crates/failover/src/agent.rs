@@ -415,6 +415,8 @@ struct Agent {
     fs_until: Option<Instant>,
     /// Why the last fail-safe round was refused (recorded once while it stays the same).
     fs_refused: Option<String>,
+    /// A standby whose server did not answer, not asked again before then.
+    unanswered: Option<(String, Instant)>,
 }
 
 fn err_for(service: &str, site: &str, e: Error) -> Error {
@@ -573,6 +575,7 @@ impl Agent {
             fs_state,
             fs_until: None,
             fs_refused: None,
+            unanswered: None,
         })
     }
 
@@ -747,7 +750,10 @@ impl Agent {
             }
         }
         refused.sort();
-        if !refused.is_empty() || self.peers.is_empty() {
+        if self.peers.is_empty() {
+            refused.push("the service has no other member to confirm it".into());
+        }
+        if !refused.is_empty() {
             let why = refused.join("; ");
             if self.fs_refused.as_deref() != Some(why.as_str()) {
                 self.event(
@@ -859,7 +865,9 @@ impl Agent {
         if !self.sync_tier {
             return;
         }
-        let Some(l) = self.lead.as_ref() else { return };
+        if self.lead.is_none() {
+            return;
+        }
         let q = async {
             let s = Session::connect(&self.member, PROBE).await.ok()?;
             let ssn = s.text("SHOW synchronous_standby_names").await.ok()?;
@@ -867,24 +875,43 @@ impl Agent {
                 .text("SELECT coalesce(string_agg(application_name, ',' ORDER BY application_name), '') FROM pg_stat_replication WHERE state = 'streaming'")
                 .await
                 .ok()?;
-            Some((s, ssn, streaming))
+            let waiting = s
+                .bool("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep')")
+                .await
+                .ok()?;
+            Some((s, ssn, streaming, waiting))
         };
-        let Some((session, ssn, streaming)) = tokio::time::timeout(PROBE, q).await.ok().flatten()
+        let Some((session, ssn, streaming, waiting)) =
+            tokio::time::timeout(PROBE, q).await.ok().flatten()
         else {
             return;
         };
-        let streaming: Vec<&str> = streaming
+        let mut streaming: Vec<&str> = streaming
             .split(',')
             .filter(|x| self.peers.contains_key(*x))
             .collect();
         let current = ssn.trim().trim_matches('"').to_string();
+        // Commits wait for the synchronous standby: is its server there at all? A standby
+        // whose site was cut off still shows as streaming until wal_sender_timeout (a minute
+        // by default); meanwhile every commit would hang.
+        if waiting && streaming.contains(&current.as_str()) && !self.answers(&current).await {
+            streaming.retain(|s| *s != current);
+        }
         if !current.is_empty() && streaming.contains(&current.as_str()) {
             return;
         }
-        let next = streaming.first().map(|s| s.to_string());
+        // The next one: the first streaming standby whose server answers.
+        let mut next = None;
+        for cand in streaming {
+            if self.answers(cand).await {
+                next = Some(cand.to_string());
+                break;
+            }
+        }
         if current.is_empty() && next.is_none() {
             return;
         }
+        let Some(l) = self.lead.as_ref() else { return };
         // First nobody else may take over…
         if self.published.as_ref().is_none_or(|p| !p.is_empty()) {
             let site = self.member.site.clone();
@@ -910,9 +937,34 @@ impl Agent {
             serde_json::json!({"token": token, "was": current, "now": next, "error": err,
                 "reason": match &next {
                     Some(n) => format!("{n} streams: commits wait for it"),
-                    None => format!("{current} no longer streams: commits go on without a synchronous standby, and no other member may take over"),
+                    None => format!("{current} no longer streams (or its server does not answer while commits wait for it): commits go on without a synchronous standby, and no other member may take over"),
                 }}),
         );
+    }
+
+    /// Whether `site`'s server answers within the probe's time. One that did not is not
+    /// asked again for 2 s (the leader's loop must not wait on it at every renewal).
+    async fn answers(&mut self, site: &str) -> bool {
+        if let Some((s, until)) = &self.unanswered {
+            if s == site && Instant::now() < *until {
+                return false;
+            }
+        }
+        let Some(peer) = self.peers.get(site) else {
+            return false;
+        };
+        let probe = async {
+            let s = Session::connect(peer, PROBE).await.ok()?;
+            s.in_recovery().await.ok()
+        };
+        let ok = tokio::time::timeout(PROBE, probe)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        self.unanswered =
+            (!ok).then(|| (site.to_string(), Instant::now() + Duration::from_secs(2)));
+        ok
     }
 
     /// A server this agent stopped as the last leader (its lease could not be renewed: etcd

@@ -223,7 +223,7 @@ impl Bound {
             if co.is_none() {
                 co = Coordinator::connect(&me.spec.etcd, READ).await.ok();
             }
-            let read = match co.as_mut() {
+            let mut read = match co.as_mut() {
                 None => Read::Failed,
                 Some(c) => match tokio::time::timeout(READ, c.route(&me.key)).await {
                     Ok(Ok(Some(h))) => Read::To(h.member, h.token),
@@ -231,17 +231,17 @@ impl Bound {
                     _ => Read::Failed,
                 },
             };
-            let failed = read == Read::Failed;
-            let token = match &read {
-                Read::To(_, t) => *t,
-                _ => 0,
-            };
-            match &read {
-                Read::To(site, t) if *t >= f.max_token => routed = Some((site.clone(), *t)),
-                Read::Nobody => routed = None,
-                _ => {}
+            if let Read::To(site, t) = &read {
+                if *t >= f.max_token {
+                    routed = Some((site.clone(), *t));
+                }
             }
-            if let (true, Some(fs), Some((site, t))) = (failed, &me.failsafe, &routed) {
+            // Fail-safe: etcd cannot be read, or the leader key ran out under a leader that
+            // holds without etcd — ask that leader whether it still holds under the route's
+            // token, and for how long.
+            let unsure = matches!(read, Read::Failed | Read::Nobody);
+            let mut held = false;
+            if let (true, Some(fs), Some((site, t))) = (unsure, &me.failsafe, &routed) {
                 if f.current.target.is_some() {
                     let asked = Instant::now();
                     let from = format!("endpoint at {}", me.site);
@@ -250,19 +250,19 @@ impl Bound {
                     {
                         Ok(ms) => {
                             f.extend(asked + Duration::from_millis(ms));
+                            held = true;
                             if !failsafe_logged {
                                 failsafe_logged = true;
                                 log(
                                     "endpoint_failsafe",
                                     &me.service,
                                     serde_json::json!({"site": me.site, "token": t, "leader": site,
-                                        "reason": "etcd cannot be read; the leader confirms it holds in fail-safe: the route stays"}),
+                                        "reason": "etcd cannot say who leads; the leader confirms it holds in fail-safe: the route stays"}),
                                 );
                             }
                         }
                         Err(why) => {
                             if failsafe_logged {
-                                failsafe_logged = false;
                                 log(
                                     "endpoint_failsafe_ended",
                                     &me.service,
@@ -272,9 +272,22 @@ impl Bound {
                         }
                     }
                 }
-            } else if !failed {
+            }
+            if !held {
                 failsafe_logged = false;
             }
+            if held && read == Read::Nobody {
+                // The route stays as long as the leader said, as when etcd cannot be read.
+                read = Read::Failed;
+            }
+            if read == Read::Nobody {
+                routed = None;
+            }
+            let failed = read == Read::Failed;
+            let token = match &read {
+                Read::To(_, t) => *t,
+                _ => 0,
+            };
             let (route, refused) =
                 f.apply(read, sent, Instant::now(), |s| me.members.get(s).cloned());
             if refused && token != last_refused {
