@@ -565,22 +565,13 @@ fn a_required_watchdog_that_cannot_be_used_stops_the_agent_at_start_and_touches_
 
 /// `q` on `port`; whether it was acknowledged within `limit` (a commit waiting for a
 /// synchronous standby is not).
-fn acked_within(port: u16, q: &str, limit: Duration) -> bool {
-    let mut child = std::process::Command::new(common::pg::pg_bin().join("psql"))
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .args(["-d", "postgres", "-Atq", "-v", "ON_ERROR_STOP=1", "-c", q])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn acked_within(p: &Pair, q: &str, limit: Duration) -> bool {
+    let mut child =
+        p.pg.psql_cmd(p.pg.port, "postgres", q)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
     let deadline = Instant::now() + limit;
     loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -604,7 +595,7 @@ fn a_synchronous_standby_that_stops_answering_is_dropped_so_commits_go_on_and_is
     await_event(&p, "lead", "a", 1);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(acked_within(
-        p.pg.port,
+        &p,
         "INSERT INTO w VALUES (1)",
         Duration::from_secs(5)
     ));
@@ -612,11 +603,7 @@ fn a_synchronous_standby_that_stops_answering_is_dropped_so_commits_go_on_and_is
     // minute by default), and a commit waits for it. a's agent finds b's server not
     // answering, empties the list of possible successors in etcd, and drops b.
     p.signal_server("standby", libc::SIGSTOP);
-    let acked = acked_within(
-        p.pg.port,
-        "INSERT INTO w VALUES (2)",
-        Duration::from_secs(20),
-    );
+    let acked = acked_within(&p, "INSERT INTO w VALUES (2)", Duration::from_secs(20));
     assert!(
         acked,
         "a commit still waits for the frozen standby:\n{}",
@@ -637,7 +624,7 @@ fn a_synchronous_standby_that_stops_answering_is_dropped_so_commits_go_on_and_is
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(acked_within(
-        p.pg.port,
+        &p,
         "INSERT INTO w VALUES (3)",
         Duration::from_secs(5)
     ));

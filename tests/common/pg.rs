@@ -237,26 +237,25 @@ backups:
     }
 
     /// Run SQL on `port`: the trimmed output, or psql's error.
+    /// `psql -c Q` on `port` as this lab's user, not yet run.
+    pub fn psql_cmd(&self, port: u16, db: &str, q: &str) -> Command {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-d", db, "-Atq", "-v", "ON_ERROR_STOP=1", "-c", q]);
+        self.as_pg(&mut c);
+        c
+    }
+
     pub fn try_sql_on(&self, port: u16, db: &str, q: &str) -> Result<String, String> {
-        let o = self.tool(
-            "psql",
-            &[
-                "-X",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-Atq",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                q,
-            ],
-        );
+        let o = self.psql_cmd(port, db, q).output().unwrap();
         if o.status.success() {
             Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
         } else {
