@@ -278,24 +278,7 @@ fn a_primary_paused_past_its_lease_is_stopped_when_it_wakes_and_acknowledges_not
     p.pg.sql("INSERT INTO w VALUES (1)");
     std::thread::sleep(Duration::from_millis(1500));
     // A client connected before the pause, whose commit goes in while the server sleeps.
-    let port = p.pg.port.to_string();
-    let mut psql = std::process::Command::new(common::pg::pg_bin().join("psql"));
-    psql.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-U",
-        "postgres",
-        "-X",
-        "-A",
-        "-t",
-        "-c",
-    ])
-    .arg("SELECT pg_sleep(1); INSERT INTO w VALUES (2) RETURNING v")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let writer = psql.spawn().unwrap();
+    let writer = pending_commit(&p, 2);
     std::thread::sleep(Duration::from_millis(300));
     p.signal_server("pgdata", libc::SIGSTOP);
     let promote = await_event(&p, "promote", "b", 1);
@@ -320,6 +303,109 @@ fn a_primary_paused_past_its_lease_is_stopped_when_it_wakes_and_acknowledges_not
     assert_eq!(
         p.pg.sql_on(p.sport, "postgres", "SELECT count(*) FROM w WHERE v = 1"),
         "1"
+    );
+}
+
+/// A client connected to the primary now whose `INSERT INTO w VALUES (v)` goes in a second
+/// later (`RETURNING v`: its output holds v only if the commit was acknowledged).
+fn pending_commit(p: &Pair, v: u32) -> std::process::Child {
+    let port = p.pg.port.to_string();
+    let mut psql = std::process::Command::new(common::pg::pg_bin().join("psql"));
+    psql.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-X",
+        "-A",
+        "-t",
+        "-c",
+    ])
+    .arg(format!(
+        "SELECT pg_sleep(1); INSERT INTO w VALUES ({v}) RETURNING v"
+    ))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    psql.spawn().unwrap()
+}
+
+/// A pair whose agents each run a traffic endpoint for their site: returns the pair and the
+/// endpoints' ports for sites a and b. Rejoin is manual so a test decides when a member returns.
+fn pair_with_site_endpoints(etcd: &str) -> (Pair, u16, u16) {
+    let (ea, eb) = (free_port(), free_port());
+    let p = pair_with(
+        etcd,
+        &format!("site_listen: {{ a: \"127.0.0.1:{ea}\", b: \"127.0.0.1:{eb}\" }},"),
+        "  rejoin: manual\n",
+    );
+    (p, ea, eb)
+}
+
+/// The whole primary node paused past its lease (its agent and its PostgreSQL SIGSTOPped
+/// together: a stalled VM or host). The standby's agent takes over under a larger token. When
+/// the node wakes, its agent still holds the old token in memory: it stops its server before
+/// that server acknowledges anything, never leads under the old token again, and the endpoint
+/// it runs routes under the new token only.
+#[test]
+fn a_whole_node_paused_past_its_lease_wakes_with_a_stale_token_that_nothing_accepts() {
+    let e = etcd();
+    e.await_healthy();
+    let (p, ea, eb) = pair_with_site_endpoints(&e.client);
+    let a = agent(&p, "a");
+    let _b = agent(&p, "b");
+    let t1 = token(&await_event(&p, "lead", "a", 1));
+    await_route(&p, ea, p.pg.port);
+    p.pg.try_sql_on(ea, "postgres", "INSERT INTO w VALUES (1)")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let writer = pending_commit(&p, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let apid = a.0.id() as i32;
+    unsafe { libc::kill(apid, libc::SIGSTOP) };
+    p.signal_server("pgdata", libc::SIGSTOP);
+    let promote = await_event(&p, "promote", "b", 1);
+    let t2 = token(&promote);
+    assert!(t2 > t1, "{promote}");
+    await_route(&p, eb, p.sport);
+    std::thread::sleep(Duration::from_secs(2));
+    // The node wakes: agent and server together.
+    unsafe { libc::kill(apid, libc::SIGCONT) };
+    p.signal_server("pgdata", libc::SIGCONT);
+    let fence = await_event(&p, "fence", "a", 1);
+    assert_eq!(fence["outcome"], "ok", "{fence}");
+    await_stopped(&p, "pgdata");
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains('2'),
+        "the woken old primary acknowledged a commit: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The woken agent's endpoint routes to b, under b's token; a never led again.
+    await_route(&p, ea, p.sport);
+    p.pg.try_sql_on(ea, "postgres", "INSERT INTO w VALUES (3)")
+        .unwrap();
+    await_line(
+        &p,
+        "agent-a.log",
+        &["endpoint_route", &format!("\"token\":{t2}")],
+    );
+    assert_eq!(agent_events(&p, "lead").len(), 1, "{}", logs(&p));
+    assert!(
+        agent_events(&p, "promote")
+            .iter()
+            .all(|e| e["figures"]["member"] == "b"),
+        "{}",
+        logs(&p)
+    );
+    assert_eq!(
+        p.pg.sql_on(
+            p.sport,
+            "postgres",
+            "SELECT string_agg(v::text, ',' ORDER BY v) FROM w"
+        ),
+        "1,3"
     );
 }
 
@@ -391,12 +477,7 @@ fn await_route(p: &Pair, port: u16, want: u16) {
 fn site_endpoints_route_to_the_token_holder_follow_a_failover_and_drop_when_etcd_is_gone() {
     let mut e: Etcd = etcd();
     e.await_healthy();
-    let (ea, eb) = (free_port(), free_port());
-    let p = pair_with(
-        &e.client,
-        &format!("site_listen: {{ a: \"127.0.0.1:{ea}\", b: \"127.0.0.1:{eb}\" }},"),
-        "  rejoin: manual\n",
-    );
+    let (p, ea, eb) = pair_with_site_endpoints(&e.client);
     let _a = agent(&p, "a");
     let _b = spawn_logged(
         &p,
