@@ -50,5 +50,5 @@ trap '"$lb" lab down --dir "$lab" >/dev/null 2>&1 || true; rm -f "$lab.trials" "
   end=$(date +%s.%N)
   echo "demo wall time: $(echo "$end - $start" | bc) s"
   rm -rf "$demo"
-} 2>&1 | tee "$out"
+} 2>&1 | sed -u "s|$lab|LAB_DIR|g" | tee "$out"
 echo "results: $out"

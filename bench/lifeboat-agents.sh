@@ -8,9 +8,10 @@
 #   bench/lifeboat-agents.sh kill-primary-agent PAIR_DIR
 #                                            SIGKILL the agent beside the primary (with the
 #                                            harness's kill-primary: the whole node lost)
-# The endpoint is libpq's own: a multi-host DSN with target_session_attrs=read-write (the
-# agents have no traffic endpoint yet). Environment: LIFEBOAT (binary, default the release
-# build), ETCD_PORT (default 23790), LOGS (each run's logs, default PAIR_DIR.logs).
+# Environment: LIFEBOAT (binary, default the release build), ETCD_PORT (default 23790), LOGS
+# (each run's logs, default PAIR_DIR.logs), SITE_PORTS=EAST,WEST (loopback ports for each
+# site's traffic endpoint, `failover.site_listen`, run by that site's agent; unset: no
+# endpoints, clients use libpq's multi-host DSN over the servers).
 set -euo pipefail
 action=${1:?up|down|kill-primary-agent}
 dir=${2:?PAIR_DIR}
@@ -68,6 +69,10 @@ services:
       east: { host: $(penv EAST_HOST), port: $(penv EAST_PORT), user: $(penv SUPERUSER), password: "file:$st/pw", data_dir: $(penv EAST_DATA) }
       west: { host: $(penv WEST_HOST), port: $(penv WEST_PORT), user: $(penv SUPERUSER), password: "file:$st/pw", data_dir: $(penv WEST_DATA) }
     replication: { mode: $(penv MODE) }
+$(if [ -n "${SITE_PORTS:-}" ]; then
+    echo "    failover:"
+    echo "      site_listen: { east: \"127.0.0.1:${SITE_PORTS%,*}\", west: \"127.0.0.1:${SITE_PORTS#*,}\" }"
+  fi)
 coordinator:
   etcd: ["127.0.0.1:$eport"]
 PLAN
@@ -83,7 +88,14 @@ PLAN
     for _ in $(seq 200); do
       if grep -q '"event":"agent_sync_published"' "$st"/agent-*.log 2>/dev/null \
          || { [ "$(penv MODE)" = async ] && grep -q '"event":"agent_lead"' "$st"/agent-*.log 2>/dev/null; }; then
-        exit 0
+        [ -z "${SITE_PORTS:-}" ] && exit 0
+        # both endpoints route to the leader: a write through each commits
+        ok=0
+        for p in ${SITE_PORTS//,/ }; do
+          PGPASSWORD=$(cat "$st/pw") PGCONNECT_TIMEOUT=1 /usr/lib/postgresql/15/bin/psql -X -Atq -h 127.0.0.1 -p "$p" \
+            -U "$(penv SUPERUSER)" -d postgres -c 'SELECT NOT pg_is_in_recovery()' 2>/dev/null | grep -q t && ok=$((ok + 1))
+        done
+        [ $ok = 2 ] && exit 0
       fi
       sleep 0.1
     done

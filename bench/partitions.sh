@@ -45,7 +45,8 @@ for k in "${keepers[@]}"; do
     LIFEBOAT_PARTITION_REPORT=$report \
     cargo test --manifest-path "$here/Cargo.toml" --test partitions randomized_partition_trials \
     -- --ignored --nocapture > "$report.log" 2>&1 || r=$?
-  echo "# exit $r after $(( $(date +%s) - start )) s (log: $report.log)" | tee -a "$out"
+  echo "# exit $r after $(( $(date +%s) - start )) s" | tee -a "$out"
+  echo "(the run's log: $report.log)"
   if [ -s "$report" ]; then
     tee -a "$out" < "$report"
     echo | tee -a "$out"
