@@ -37,6 +37,17 @@ fn damage_archived(pg: &Pg, name: &str) {
     std::fs::write(&path, obj).unwrap();
 }
 
+/// `wal push` of a file named like the local segment `seg` whose content differs by one byte.
+fn push_conflicting(pg: &Pg, seg: &str) -> Run {
+    let mut other = std::fs::read(pg.lab.p(&format!("pgdata/pg_wal/{seg}"))).unwrap();
+    let n = other.len();
+    other[n - 10] ^= 0xFF;
+    let fake = pg.lab.p(seg);
+    std::fs::write(&fake, &other).unwrap();
+    pg.chown();
+    pg.run(&["wal", "push", "db", fake.to_str().unwrap()])
+}
+
 fn rows(pg: &Pg, port: u16) -> Vec<String> {
     pg.sql_on(port, "postgres", "SELECT v FROM t ORDER BY id")
         .lines()
@@ -305,13 +316,7 @@ fn archive_is_idempotent_refuses_conflicts_and_names_gaps() {
     assert_eq!(std::fs::read(wal_dir.join(&seg)).unwrap(), stored_before);
 
     // The same name with other content: refused, the stored one kept, recorded.
-    let mut other = std::fs::read(&local).unwrap();
-    let n = other.len();
-    other[n - 10] ^= 0xFF;
-    let fake = pg.lab.p(&seg);
-    std::fs::write(&fake, &other).unwrap();
-    pg.chown();
-    let r = pg.run(&["wal", "push", "db", fake.to_str().unwrap()]);
+    let r = push_conflicting(&pg, &seg);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stderr.contains("already archived with different content"),
@@ -1013,4 +1018,121 @@ fn a_base_backup_that_stalls_is_stopped_and_fails() {
     assert_eq!(pg.lab.snapshot_count("main"), 0);
     // The server is fine again: the next run succeeds.
     pg.ok(&["backup", "stalled"]);
+}
+
+/// `archive_command` hands its segments to a running daemon, which archives them durably
+/// before answering; the daemon killed (its socket left behind), frozen, or restarted never
+/// costs a segment: the command then archives by itself, and the archive has no gap.
+#[test]
+fn wal_push_goes_through_a_running_daemon_and_never_depends_on_it() {
+    let pg = Pg::start("", &[]);
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    pg.ok(&["backup", "db-base"]);
+    let sock = pg.lab.p(".lifeboat/wal.sock");
+    let serve = |n: u32| {
+        let log = std::fs::File::create(pg.lab.p(&format!("serve-{n}.log"))).unwrap();
+        let d = Daemon(pg.cmd(&["serve"]).stderr(log).spawn().unwrap());
+        for _ in 0..400 {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                return d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the daemon did not listen for WAL handoffs");
+    };
+    let handoffs = |n: u32| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(pg.lab.p(&format!("serve-{n}.log")))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "wal handoff")
+            .collect()
+    };
+    let last_archived = || pg.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    let push = |name: &str| {
+        let local = pg.lab.p(&format!("pgdata/pg_wal/{name}"));
+        pg.run(&["--json", "wal", "push", "db", local.to_str().unwrap()])
+    };
+
+    // Through the daemon: PostgreSQL's own archiver, then a retry by hand.
+    let mut d = serve(1);
+    for i in 0..3 {
+        insert(&pg, &format!("daemon {i}"));
+        pg.switch_wal();
+    }
+    let stored: Vec<_> = handoffs(1)
+        .into_iter()
+        .filter(|h| h["outcome"] == "stored" && h["answered"] == true)
+        .collect();
+    assert!(stored.len() >= 3, "{stored:?}");
+    let seg = last_archived();
+    assert!(
+        stored.iter().any(|h| h["file"] == seg.as_str()),
+        "{stored:?}"
+    );
+    let r = push(&seg);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(json_of(&r)["via"], "daemon");
+    assert_eq!(json_of(&r)["outcome"], "already archived");
+
+    // The daemon refuses what the process would refuse, with the same words, and records it.
+    let r = push_conflicting(&pg, &seg);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("already archived with different content")
+            && !r.stderr.contains("without the daemon"),
+        "{}",
+        r.stderr
+    );
+    assert!(handoffs(1).iter().any(|h| h["outcome"] == "refused"));
+    assert!(pg
+        .events()
+        .iter()
+        .any(|e| e["command"] == "wal push" && e["outcome"] == "conflict"));
+
+    // Killed: its socket stays behind, nobody answers, the command archives by itself.
+    d.kill_now();
+    assert!(sock.exists());
+    insert(&pg, "daemon killed");
+    pg.switch_wal();
+    let r = push(&last_archived());
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(json_of(&r)["via"], "process");
+
+    // Restarted: it takes over the socket and the segments again.
+    let d2 = serve(2);
+    insert(&pg, "daemon back");
+    pg.switch_wal();
+    assert!(handoffs(2)
+        .iter()
+        .any(|h| h["file"] == last_archived().as_str() && h["outcome"] == "stored"));
+
+    // Frozen: it does not take the request within its time, the command archives by itself
+    // and says so in PostgreSQL's log.
+    let pid = d2.0.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    insert(&pg, "daemon frozen");
+    pg.switch_wal();
+    let frozen_seg = last_archived();
+    let r = push(&frozen_seg);
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(json_of(&r)["via"], "process");
+    assert!(
+        r.stderr.contains("archiving without the daemon"),
+        "{}",
+        r.stderr
+    );
+    // Awake again, it answers the next one.
+    insert(&pg, "daemon awake");
+    pg.switch_wal();
+    assert_eq!(json_of(&push(&last_archived()))["via"], "daemon");
+
+    // Nothing went missing on the way: every segment since the base backup is there.
+    let r = pg.run(&["wal", "verify", "db"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(archived_segments(&pg).contains(&frozen_seg));
+    drop(d2);
 }

@@ -164,7 +164,10 @@ impl Sites {
         }
         s.sql_via(
             &s.endpoint["witness"],
-            "CREATE TABLE w(v bigint PRIMARY KEY, writer text)",
+            // The writers connect as an ordinary role, as applications do: commits that hang
+            // (waiting for a synchronous standby) can fill max_connections, and the
+            // superuser's reserved slots still let the harness look at the servers.
+            "CREATE TABLE w(v bigint PRIMARY KEY, writer text); CREATE ROLE writer LOGIN; GRANT SELECT, INSERT ON w TO writer",
         )
         .unwrap();
         s
@@ -531,13 +534,23 @@ postgresql:
 /// takes longer than `limit` (then the write it carried counts as not acknowledged). Its output
 /// is read while it runs (a long answer must not fill the pipe and hold it).
 fn psql(target: &str, q: &str, limit: Duration) -> Result<String, String> {
+    psql_as("postgres", target, q, limit)
+}
+
+/// `psql -c Q` as `user` on `target` (`host:port` or a connection string), killed at `limit`.
+fn psql_as(user: &str, target: &str, q: &str, limit: Duration) -> Result<String, String> {
     let mut c = Command::new(pg_bin().join("psql"));
     c.arg("-X");
     if target.contains('=') {
-        c.args(["-d", &format!("{target} user=postgres")]);
+        let db = if target.contains("dbname=") {
+            ""
+        } else {
+            " dbname=postgres"
+        };
+        c.args(["-d", &format!("{target} user={user}{db}")]);
     } else {
         let (host, port) = target.rsplit_once(':').unwrap();
-        c.args(["-h", host, "-p", port, "-U", "postgres"]);
+        c.args(["-h", host, "-p", port, "-U", user, "-d", "postgres"]);
     }
     c.arg("-Atq")
         .args(["-v", "ON_ERROR_STOP=1", "-c", q])
@@ -598,7 +611,7 @@ impl Writers {
                     let q = format!(
                         "INSERT INTO w VALUES ({v}, '{site}') RETURNING inet_server_addr()::text || ' ' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) || ' ' || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
                     );
-                    if let Ok(r) = psql(hp, &q, Duration::from_secs(2)) {
+                    if let Ok(r) = psql_as("writer", hp, &q, Duration::from_secs(2)) {
                         let f: Vec<&str> = r.split_whitespace().collect();
                         if f.len() == 3 {
                             acks.lock().unwrap().push(Ack {

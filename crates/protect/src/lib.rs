@@ -11,3 +11,4 @@ pub mod ops;
 pub mod pgbackup;
 pub mod pitr;
 pub mod wal;
+pub mod walsock;

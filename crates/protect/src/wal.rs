@@ -184,22 +184,41 @@ pub fn copy_archives(
     Ok(out)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct PushReport {
     pub name: String,
     pub outcome: String,
     pub bytes: u64,
     pub ms: u64,
+    /// Who archived it: `daemon` (handed over to a running `lifeboat serve`) or `process`.
+    #[serde(default)]
+    pub via: String,
 }
 
 /// `archive_command`: archive the file at `path` (relative to the data directory PostgreSQL
-/// runs us in).
+/// runs us in). A running daemon for this state directory is handed the file over its local
+/// socket and answers once the file is durable; without one (or when it cannot take this
+/// file) this process archives it itself. Either way 0 is returned only once it is durable.
 pub fn push(ctx: &Context, service: &str, path: &Path) -> Result<PushReport, Error> {
     let started = Instant::now();
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if crate::walsock::enabled() {
+        match crate::walsock::hand_over(ctx, service, &absolute) {
+            crate::walsock::Handoff::Done(r) => {
+                return r.map(|mut r| {
+                    r.ms = started.elapsed().as_millis() as u64;
+                    r
+                })
+            }
+            crate::walsock::Handoff::Unavailable(None) => {}
+            crate::walsock::Handoff::Unavailable(Some(why)) => {
+                // PostgreSQL keeps archive_command's stderr in its log: say why this segment
+                // did not go through the daemon (it is archived all the same).
+                eprintln!("lifeboat wal push: archiving without the daemon: {why}");
+            }
+        }
+    }
+    let name = file_name(path);
     let data = std::fs::read(path).map_err(|e| {
         Error::new(
             Kind::Source,
@@ -207,14 +226,33 @@ pub fn push(ctx: &Context, service: &str, path: &Path) -> Result<PushReport, Err
         )
     })?;
     let (a, _) = archive(ctx, service)?;
-    let result = a.push(&name, &data);
+    let mut r = push_data(ctx, &a, &name, &data, started)?;
+    r.via = "process".into();
+    Ok(r)
+}
+
+pub(crate) fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Archive `data` as WAL file `name` into `a` (the daemon and the process path alike).
+pub(crate) fn push_data(
+    ctx: &Context,
+    a: &WalArchive,
+    name: &str,
+    data: &[u8],
+    started: Instant,
+) -> Result<PushReport, Error> {
+    let result = a.push(name, data);
     if let Err(e) = &result {
         if e.kind == lifeboat_core::Kind::Conflict {
             // A conflict is an incident: keep it in the evidence log (best effort: the
             // archiver may run as a user that cannot write there).
             let _ = ctx.record(
                 "wal push",
-                service,
+                &a.service,
                 "conflict",
                 started,
                 serde_json::json!({"file": name, "error": e.message}),
@@ -226,10 +264,11 @@ pub fn push(ctx: &Context, service: &str, path: &Path) -> Result<PushReport, Err
         PushOutcome::AlreadyArchived => ("already archived", 0),
     };
     Ok(PushReport {
-        name,
+        name: name.to_string(),
         outcome: outcome.into(),
         bytes,
         ms: started.elapsed().as_millis() as u64,
+        via: String::new(),
     })
 }
 

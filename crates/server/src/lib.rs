@@ -1,7 +1,8 @@
 //! `lifeboat serve`: the daemon as a composition of workers under one shutdown signal
 //! (SIGTERM/SIGINT) — per postgres service with `failover:` a monitor, its traffic endpoint, its
 //! health endpoints and its DNS name; the scheduler (`schedule`) for every schedule in the
-//! plan; notifications in the background. Stopping lets a failover under way finish (bounded),
+//! plan; the WAL handoff socket (`wal push` hands its segments to the daemon) when the plan
+//! archives WAL; notifications in the background. Stopping lets a failover under way finish (bounded),
 //! then stops the endpoints and drains notifications.
 
 pub mod api;
@@ -42,6 +43,7 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
         && schedule::entries(&ctx.plan).is_empty()
         && ctx.plan.metrics.is_none()
         && ctx.plan.api.is_none()
+        && lifeboat_protect::walsock::archiving_services(ctx).is_empty()
     {
         return Err(Error::new(
             Kind::Input,
@@ -212,6 +214,21 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                 api::router(a, state),
                 tls,
                 stop_rx.clone(),
+            )));
+        }
+        let archiving = lifeboat_protect::walsock::archiving_services(ctx);
+        if !archiving.is_empty() {
+            let l = lifeboat_protect::walsock::bind(ctx)?;
+            log(
+                "listening",
+                "*",
+                serde_json::json!({"endpoint": "wal handoff", "socket": lifeboat_protect::walsock::SOCKET, "services": archiving}),
+            );
+            servers.push(tokio::spawn(lifeboat_protect::walsock::serve(
+                ctx.clone(),
+                l,
+                stop_rx.clone(),
+                log,
             )));
         }
         let scheduler = tokio::spawn(schedule::run(ctx.clone(), stop_rx.clone()));
