@@ -37,6 +37,20 @@ fn damage_archived(pg: &Pg, name: &str) {
     std::fs::write(&path, obj).unwrap();
 }
 
+/// `lifeboat serve` for the lab's plan (its log in `log`), once it takes WAL handoffs.
+fn serve_handoffs(pg: &Pg, log: &str) -> Daemon {
+    let sock = pg.lab.p(".lifeboat/wal.sock");
+    let log = std::fs::File::create(pg.lab.p(log)).unwrap();
+    let d = Daemon(pg.cmd(&["serve"]).stderr(log).spawn().unwrap());
+    for _ in 0..400 {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            return d;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the daemon did not listen for WAL handoffs");
+}
+
 /// `wal push` of a file named like the local segment `seg` whose content differs by one byte.
 fn push_conflicting(pg: &Pg, seg: &str) -> Run {
     let mut other = std::fs::read(pg.lab.p(&format!("pgdata/pg_wal/{seg}"))).unwrap();
@@ -1031,17 +1045,7 @@ fn wal_push_goes_through_a_running_daemon_and_never_depends_on_it() {
     );
     pg.ok(&["backup", "db-base"]);
     let sock = pg.lab.p(".lifeboat/wal.sock");
-    let serve = |n: u32| {
-        let log = std::fs::File::create(pg.lab.p(&format!("serve-{n}.log"))).unwrap();
-        let d = Daemon(pg.cmd(&["serve"]).stderr(log).spawn().unwrap());
-        for _ in 0..400 {
-            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-                return d;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("the daemon did not listen for WAL handoffs");
-    };
+    let serve = |n: u32| serve_handoffs(&pg, &format!("serve-{n}.log"));
     let handoffs = |n: u32| -> Vec<serde_json::Value> {
         std::fs::read_to_string(pg.lab.p(&format!("serve-{n}.log")))
             .unwrap_or_default()
@@ -1135,4 +1139,68 @@ fn wal_push_goes_through_a_running_daemon_and_never_depends_on_it() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(archived_segments(&pg).contains(&frozen_seg));
     drop(d2);
+}
+
+/// The archive's disk full while the daemon takes a segment: the push fails with the reason
+/// (PostgreSQL keeps the segment and tries again), nothing half-written is left in the archive,
+/// and once there is room the segment is archived and the archive has no gap.
+#[test]
+fn a_full_disk_under_the_daemon_fails_the_push_and_loses_nothing() {
+    let disk = tempfile::tempdir().unwrap();
+    let Some(_guard) = tmpfs(disk.path(), "96m") else {
+        return;
+    };
+    let repo = disk.path().join("repo");
+    let pg = Pg::start_with(
+        &format!("{{ url: {}, key_file: test.key }}", repo.display()),
+        "",
+        &[],
+    );
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    pg.ok(&["backup", "db-base"]);
+    let _d = serve_handoffs(&pg, "serve.log");
+    insert(&pg, "before");
+    pg.switch_wal();
+
+    // Fill the disk.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(disk.path().join("filler")).unwrap();
+        let mb = vec![0u8; 1 << 20];
+        while f.write_all(&mb).is_ok() {}
+        let small = vec![0u8; 4096];
+        while f.write_all(&small).is_ok() {}
+    }
+    insert(&pg, "disk full");
+    let seg = pg.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    let local = pg.lab.p(&format!("pgdata/pg_wal/{seg}"));
+    let r = pg.run(&["wal", "push", "db", local.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("No space left on device") || r.stderr.contains("disk is full"),
+        "{}",
+        r.all()
+    );
+    assert!(!r.stderr.contains("without the daemon"), "{}", r.stderr);
+    let wal_dir = repo.join("lifeboat/wal/db");
+    let leftovers: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&seg))
+        .collect();
+    assert!(leftovers.is_empty(), "half-written: {leftovers:?}");
+
+    // Room again: PostgreSQL's next try archives it (through the daemon), nothing is missing.
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    insert(&pg, "room again");
+    pg.switch_wal();
+    let names: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&seg), "{names:?}");
+    let r = pg.run(&["wal", "verify", "db"]);
+    assert_eq!(r.code, 0, "{}", r.all());
 }

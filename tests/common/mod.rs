@@ -386,3 +386,42 @@ pub fn api(
     let (code, b) = http(port, method, path, token, body);
     (code, serde_json::from_str(&b).unwrap_or_default())
 }
+
+/// A tmpfs mounted for a test (a small disk that fills up), unmounted when dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mount a tmpfs of `size` (e.g. `1536k`) on `dir` (created), open to every user; `None`, said
+/// loudly, where this process may not mount (not root, or a container without CAP_SYS_ADMIN).
+#[allow(dead_code)]
+pub fn tmpfs(dir: &Path, size: &str) -> Option<Tmpfs> {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+        return None;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let mount = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0777"),
+            "tmpfs",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap();
+    if !mount.status.success() {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here: {}",
+            String::from_utf8_lossy(&mount.stderr)
+        );
+        return None;
+    }
+    Some(Tmpfs(dir.to_path_buf()))
+}
