@@ -426,6 +426,9 @@ fn err_for(service: &str, site: &str, e: Error) -> Error {
     }
 }
 
+/// How long an agent's start waits for etcd to commit its claim before it gives up.
+const START_PATIENCE: Duration = Duration::from_secs(10);
+
 impl Agent {
     async fn start(
         ctx: &Context,
@@ -465,10 +468,22 @@ impl Agent {
             lifeboat_store::lock::hostname(),
             std::process::id()
         );
-        let mut claimed = co.campaign(&claim_key, &me, spec.ttl()).await?;
+        // A claim is a write etcd must commit (and fsync): on a loaded machine its first one
+        // can take longer than one try allows, so a start keeps trying for a while. A try that
+        // timed out may still have created the claim: one held under this agent's own name is
+        // taken back and made again.
+        let deadline = Instant::now() + START_PATIENCE;
+        let mut claimed = loop {
+            match co.campaign(&claim_key, &me, spec.ttl()).await {
+                Err(e) if e.retryable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                r => break r?,
+            }
+        };
         if let Err(h) = &claimed {
             // A predecessor on this host that died (killed, crashed): its claim is stale.
-            if predecessor_dead(&h.member) {
+            if h.member == me || predecessor_dead(&h.member) {
                 co.revoke(h).await?;
                 claimed = co.campaign(&claim_key, &me, spec.ttl()).await?;
             }
