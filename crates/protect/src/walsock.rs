@@ -177,6 +177,7 @@ pub fn bind(ctx: &Context) -> Result<std::os::unix::net::UnixListener, Error> {
             Kind::Io,
             format!("WAL handoff socket {}: cannot {what}: {e}", path.display()),
         )
+        .hint("check the state directory's owner, permissions and free space; meanwhile `wal push` archives each segment in its own process")
     };
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("replace it", e)),

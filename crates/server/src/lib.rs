@@ -217,19 +217,29 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
             )));
         }
         let archiving = lifeboat_protect::walsock::archiving_services(ctx);
-        if !archiving.is_empty() {
-            let l = lifeboat_protect::walsock::bind(ctx)?;
-            log(
-                "listening",
+        // The handoff is a fast path only: a socket that cannot be made is logged and the
+        // daemon runs without it (failover and schedules matter more; `wal push` archives in
+        // its own process meanwhile).
+        match (!archiving.is_empty()).then(|| lifeboat_protect::walsock::bind(ctx)) {
+            Some(Ok(l)) => {
+                log(
+                    "listening",
+                    "*",
+                    serde_json::json!({"endpoint": "wal handoff", "socket": lifeboat_protect::walsock::SOCKET, "services": archiving}),
+                );
+                servers.push(tokio::spawn(lifeboat_protect::walsock::serve(
+                    ctx.clone(),
+                    l,
+                    stop_rx.clone(),
+                    log,
+                )));
+            }
+            Some(Err(e)) => log(
+                "wal handoff",
                 "*",
-                serde_json::json!({"endpoint": "wal handoff", "socket": lifeboat_protect::walsock::SOCKET, "services": archiving}),
-            );
-            servers.push(tokio::spawn(lifeboat_protect::walsock::serve(
-                ctx.clone(),
-                l,
-                stop_rx.clone(),
-                log,
-            )));
+                serde_json::json!({"action": "not serving", "reason": e.message, "hint": e.hint}),
+            ),
+            None => {}
         }
         let scheduler = tokio::spawn(schedule::run(ctx.clone(), stop_rx.clone()));
         servers.push(tokio::spawn(incident::run(
