@@ -65,6 +65,9 @@ pub struct WalArchive {
     key: RepoKey,
     pub service: String,
     pub compression: i32,
+    /// The archive's identity was read once: if it goes missing later, the repository moved
+    /// or its storage went away, and a push must not start a new archive in its place.
+    seen: std::sync::atomic::AtomicBool,
 }
 
 /// The WAL key for a repository key.
@@ -76,6 +79,28 @@ fn now_micros() -> i64 {
     jiff::Timestamp::now().as_microsecond()
 }
 
+/// Below this a file is compressed as one frame.
+const SPLIT_FROM: usize = 1 << 20;
+
+/// zstd in two frames, the halves compressed on two threads (zstd level 1 is most of a
+/// segment's push time). Readers decode concatenated frames as one stream, so objects written
+/// as one frame and as two read the same way.
+fn compress_in_frames(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    if data.len() < SPLIT_FROM {
+        return zstd::bulk::compress(data, level);
+    }
+    let (first, second) = data.split_at(data.len() / 2);
+    std::thread::scope(|scope| {
+        let tail = scope.spawn(move || zstd::bulk::compress(second, level));
+        let mut out = zstd::bulk::compress(first, level)?;
+        let tail = tail
+            .join()
+            .map_err(|_| std::io::Error::other("compression thread panicked"))??;
+        out.extend_from_slice(&tail);
+        Ok(out)
+    })
+}
+
 impl WalArchive {
     pub fn new(objects: Arc<dyn ObjectStore>, service: &str, key: RepoKey) -> Self {
         Self {
@@ -84,6 +109,7 @@ impl WalArchive {
             key,
             service: service.into(),
             compression: 1,
+            seen: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -121,9 +147,34 @@ impl WalArchive {
             )
             .hint("use the key of the repository the archive belongs to")
         })?;
-        serde_json::from_slice(&plain)
-            .map(Some)
-            .map_err(|e| self.corrupt("archive.json", &e.to_string()))
+        let meta = serde_json::from_slice(&plain)
+            .map_err(|e| self.corrupt("archive.json", &e.to_string()))?;
+        self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(meta))
+    }
+
+    /// Before the first segment is stored: the repository must be there (a directory that
+    /// was moved or a storage that is not mounted would otherwise be recreated by the write,
+    /// and the archive would go on somewhere nobody reads), and an archive this process saw
+    /// must not have vanished.
+    fn check_repository_there(&self) -> Result<()> {
+        let vanished = self.seen.load(std::sync::atomic::Ordering::Relaxed);
+        if !vanished && self.objects.get_head("config", 1)?.is_some() {
+            return Ok(());
+        }
+        let what = if vanished {
+            "its archive.json is gone"
+        } else {
+            "the repository's config file is not there"
+        };
+        Err(Error::new(
+            Kind::NotARepository,
+            format!(
+                "the WAL archive of service {} is not where the plan says: {what}; refusing to start a new archive there (nothing was written)",
+                self.service
+            ),
+        )
+        .hint("the repository was moved, deleted or its storage is not mounted: put it back (or point the plan at where it is now); PostgreSQL keeps the WAL and retries"))
     }
 
     fn write_meta(&self, m: &ArchiveMeta) -> Result<()> {
@@ -167,6 +218,9 @@ impl WalArchive {
     /// content is a no-op; with different content it is refused and the stored one kept.
     pub fn push(&self, name: &str, data: &[u8]) -> Result<PushOutcome> {
         let archive = self.meta()?;
+        if archive.is_none() {
+            self.check_repository_there()?;
+        }
         let seg_size = archive
             .as_ref()
             .map_or(DEFAULT_SEGMENT_SIZE, |m| m.seg_size);
@@ -177,11 +231,11 @@ impl WalArchive {
             )
             .hint("archive_command must pass %p (the path of the file to archive)")
         })?;
-        // Compress on another core while this one hashes, checks and scans (archive_command
+        // Compress on other threads while this one hashes, checks and scans (archive_command
         // latency is what PostgreSQL waits for).
         let level = self.compression;
         let prepared = std::thread::scope(|scope| -> Result<Option<(EntryMeta, Vec<u8>)>> {
-            let compressing = scope.spawn(move || zstd::bulk::compress(data, level));
+            let compressing = scope.spawn(move || compress_in_frames(data, level));
             let mac = hex::encode(self.key.mac("wal-content", data));
             if let Some(existing) = self.entry(name)? {
                 if existing.mac == mac {
@@ -267,13 +321,17 @@ impl WalArchive {
                 }
                 Ok(())
             }
-            None => self.write_meta(&ArchiveMeta {
-                version: 1,
-                system_id: s.system_id.to_string(),
-                seg_size: s.seg_size,
-                key_check: self.key_check(),
-                created: jiff::Timestamp::now().to_string(),
-            }),
+            None => {
+                self.write_meta(&ArchiveMeta {
+                    version: 1,
+                    system_id: s.system_id.to_string(),
+                    seg_size: s.seg_size,
+                    key_check: self.key_check(),
+                    created: jiff::Timestamp::now().to_string(),
+                })?;
+                self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
         }
     }
 
@@ -311,5 +369,118 @@ impl WalArchive {
 
     pub fn delete(&self, name: &str) -> Result<()> {
         self.objects.delete(&self.object(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::LocalObjects;
+
+    fn archive(dir: &std::path::Path) -> WalArchive {
+        std::fs::write(dir.join("config"), b"a repository").expect("config");
+        let key = RepoKey::from_hex(&"5a".repeat(64)).expect("64 bytes");
+        WalArchive::new(Arc::new(LocalObjects::new(dir)), "db", wal_key(&key))
+    }
+
+    #[test]
+    fn a_file_compressed_in_two_frames_reads_back_whole_and_a_retry_is_recognised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = archive(dir.path());
+        // 3 MiB + 7 bytes: split in two frames, halves not on a round boundary.
+        let data: Vec<u8> = (0..(3 << 20) + 7u32)
+            .map(|i| {
+                (i.wrapping_mul(2654435761) >> 24) as u8 & if i % 3 == 0 { 0xff } else { 0x0f }
+            })
+            .collect();
+        let one = zstd::bulk::compress(&data, 1).expect("compress");
+        let two = compress_in_frames(&data, 1).expect("compress");
+        assert_ne!(one, two, "a large file is written as two frames");
+        assert!(matches!(
+            wal.push("00000002.history", &data).expect("push"),
+            PushOutcome::Stored { .. }
+        ));
+        assert_eq!(
+            wal.fetch("00000002.history").expect("fetch"),
+            Some(data.clone())
+        );
+        assert_eq!(
+            wal.push("00000002.history", &data).expect("retry"),
+            PushOutcome::AlreadyArchived
+        );
+        let mut other = data.clone();
+        other[(3 << 20) - 1] ^= 1;
+        let refused = wal
+            .push("00000002.history", &other)
+            .expect_err("different content");
+        assert_eq!(refused.kind, Kind::Conflict);
+        // A small file stays one frame and reads back too.
+        assert_eq!(
+            compress_in_frames(&data[..1000], 1).expect("compress"),
+            zstd::bulk::compress(&data[..1000], 1).expect("compress")
+        );
+        assert!(matches!(
+            wal.push("00000003.history", &data[..1000]).expect("push"),
+            PushOutcome::Stored { .. }
+        ));
+        assert_eq!(
+            wal.fetch("00000003.history").expect("fetch").as_deref(),
+            Some(&data[..1000])
+        );
+    }
+
+    #[test]
+    fn a_repository_that_is_not_there_is_refused_not_recreated() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let root = parent.path().join("repo");
+        std::fs::create_dir(&root).expect("mkdir");
+        let wal = archive(&root);
+        std::fs::rename(&root, parent.path().join("moved")).expect("move");
+        let err = wal
+            .push("00000002.history", b"1\t0/3000000\tno recovery target\n")
+            .expect_err("gone");
+        assert_eq!(err.kind, Kind::NotARepository);
+        assert!(
+            !root.exists(),
+            "the push recreated the repository directory"
+        );
+        std::fs::rename(parent.path().join("moved"), &root).expect("back");
+        wal.push("00000002.history", b"1\t0/3000000\tno recovery target\n")
+            .expect("back in place");
+        // An archive this process has seen, whose identity then vanished, is not restarted.
+        wal.write_meta(&ArchiveMeta {
+            version: 1,
+            system_id: "7".into(),
+            seg_size: DEFAULT_SEGMENT_SIZE,
+            key_check: wal.key_check(),
+            created: String::new(),
+        })
+        .expect("meta");
+        assert!(wal.meta().expect("meta").is_some());
+        std::fs::remove_file(root.join("lifeboat/wal/db/archive.json")).expect("rm");
+        let err = wal
+            .push("00000003.history", b"2\t0/4000000\tno recovery target\n")
+            .expect_err("vanished");
+        assert_eq!(err.kind, Kind::NotARepository);
+        assert!(
+            err.message.contains("archive.json is gone"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_damaged_second_frame_is_reported_not_returned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = archive(dir.path());
+        let data = vec![7u8; 2 << 20];
+        wal.push("00000004.history", &data).expect("push");
+        let path = dir.path().join("lifeboat/wal/db/00000004.history");
+        let mut obj = std::fs::read(&path).expect("read");
+        let at = obj.len() - 40;
+        obj[at] ^= 0x55;
+        std::fs::write(&path, &obj).expect("write");
+        let err = wal.fetch("00000004.history").expect_err("damaged");
+        assert_eq!(err.kind, Kind::Integrity);
     }
 }
