@@ -45,6 +45,16 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                 (None, Some(e)) => eprintln!("{}: FAILED: {e}", o.job),
                 _ => {}
             }
+            if let Some(s) = &o.summary {
+                for p in &s.changed_while_read {
+                    eprintln!("warning: {p} changed while it was read: stored as read; the next backup takes it again");
+                }
+                for p in &s.vanished {
+                    eprintln!(
+                        "warning: {p} was deleted before it could be read: not in this snapshot"
+                    );
+                }
+            }
             for c in &o.copies {
                 match &c.error {
                     None if c.wal_files > 0 => println!(
@@ -77,6 +87,9 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                     "bytes_read": o.summary.as_ref().map(|s| s.bytes_read),
                     "bytes_added": o.summary.as_ref().map(|s| s.bytes_added),
                     "bytes_stored": o.summary.as_ref().map(|s| s.bytes_added_packed),
+                    "files_unchanged": o.summary.as_ref().map(|s| s.files_unchanged),
+                    "changed_while_read": o.summary.as_ref().map(|s| &s.changed_while_read),
+                    "vanished": o.summary.as_ref().map(|s| &s.vanished),
                     "duration_s": o.duration_ms as f64 / 1000.0,
                     "copies": o.copies,
                 })

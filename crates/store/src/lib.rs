@@ -2,6 +2,7 @@
 //! locks, the WAL archive's objects, and raw objects beside the repository data. Every call to
 //! object storage goes through here (S3 with deadlines: `s3`). Depends on `lifeboat-core` only.
 
+pub mod backup;
 pub mod error;
 pub mod lock;
 pub mod objects;

@@ -19,6 +19,14 @@ pub trait ObjectStore: Send + Sync {
             b
         }))
     }
+    /// `len` bytes of an object from `offset` (a blob inside a pack); `None` if the object is
+    /// not there. Shorter than `len` only when the object is.
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        Ok(self.get(key)?.map(|b| {
+            let start = (offset as usize).min(b.len());
+            b[start..(start + len).min(b.len())].to_vec()
+        }))
+    }
     /// Keys directly below `prefix` (a "directory" such as `locks`), without the prefix.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     fn delete(&self, key: &str) -> Result<()>;
@@ -84,6 +92,26 @@ impl ObjectStore for LocalObjects {
         f.take(n as u64)
             .read_to_end(&mut buf)
             .map_err(|e| io(e, &format!("reading {key}")))?;
+        Ok(Some(buf))
+    }
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        let f = match std::fs::File::open(self.root.join(key)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e, &format!("reading {key}"))),
+        };
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match f.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e, &format!("reading {key}"))),
+            }
+        }
+        buf.truncate(got);
         Ok(Some(buf))
     }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -162,6 +190,17 @@ impl ObjectStore for S3Objects {
         };
         let opts = opendal::options::ReadOptions {
             range: (0..len.min(n as u64)).into(),
+            ..Default::default()
+        };
+        match self.op.read_options(key, opts) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(s3err(e, &format!("reading {key}"))),
+        }
+    }
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        let opts = opendal::options::ReadOptions {
+            range: (offset..offset + len as u64).into(),
             ..Default::default()
         };
         match self.op.read_options(key, opts) {

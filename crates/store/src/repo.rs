@@ -282,6 +282,15 @@ pub struct BackupSummary {
     pub bytes_read: u64,
     pub bytes_added: u64,
     pub bytes_added_packed: u64,
+    /// Files taken from the previous snapshot without being read (same size, times, inode).
+    pub files_unchanged: u64,
+    /// Files that changed while they were read: stored as read, so a later backup takes them
+    /// again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed_while_read: Vec<String>,
+    /// Files listed but gone when they were to be read: not in the snapshot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vanished: Vec<String>,
 }
 
 /// Labels Lifeboat puts on every snapshot.
@@ -320,6 +329,9 @@ fn summary(s: &SnapshotFile) -> BackupSummary {
         bytes_read: m.total_bytes_processed,
         bytes_added: m.data_added,
         bytes_added_packed: m.data_added_packed,
+        files_unchanged: m.files_unmodified,
+        changed_while_read: Vec::new(),
+        vanished: Vec::new(),
     }
 }
 
@@ -472,6 +484,8 @@ impl Store {
     }
 
     /// Back up local paths. Every path must exist: a missing one fails before anything is written.
+    /// Files unchanged since the latest snapshot of the same job, host and paths are not read
+    /// again.
     pub fn backup_paths(
         &self,
         paths: &[PathBuf],
@@ -494,13 +508,9 @@ impl Store {
         let source = PathList::from_iter(list.iter().map(PathBuf::from))
             .sanitize()
             .map_err(|e| Error::new(Kind::Input, format!("bad backup path: {e}")))?;
-        let mut opts = BackupOptions::default();
-        if !excludes.is_empty() {
-            let mut ex = rustic_core::Excludes::default();
-            ex.globs = excludes.iter().map(|g| format!("!{g}")).collect();
-            opts = opts.excludes(ex);
-        }
-        self.backup_source(&opts, &source, tags)
+        let mut ex = rustic_core::Excludes::default();
+        ex.globs = excludes.iter().map(|g| format!("!{g}")).collect();
+        self.backup_local(&source, &ex, None, true, tags)
     }
 
     /// Back up a directory's contents as the snapshot path `as_path` (a staged base backup as
@@ -515,27 +525,119 @@ impl Store {
         let source = PathList::from_iter([dir.to_path_buf()])
             .sanitize()
             .map_err(|e| Error::new(Kind::Input, format!("bad backup path: {e}")))?;
-        let mut opts = BackupOptions::default().as_path(PathBuf::from(as_path));
-        opts.parent_opts = opts.parent_opts.force(true);
-        self.backup_source(&opts, &source, tags)
+        self.backup_local(
+            &source,
+            &rustic_core::Excludes::default(),
+            Some(PathBuf::from(as_path)),
+            false,
+            tags,
+        )
     }
 
-    /// One rustic backup of local paths into a snapshot tagged `tags`.
-    fn backup_source(
+    /// The latest snapshot of the same job, host and paths: files unchanged since it are not
+    /// read again.
+    fn parent_for(&self, snap: &SnapshotFile, paths: &[String]) -> Result<Option<SnapshotFile>> {
+        let mut want: Vec<&str> = paths.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        Ok(self.all_snapshot_files()?.into_iter().rev().find(|s| {
+            let mut have: Vec<&str> = s.paths.iter().map(String::as_str).collect();
+            have.sort_unstable();
+            s.hostname == snap.hostname && s.label == snap.label && have == want
+        }))
+    }
+
+    /// The repository's zstd level for Lifeboat's pipeline; `None` for a version 1 repository
+    /// (no compression), which rustic_core's archiver writes instead.
+    fn pipeline_level(&self) -> Result<Option<i32>> {
+        self.with_open(|r| {
+            r.config()
+                .zstd()
+                .map_err(|e| rustic(e, &format!("reading the config of {}", self.spec.name)))
+        })
+    }
+
+    /// One backup of local paths: Lifeboat's pipeline on a version 2 repository, rustic_core's
+    /// archiver on a version 1 one.
+    fn backup_local(
         &self,
-        opts: &BackupOptions,
         source: &PathList,
+        excludes: &rustic_core::Excludes,
+        as_path: Option<PathBuf>,
+        with_parent: bool,
         tags: &SnapshotTags,
     ) -> Result<BackupSummary> {
         let snap = tags
             .to_options()?
             .to_snapshot()
             .map_err(|e| rustic(e, "creating snapshot"))?;
-        let snap = self.with_ids(|repo| {
-            repo.backup(opts, source, snap)
-                .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
-        })?;
-        Ok(summary(&snap))
+        let Some(level) = self.pipeline_level()? else {
+            let mut opts = BackupOptions::default().excludes(excludes.clone());
+            if let Some(p) = &as_path {
+                opts = opts.as_path(p.clone());
+            }
+            opts.parent_opts = opts.parent_opts.force(!with_parent);
+            let snap = self.with_ids(|repo| {
+                repo.backup(&opts, source, snap)
+                    .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
+            })?;
+            return Ok(summary(&snap));
+        };
+        let paths = source.paths();
+        let local = rustic_core::LocalSource::new(
+            rustic_core::LocalSourceSaveOptions::default(),
+            excludes,
+            &rustic_core::LocalSourceFilterOptions::default(),
+            &paths,
+        )
+        .map_err(|e| rustic(e, "reading the backup paths"))?;
+        let names: Vec<String> = match &as_path {
+            Some(p) => vec![p.to_string_lossy().into_owned()],
+            None => paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+        };
+        let parent = if with_parent {
+            self.parent_for(&snap, &names)?
+        } else {
+            None
+        };
+        let opts = crate::backup::Options {
+            as_path,
+            parent,
+            level,
+            restat: true,
+        };
+        self.run_pipeline(&local, &paths, snap, &opts)
+    }
+
+    fn run_pipeline<R: rustic_core::ReadSource>(
+        &self,
+        source: &R,
+        paths: &[PathBuf],
+        snap: SnapshotFile,
+        opts: &crate::backup::Options,
+    ) -> Result<BackupSummary>
+    where
+        <R::Open as rustic_core::ReadSourceOpen>::Reader: 'static,
+    {
+        use rustic_core::{ProgressBars, ProgressType};
+        let progress = Self::progress().progress(ProgressType::Bytes, "backing up...");
+        let out = crate::backup::archive(
+            self.objects.clone(),
+            &self.key,
+            source,
+            paths,
+            snap,
+            opts,
+            &progress,
+        )
+        .map_err(|e| e.context(format!("backup to {}", self.spec.name)))?;
+        progress.finish();
+        let mut s = summary(&out.snapshot);
+        s.changed_while_read = out.changed_while_read;
+        s.vanished = out.vanished;
+        Ok(s)
     }
 
     /// Back up one file's content under `name` (a command's spooled output).
@@ -550,16 +652,25 @@ impl Store {
             .to_options()?
             .to_snapshot()
             .map_err(|e| rustic(e, "creating snapshot"))?;
-        let snap = self.with_ids(|repo| {
-            repo.archive(
-                &BackupOptions::default(),
-                &src,
-                snap,
-                &[PathBuf::from(name)],
-            )
-            .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
-        })?;
-        Ok(summary(&snap))
+        let Some(level) = self.pipeline_level()? else {
+            let snap = self.with_ids(|repo| {
+                repo.archive(
+                    &BackupOptions::default(),
+                    &src,
+                    snap,
+                    &[PathBuf::from(name)],
+                )
+                .map_err(|e| rustic(e, &format!("backup to {}", self.spec.name)))
+            })?;
+            return Ok(summary(&snap));
+        };
+        let opts = crate::backup::Options {
+            as_path: None,
+            parent: None,
+            level,
+            restat: false,
+        };
+        self.run_pipeline(&src, &[PathBuf::from(name)], snap, &opts)
     }
 
     fn take(&self) -> Result<Repository<OpenStatus>> {
