@@ -4,6 +4,22 @@
 mod common;
 use common::*;
 
+/// The real restic on the lab's repository: its whole output, the test failing if restic does.
+fn run_restic(lab: &Lab, args: &[&str]) -> String {
+    let out = restic(lab)
+        .args(args)
+        .env("RESTIC_PROGRESS_FPS", "0.01")
+        .output()
+        .expect("restic is installed (Debian package `restic`; .ci/run installs it)");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "restic {args:?} failed:\n{all}");
+    all
+}
+
 #[test]
 fn restic_checks_and_restores_a_lifeboat_repository() {
     let lab = ready_lab("printf 'terraform state'");
@@ -11,20 +27,7 @@ fn restic_checks_and_restores_a_lifeboat_repository() {
     lab.write("data/text/f5.txt", "edited\n");
     lab.ok(&["backup", "files"]);
 
-    let restic = |args: &[&str]| {
-        let out = restic(&lab)
-            .args(args)
-            .env("RESTIC_PROGRESS_FPS", "0.01")
-            .output()
-            .expect("restic is installed (Debian package `restic`; .ci/run installs it)");
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "restic {args:?} failed:\n{all}");
-        all
-    };
+    let restic = |args: &[&str]| run_restic(&lab, args);
     let check = restic(&["check", "--read-data"]);
     assert!(check.contains("no errors were found"), "{check}");
 
@@ -82,16 +85,7 @@ fn restic_reads_the_pipeline_s_chunks_and_a_second_backup_stores_only_the_edit()
         "{second}"
     );
 
-    let restic = |args: &[&str]| {
-        let out = restic(&lab).args(args).output().expect("restic");
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "restic {args:?} failed:\n{all}");
-        all
-    };
+    let restic = |args: &[&str]| run_restic(&lab, args);
     let check = restic(&["check", "--read-data"]);
     assert!(check.contains("no errors were found"), "{check}");
     for (snap, dir) in [(&first, "by-restic-1"), (&second, "by-restic-2")] {

@@ -1,6 +1,7 @@
-//! Lifeboat's storage room: restic-format repositories (through rustic_core), restic-format
-//! locks, the WAL archive's objects, and raw objects beside the repository data. Every call to
-//! object storage goes through here (S3 with deadlines: `s3`). Depends on `lifeboat-core` only.
+//! Lifeboat's storage room: restic-format repositories (backups through Lifeboat's own pipeline
+//! in `backup`, the rest through rustic_core), restic-format locks, the WAL archive's objects,
+//! and raw objects beside the repository data. Every call to object storage goes through here
+//! (S3 with deadlines: `s3`). Depends on `lifeboat-core` only.
 
 pub mod backup;
 pub mod error;
