@@ -65,9 +65,6 @@ pub struct WalArchive {
     key: RepoKey,
     pub service: String,
     pub compression: i32,
-    /// The archive's identity was read once: if it goes missing later, the repository moved
-    /// or its storage went away, and a push must not start a new archive in its place.
-    seen: std::sync::atomic::AtomicBool,
 }
 
 /// The WAL key for a repository key.
@@ -109,7 +106,6 @@ impl WalArchive {
             key,
             service: service.into(),
             compression: 1,
-            seen: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -147,34 +143,9 @@ impl WalArchive {
             )
             .hint("use the key of the repository the archive belongs to")
         })?;
-        let meta = serde_json::from_slice(&plain)
-            .map_err(|e| self.corrupt("archive.json", &e.to_string()))?;
-        self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(Some(meta))
-    }
-
-    /// Before the first segment is stored: the repository must be there (a directory that
-    /// was moved or a storage that is not mounted would otherwise be recreated by the write,
-    /// and the archive would go on somewhere nobody reads), and an archive this process saw
-    /// must not have vanished.
-    fn check_repository_there(&self) -> Result<()> {
-        let vanished = self.seen.load(std::sync::atomic::Ordering::Relaxed);
-        if !vanished && self.objects.get_head("config", 1)?.is_some() {
-            return Ok(());
-        }
-        let what = if vanished {
-            "its archive.json is gone"
-        } else {
-            "the repository's config file is not there"
-        };
-        Err(Error::new(
-            Kind::NotARepository,
-            format!(
-                "the WAL archive of service {} is not where the plan says: {what}; refusing to start a new archive there (nothing was written)",
-                self.service
-            ),
-        )
-        .hint("the repository was moved, deleted or its storage is not mounted: put it back (or point the plan at where it is now); PostgreSQL keeps the WAL and retries"))
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| self.corrupt("archive.json", &e.to_string()))
     }
 
     fn write_meta(&self, m: &ArchiveMeta) -> Result<()> {
@@ -218,9 +189,6 @@ impl WalArchive {
     /// content is a no-op; with different content it is refused and the stored one kept.
     pub fn push(&self, name: &str, data: &[u8]) -> Result<PushOutcome> {
         let archive = self.meta()?;
-        if archive.is_none() {
-            self.check_repository_there()?;
-        }
         let seg_size = archive
             .as_ref()
             .map_or(DEFAULT_SEGMENT_SIZE, |m| m.seg_size);
@@ -321,17 +289,13 @@ impl WalArchive {
                 }
                 Ok(())
             }
-            None => {
-                self.write_meta(&ArchiveMeta {
-                    version: 1,
-                    system_id: s.system_id.to_string(),
-                    seg_size: s.seg_size,
-                    key_check: self.key_check(),
-                    created: jiff::Timestamp::now().to_string(),
-                })?;
-                self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(())
-            }
+            None => self.write_meta(&ArchiveMeta {
+                version: 1,
+                system_id: s.system_id.to_string(),
+                seg_size: s.seg_size,
+                key_check: self.key_check(),
+                created: jiff::Timestamp::now().to_string(),
+            }),
         }
     }
 
@@ -426,46 +390,6 @@ mod tests {
         assert_eq!(
             wal.fetch("00000003.history").expect("fetch").as_deref(),
             Some(&data[..1000])
-        );
-    }
-
-    #[test]
-    fn a_repository_that_is_not_there_is_refused_not_recreated() {
-        let parent = tempfile::tempdir().expect("tempdir");
-        let root = parent.path().join("repo");
-        std::fs::create_dir(&root).expect("mkdir");
-        let wal = archive(&root);
-        std::fs::rename(&root, parent.path().join("moved")).expect("move");
-        let err = wal
-            .push("00000002.history", b"1\t0/3000000\tno recovery target\n")
-            .expect_err("gone");
-        assert_eq!(err.kind, Kind::NotARepository);
-        assert!(
-            !root.exists(),
-            "the push recreated the repository directory"
-        );
-        std::fs::rename(parent.path().join("moved"), &root).expect("back");
-        wal.push("00000002.history", b"1\t0/3000000\tno recovery target\n")
-            .expect("back in place");
-        // An archive this process has seen, whose identity then vanished, is not restarted.
-        wal.write_meta(&ArchiveMeta {
-            version: 1,
-            system_id: "7".into(),
-            seg_size: DEFAULT_SEGMENT_SIZE,
-            key_check: wal.key_check(),
-            created: String::new(),
-        })
-        .expect("meta");
-        assert!(wal.meta().expect("meta").is_some());
-        std::fs::remove_file(root.join("lifeboat/wal/db/archive.json")).expect("rm");
-        let err = wal
-            .push("00000003.history", b"2\t0/4000000\tno recovery target\n")
-            .expect_err("vanished");
-        assert_eq!(err.kind, Kind::NotARepository);
-        assert!(
-            err.message.contains("archive.json is gone"),
-            "{}",
-            err.message
         );
     }
 
