@@ -43,12 +43,12 @@ impl LocalObjects {
 }
 
 fn io(e: std::io::Error, what: &str) -> Error {
-    let kind = if e.raw_os_error() == Some(libc::ENOSPC) {
-        Kind::Io
-    } else {
-        Kind::Backend
-    };
-    Error::new(kind, format!("{what}: {e}"))
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        return Error::new(Kind::Io, format!("{what}: {e}")).hint(
+            "the repository's disk is full: free space and run again (nothing half-written was kept)",
+        );
+    }
+    Error::new(Kind::Backend, format!("{what}: {e}"))
 }
 
 impl ObjectStore for LocalObjects {

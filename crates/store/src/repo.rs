@@ -318,6 +318,13 @@ impl SnapshotTags {
             .add_tags(&tags)
             .map_err(|e| rustic(e, "tagging the snapshot"))
     }
+
+    /// A new snapshot (time, host, user) carrying these tags.
+    fn to_snapshot(&self) -> Result<SnapshotFile> {
+        self.to_options()?
+            .to_snapshot()
+            .map_err(|e| rustic(e, "creating snapshot"))
+    }
 }
 
 fn summary(s: &SnapshotFile) -> BackupSummary {
@@ -566,10 +573,7 @@ impl Store {
         with_parent: bool,
         tags: &SnapshotTags,
     ) -> Result<BackupSummary> {
-        let snap = tags
-            .to_options()?
-            .to_snapshot()
-            .map_err(|e| rustic(e, "creating snapshot"))?;
+        let snap = tags.to_snapshot()?;
         let Some(level) = self.pipeline_level()? else {
             let mut opts = BackupOptions::default().excludes(excludes.clone());
             if let Some(p) = &as_path {
@@ -648,10 +652,7 @@ impl Store {
         tags: &SnapshotTags,
     ) -> Result<BackupSummary> {
         let src = crate::spool::SpoolSource::new(file, PathBuf::from(name))?;
-        let snap = tags
-            .to_options()?
-            .to_snapshot()
-            .map_err(|e| rustic(e, "creating snapshot"))?;
+        let snap = tags.to_snapshot()?;
         let Some(level) = self.pipeline_level()? else {
             let snap = self.with_ids(|repo| {
                 repo.archive(

@@ -36,7 +36,7 @@ use rustic_core::{DataId, Id, ReadSource, ReadSourceEntry, ReadSourceOpen, TreeI
 use crate::error::{Error, Kind, Result};
 use crate::lock::RepoKey;
 use crate::objects::ObjectStore;
-use pack::{BlobId, BlobKind, KnownBlobs, Packer, PlainBlob};
+use pack::{BlobKind, KnownBlobs, Location, Packer, PlainBlob};
 
 /// How the pipeline runs.
 #[derive(Clone, Debug)]
@@ -72,18 +72,10 @@ pub struct Outcome {
     pub vanished: Vec<String>,
 }
 
-fn id32(id: &Id) -> BlobId {
-    let mut b = [0u8; 32];
-    b.copy_from_slice(&hex::decode(id.to_hex().as_str()).expect("hex id"));
-    b
-}
+/// Size, mtime and ctime as the kernel reports them, to notice a file changing under a read.
+type Stamp = (u64, i64, i64, i64, i64);
 
-fn data_id(b: BlobId) -> DataId {
-    DataId::from(Id::new(b))
-}
-
-/// (size, mtime, ctime) as the kernel reports them, to notice a file changing under a read.
-fn stamp(path: &Path) -> Option<(u64, i64, i64, i64, i64)> {
+fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::symlink_metadata(path).ok()?;
     Some((
         m.size(),
@@ -105,12 +97,13 @@ struct FileJob {
     job: usize,
     reader: Box<dyn Read + Send>,
     path: PathBuf,
-    before: Option<(u64, i64, i64, i64, i64)>,
+    before: Option<Stamp>,
 }
 
 enum Slot {
     Ready(Node),
-    File(usize, Node),
+    /// A file being read by job `.0`; `.2` is its path in the snapshot (for the summary).
+    File(usize, Node, String),
     Dir(usize),
 }
 
@@ -131,47 +124,57 @@ struct Finished {
 struct Walk<'a> {
     objects: &'a dyn ObjectStore,
     key: &'a RepoKey,
-    trees: &'a HashMap<BlobId, pack::Location>,
-    known: &'a Mutex<HashSet<BlobId>>,
+    trees: &'a HashMap<Id, Location>,
+    /// Data blobs in the index or added by this run.
+    known: &'a Mutex<HashSet<Id>>,
     packer: &'a Packer,
+    progress: &'a rustic_core::Progress,
+    /// See [`Options::restat`].
+    restat: bool,
     compressor: zstd::bulk::Compressor<'static>,
-    trees_added: HashSet<BlobId>,
+    trees_added: HashSet<Id>,
     stack: Vec<Frame>,
     cur: PathBuf,
     finished: VecDeque<Finished>,
     subtrees: HashMap<usize, Node>,
     next_seq: usize,
     results: HashMap<usize, Result<FileDone>>,
+    /// Files handed to the readers whose trees are not written yet.
     pending_jobs: usize,
     next_job: usize,
     summary: SnapshotSummary,
     changed: Vec<String>,
     vanished: Vec<String>,
-    paths_of_jobs: HashMap<usize, String>,
-    root_tree: Option<TreeId>,
 }
+
+type Results = crossbeam_channel::Receiver<(usize, Result<FileDone>)>;
 
 impl Walk<'_> {
     fn load_tree(&self, id: &TreeId) -> Option<Tree> {
-        let b = id32(&id.into_inner());
-        let loc = self.trees.get(&b)?;
+        let id = id.into_inner();
+        let loc = self.trees.get(&id)?;
         // A parent that cannot be read only costs reading the files again.
-        let data = pack::read_blob(self.objects, self.key, &b, loc).ok()?;
+        let data = pack::read_blob(self.objects, self.key, &id, loc).ok()?;
         serde_json::from_slice(&data).ok()
     }
 
+    /// The entry of this name in the parent snapshot's copy of the current directory (trees
+    /// are sorted by name, as restic writes them).
     fn parent_node(&self, name: &OsStr) -> Option<&Node> {
         let tree = self.stack.last()?.parent.as_ref()?;
-        let name = name.to_string_lossy();
-        tree.nodes
-            .binary_search_by(|n| n.name().to_string_lossy().as_ref().cmp(name.as_ref()))
-            .ok()
-            .map(|i| &tree.nodes[i])
-            .or_else(|| {
-                tree.nodes
-                    .iter()
-                    .find(|n| n.name().to_string_lossy() == name)
-            })
+        let i = tree
+            .nodes
+            .binary_search_by(|n| (*n.name()).cmp(name))
+            .ok()?;
+        Some(&tree.nodes[i])
+    }
+
+    fn push(&mut self, slot: Slot) {
+        self.stack
+            .last_mut()
+            .expect("the root frame")
+            .slots
+            .push(slot);
     }
 
     fn open_dir(&mut self, name: &OsStr, node: Node) {
@@ -194,43 +197,128 @@ impl Walk<'_> {
         self.cur.pop();
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.stack
-            .last_mut()
-            .expect("the root frame")
-            .slots
-            .push(Slot::Dir(seq));
+        self.push(Slot::Dir(seq));
         self.finished.push_back(Finished { seq, frame });
+    }
+
+    /// A file: taken from the parent snapshot when unchanged there, otherwise opened and
+    /// returned as a job for the readers. `None` when there is nothing to read.
+    fn add_file<O: ReadSourceOpen>(
+        &mut self,
+        name: &OsStr,
+        path: &Path,
+        tree_path: &Path,
+        mut node: Node,
+        open: Option<O>,
+    ) -> Result<Option<FileJob>>
+    where
+        O::Reader: 'static,
+    {
+        let parent = self.parent_node(name);
+        let in_parent = parent.is_some();
+        let reuse = parent.and_then(|p| {
+            let (pm, m) = (&p.meta, &node.meta);
+            let same = matches!(p.node_type, NodeType::File)
+                && pm.size == m.size
+                && pm.mtime == m.mtime
+                && pm.ctime.zip(m.ctime).is_none_or(|(x, y)| x == y)
+                && (pm.inode == 0 || m.inode == 0 || pm.inode == m.inode);
+            let content = p.content.clone()?;
+            let known = self.known.lock().expect("known");
+            (same && content.iter().all(|id| known.contains(&id.into_inner()))).then_some(content)
+        });
+        if let Some(content) = reuse {
+            self.summary.total_files_processed += 1;
+            self.summary.files_unmodified += 1;
+            self.summary.total_bytes_processed += node.meta.size;
+            self.progress.inc(node.meta.size);
+            node.content = Some(content);
+            self.push(Slot::Ready(node));
+            return Ok(None);
+        }
+        let restat = self.restat;
+        let before = if restat { stamp(path) } else { None };
+        let reader = match open.map(ReadSourceOpen::open) {
+            Some(Ok(r)) => r,
+            None => {
+                return Err(Error::new(
+                    Kind::Internal,
+                    format!("{}: a file without content to read", path.display()),
+                ))
+            }
+            Some(Err(_)) if restat && std::fs::symlink_metadata(path).is_err() => {
+                self.vanished.push(tree_path.display().to_string());
+                return Ok(None);
+            }
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    Kind::Source,
+                    format!(
+                        "cannot open {}: {}",
+                        path.display(),
+                        crate::error::parse(e).cause()
+                    ),
+                )
+                .hint("check that the file is readable by the user running Lifeboat; no snapshot was recorded"))
+            }
+        };
+        self.summary.total_files_processed += 1;
+        if in_parent {
+            self.summary.files_changed += 1;
+        } else {
+            self.summary.files_new += 1;
+        }
+        let job = self.next_job;
+        self.next_job += 1;
+        self.pending_jobs += 1;
+        self.push(Slot::File(job, node, tree_path.display().to_string()));
+        Ok(Some(FileJob {
+            job,
+            reader: Box::new(reader),
+            path: path.to_path_buf(),
+            before,
+        }))
+    }
+
+    /// Wait until the readers have answered for `job`.
+    fn await_job(&mut self, results: &Results, job: usize) -> Result<()> {
+        while !self.results.contains_key(&job) {
+            let (j, r) = results
+                .recv()
+                .map_err(|_| Error::new(Kind::Internal, "the file readers stopped"))?;
+            self.results.insert(j, r);
+        }
+        Ok(())
+    }
+
+    /// Wait until every file of `frame` is read.
+    fn await_frame(&mut self, results: &Results, frame: &Frame) -> Result<()> {
+        for slot in &frame.slots {
+            if let Slot::File(job, ..) = slot {
+                self.await_job(results, *job)?;
+            }
+        }
+        Ok(())
     }
 
     /// Write the trees of finished directories whose files are all read. With `block`, wait
     /// for the readers until every finished directory is written.
-    fn finish_dirs(
-        &mut self,
-        results: &crossbeam_channel::Receiver<(usize, Result<FileDone>)>,
-        block: bool,
-    ) -> Result<()> {
+    fn finish_dirs(&mut self, results: &Results, block: bool) -> Result<()> {
         for (job, r) in results.try_iter() {
             self.results.insert(job, r);
         }
         while let Some(front) = self.finished.front() {
-            let waiting = front.frame.slots.iter().find_map(|s| match s {
-                Slot::File(job, _) if !self.results.contains_key(job) => Some(*job),
-                _ => None,
+            let ready = front.frame.slots.iter().all(|s| match s {
+                Slot::File(job, ..) => self.results.contains_key(job),
+                _ => true,
             });
-            if waiting.is_some() {
-                if !block {
-                    return Ok(());
-                }
-                let (job, r) = results
-                    .recv()
-                    .map_err(|_| Error::new(Kind::Internal, "the file readers stopped"))?;
-                self.results.insert(job, r);
-                continue;
+            if !ready && !block {
+                return Ok(());
             }
             let Finished { seq, frame } = self.finished.pop_front().expect("front");
+            self.await_frame(results, &frame)?;
             let mut node = frame.node.clone().expect("a directory's node");
-            let id = self.write_tree(frame)?;
-            node.subtree = Some(id);
+            node.subtree = Some(self.write_tree(frame)?);
             self.subtrees.insert(seq, node);
         }
         Ok(())
@@ -243,15 +331,11 @@ impl Walk<'_> {
             match slot {
                 Slot::Ready(n) => nodes.push(n),
                 Slot::Dir(seq) => nodes.push(self.subtrees.remove(&seq).expect("child tree")),
-                Slot::File(job, mut n) => {
+                Slot::File(job, mut n, tree_path) => {
                     self.pending_jobs -= 1;
                     let done = self.results.remove(&job).expect("file read")?;
                     if done.changed {
-                        if let Some(p) = self.paths_of_jobs.remove(&job) {
-                            self.changed.push(p);
-                        }
-                    } else {
-                        self.paths_of_jobs.remove(&job);
+                        self.changed.push(tree_path);
                     }
                     n.meta.size = done.size;
                     n.content = Some(done.content);
@@ -260,31 +344,27 @@ impl Walk<'_> {
                 }
             }
         }
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        // By name as bytes, the order restic writes and reads.
+        nodes.sort_by(|a, b| a.name().cmp(&b.name()));
         let tree = Tree { nodes };
-        let (bytes, id) = tree
-            .serialize()
+        // As rustic_core's Tree::serialize (restic's JSON and a newline), hashed once here.
+        let mut bytes = serde_json::to_vec(&tree)
             .map_err(|e| Error::new(Kind::Internal, format!("serialising a tree: {e}")))?;
+        bytes.push(b'\n');
+        let raw = pack::sha256(&bytes);
+        let id = Id::new(raw);
         self.summary.total_dirs_processed += 1;
         self.summary.total_dirsize_processed += bytes.len() as u64;
         match frame.parent_tree {
-            Some(p) if p == id => self.summary.dirs_unmodified += 1,
+            Some(p) if p.into_inner() == id => self.summary.dirs_unmodified += 1,
             Some(_) => self.summary.dirs_changed += 1,
             None => self.summary.dirs_new += 1,
         }
-        let b = id32(&id.into_inner());
-        if !self.trees.contains_key(&b) && self.trees_added.insert(b) {
-            let sealed = pack::seal(self.key, &mut self.compressor, b, BlobKind::Tree, &bytes)?;
+        if !self.trees.contains_key(&id) && self.trees_added.insert(id) {
+            let sealed = pack::seal(self.key, &mut self.compressor, raw, BlobKind::Tree, &bytes)?;
             self.packer.add(sealed)?;
         }
-        Ok(id)
-    }
-}
-
-fn name_of(p: &Path) -> Option<&OsStr> {
-    match p.components().next_back()? {
-        Component::Normal(n) => Some(n),
-        _ => None,
+        Ok(TreeId::from(id))
     }
 }
 
@@ -317,7 +397,7 @@ where
     let (results_tx, results_rx) = crossbeam_channel::unbounded::<(usize, Result<FileDone>)>();
     let seal_error: Mutex<Option<Error>> = Mutex::new(None);
 
-    let walked = std::thread::scope(|s| -> Result<Walk<'_>> {
+    let walked = std::thread::scope(|s| -> Result<(Walk<'_>, TreeId)> {
         // The total for the progress bar, counted beside the backup (as restic does).
         s.spawn(|| {
             if let Ok(Some(total)) = source.size() {
@@ -348,9 +428,9 @@ where
                             return Err(std::io::Error::other("the backup stopped"));
                         }
                         let id = pack::sha256(&chunk);
-                        content.push(data_id(id));
+                        content.push(DataId::from(Id::new(id)));
                         progress.inc(chunk.len() as u64);
-                        if data_known.lock().expect("known").insert(id) {
+                        if data_known.lock().expect("known").insert(Id::new(id)) {
                             blobs_tx
                                 .send(PlainBlob {
                                     id,
@@ -426,6 +506,8 @@ where
             trees: &known.trees,
             known: &data_known,
             packer: &packer,
+            progress,
+            restat: opts.restat,
             compressor: zstd::bulk::Compressor::new(opts.level)
                 .map_err(|e| Error::new(Kind::Input, format!("zstd level {}: {e}", opts.level)))?,
             trees_added: HashSet::new(),
@@ -440,8 +522,6 @@ where
             summary: SnapshotSummary::default(),
             changed: Vec::new(),
             vanished: Vec::new(),
-            paths_of_jobs: HashMap::new(),
-            root_tree: None,
         };
         let root_parent = opts.parent.as_ref().map(|p| p.tree);
         walk.stack.push(Frame {
@@ -450,7 +530,7 @@ where
             parent: root_parent.as_ref().and_then(|id| walk.load_tree(id)),
             parent_tree: root_parent,
         });
-        let result = (|| -> Result<()> {
+        let result = (|| -> Result<TreeId> {
             for entry in source.entries() {
                 if abort.load(Ordering::Relaxed) {
                     break;
@@ -473,7 +553,7 @@ where
                     _ => path.clone(),
                 };
                 let tree_path = Path::new("/").join(&tree_path);
-                let Some(name) = name_of(&tree_path).map(OsStr::to_os_string) else {
+                let Some(name) = tree_path.file_name().map(OsStr::to_os_string) else {
                     continue; // "/" itself: its entries go in the root tree
                 };
                 let dir = tree_path.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -506,93 +586,16 @@ where
                 match node.node_type {
                     NodeType::Dir => walk.open_dir(&name, node),
                     NodeType::File => {
-                        walk.summary.total_files_processed += 1;
-                        let reuse = walk.parent_node(&name).and_then(|p| {
-                            let (pm, m) = (&p.meta, &node.meta);
-                            let same = matches!(p.node_type, NodeType::File)
-                                && pm.size == m.size
-                                && pm.mtime == m.mtime
-                                && pm.ctime.zip(m.ctime).is_none_or(|(x, y)| x == y)
-                                && (pm.inode == 0 || m.inode == 0 || pm.inode == m.inode);
-                            let content = p.content.clone()?;
-                            let all_there = {
-                                let k = walk.known.lock().expect("known");
-                                content.iter().all(|id| k.contains(&id32(&id.into_inner())))
-                            };
-                            (same && all_there).then_some(content)
-                        });
-                        if let Some(content) = reuse {
-                            walk.summary.files_unmodified += 1;
-                            walk.summary.total_bytes_processed += node.meta.size;
-                            progress.inc(node.meta.size);
-                            let mut n = node;
-                            n.content = Some(content);
-                            walk.stack
-                                .last_mut()
-                                .expect("frame")
-                                .slots
-                                .push(Slot::Ready(n));
-                        } else {
-                            if walk.parent_node(&name).is_some() {
-                                walk.summary.files_changed += 1;
-                            } else {
-                                walk.summary.files_new += 1;
-                            }
-                            let before = if opts.restat { stamp(&path) } else { None };
-                            let reader = match open.map(ReadSourceOpen::open) {
-                                Some(Ok(r)) => r,
-                                None => {
-                                    return Err(Error::new(
-                                        Kind::Internal,
-                                        format!(
-                                            "{}: a file without content to read",
-                                            path.display()
-                                        ),
-                                    ))
-                                }
-                                Some(Err(e)) => {
-                                    if opts.restat && std::fs::symlink_metadata(&path).is_err() {
-                                        walk.vanished.push(tree_path.display().to_string());
-                                        walk.summary.total_files_processed -= 1;
-                                        continue;
-                                    }
-                                    let p = crate::error::parse(e);
-                                    return Err(Error::new(
-                                        Kind::Source,
-                                        format!("cannot open {}: {}", path.display(), p.cause()),
-                                    )
-                                    .hint("check that the file is readable by the user running Lifeboat; no snapshot was recorded"));
-                                }
-                            };
-                            let job = walk.next_job;
-                            walk.next_job += 1;
-                            walk.pending_jobs += 1;
-                            walk.paths_of_jobs
-                                .insert(job, tree_path.display().to_string());
-                            walk.stack
-                                .last_mut()
-                                .expect("frame")
-                                .slots
-                                .push(Slot::File(job, node));
-                            files_tx
-                                .send(FileJob {
-                                    job,
-                                    reader: Box::new(reader),
-                                    path: path.clone(),
-                                    before,
-                                })
-                                .map_err(|_| {
-                                    Error::new(Kind::Internal, "the file readers stopped")
-                                })?;
+                        let job = walk.add_file(&name, &path, &tree_path, node, open)?;
+                        if let Some(job) = job {
+                            files_tx.send(job).map_err(|_| {
+                                Error::new(Kind::Internal, "the file readers stopped")
+                            })?;
                         }
                     }
                     _ => {
                         walk.summary.total_files_processed += 1;
-                        walk.stack
-                            .last_mut()
-                            .expect("frame")
-                            .slots
-                            .push(Slot::Ready(node));
+                        walk.push(Slot::Ready(node));
                     }
                 }
                 // Bound what waits: past a few thousand files in flight, wait for the readers.
@@ -604,31 +607,22 @@ where
             walk.finish_dirs(&results_rx, true)?;
             let root = walk.stack.pop().expect("root frame");
             // The root's own files (a single file backed up, or files at "/").
-            for slot in &root.slots {
-                if let Slot::File(job, _) = slot {
-                    while !walk.results.contains_key(job) {
-                        let (j, r) = results_rx
-                            .recv()
-                            .map_err(|_| Error::new(Kind::Internal, "the file readers stopped"))?;
-                        walk.results.insert(j, r);
-                    }
-                }
-            }
-            let id = walk.write_tree(root)?;
-            walk.root_tree = Some(id);
-            Ok(())
+            walk.await_frame(&results_rx, &root)?;
+            walk.write_tree(root)
         })();
         drop(files_tx);
-        if let Err(e) = result {
-            abort.store(true, Ordering::Relaxed);
-            return Err(e);
+        match result {
+            Ok(root) => Ok((walk, root)),
+            Err(e) => {
+                abort.store(true, Ordering::Relaxed);
+                Err(e)
+            }
         }
-        Ok(walk)
     });
     if let Some(e) = seal_error.into_inner().expect("err") {
         return Err(e);
     }
-    let walk = walked?;
+    let (walk, root_tree) = walked?;
     let stats = packer.finish()?;
 
     let mut summary = walk.summary;
@@ -649,7 +643,7 @@ where
     summary.backup_duration = secs;
     summary.total_duration = secs;
 
-    snap.tree = walk.root_tree.expect("a root tree");
+    snap.tree = root_tree;
     let mut paths = rustic_core::StringList::default();
     for p in backup_paths {
         paths.add(
@@ -864,8 +858,8 @@ mod tests {
             .chain(sub.iter().map(|s| s.to_string()))
             .collect();
         let load = |id: &TreeId| -> Tree {
-            let b = id32(&id.into_inner());
-            let data = pack::read_blob(&*f.objects, &f.key, &b, &known.trees[&b]).expect("tree");
+            let id = id.into_inner();
+            let data = pack::read_blob(&*f.objects, &f.key, &id, &known.trees[&id]).expect("tree");
             serde_json::from_slice(&data).expect("json")
         };
         for c in comps {

@@ -16,6 +16,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use rustic_core::Id;
+
 use crate::error::{Error, Kind, Result};
 use crate::lock::RepoKey;
 use crate::objects::ObjectStore;
@@ -120,8 +122,8 @@ pub fn encode_file(key: &RepoKey, plain: &[u8]) -> Result<(Vec<u8>, String)> {
 /// What the repository already holds, from its index files.
 #[derive(Default)]
 pub struct KnownBlobs {
-    pub data: HashSet<BlobId>,
-    pub trees: HashMap<BlobId, Location>,
+    pub data: HashSet<Id>,
+    pub trees: HashMap<Id, Location>,
 }
 
 impl KnownBlobs {
@@ -148,8 +150,9 @@ impl KnownBlobs {
                         for p in idx.packs {
                             let pack = hex32(&p.id).ok_or_else(|| corrupt(&what, "bad pack id"))?;
                             for b in p.blobs {
-                                let id =
-                                    hex32(&b.id).ok_or_else(|| corrupt(&what, "bad blob id"))?;
+                                let id = Id::new(
+                                    hex32(&b.id).ok_or_else(|| corrupt(&what, "bad blob id"))?,
+                                );
                                 match b.kind {
                                     BlobKind::Data => {
                                         known.data.insert(id);
@@ -194,10 +197,10 @@ pub fn pack_key(id: &BlobId) -> String {
 pub fn read_blob(
     objects: &dyn ObjectStore,
     key: &RepoKey,
-    id: &BlobId,
+    id: &Id,
     loc: &Location,
 ) -> Result<Vec<u8>> {
-    let what = format!("blob {}", &hex::encode(id)[..8]);
+    let what = format!("blob {id}");
     let stored = objects
         .get_range(&pack_key(&loc.pack), loc.offset as u64, loc.length as usize)?
         .ok_or_else(|| corrupt(&what, "its pack is missing"))?;
@@ -209,7 +212,7 @@ pub fn read_blob(
             .map_err(|e| corrupt(&what, &e.to_string()))?,
         None => plain,
     };
-    if sha256(&data) != *id {
+    if Id::new(sha256(&data)) != *id {
         return Err(corrupt(&what, "its content does not match its id"));
     }
     Ok(data)
@@ -407,6 +410,14 @@ impl Packer {
         }
     }
 
+    /// Close the uploaders' queue and wait until each has stored what it took.
+    fn stop_uploaders(&self) {
+        self.upload.lock().expect("upload").take();
+        for h in self.uploaders.lock().expect("uploaders").drain(..) {
+            let _ = h.join();
+        }
+    }
+
     /// Store the last packs, wait for every upload, then write the index naming them.
     pub fn finish(&self) -> Result<PackStats> {
         for kind in [BlobKind::Data, BlobKind::Tree] {
@@ -418,10 +429,7 @@ impl Packer {
                 self.send(kind, pack)?;
             }
         }
-        self.upload.lock().expect("upload").take();
-        for h in self.uploaders.lock().expect("uploaders").drain(..) {
-            let _ = h.join();
-        }
+        self.stop_uploaders();
         if let Some(e) = self.error.lock().expect("err").take() {
             return Err(e);
         }
@@ -447,10 +455,7 @@ impl Drop for Packer {
     fn drop(&mut self) {
         // A run that failed: stop the uploaders (what they stored is unreferenced, as after an
         // interrupted restic backup; prune removes it).
-        self.upload.lock().expect("upload").take();
-        for h in self.uploaders.lock().expect("uploaders").drain(..) {
-            let _ = h.join();
-        }
+        self.stop_uploaders();
     }
 }
 
