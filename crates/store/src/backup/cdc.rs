@@ -22,6 +22,11 @@ pub const MAX_SIZE: usize = 8 * 1024 * 1024;
 
 /// How much is read from a file at a time.
 const READ_SIZE: usize = 1024 * 1024;
+/// A read past the size the metadata gave: usually it only finds the end of the file.
+const PROBE: usize = 64 * 1024;
+/// How much a read buffer grows by when it runs out (chunks handed on keep the old one alive
+/// until they are stored, so this bounds what each of them holds on to).
+const GROW: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Chunker {
@@ -73,67 +78,79 @@ impl Chunker {
         }
     }
 
-    /// The length of the first chunk of `data`, where `data` is either at least `max` bytes or
-    /// the whole rest of the file.
-    pub fn cut(&self, data: &[u8]) -> usize {
-        let n = data.len().min(self.max);
-        if n <= self.min {
-            return n;
-        }
+    /// Look for the end of the chunk that starts at `data[0]`, scanning on from where the last
+    /// look stopped (`scan`: position and hash). `Some(len)` at a boundary or at the maximum
+    /// size; `None` when `data` ends first (more is needed, or it is the file's last chunk).
+    fn find(&self, data: &[u8], scan: &mut (usize, u64)) -> Option<usize> {
         let gear = &*self.gear;
-        let normal = self.avg.min(n);
-        let mut fp: u64 = 0;
-        let mut i = self.min;
-        while i < normal {
+        let end = data.len().min(self.max);
+        let (mut i, mut fp) = *scan;
+        while i < end.min(self.avg) {
             fp = (fp << 1).wrapping_add(gear[data[i] as usize]);
             if fp & self.mask_small == 0 {
-                return i + 1;
+                return Some(i + 1);
             }
             i += 1;
         }
-        while i < n {
+        while i < end {
             fp = (fp << 1).wrapping_add(gear[data[i] as usize]);
             if fp & self.mask_large == 0 {
-                return i + 1;
+                return Some(i + 1);
             }
             i += 1;
         }
-        n
+        *scan = (i.max(self.min), fp);
+        (data.len() >= self.max).then_some(self.max)
     }
 
     /// The chunks of a reader, each handed to `emit` without a copy (they share the read
-    /// buffer). Returns the number of bytes read.
+    /// buffer). `size` is what the file's metadata says (reads are sized by it, so a small file
+    /// costs a small buffer); the file may turn out longer or shorter. Returns the number of
+    /// bytes read.
+    ///
+    /// A chunk is cut as soon as its boundary has been read, so the buffer holds one partial
+    /// chunk and the last read, not a maximum-sized look-ahead.
     pub fn chunks(
         &self,
         mut r: impl Read,
+        size: u64,
         mut emit: impl FnMut(Bytes) -> std::io::Result<()>,
     ) -> std::io::Result<u64> {
-        let mut buf = BytesMut::with_capacity(self.max + READ_SIZE);
-        let mut eof = false;
+        let first = usize::try_from(size).unwrap_or(usize::MAX);
+        let mut buf = BytesMut::with_capacity(first.saturating_add(PROBE).min(GROW));
         let mut total = 0u64;
+        let mut scan = (self.min, 0u64);
         loop {
-            while !eof && buf.len() < self.max {
-                if buf.capacity() - buf.len() < READ_SIZE {
-                    buf.reserve(self.max + READ_SIZE - buf.len());
-                }
-                let start = buf.len();
-                buf.resize(start + READ_SIZE, 0);
-                let n = loop {
-                    match r.read(&mut buf[start..]) {
-                        Ok(n) => break n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    }
-                };
-                buf.truncate(start + n);
-                total += n as u64;
-                eof = n == 0;
+            if let Some(len) = self.find(&buf, &mut scan) {
+                emit(buf.split_to(len).freeze())?;
+                scan = (self.min, 0);
+                continue;
             }
-            if buf.is_empty() {
+            // Up to the size the metadata gave, then small reads until the end shows.
+            let want = match size.checked_sub(total) {
+                Some(left) if left > 0 => READ_SIZE.min(usize::try_from(left).unwrap_or(READ_SIZE)),
+                _ => PROBE,
+            };
+            if buf.capacity() - buf.len() < want {
+                buf.reserve(want.max(GROW));
+            }
+            let start = buf.len();
+            buf.resize(start + want, 0);
+            let n = loop {
+                match r.read(&mut buf[start..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            buf.truncate(start + n);
+            total += n as u64;
+            if n == 0 {
+                if !buf.is_empty() {
+                    emit(buf.split().freeze())?;
+                }
                 return Ok(total);
             }
-            let len = self.cut(&buf);
-            emit(buf.split_to(len).freeze())?;
         }
     }
 }
@@ -154,9 +171,13 @@ mod tests {
     }
 
     fn cut_all(c: &Chunker, data: &[u8]) -> Vec<Bytes> {
+        cut_with_size(c, data, data.len() as u64)
+    }
+
+    fn cut_with_size(c: &Chunker, data: &[u8], size: u64) -> Vec<Bytes> {
         let mut out = Vec::new();
         let n = c
-            .chunks(data, |b| {
+            .chunks(data, size, |b| {
                 out.push(b);
                 Ok(())
             })
@@ -195,6 +216,10 @@ mod tests {
         );
         assert_eq!(z.concat(), zeros);
         assert!(cut_all(&c, &[]).is_empty());
+        // A size from the metadata that is wrong (the file grew or shrank) cuts the same.
+        for size in [0, 1000, data.len() as u64 * 2] {
+            assert_eq!(cut_with_size(&c, &data, size), chunks, "size {size}");
+        }
         assert_eq!(cut_all(&c, b"small").concat(), b"small");
     }
 

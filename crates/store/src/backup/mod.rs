@@ -97,6 +97,8 @@ struct FileJob {
     job: usize,
     reader: Box<dyn Read + Send>,
     path: PathBuf,
+    /// The size the listing saw (reads are sized by it).
+    size: u64,
     before: Option<Stamp>,
 }
 
@@ -271,11 +273,13 @@ impl Walk<'_> {
         let job = self.next_job;
         self.next_job += 1;
         self.pending_jobs += 1;
+        let size = node.meta.size;
         self.push(Slot::File(job, node, tree_path.display().to_string()));
         Ok(Some(FileJob {
             job,
             reader: Box::new(reader),
             path: path.to_path_buf(),
+            size,
             before,
         }))
     }
@@ -368,6 +372,18 @@ impl Walk<'_> {
     }
 }
 
+/// glibc serves a large allocation from mmap and gives it back on free, but after the first
+/// such free it raises that threshold to the freed size, so later read buffers and packs come
+/// from per-thread arenas that keep their pages: peak RSS grew by ~40 MB over the live heap on
+/// the benchmark dataset. A fixed threshold keeps buffers of 4 MiB and more out of the arenas.
+fn keep_large_buffers_out_of_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator setting; any value is valid for it.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
 /// Back up `source` into the repository behind `objects`, as `snap` (its tags, host and time
 /// already set). Returns the snapshot as written.
 pub fn archive<R: ReadSource>(
@@ -383,6 +399,7 @@ where
     <R::Open as ReadSourceOpen>::Reader: 'static,
 {
     let started = jiff::Zoned::now();
+    keep_large_buffers_out_of_the_heap();
     let known = KnownBlobs::load(&objects, key)?;
     let chunker = cdc::Chunker::new(&key.mac("lifeboat-chunker", b"gear table"));
     let data_known = Mutex::new(known.data);
@@ -416,6 +433,7 @@ where
                         job,
                         reader,
                         path,
+                        size,
                         before,
                     } = job;
                     if abort.load(Ordering::Relaxed) {
@@ -423,7 +441,7 @@ where
                         continue;
                     }
                     let mut content = Vec::new();
-                    let read = chunker.chunks(reader, |chunk| {
+                    let read = chunker.chunks(reader, size, |chunk| {
                         if abort.load(Ordering::Relaxed) {
                             return Err(std::io::Error::other("the backup stopped"));
                         }

@@ -255,14 +255,24 @@ struct OpenPack {
     blobs: Vec<(BlobId, u32, u32, Option<u32>)>,
 }
 
+/// Pack buffers handed back by the uploaders: the few that are in use at any time are reused
+/// for the whole run instead of a new 16 MiB allocation per pack, which the allocator would
+/// keep around in every thread's arena.
+type Spare = Arc<Mutex<Vec<Vec<u8>>>>;
+
 impl OpenPack {
-    fn new(kind: BlobKind) -> Self {
+    fn new(kind: BlobKind, spare: &Spare) -> Self {
         let size = match kind {
             BlobKind::Data => DATA_PACK_SIZE,
             BlobKind::Tree => TREE_PACK_SIZE,
         };
+        let reused = match kind {
+            BlobKind::Data => spare.lock().expect("spare").pop(),
+            BlobKind::Tree => None,
+        };
         Self {
-            buf: Vec::with_capacity(size + (1 << 20)),
+            // Room for the header of a pack of small blobs too.
+            buf: reused.unwrap_or_else(|| Vec::with_capacity(size + (256 << 10))),
             blobs: Vec::new(),
         }
     }
@@ -290,6 +300,7 @@ pub struct Packer {
     stored: Arc<Mutex<Vec<IndexPackJson>>>,
     error: Arc<Mutex<Option<Error>>>,
     stats: Mutex<PackStats>,
+    spare: Spare,
 }
 
 fn slot(kind: BlobKind) -> usize {
@@ -302,7 +313,10 @@ fn slot(kind: BlobKind) -> usize {
 impl Packer {
     /// `uploads`: how many packs may be uploading at once.
     pub fn new(objects: Arc<dyn ObjectStore>, key: RepoKey, uploads: usize) -> Self {
-        let (tx, rx) = crossbeam_channel::bounded::<(BlobKind, OpenPack)>(1);
+        // No queue: a full pack goes straight to a free uploader, so at most `uploads` packs
+        // are uploading, one waits for them and one is being filled.
+        let (tx, rx) = crossbeam_channel::bounded::<(BlobKind, OpenPack)>(0);
+        let spare: Spare = Arc::new(Mutex::new(Vec::new()));
         let stored = Arc::new(Mutex::new(Vec::new()));
         let error = Arc::new(Mutex::new(None));
         let uploaders = (0..uploads.max(1))
@@ -312,12 +326,13 @@ impl Packer {
                 let key = key.clone();
                 let stored = stored.clone();
                 let error = error.clone();
+                let spare = spare.clone();
                 std::thread::spawn(move || {
                     for (kind, pack) in rx {
                         if error.lock().expect("err").is_some() {
                             continue; // drain: the run has failed
                         }
-                        match store_pack(&*objects, &key, kind, pack) {
+                        match store_pack(&*objects, &key, kind, pack, &spare) {
                             Ok(p) => stored.lock().expect("stored").push(p),
                             Err(e) => {
                                 error.lock().expect("err").get_or_insert(e);
@@ -331,14 +346,15 @@ impl Packer {
             objects,
             key,
             open: [
-                Mutex::new(OpenPack::new(BlobKind::Data)),
-                Mutex::new(OpenPack::new(BlobKind::Tree)),
+                Mutex::new(OpenPack::new(BlobKind::Data, &spare)),
+                Mutex::new(OpenPack::new(BlobKind::Tree, &spare)),
             ],
             upload: Mutex::new(Some(tx)),
             uploaders: Mutex::new(uploaders),
             stored,
             error,
             stats: Mutex::new(PackStats::default()),
+            spare,
         }
     }
 
@@ -381,22 +397,22 @@ impl Packer {
             BlobKind::Data => DATA_PACK_SIZE,
             BlobKind::Tree => TREE_PACK_SIZE,
         };
-        let full = {
-            let mut open = self.open[slot(blob.kind)].lock().expect("pack");
-            let offset = open.buf.len() as u32;
-            open.buf.extend_from_slice(&blob.stored);
-            open.blobs.push((
-                blob.id,
-                offset,
-                blob.stored.len() as u32,
-                blob.uncompressed_length,
-            ));
-            (open.buf.len() >= limit)
-                .then(|| std::mem::replace(&mut *open, OpenPack::new(blob.kind)))
-        };
-        if let Some(pack) = full {
-            self.send(blob.kind, pack)?;
+        // A pack is sent off before the blob that would take it past its size, so its buffer
+        // never grows beyond what it was given. It is sent while the lock is held: a second
+        // sealer waits here with its blob instead of filling and holding another pack.
+        let mut open = self.open[slot(blob.kind)].lock().expect("pack");
+        if !open.blobs.is_empty() && open.buf.len() + blob.stored.len() > limit {
+            let full = std::mem::replace(&mut *open, OpenPack::new(blob.kind, &self.spare));
+            self.send(blob.kind, full)?;
         }
+        let offset = open.buf.len() as u32;
+        open.buf.extend_from_slice(&blob.stored);
+        open.blobs.push((
+            blob.id,
+            offset,
+            blob.stored.len() as u32,
+            blob.uncompressed_length,
+        ));
         Ok(())
     }
 
@@ -423,7 +439,7 @@ impl Packer {
         for kind in [BlobKind::Data, BlobKind::Tree] {
             let pack = std::mem::replace(
                 &mut *self.open[slot(kind)].lock().expect("pack"),
-                OpenPack::new(kind),
+                OpenPack::new(kind, &self.spare),
             );
             if !pack.blobs.is_empty() {
                 self.send(kind, pack)?;
@@ -464,6 +480,7 @@ fn store_pack(
     key: &RepoKey,
     kind: BlobKind,
     mut pack: OpenPack,
+    spare: &Spare,
 ) -> Result<IndexPackJson> {
     let compressed_type = |c: bool| match (kind, c) {
         (BlobKind::Data, false) => 0u8,
@@ -486,6 +503,11 @@ fn store_pack(
         .extend_from_slice(&(header.len() as u32).to_le_bytes());
     let id = sha256(&pack.buf);
     objects.put(&pack_key(&id), &pack.buf)?;
+    if kind == BlobKind::Data {
+        let mut buf = std::mem::take(&mut pack.buf);
+        buf.clear();
+        spare.lock().expect("spare").push(buf);
+    }
     Ok(IndexPackJson {
         id: hex::encode(id),
         blobs: pack
