@@ -78,6 +78,9 @@ fn pitr_lands_between_two_commits_and_the_window_is_reported() {
     insert(&pg, "before-backup");
     let first = json_of(&pg.ok(&["--json", "backup", "db-base"]));
     assert!(first[0]["files"].as_u64().unwrap() > 500, "{first}");
+    // The server runs on this host: its data directory is read in place.
+    let via = first[0]["via"].as_str().unwrap_or_default();
+    assert!(via.starts_with("read the data directory"), "{first}");
 
     insert(&pg, "a");
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -232,6 +235,18 @@ fn pitr_lands_between_two_commits_and_the_window_is_reported() {
         s2 * 2 < s1,
         "second base backup stored {s2} bytes, the first {s1}"
     );
+    // Files untouched since the first backup began are taken from it unread.
+    assert!(
+        second[0]["files_unchanged"].as_u64().unwrap() > 100,
+        "{second}"
+    );
+    assert!(
+        second[0]["via"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("files unchanged since base backup"),
+        "{second}"
+    );
     let snaps = json_of(&pg.ok(&["--json", "snapshots"]));
     let tags: Vec<String> = snaps[1]["tags"]
         .as_array()
@@ -245,6 +260,7 @@ fn pitr_lands_between_two_commits_and_the_window_is_reported() {
         "pg.timeline=1",
         "pg.stop_time=",
         "pg.system_id=",
+        "pg.via=files",
     ] {
         assert!(
             tags.iter().any(|t| t.starts_with(k)),
@@ -1028,7 +1044,11 @@ fn a_base_backup_that_stalls_is_stopped_and_fails() {
     let out = out.expect("the backup waits forever on a stalled server");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("wrote nothing for 2 s"), "{stderr}");
+    // Read in place, the start checkpoint is what stalls; streamed, pg_basebackup's output.
+    assert!(
+        stderr.contains("made no progress for 2 s") || stderr.contains("wrote nothing for 2 s"),
+        "{stderr}"
+    );
     assert_eq!(pg.lab.snapshot_count("main"), 0);
     // The server is fine again: the next run succeeds.
     pg.ok(&["backup", "stalled"]);
@@ -1203,4 +1223,262 @@ fn a_full_disk_under_the_daemon_fails_the_push_and_loses_nothing() {
     assert!(names.contains(&seg), "{names:?}");
     let r = pg.run(&["wal", "verify", "db"]);
     assert_eq!(r.code, 0, "{}", r.all());
+}
+
+/// `pg_dump` of database `db` on `port` as plain SQL (for comparing two clusters' data).
+fn dump_sql(pg: &Pg, port: u16, db: &str) -> String {
+    // Unlogged tables come back empty by design.
+    let o = pg
+        .client("pg_dump", port)
+        .args(["-d", db, "--no-unlogged-table-data"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // pg_dump marks its output with a random key per run (`\restrict KEY`).
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first line where two dumps differ (with its number), if any.
+fn first_difference(a: &str, b: &str) -> Option<(usize, String, String)> {
+    let (mut x, mut y) = (a.lines(), b.lines());
+    for i in 0.. {
+        match (x.next(), y.next()) {
+            (None, None) => return None,
+            (l, r) if l != r => {
+                return Some((
+                    i + 1,
+                    l.unwrap_or("<end>").into(),
+                    r.unwrap_or("<end>").into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[test]
+fn a_base_backup_read_in_place_while_pgbench_writes_restores_to_the_same_data() {
+    let pg = Pg::start(
+        "  db-stream: { service: db, via: stream }\n  db-files: { service: db, via: files }\n",
+        &[],
+    );
+    let bench = pg
+        .client("pgbench", pg.port)
+        .args(["-i", "-q", "-s", "4", "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        bench.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    pg.sql("CREATE TABLE shrinks AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 40000) g");
+    pg.sql("CREATE TABLE gone AS SELECT g AS id FROM generate_series(1, 10000) g");
+    pg.sql("CREATE UNLOGGED TABLE scratch AS SELECT g AS id FROM generate_series(1, 5000) g");
+    pg.sql("CHECKPOINT");
+
+    // pgbench writes through the whole backup.
+    let load = pg
+        .client("pgbench", pg.port)
+        .args(["-n", "-c", "2", "-T", "25", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Held right after pg_backup_start(): a relation shrinks and one is dropped under it.
+    let pause = pg.lab.p("pauses");
+    std::fs::create_dir_all(&pause).unwrap();
+    pg.chown();
+    let mut b = pg.cmd(&["--json", "backup", "db-base"]);
+    b.env("LIFEBOAT_PAUSES", "base-backup-started")
+        .env("LIFEBOAT_PAUSE_DIR", &pause)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let backup = b.spawn().unwrap();
+    let reached = pause.join("base-backup-started.reached");
+    for _ in 0..600 {
+        if reached.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        reached.exists(),
+        "the backup never reached pg_backup_start()"
+    );
+    let before = std::fs::metadata(
+        pg.lab
+            .p("pgdata")
+            .join(pg.sql("SELECT pg_relation_filepath('shrinks')")),
+    )
+    .unwrap()
+    .len();
+    pg.sql("DELETE FROM shrinks WHERE id > 1000");
+    // pgbench's open snapshots can keep the deleted rows a moment: vacuum until the file
+    // is truncated.
+    let size = || {
+        std::fs::metadata(
+            pg.lab
+                .p("pgdata")
+                .join(pg.sql("SELECT pg_relation_filepath('shrinks')")),
+        )
+        .unwrap()
+        .len()
+    };
+    for _ in 0..50 {
+        pg.sql("VACUUM shrinks");
+        if size() < before / 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let after = size();
+    assert!(
+        after < before / 4,
+        "the relation file did not shrink: {before} → {after}"
+    );
+    pg.sql("DROP TABLE gone");
+    std::fs::write(pause.join("base-backup-started.go"), b"").unwrap();
+    let out = backup.wait_with_output().unwrap();
+    let r: Run = out.into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    let j = r.json();
+    assert!(
+        j[0]["via"]
+            .as_str()
+            .unwrap()
+            .starts_with("read the data directory"),
+        "{j}"
+    );
+
+    let load = load.wait_with_output().unwrap();
+    assert!(
+        load.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    pg.sql("SELECT pg_create_restore_point('bench-done')");
+    let expected = dump_sql(&pg, pg.port, "postgres");
+    pg.sql("INSERT INTO shrinks VALUES (-1, 'after the restore point')");
+    pg.switch_wal();
+
+    // The restore replays from the backup across the shrink, the drop and pgbench's writes.
+    let rport = free_port();
+    pg.ok(&[
+        "restore",
+        "db",
+        "--to-name",
+        "bench-done",
+        "--target",
+        "r1",
+        "--start",
+        &rport.to_string(),
+    ]);
+    let restored = dump_sql(&pg, rport, "postgres");
+    assert_eq!(
+        first_difference(&restored, &expected),
+        None,
+        "the restored data differs"
+    );
+    assert!(expected.contains("COPY public.pgbench_history"));
+    assert_eq!(
+        pg.sql_on(rport, "postgres", "SELECT count(*) FROM shrinks"),
+        "1000"
+    );
+    assert_eq!(
+        pg.sql_on(rport, "postgres", "SELECT to_regclass('gone') IS NULL"),
+        "t"
+    );
+    // An unlogged table comes back empty (its init fork only), as after a crash.
+    assert_eq!(
+        pg.sql_on(rport, "postgres", "SELECT count(*) FROM scratch"),
+        "0"
+    );
+    let check = pg
+        .client("pg_amcheck", rport)
+        .args(["--install-missing", "--heapallindexed", "-d", "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "pg_amcheck: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    pg.stop_dir("r1");
+
+    // The same backup, without the WAL archive: the segments it needs are in it.
+    let snap = j[0]["snapshot"].as_str().unwrap().to_string();
+    let files = pg.ok(&["--json", "snapshots"]).json();
+    let tags = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == snap)
+        .map(|s| s["tags"].clone())
+        .unwrap();
+    let tag = |k: &str| {
+        tags.as_array()
+            .unwrap()
+            .iter()
+            .find_map(|t| t.as_str().unwrap().strip_prefix(k).map(str::to_string))
+            .unwrap_or_else(|| panic!("{k} in {tags}"))
+    };
+    assert_eq!(tag("pg.via="), "files");
+    let start: String = tag("pg.start_lsn=");
+    let seg = pg.sql(&format!("SELECT pg_walfile_name('{start}')"));
+    pg.ok(&["restore", &snap, "--target", "plain"]);
+    assert!(pg.lab.p("plain/pgdata/backup_label").exists());
+    assert!(
+        pg.lab.p(&format!("plain/pgdata/pg_wal/{seg}")).exists(),
+        "{seg} missing"
+    );
+    assert!(!pg.lab.p("plain/pgdata/postmaster.pid").exists());
+    // Started as it is (crash recovery from its backup_label), it reaches consistency with
+    // the WAL inside it alone: the backup's end, after the shrink and the drop.
+    let plain = pg.lab.p("plain/pgdata");
+    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let pport = free_port();
+    pg.append_conf(
+        "plain/pgdata/postgresql.auto.conf",
+        &format!("\nport = {pport}\narchive_mode = off\n"),
+    );
+    pg.pg_ctl_in(
+        "plain/pgdata",
+        &["start", "-w", "-t", "60", "-l", "plain.log"],
+    );
+    assert_eq!(
+        pg.sql_on(pport, "postgres", "SELECT count(*) FROM shrinks"),
+        "1000"
+    );
+    assert_eq!(
+        pg.sql_on(pport, "postgres", "SELECT to_regclass('gone') IS NULL"),
+        "t"
+    );
+    pg.stop_dir("plain/pgdata");
+
+    // `via: stream` streams, and says so; `via: files` reads in place.
+    let s = pg.ok(&["--json", "backup", "db-stream"]).json();
+    assert_eq!(
+        s[0]["via"], "streamed with pg_basebackup (the job says `via: stream`)",
+        "{s}"
+    );
+    let f = pg.ok(&["--json", "backup", "db-files"]).json();
+    assert!(
+        f[0]["via"]
+            .as_str()
+            .unwrap()
+            .starts_with("read the data directory"),
+        "{f}"
+    );
 }

@@ -46,6 +46,9 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                 _ => {}
             }
             if let Some(s) = &o.summary {
+                if let Some(v) = &s.via {
+                    println!("{}: {v}", o.job);
+                }
                 for p in &s.changed_while_read {
                     eprintln!("warning: {p} changed while it was read: stored as read; the next backup takes it again");
                 }
@@ -90,6 +93,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
                     "files_unchanged": o.summary.as_ref().map(|s| s.files_unchanged),
                     "changed_while_read": o.summary.as_ref().map(|s| &s.changed_while_read),
                     "vanished": o.summary.as_ref().map(|s| &s.vanished),
+                    "via": o.summary.as_ref().and_then(|s| s.via.as_ref()),
                     "duration_s": o.duration_ms as f64 / 1000.0,
                     "copies": o.copies,
                 })

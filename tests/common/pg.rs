@@ -204,7 +204,7 @@ backups:
         }
     }
 
-    fn as_pg(&self, c: &mut Command) {
+    pub fn as_pg(&self, c: &mut Command) {
         c.current_dir(self.lab.path())
             .env("HOME", self.lab.path())
             .env("LIFEBOAT_PROGRESS", "0")
@@ -225,7 +225,12 @@ backups:
     }
 
     pub fn pg_ctl(&self, args: &[&str]) {
-        let mut a = vec!["-D", "pgdata"];
+        self.pg_ctl_in("pgdata", args)
+    }
+
+    /// `pg_ctl` on the data directory `dir` of the lab.
+    pub fn pg_ctl_in(&self, dir: &str, args: &[&str]) {
+        let mut a = vec!["-D", dir];
         a.extend_from_slice(args);
         let o = self.tool("pg_ctl", &a);
         assert!(
@@ -237,20 +242,19 @@ backups:
     }
 
     /// Run SQL on `port`: the trimmed output, or psql's error.
+    /// A PostgreSQL client program (`psql`, `pg_dump`, `pgbench`…) connecting to `port` as
+    /// this lab's user, not yet run.
+    pub fn client(&self, name: &str, port: u16) -> Command {
+        let mut c = Command::new(self.bin.join(name));
+        c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"]);
+        self.as_pg(&mut c);
+        c
+    }
+
     /// `psql -c Q` on `port` as this lab's user, not yet run.
     pub fn psql_cmd(&self, port: u16, db: &str, q: &str) -> Command {
-        let mut c = Command::new(self.bin.join("psql"));
-        c.args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .args(["-d", db, "-Atq", "-v", "ON_ERROR_STOP=1", "-c", q]);
-        self.as_pg(&mut c);
+        let mut c = self.client("psql", port);
+        c.args(["-X", "-d", db, "-Atq", "-v", "ON_ERROR_STOP=1", "-c", q]);
         c
     }
 
@@ -331,7 +335,7 @@ backups:
 impl Drop for Pg {
     fn drop(&mut self) {
         let _ = self.tool("pg_ctl", &["-D", "pgdata", "stop", "-m", "immediate", "-w"]);
-        for d in ["r1", "r2", "r3", "standby", "stranger"] {
+        for d in ["r1", "r2", "r3", "standby", "stranger", "plain/pgdata"] {
             if self.lab.p(d).join("postmaster.pid").exists() {
                 self.stop_dir(d);
             }

@@ -16,3 +16,24 @@ pub fn hit(name: &str) {
     #[cfg(not(any(debug_assertions, feature = "failpoints")))]
     let _ = name;
 }
+
+/// Wait here while a test acts, if the pause `name` is switched on: with `LIFEBOAT_PAUSES`
+/// naming it and `LIFEBOAT_PAUSE_DIR` a directory, write `DIR/name.reached` and wait (up to two
+/// minutes) for `DIR/name.go`. Like [`hit`], only in debug builds or with `failpoints`.
+pub fn pause(name: &str) {
+    #[cfg(any(debug_assertions, feature = "failpoints"))]
+    if std::env::var("LIFEBOAT_PAUSES").is_ok_and(|v| v.split(',').any(|p| p.trim() == name)) {
+        if let Ok(dir) = std::env::var("LIFEBOAT_PAUSE_DIR") {
+            let dir = std::path::Path::new(&dir);
+            eprintln!("{{\"event\":\"pause\",\"name\":\"{name}\"}}");
+            let _ = std::fs::write(dir.join(format!("{name}.reached")), b"");
+            let go = dir.join(format!("{name}.go"));
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !go.exists() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    #[cfg(not(any(debug_assertions, feature = "failpoints")))]
+    let _ = name;
+}

@@ -944,6 +944,22 @@ pub struct BackupJob {
     /// can take minutes before the first byte arrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stall_timeout: Option<Duration>,
+    /// For postgres base backups, how the data is read: `auto` (the default) reads the data
+    /// directory itself when the member's server runs on this host from its `data_dir`, and
+    /// otherwise streams it with `pg_basebackup`; `files` always reads the data directory (the
+    /// job fails where it cannot); `stream` always uses `pg_basebackup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<BaseVia>,
+}
+
+/// How a base backup reads the cluster (see [`BackupJob::via`]).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseVia {
+    #[default]
+    Auto,
+    Files,
+    Stream,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]

@@ -510,8 +510,20 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                             ),
                         );
                     }
+                    if job.via.is_some() && job.method == Some(crate::plan::BackupMethod::Dump) {
+                        err(
+                            format!("{base}.via"),
+                            "`via` applies to base backups only (this job dumps)".into(),
+                        );
+                    }
                 }
                 _ => {
+                    if job.via.is_some() {
+                        err(
+                            format!("{base}.via"),
+                            "`via` applies to postgres base backups only".into(),
+                        );
+                    }
                     if job.method.is_some() {
                         err(
                             format!("{base}.method"),

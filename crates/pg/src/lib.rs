@@ -7,6 +7,7 @@
 //! statement is a named operation here — and every PostgreSQL program is started from here
 //! (`tool`, `ops`).
 
+pub mod basebackup;
 pub mod health;
 pub mod ops;
 pub mod tool;

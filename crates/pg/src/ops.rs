@@ -15,7 +15,7 @@ use crate::{db_error_text, Member};
 /// error instead of holding a failover, switchover or rejoin forever.
 pub struct Session {
     pub site: String,
-    client: tokio_postgres::Client,
+    pub(crate) client: tokio_postgres::Client,
     conn: tokio::task::JoinHandle<()>,
 }
 
@@ -82,6 +82,16 @@ impl Session {
         } else {
             QUERY_DEADLINE
         };
+        self.within_for(limit, sql, work).await
+    }
+
+    /// `work` within `limit`.
+    pub(crate) async fn within_for<T>(
+        &self,
+        limit: Duration,
+        sql: &str,
+        work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, Error> {
         match tokio::time::timeout(limit, work).await {
             Ok(r) => r.map_err(|e| self.err(sql, e)),
             Err(_) => Err(Error::new(
@@ -347,7 +357,7 @@ pub async fn pg_ctl(
 }
 
 /// The postmaster's pid from a member's local pid file (first line), if it has one.
-fn postmaster_pid(m: &Member) -> Option<u32> {
+pub(crate) fn postmaster_pid(m: &Member) -> Option<u32> {
     let d = m.data_dir.as_ref()?;
     let t = std::fs::read_to_string(d.join("postmaster.pid")).ok()?;
     t.lines().next()?.trim().parse().ok()

@@ -12,6 +12,7 @@ pub mod repo;
 pub mod restore;
 pub mod s3;
 pub mod spool;
+pub mod tree_source;
 pub mod walarchive;
 
 pub use error::{Error, Kind};

@@ -291,6 +291,10 @@ pub struct BackupSummary {
     /// Files listed but gone when they were to be read: not in the snapshot.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vanished: Vec<String>,
+    /// How the source was read, when there is a choice (a base backup: the data directory on
+    /// this host, or streamed with `pg_basebackup` and why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// Labels Lifeboat puts on every snapshot.
@@ -338,6 +342,7 @@ fn summary(s: &SnapshotFile) -> BackupSummary {
         bytes_added_packed: m.data_added_packed,
         files_unchanged: m.files_unmodified,
         changed_while_read: Vec::new(),
+        via: None,
         vanished: Vec::new(),
     }
 }
@@ -541,6 +546,83 @@ impl Store {
         )
     }
 
+    /// Whether backups into this repository go through Lifeboat's pipeline (a version 2
+    /// repository); a version 1 repository is written by rustic_core's archiver.
+    pub fn has_pipeline(&self) -> Result<bool> {
+        Ok(self.pipeline_level()?.is_some())
+    }
+
+    /// Back up a directory read in place (a live data directory), as the snapshot path
+    /// `as_path`. Files unchanged since `parent` (same size, times and inode, and last modified
+    /// before `unchanged_before`) are taken from it without being read; files `fixed_chunks`
+    /// names are cut in fixed-size chunks. `tags_at_end` adds tags once everything is stored
+    /// (facts only known then). Needs a version 2 repository ([`Store::has_pipeline`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backup_tree(
+        &self,
+        source: &crate::tree_source::TreeSource,
+        as_path: &str,
+        tags: &SnapshotTags,
+        parent: Option<&str>,
+        unchanged_before: Option<jiff::Timestamp>,
+        fixed_chunks: Option<fn(&Path) -> bool>,
+        tags_at_end: impl FnOnce() -> Result<Vec<(String, String)>>,
+    ) -> Result<BackupSummary> {
+        let Some(level) = self.pipeline_level()? else {
+            return Err(Error::new(
+                Kind::Input,
+                format!(
+                    "repository {} is a version 1 repository: reading a directory in place needs version 2",
+                    self.spec.name
+                ),
+            ));
+        };
+        let snap = tags.to_snapshot()?;
+        let parent = match parent {
+            Some(id) => self
+                .all_snapshot_files()?
+                .into_iter()
+                .find(|s| s.id.to_hex().starts_with(id)),
+            None => None,
+        };
+        let opts = crate::backup::Options {
+            as_path: Some(PathBuf::from(as_path)),
+            parent,
+            level,
+            restat: true,
+            fixed_chunks,
+            unchanged_before,
+        };
+        let paths = [source.root().to_path_buf()];
+        use rustic_core::{ProgressBars, ProgressType};
+        let progress = Self::progress().progress(ProgressType::Bytes, "backing up...");
+        let out = crate::backup::archive_with(
+            self.objects.clone(),
+            &self.key,
+            source,
+            &paths,
+            snap,
+            &opts,
+            &progress,
+            |snap| {
+                for (k, v) in tags_at_end()? {
+                    snap.tags.add(format!("{k}={}", v.replace(',', ";")));
+                }
+                Ok(())
+            },
+        );
+        progress.finish();
+        // The trailer's own error says more than the listing error the walk saw.
+        let out = match (out, source.take_error()) {
+            (_, Some(e)) => return Err(e),
+            (r, None) => r.map_err(|e| e.context(format!("backup to {}", self.spec.name)))?,
+        };
+        let mut s = summary(&out.snapshot);
+        s.changed_while_read = out.changed_while_read;
+        s.vanished = out.vanished;
+        Ok(s)
+    }
+
     /// The latest snapshot of the same job, host and paths: files unchanged since it are not
     /// read again.
     fn parent_for(&self, snap: &SnapshotFile, paths: &[String]) -> Result<Option<SnapshotFile>> {
@@ -611,6 +693,7 @@ impl Store {
             parent,
             level,
             restat: true,
+            ..Default::default()
         };
         self.run_pipeline(&local, &paths, snap, &opts)
     }
@@ -666,10 +749,9 @@ impl Store {
             return Ok(summary(&snap));
         };
         let opts = crate::backup::Options {
-            as_path: None,
-            parent: None,
             level,
             restat: false,
+            ..Default::default()
         };
         self.run_pipeline(&src, &[PathBuf::from(name)], snap, &opts)
     }

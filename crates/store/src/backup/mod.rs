@@ -50,7 +50,18 @@ pub struct Options {
     /// Look at a file again after reading it, to notice changes made while it was read (off
     /// for sources that are not files on this machine, such as a spooled command output).
     pub restat: bool,
+    /// Files (by their path on disk) cut in chunks of [`FIXED_CHUNK`] bytes instead of by
+    /// content: files that only change in place, page by page.
+    pub fixed_chunks: Option<fn(&Path) -> bool>,
+    /// Take a file from the parent only if it was last modified before this time (the
+    /// parent's start): a file written in the same clock tick as the parent read it keeps
+    /// its mtime, so the stamps alone cannot tell. `None`: the stamps decide (as restic).
+    pub unchanged_before: Option<jiff::Timestamp>,
 }
+
+/// The chunk size of [`Options::fixed_chunks`] files: 128 PostgreSQL pages, restic's
+/// average chunk.
+pub const FIXED_CHUNK: usize = 1 << 20;
 
 impl Default for Options {
     fn default() -> Self {
@@ -59,6 +70,8 @@ impl Default for Options {
             parent: None,
             level: 3,
             restat: true,
+            fixed_chunks: None,
+            unchanged_before: None,
         }
     }
 }
@@ -100,6 +113,8 @@ struct FileJob {
     /// The size the listing saw (reads are sized by it).
     size: u64,
     before: Option<Stamp>,
+    /// Cut in fixed-size chunks (see [`Options::fixed_chunks`]).
+    fixed: bool,
 }
 
 enum Slot {
@@ -133,6 +148,8 @@ struct Walk<'a> {
     progress: &'a rustic_core::Progress,
     /// See [`Options::restat`].
     restat: bool,
+    fixed_chunks: Option<fn(&Path) -> bool>,
+    unchanged_before: Option<jiff::Timestamp>,
     compressor: zstd::bulk::Compressor<'static>,
     trees_added: HashSet<Id>,
     stack: Vec<Frame>,
@@ -224,7 +241,10 @@ impl Walk<'_> {
                 && pm.size == m.size
                 && pm.mtime == m.mtime
                 && pm.ctime.zip(m.ctime).is_none_or(|(x, y)| x == y)
-                && (pm.inode == 0 || m.inode == 0 || pm.inode == m.inode);
+                && (pm.inode == 0 || m.inode == 0 || pm.inode == m.inode)
+                && self
+                    .unchanged_before
+                    .is_none_or(|t| m.mtime.is_some_and(|mt| mt < t));
             let content = p.content.clone()?;
             let known = self.known.lock().expect("known");
             (same && content.iter().all(|id| known.contains(&id.into_inner()))).then_some(content)
@@ -281,6 +301,7 @@ impl Walk<'_> {
             path: path.to_path_buf(),
             size,
             before,
+            fixed: self.fixed_chunks.is_some_and(|f| f(path)),
         }))
     }
 
@@ -391,9 +412,38 @@ pub fn archive<R: ReadSource>(
     key: &RepoKey,
     source: &R,
     backup_paths: &[PathBuf],
+    snap: SnapshotFile,
+    opts: &Options,
+    progress: &rustic_core::Progress,
+) -> Result<Outcome>
+where
+    <R::Open as ReadSourceOpen>::Reader: 'static,
+{
+    archive_with(
+        objects,
+        key,
+        source,
+        backup_paths,
+        snap,
+        opts,
+        progress,
+        |_| Ok(()),
+    )
+}
+
+/// [`archive`], with `amend` given the snapshot after every file and tree is stored and
+/// before the snapshot is written: for facts only known at the end (a base backup's stop
+/// position). An error there records no snapshot.
+#[allow(clippy::too_many_arguments)]
+pub fn archive_with<R: ReadSource>(
+    objects: Arc<dyn ObjectStore>,
+    key: &RepoKey,
+    source: &R,
+    backup_paths: &[PathBuf],
     mut snap: SnapshotFile,
     opts: &Options,
     progress: &rustic_core::Progress,
+    amend: impl FnOnce(&mut SnapshotFile) -> Result<()>,
 ) -> Result<Outcome>
 where
     <R::Open as ReadSourceOpen>::Reader: 'static,
@@ -435,13 +485,14 @@ where
                         path,
                         size,
                         before,
+                        fixed,
                     } = job;
                     if abort.load(Ordering::Relaxed) {
                         let _ = results_tx.send((job, Err(Error::new(Kind::Internal, "stopped"))));
                         continue;
                     }
                     let mut content = Vec::new();
-                    let read = chunker.chunks(reader, size, |chunk| {
+                    let emit = |chunk: bytes::Bytes| {
                         if abort.load(Ordering::Relaxed) {
                             return Err(std::io::Error::other("the backup stopped"));
                         }
@@ -458,7 +509,12 @@ where
                                 .map_err(|_| std::io::Error::other("the sealers stopped"))?;
                         }
                         Ok(())
-                    });
+                    };
+                    let read = if fixed {
+                        cdc::fixed_chunks(reader, size, FIXED_CHUNK, emit)
+                    } else {
+                        chunker.chunks(reader, size, emit)
+                    };
                     let r = match read {
                         Ok(size) => {
                             let changed = restat && before.is_some() && stamp(&path) != before;
@@ -526,6 +582,8 @@ where
             packer: &packer,
             progress,
             restat: opts.restat,
+            fixed_chunks: opts.fixed_chunks,
+            unchanged_before: opts.unchanged_before,
             compressor: zstd::bulk::Compressor::new(opts.level)
                 .map_err(|e| Error::new(Kind::Input, format!("zstd level {}: {e}", opts.level)))?,
             trees_added: HashSet::new(),
@@ -679,6 +737,7 @@ where
     }
     snap.summary = Some(summary);
     snap.id = Default::default();
+    amend(&mut snap)?;
     let json = serde_json::to_vec(&snap)
         .map_err(|e| Error::new(Kind::Internal, format!("snapshot: {e}")))?;
     let (stored, id) = pack::encode_file(key, &json)?;
