@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod error;
+pub mod keyfile;
 pub mod lock;
 pub mod objects;
 pub mod progress;

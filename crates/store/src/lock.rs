@@ -105,6 +105,11 @@ impl RepoKey {
         RepoKey(k)
     }
 
+    /// A key from its 64 bytes (AES-256 key, then Poly1305's k and r), as scrypt derives it.
+    pub fn from_bytes(k: [u8; 64]) -> RepoKey {
+        RepoKey(k)
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

@@ -417,6 +417,9 @@ impl Store {
         let repo = repo
             .init(&spec.credentials(), &KeyOptions::default(), &config)
             .map_err(|e| rustic(e, &format!("initialising repository {}", spec.name)))?;
+        // restic's scrypt parameters: a quarter of the memory at every open.
+        crate::keyfile::use_restic_params(&*objects, &spec.password)
+            .map_err(|e| e.context(format!("writing the key of repository {}", spec.name)))?;
         Self::from_open(spec, repo, objects)
     }
 
