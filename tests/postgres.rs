@@ -1473,6 +1473,13 @@ fn a_base_backup_read_in_place_while_pgbench_writes_restores_to_the_same_data() 
         s[0]["via"], "streamed with pg_basebackup (the job says `via: stream`)",
         "{s}"
     );
+    // `--full` reads every file again.
+    let full = pg.ok(&["--json", "backup", "db-base", "--full"]).json();
+    assert_eq!(full[0]["files_unchanged"], 0, "{full}");
+    assert!(
+        full[0]["via"].as_str().unwrap().contains("a full backup"),
+        "{full}"
+    );
     let f = pg.ok(&["--json", "backup", "db-files"]).json();
     assert!(
         f[0]["via"]
@@ -1481,4 +1488,140 @@ fn a_base_backup_read_in_place_while_pgbench_writes_restores_to_the_same_data() 
             .starts_with("read the data directory"),
         "{f}"
     );
+}
+
+/// Insert a row and return its commit time in Unix microseconds (the server's clock).
+fn insert_micros(pg: &Pg, v: &str) -> i64 {
+    pg.sql(&format!(
+        "INSERT INTO t(v) VALUES ('{v}') RETURNING (extract(epoch FROM at) * 1000000)::bigint"
+    ))
+    .parse()
+    .unwrap()
+}
+
+/// Wait up to `secs` for `cond`.
+fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// The end of the recoverable window `wal verify` reports (Unix microseconds).
+fn window_end(pg: &Pg) -> i64 {
+    let v = pg.run(&["--json", "wal", "verify", "db"]).json();
+    v[0]["window"][1].as_i64().unwrap_or(0)
+}
+
+/// With `wal_stream`, the daemon receives WAL from a replication slot: a commit is in the
+/// archive (and restored by `--latest`) well before its segment is complete; archive_command
+/// then only confirms; a slot dropped behind the daemon's back is reported and made again, and
+/// the archive has no gap.
+#[test]
+fn the_streaming_archive_holds_the_newest_commits_and_reports_a_dropped_slot() {
+    let pg = Pg::start_full(
+        "{ url: repo, key_file: test.key }",
+        "    wal_stream: { interval: 200ms }\n",
+        "",
+        &[],
+    );
+    pg.sql(
+        "CREATE TABLE t(id serial primary key, at timestamptz default clock_timestamp(), v text)",
+    );
+    pg.ok(&["backup", "db-base"]);
+    pg.switch_wal();
+    let _daemon = serve_handoffs(&pg, "serve.log");
+    let log = || std::fs::read_to_string(pg.lab.p("serve.log")).unwrap_or_default();
+    assert!(
+        wait_until(30, || log().contains("\"action\":\"streaming\"")),
+        "{}",
+        log()
+    );
+    insert_micros(&pg, "streamed-1");
+    let at = insert_micros(&pg, "streamed-2");
+    // No segment switch: the commit reaches the archive through the stream alone.
+    assert!(
+        wait_until(20, || window_end(&pg) >= at),
+        "the archive never held the commit: {}\n{}",
+        pg.run(&["wal", "verify", "db"]).all(),
+        log()
+    );
+    let v = pg.ok(&["wal", "verify", "db"]);
+    assert!(v.stdout.contains("is being streamed"), "{}", v.stdout);
+    let port = free_port();
+    pg.ok(&[
+        "restore",
+        "db",
+        "--latest",
+        "--target",
+        "r1",
+        "--start",
+        &port.to_string(),
+    ]);
+    assert_eq!(rows(&pg, port), vec!["streamed-1", "streamed-2"]);
+    pg.stop_dir("r1");
+
+    // The completed segment: streamed and confirmed by archive_command, no gap.
+    pg.switch_wal();
+    assert!(
+        wait_until(20, || log().contains("\"action\":\"archived\"")),
+        "{}",
+        log()
+    );
+    let vj = pg.ok(&["--json", "wal", "verify", "db"]).json();
+    assert_eq!(vj[0]["gaps"].as_array().unwrap().len(), 0, "{vj}");
+
+    // The slot dropped behind the daemon's back.
+    assert!(
+        wait_until(20, || {
+            pg.sql(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'lifeboat_db' AND active_pid IS NOT NULL",
+            );
+            pg.try_sql_on(
+                pg.port,
+                "postgres",
+                "SELECT pg_drop_replication_slot('lifeboat_db')",
+            )
+            .is_ok()
+        }),
+        "the slot could not be dropped"
+    );
+    let reported = || {
+        pg.events()
+            .iter()
+            .any(|e| e["command"] == "wal stream" && e["outcome"] == "slot dropped")
+    };
+    assert!(wait_until(30, reported), "{}", log());
+    assert!(log().contains("\"action\":\"slot dropped\""), "{}", log());
+    assert!(
+        wait_until(20, || pg.sql(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lifeboat_db' AND active"
+        ) == "1"),
+        "the slot was not made again: {}",
+        log()
+    );
+    let after = insert_micros(&pg, "after-drop");
+    pg.switch_wal();
+    assert!(wait_until(20, || window_end(&pg) >= after), "{}", log());
+    let vj = pg.ok(&["--json", "wal", "verify", "db"]).json();
+    assert_eq!(vj[0]["gaps"].as_array().unwrap().len(), 0, "{vj}");
+    let port = free_port();
+    pg.ok(&[
+        "restore",
+        "db",
+        "--latest",
+        "--target",
+        "r2",
+        "--start",
+        &port.to_string(),
+    ]);
+    assert_eq!(
+        rows(&pg, port),
+        vec!["streamed-1", "streamed-2", "after-drop"]
+    );
+    pg.stop_dir("r2");
 }

@@ -1,11 +1,15 @@
 //! `lifeboat backup [JOB]`.
 
-use lifeboat_protect::backup::{run_job, select_jobs};
+use lifeboat_protect::backup::{run_job_with, select_jobs};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The job to run (default: every job in the plan).
     job: Option<String>,
+    /// Read every file again instead of taking files unchanged since the previous snapshot
+    /// from it (a full backup; deduplication still stores only what changed).
+    #[arg(long)]
+    full: bool,
 }
 
 pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
@@ -17,7 +21,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     let mut outcomes = Vec::new();
     let mut worst = 0;
     for job in jobs {
-        let o = run_job(&ctx, &job);
+        let o = run_job_with(&ctx, &job, a.full);
         if !o.ok {
             worst = worst.max(
                 o.error_kind

@@ -143,6 +143,9 @@ fn print_report(r: &lifeboat_protect::wal::WalReport) {
         r.first_segment.as_deref().unwrap_or("-"),
         r.last_segment.as_deref().unwrap_or("-")
     );
+    if let Some(s) = &r.streaming {
+        println!("  {s} is being streamed: stored as received so far");
+    }
     for b in &r.backups {
         let end = b
             .reach

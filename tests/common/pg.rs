@@ -58,6 +58,11 @@ impl Pg {
 
     /// With the repository `main` given as a YAML flow mapping.
     pub fn start_with(repo: &str, extra_jobs: &str, checks: &[&str]) -> Pg {
+        Self::start_full(repo, "", extra_jobs, checks)
+    }
+
+    /// With more settings of service `db` (lines indented by four spaces).
+    pub fn start_full(repo: &str, service_extra: &str, extra_jobs: &str, checks: &[&str]) -> Pg {
         let lab = Lab::new();
         let port = free_port();
         let data = lab.p("pgdata");
@@ -75,7 +80,7 @@ services:
       a: {{ host: 127.0.0.1, port: {port}, user: postgres, data_dir: pgdata }}
     databases: [app]
     checks: [{checks}]
-repositories:
+{service_extra}repositories:
   main: {repo}
 backups:
   db-base: {{ service: db }}

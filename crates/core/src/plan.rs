@@ -669,6 +669,14 @@ pub enum Service {
         /// Default: the repository of the service's base-backup job, or the only repository.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         wal_repository: Option<String>,
+        /// Stream WAL into the archive over the replication protocol while `lifeboat serve`
+        /// runs (as `pg_receivewal --synchronous` does, from a replication slot on the
+        /// primary): the archive trails the primary by about a second instead of a whole
+        /// segment or `archive_timeout`. `archive_command` (`lifeboat wal push`) stays and
+        /// confirms segments already streamed; it archives by itself whatever the stream
+        /// missed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wal_stream: Option<WalStream>,
     },
     /// An HTTP service with a health URL per site (health checks arrive in a later release).
     Http {
@@ -714,6 +722,38 @@ impl Service {
             Service::Postgres { .. } => "base", // or "dump": see BackupJob::snapshot_kind
             Service::Http { .. } => "none",
         }
+    }
+}
+
+/// Streaming WAL into the archive (see the service's `wal_stream`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WalStream {
+    /// The physical replication slot on the primary (created if missing). Default:
+    /// `lifeboat_<service>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// How often the segment being received is stored in the archive. Default 500ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+}
+
+impl WalStream {
+    /// The slot's name for service `service`.
+    pub fn slot_for(&self, service: &str) -> String {
+        self.slot.clone().unwrap_or_else(|| {
+            let clean: String = service
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("lifeboat_{clean}")
+        })
     }
 }
 

@@ -152,8 +152,29 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                 members,
                 wal_repository,
                 failover,
+                wal_stream,
                 ..
             } => {
+                if let Some(ws) = wal_stream {
+                    let slot = ws.slot_for(name);
+                    if slot.is_empty()
+                        || slot.len() > 63
+                        || !slot
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    {
+                        err(
+                            format!("{base}.wal_stream.slot"),
+                            format!("`{slot}` is not a replication slot name (lower-case letters, digits and `_`, at most 63)"),
+                        );
+                    }
+                    if ws.interval.is_some_and(|d| d.std().is_zero()) {
+                        err(
+                            format!("{base}.wal_stream.interval"),
+                            "must be more than 0".into(),
+                        );
+                    }
+                }
                 if let Some(f) = failover {
                     if members.len() < 2 {
                         err(

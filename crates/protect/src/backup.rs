@@ -50,6 +50,12 @@ fn job_repo(ctx: &Context, name: &str, job: &BackupJob) -> Result<String, Error>
 
 /// Run one job. Never panics on a bad source: the error is returned in the outcome and recorded.
 pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
+    run_job_with(ctx, name, false)
+}
+
+/// [`run_job`]; with `full`, every file is read again (no file is taken unread from the
+/// previous snapshot; deduplication still stores only what changed).
+pub fn run_job_with(ctx: &Context, name: &str, full: bool) -> JobOutcome {
     let started = Instant::now();
     let job = ctx.plan.backups.get(name).cloned();
     let mut out = JobOutcome {
@@ -109,7 +115,7 @@ pub fn run_job(ctx: &Context, name: &str) -> JobOutcome {
             kind: job.snapshot_kind(svc).into(),
             extra: Vec::new(),
         };
-        let summary = backup_service(ctx, &store, name, &job, svc, tags)?;
+        let summary = backup_service(ctx, &store, name, &job, svc, tags, full)?;
         drop(lock);
         let snapshot_id = summary.snapshot.clone();
         out.summary = Some(summary);
@@ -174,13 +180,14 @@ fn backup_service(
     job: &BackupJob,
     svc: &Service,
     tags: SnapshotTags,
+    full: bool,
 ) -> Result<BackupSummary, Error> {
     let job_def = job;
     let (job, service, tags) = (job_name, job.service.as_str(), &tags);
     match svc {
         Service::Paths { paths, exclude, .. } => {
             let abs: Vec<PathBuf> = paths.iter().map(|p| ctx.base.join(p)).collect();
-            store.backup_paths(&abs, &anchor_excludes(exclude, &ctx.base), tags)
+            store.backup_paths(&abs, &anchor_excludes(exclude, &ctx.base), tags, full)
         }
         Service::Command {
             command,
@@ -198,7 +205,7 @@ fn backup_service(
             r
         }
         Service::Postgres { .. } => {
-            crate::pgbackup::run(ctx, store, job_name, job_def, svc, tags.clone())
+            crate::pgbackup::run(ctx, store, job_name, job_def, svc, tags.clone(), full)
         }
         Service::Http { .. } => Err(Error::new(
             Kind::Input,

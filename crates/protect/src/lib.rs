@@ -12,3 +12,4 @@ pub mod pgbackup;
 pub mod pitr;
 pub mod wal;
 pub mod walsock;
+pub mod walstream;

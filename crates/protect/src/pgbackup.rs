@@ -49,6 +49,7 @@ pub fn run(
     job: &BackupJob,
     svc: &Service,
     mut tags: SnapshotTags,
+    full: bool,
 ) -> Result<BackupSummary, Error> {
     let pg = PgService::from_plan(&job.service, svc, &ctx.base)?;
     let (member, info) = pg.pick(job.from.as_deref())?;
@@ -88,7 +89,7 @@ pub fn run(
         _ => lifeboat_pg::basebackup::local_data_dir(&member, &info.system_id),
     };
     let why = match local {
-        Ok(dir) => match direct(store, job_name, job, &member, &info, tags.clone(), &dir, stall) {
+        Ok(dir) => match direct(store, job_name, job, &member, &info, tags.clone(), &dir, stall, full) {
             Ok(s) => return Ok(s),
             Err(Direct::Failed(e)) => return Err(e),
             Err(Direct::NotStarted(e)) if via == BaseVia::Files => return Err(e),
@@ -223,6 +224,7 @@ fn direct(
     mut tags: SnapshotTags,
     data: &std::path::Path,
     stall: Duration,
+    full: bool,
 ) -> Result<BackupSummary, Direct> {
     use lifeboat_pg::basebackup::{
         is_relation_file, wal_for_backup, BackupSession, DataDirRules, Rule, StartError,
@@ -230,8 +232,11 @@ fn direct(
     use lifeboat_store::tree_source::{Extra, Treat, TreeSource};
     use std::sync::{Arc, Mutex};
 
-    let (parent, parent_note) =
-        parent_base(store, &job.service, member, info, data).map_err(Direct::NotStarted)?;
+    let (parent, parent_note) = if full {
+        (None, "a full backup: every file read".to_string())
+    } else {
+        parent_base(store, &job.service, member, info, data).map_err(Direct::NotStarted)?
+    };
     // A file written in the same clock tick as the parent read it keeps its mtime: only files
     // last modified a second before the parent began are taken unread.
     let unchanged_before = parent

@@ -342,9 +342,18 @@ pub fn fetch(
             })
         })
         .collect();
-    let found = a.fetch(name);
+    let mut found = a.fetch(name);
     for h in handles {
         let _ = h.join();
+    }
+    // The segment being streamed, as received so far: replay reads it to its last record.
+    if matches!(found, Ok(None))
+        && matches!(
+            WalFile::parse(name, seg_size),
+            Some(WalFile::Segment { .. })
+        )
+    {
+        found = a.fetch_live(name);
     }
     match found? {
         Some(data) => {
@@ -365,6 +374,9 @@ pub struct Seg {
     pub last_xact_time: Option<i64>,
     pub pushed_at: i64,
     pub restore_points: Vec<lifeboat_core::wal::RestorePoint>,
+    /// Streamed and not complete yet: the archive holds it as received so far.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub streaming: bool,
 }
 
 /// Everything in a service's archive.
@@ -422,6 +434,7 @@ pub fn inventory(ctx: &Context, a: &WalArchive) -> Result<Inventory, Error> {
                         last_xact_time: s.last_xact_time,
                         pushed_at: m.pushed_at,
                         restore_points: s.restore_points,
+                        streaming: false,
                     },
                 );
             }
@@ -429,6 +442,20 @@ pub fn inventory(ctx: &Context, a: &WalArchive) -> Result<Inventory, Error> {
                 inv.histories.insert(timeline);
             }
             _ => inv.other += 1,
+        }
+    }
+    // The segment being streamed extends the archive by what was received so far.
+    if let Some(m) = a.live_entry()? {
+        if let Some(WalFile::Segment { timeline, segno }) = WalFile::parse(&m.name, seg_size) {
+            let s = m.summary.unwrap_or_default();
+            inv.segments.entry((timeline, segno)).or_insert(Seg {
+                name: m.name,
+                first_xact_time: s.first_xact_time,
+                last_xact_time: s.last_xact_time,
+                pushed_at: m.pushed_at,
+                restore_points: s.restore_points,
+                streaming: true,
+            });
         }
     }
     // The newest history file lists every ancestor's branch point.
@@ -572,6 +599,10 @@ pub struct WalReport {
     pub problems: Vec<String>,
     /// With `--read-data`: the objects that failed to authenticate (None: not read back).
     pub damaged: Option<Vec<Damaged>>,
+    /// The segment being streamed (`wal_stream`), held as received so far: the window's end
+    /// is its newest commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<String>,
 }
 
 pub fn window_of(inv: &Inventory, b: &BaseBackup) -> BackupWindow {
@@ -751,6 +782,11 @@ pub fn survey(ctx: &Context, service: &str, read_data: bool) -> Result<WalReport
             ok: problems.is_empty(),
             problems,
             damaged,
+            streaming: inv
+                .segments
+                .values()
+                .find(|s| s.streaming)
+                .map(|s| s.name.clone()),
         })
     })()
 }

@@ -241,6 +241,15 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
             ),
             None => {}
         }
+        for (service, ws) in lifeboat_protect::walstream::streaming_services(ctx) {
+            servers.push(tokio::spawn(lifeboat_protect::walstream::run(
+                ctx.clone(),
+                service,
+                ws,
+                stop_rx.clone(),
+                log,
+            )));
+        }
         let scheduler = tokio::spawn(schedule::run(ctx.clone(), stop_rx.clone()));
         servers.push(tokio::spawn(incident::run(
             ctx.clone(),

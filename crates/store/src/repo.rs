@@ -500,12 +500,13 @@ impl Store {
 
     /// Back up local paths. Every path must exist: a missing one fails before anything is written.
     /// Files unchanged since the latest snapshot of the same job, host and paths are not read
-    /// again.
+    /// again, unless `full`.
     pub fn backup_paths(
         &self,
         paths: &[PathBuf],
         excludes: &[String],
         tags: &SnapshotTags,
+        full: bool,
     ) -> Result<BackupSummary> {
         for p in paths {
             if let Err(e) = std::fs::symlink_metadata(p) {
@@ -525,7 +526,7 @@ impl Store {
             .map_err(|e| Error::new(Kind::Input, format!("bad backup path: {e}")))?;
         let mut ex = rustic_core::Excludes::default();
         ex.globs = excludes.iter().map(|g| format!("!{g}")).collect();
-        self.backup_local(&source, &ex, None, true, tags)
+        self.backup_local(&source, &ex, None, !full, tags)
     }
 
     /// Back up a directory's contents as the snapshot path `as_path` (a staged base backup as

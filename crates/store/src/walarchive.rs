@@ -249,19 +249,83 @@ impl WalArchive {
         let Some((meta, compressed)) = prepared else {
             return Ok(PushOutcome::AlreadyArchived);
         };
+        let obj = self.object_bytes(&meta, &compressed);
+        self.objects.put(&self.object(name), &obj)?;
+        Ok(PushOutcome::Stored {
+            bytes: obj.len() as u64,
+        })
+    }
+
+    /// An archive object: magic, the encrypted meta's length, the encrypted meta, the
+    /// encrypted compressed content.
+    fn object_bytes(&self, meta: &EntryMeta, compressed: &[u8]) -> Vec<u8> {
         let meta_ct = self
             .key
-            .encrypt(&serde_json::to_vec(&meta).expect("serialisable"));
-        let body = self.key.encrypt(&compressed);
+            .encrypt(&serde_json::to_vec(meta).expect("serialisable"));
+        let body = self.key.encrypt(compressed);
         let mut obj = Vec::with_capacity(12 + meta_ct.len() + body.len());
         obj.extend_from_slice(MAGIC);
         obj.extend_from_slice(&(meta_ct.len() as u32).to_le_bytes());
         obj.extend_from_slice(&meta_ct);
         obj.extend_from_slice(&body);
-        self.objects.put(&self.object(name), &obj)?;
-        Ok(PushOutcome::Stored {
-            bytes: obj.len() as u64,
-        })
+        obj
+    }
+
+    fn live_object(&self, name: &str) -> String {
+        format!("{}/{name}", self.live_prefix())
+    }
+
+    fn live_prefix(&self) -> String {
+        format!("lifeboat/wal-live/{}", self.service)
+    }
+
+    /// Store the segment being streamed as received so far (PostgreSQL's streamed partial
+    /// segments are zero-filled to full size): it replaces the previous copy of the same
+    /// segment, and older segments' copies are removed once a newer one is stored. The
+    /// archive's own copy (`push`) is what counts once the segment is complete.
+    pub fn push_live(&self, name: &str, data: &[u8]) -> Result<u64> {
+        let archive = self.meta()?;
+        let summary = scan_segment(data)
+            .map_err(|e| Error::new(Kind::Input, format!("{name} is not a WAL segment: {e}")))?;
+        self.check_cluster(archive.as_ref(), &summary)?;
+        let meta = EntryMeta {
+            name: name.into(),
+            size: data.len() as u64,
+            mac: hex::encode(self.key.mac("wal-content", data)),
+            pushed_at: now_micros(),
+            summary: Some(summary),
+        };
+        let compressed = compress_in_frames(data, self.compression)
+            .map_err(|e| Error::new(Kind::Internal, format!("compressing {name}: {e}")))?;
+        let obj = self.object_bytes(&meta, &compressed);
+        self.objects.put(&self.live_object(name), &obj)?;
+        for older in self.objects.list(&self.live_prefix())? {
+            if older.as_str() < name {
+                self.objects.delete(&self.live_object(&older))?;
+            }
+        }
+        Ok(obj.len() as u64)
+    }
+
+    /// The streamed copy of the newest segment, if any: its name and meta (head only).
+    pub fn live_entry(&self) -> Result<Option<EntryMeta>> {
+        let Some(name) = self.objects.list(&self.live_prefix())?.into_iter().max() else {
+            return Ok(None);
+        };
+        let Some(head) = self.objects.get_head(&self.live_object(&name), HEAD_READ)? else {
+            return Ok(None);
+        };
+        self.parse_head(&name, &head).map(|(m, _)| Some(m))
+    }
+
+    /// The streamed copy of segment `name`, checked, if there is one.
+    pub fn fetch_live(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.fetch_object(&self.live_object(name), name)
+    }
+
+    /// Remove the streamed copy of `name` (its complete segment is archived).
+    pub fn drop_live(&self, name: &str) -> Result<()> {
+        self.objects.delete(&self.live_object(name))
     }
 
     /// A segment must come from the cluster the archive belongs to.
@@ -301,7 +365,11 @@ impl WalArchive {
 
     /// Fetch and check one file: `None` when it is not archived.
     pub fn fetch(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let Some(obj) = self.objects.get(&self.object(name))? else {
+        self.fetch_object(&self.object(name), name)
+    }
+
+    fn fetch_object(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(obj) = self.objects.get(key)? else {
             return Ok(None);
         };
         let (meta, body_at) = self.parse_head(name, &obj)?;

@@ -22,8 +22,9 @@ use crate::error::{Error, Kind, Result};
 use crate::lock::RepoKey;
 use crate::objects::ObjectStore;
 
-/// A pack is sent off once it holds this much (restic's default pack size).
-pub const DATA_PACK_SIZE: usize = 16 << 20;
+/// A pack is sent off once it holds this much. restic's default is 16 MiB; half of it keeps
+/// the packs in memory (one filling, one waiting, two uploading) within a base backup's 64 MB.
+pub const DATA_PACK_SIZE: usize = 8 << 20;
 pub const TREE_PACK_SIZE: usize = 4 << 20;
 /// At most this many packs in one index file.
 const PACKS_PER_INDEX: usize = 2000;
