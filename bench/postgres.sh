@@ -5,8 +5,10 @@
 #   restore + PITR to that middle time until the server accepts writes.
 # Then archive-push latency per 16 MiB segment: the anchor's way (the same segment pushed again:
 # an idempotent re-push) and, for Lifeboat, fresh segments into an empty archive.
-# pgBackRest settings as the issue asks: process-max=2, zstd, aes-256-cbc, start-fast=y; Lifeboat
-# asks for a fast checkpoint (pg_basebackup --checkpoint=fast).
+# pgBackRest settings as the issue asks: process-max=2, zstd, aes-256-cbc, start-fast=y. Lifeboat
+# runs on the database host, so it reads the data directory in place (pg_backup_start with a
+# fast checkpoint); its full step is `backup --full` (every file read, as pgBackRest --type=full),
+# its second step a plain `backup` (files unchanged since the last backup taken unread).
 # Usage: bench/postgres.sh [SCALE=100] [RUNS=3] [WORK=/var/tmp/lifeboat-pgbench]  (as root)
 set -euo pipefail
 scale=${1:-100}
@@ -88,7 +90,7 @@ timed() { # tool label cmd... -> "tool label wall_s maxrss_kb"
 LBR="env LIFEBOAT_PROGRESS=0 $lb --plan $work/lifeboat.yaml"
 for r in $(seq 1 "$runs"); do
   timed pgbackrest full_backup runuser -u postgres -- $PGBR --type=full backup
-  timed lifeboat full_backup runuser -u postgres -- $LBR backup db-base
+  timed lifeboat full_backup runuser -u postgres -- $LBR backup db-base --full
   asp $BIN/pgbench -h "$work" -p $port -U postgres -T 30 -c 2 postgres >/dev/null 2>&1 &
   bp=$!; sleep 15; mid=$(psql_ -c "select now()"); wait $bp
   psql_ -c "select pg_switch_wal()" >/dev/null; sleep 3

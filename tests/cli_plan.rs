@@ -134,6 +134,41 @@ fn postgres_jobs_are_checked_against_their_service() {
 }
 
 #[test]
+fn how_a_base_backup_reads_and_the_wal_stream_s_slot_are_checked() {
+    let lab = Lab::new();
+    lab.plan(
+        "name: t\ntiers:\n  std: { rpo: 1h, rto: 4h }\nsites: [a]\nservices:\n  db:\n    kind: postgres\n    tier: std\n    members:\n      a: { host: 127.0.0.1, port: 5432 }\n    databases: [app]\n    wal_stream: { slot: Bad-Slot, interval: 0s }\n  files: { kind: paths, tier: std, paths: [/x] }\nrepositories:\n  main: { url: r, key_file: k }\nbackups:\n  dump: { service: db, method: dump, via: files }\n  f: { service: files, via: stream }\n  odd: { service: db, via: sideways }\n",
+    );
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let e = r.stderr;
+    // An unknown way is refused where the YAML is read, with its position.
+    assert!(e.contains("via") && e.contains("sideways"), "{e}");
+    lab.plan(
+        "name: t\ntiers:\n  std: { rpo: 1h, rto: 4h }\nsites: [a]\nservices:\n  db:\n    kind: postgres\n    tier: std\n    members:\n      a: { host: 127.0.0.1, port: 5432 }\n    databases: [app]\n    wal_stream: { slot: Bad-Slot, interval: 0s }\n  files: { kind: paths, tier: std, paths: [/x] }\nrepositories:\n  main: { url: r, key_file: k }\nbackups:\n  dump: { service: db, method: dump, via: files }\n  f: { service: files, via: stream }\n",
+    );
+    let r = lab.run(&["plan", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let e = r.stderr;
+    assert!(
+        e.contains("services.db.wal_stream.slot: `Bad-Slot` is not a replication slot name"),
+        "{e}"
+    );
+    assert!(
+        e.contains("services.db.wal_stream.interval: must be more than 0"),
+        "{e}"
+    );
+    assert!(
+        e.contains("backups.dump.via: `via` applies to base backups only"),
+        "{e}"
+    );
+    assert!(
+        e.contains("backups.f.via: `via` applies to postgres base backups only"),
+        "{e}"
+    );
+}
+
+#[test]
 fn automatic_failover_needs_two_sites() {
     let lab = Lab::new();
     lab.plan(

@@ -185,6 +185,11 @@ fn write_gate() -> Result<RwLockReadGuard<'static, bool>> {
     Ok(g)
 }
 
+/// A file of at least this many blobs is read by helpers in parallel.
+const PARALLEL_FROM: usize = 8;
+/// How many helpers read a large file's blobs.
+const HELPERS: usize = 3;
+
 fn restore_file<S: IndexedFull + Sync>(
     repo: &Repository<S>,
     job: &FileJob,
@@ -199,37 +204,72 @@ fn restore_file<S: IndexedFull + Sync>(
         let mut f = std::fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
         let mut len: u64 = 0;
         let mut hole = false;
-        for id in job.node.content.iter().flatten() {
-            let data = repo
-                .cat_blob(BlobType::Data, &id.to_hex())
-                .map_err(|e| {
-                    let mut err = rustic(e, "reading data");
-                    err.kind = Kind::Integrity;
-                    if err.message.contains("aead") || err.message.contains("MAC") {
-                        let pack = err
-                            .message
-                            .split("Pack:")
-                            .nth(1)
-                            .map(|r| r.chars().take_while(char::is_ascii_hexdigit).collect::<String>())
-                            .unwrap_or_default();
-                        err.message = format!(
-                            "its data is damaged: blob {} in pack {pack} failed its authentication (MAC) check",
-                            &id.to_hex()[..8]
-                        );
-                    }
-                    err
-                })?;
-            if all_zero(&data) {
+        let fetch = |id: &rustic_core::DataId| {
+            repo.cat_blob(BlobType::Data, &id.to_hex()).map_err(|e| {
+                let mut err = rustic(e, "reading data");
+                err.kind = Kind::Integrity;
+                if err.message.contains("aead") || err.message.contains("MAC") {
+                    let pack = err
+                        .message
+                        .split("Pack:")
+                        .nth(1)
+                        .map(|r| r.chars().take_while(char::is_ascii_hexdigit).collect::<String>())
+                        .unwrap_or_default();
+                    err.message = format!(
+                        "its data is damaged: blob {} in pack {pack} failed its authentication (MAC) check",
+                        &id.to_hex()[..8]
+                    );
+                }
+                err
+            })
+        };
+        let mut write = |data: &[u8]| -> Result<()> {
+            if all_zero(data) {
                 f.seek(SeekFrom::Current(data.len() as i64))
                     .map_err(|e| io_err("writing", &tmp, e))?;
                 hole = true;
             } else {
-                f.write_all(&data).map_err(|e| io_err("writing", &tmp, e))?;
+                f.write_all(data).map_err(|e| io_err("writing", &tmp, e))?;
                 hole = false;
             }
             len += data.len() as u64;
             bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             progress.inc(data.len() as u64);
+            Ok(())
+        };
+        let ids: Vec<&rustic_core::DataId> = job.node.content.iter().flatten().collect();
+        if ids.len() < PARALLEL_FROM {
+            for id in &ids {
+                write(&fetch(id)?)?;
+            }
+        } else {
+            // A large file: its blobs read, authenticated and decompressed by a few helpers
+            // (blob i by helper i mod n, two ahead each), written here in order.
+            std::thread::scope(|s| -> Result<()> {
+                let rxs: Vec<_> = (0..HELPERS)
+                    .map(|h| {
+                        let (tx, rx) = crossbeam_channel::bounded(2);
+                        let (ids, fetch) = (&ids, &fetch);
+                        s.spawn(move || {
+                            for id in ids.iter().skip(h).step_by(HELPERS) {
+                                let r = fetch(id);
+                                let failed = r.is_err();
+                                if tx.send(r).is_err() || failed {
+                                    break;
+                                }
+                            }
+                        });
+                        rx
+                    })
+                    .collect();
+                for i in 0..ids.len() {
+                    let data = rxs[i % HELPERS]
+                        .recv()
+                        .map_err(|_| Error::new(Kind::Internal, "a restore helper stopped"))??;
+                    write(&data)?;
+                }
+                Ok(())
+            })?;
         }
         if hole {
             // A file ending in a hole: its length comes from set_len, not a write.
