@@ -244,11 +244,11 @@ fn restore_file<S: IndexedFull + Sync>(
             }
         } else {
             // A large file: its blobs read, authenticated and decompressed by a few helpers
-            // (blob i by helper i mod n, two ahead each), written here in order.
+            // (blob i by helper i mod n, one ahead each), written here in order.
             std::thread::scope(|s| -> Result<()> {
                 let rxs: Vec<_> = (0..HELPERS)
                     .map(|h| {
-                        let (tx, rx) = crossbeam_channel::bounded(2);
+                        let (tx, rx) = crossbeam_channel::bounded(1);
                         let (ids, fetch) = (&ids, &fetch);
                         s.spawn(move || {
                             for id in ids.iter().skip(h).step_by(HELPERS) {
@@ -372,6 +372,14 @@ pub fn restore_tree<S: IndexedFull + Sync>(
     }
     progress.set_length(total);
 
+    // Blobs of a large file are read ahead by helper threads: keep their buffers (about
+    // 1 MiB each) out of glibc's per-thread arenas, which would keep their pages.
+    crate::backup::keep_large_buffers_out_of_the_heap(4 << 20);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator setting; any value is valid for it.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     // Files in parallel: reading and decrypting is CPU work, writing is I/O; a few more
     // workers than cores keeps both busy. Each worker holds at most one blob in memory.
     let workers = std::thread::available_parallelism()

@@ -397,12 +397,14 @@ impl Walk<'_> {
 /// such free it raises that threshold to the freed size, so later read buffers and packs come
 /// from per-thread arenas that keep their pages: peak RSS grew by ~40 MB over the live heap on
 /// the benchmark dataset. A fixed threshold keeps buffers of 4 MiB and more out of the arenas.
-fn keep_large_buffers_out_of_the_heap() {
+pub(crate) fn keep_large_buffers_out_of_the_heap(threshold: i32) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes an allocator setting; any value is valid for it.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, threshold);
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = threshold;
 }
 
 /// Back up `source` into the repository behind `objects`, as `snap` (its tags, host and time
@@ -449,7 +451,7 @@ where
     <R::Open as ReadSourceOpen>::Reader: 'static,
 {
     let started = jiff::Zoned::now();
-    keep_large_buffers_out_of_the_heap();
+    keep_large_buffers_out_of_the_heap(4 << 20);
     let known = KnownBlobs::load(&objects, key)?;
     let chunker = cdc::Chunker::new(&key.mac("lifeboat-chunker", b"gear table"));
     let data_known = Mutex::new(known.data);
