@@ -1625,3 +1625,42 @@ fn the_streaming_archive_holds_the_newest_commits_and_reports_a_dropped_slot() {
     );
     pg.stop_dir("r2");
 }
+
+/// The repository's disk fills in the middle of a base backup read in place: the job fails
+/// saying so, no snapshot is recorded, PostgreSQL ends the backup with the session (no slot
+/// left behind), and with room again the next backup works.
+#[test]
+fn a_full_disk_during_a_base_backup_in_place_records_nothing_and_ends_the_backup() {
+    let pg = Pg::start("", &[]);
+    let Some(_guard) = tmpfs(&pg.lab.p("repo"), "1m") else {
+        return;
+    };
+    pg.ok(&["repo", "init"]);
+    let r = pg.run(&["backup", "db-base"]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("disk is full") || r.stderr.contains("No space left"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pg.lab.snapshot_count("main"), 0, "a half-written snapshot");
+    assert!(
+        wait_until(10, || pg.sql("SELECT count(*) FROM pg_replication_slots")
+            == "0"),
+        "the backup's slot outlived it"
+    );
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=400m"])
+        .arg(pg.lab.p("repo"))
+        .output()
+        .unwrap();
+    assert!(grown.status.success(), "{:?}", grown);
+    let ok = pg.ok(&["--json", "backup", "db-base"]).json();
+    assert!(
+        ok[0]["via"]
+            .as_str()
+            .unwrap()
+            .starts_with("read the data directory"),
+        "{ok}"
+    );
+}

@@ -771,6 +771,8 @@ mod tests {
         Vanish,
         /// Appended to after the first read.
         Grow,
+        /// Cut to half its size after the first read.
+        Shrink,
     }
 
     struct Hooked {
@@ -806,6 +808,25 @@ mod tests {
         }
     }
 
+    struct Shrinking<R> {
+        inner: R,
+        path: PathBuf,
+        reads: usize,
+    }
+
+    impl<R: Read> Read for Shrinking<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.reads += 1;
+            if self.reads == 1 {
+                let f = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+                let len = f.metadata()?.len();
+                f.set_len(len / 2)?;
+            }
+            Ok(n)
+        }
+    }
+
     impl ReadSourceOpen for HookedOpen {
         type Reader = Box<dyn Read + Send>;
         fn open(self) -> rustic_core::RusticResult<Self::Reader> {
@@ -816,6 +837,11 @@ mod tests {
                     Ok(Box::new(self.inner.open()?))
                 }
                 Hook::Grow => Ok(Box::new(Growing {
+                    inner: self.inner.open()?,
+                    path: self.path,
+                    reads: 0,
+                })),
+                Hook::Shrink => Ok(Box::new(Shrinking {
                     inner: self.inner.open()?,
                     path: self.path,
                     reads: 0,
@@ -974,6 +1000,27 @@ mod tests {
             .expect("stat")
             .len();
         assert!(big.meta.size >= 3 << 20 && big.meta.size <= on_disk);
+        assert!(!big.content.as_ref().expect("content").is_empty());
+    }
+
+    #[test]
+    fn a_file_that_shrinks_while_it_is_read_is_stored_as_read_and_named() {
+        let f = fixture();
+        let (out, _) = run(&f, "sub/big.bin", Hook::Shrink, None);
+        assert_eq!(
+            out.changed_while_read.len(),
+            1,
+            "{:?}",
+            out.changed_while_read
+        );
+        let n = nodes(&f, &out.snapshot, &["sub"]);
+        let big = n
+            .iter()
+            .find(|n| n.name().to_string_lossy() == "big.bin")
+            .expect("big.bin");
+        // What was read, no more: the read stopped at the new end.
+        assert!(big.meta.size < 3 << 20, "{}", big.meta.size);
+        assert!(big.meta.size >= (3 << 20) / 2, "{}", big.meta.size);
         assert!(!big.content.as_ref().expect("content").is_empty());
     }
 
