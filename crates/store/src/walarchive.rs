@@ -199,13 +199,18 @@ impl WalArchive {
             )
             .hint("archive_command must pass %p (the path of the file to archive)")
         })?;
+        // Already there (a retry, or a segment the streaming archive stored first): only
+        // confirm that the content is the same, without compressing it again.
+        let existing = self.entry(name)?;
         // Compress on other threads while this one hashes, checks and scans (archive_command
         // latency is what PostgreSQL waits for).
         let level = self.compression;
         let prepared = std::thread::scope(|scope| -> Result<Option<(EntryMeta, Vec<u8>)>> {
-            let compressing = scope.spawn(move || compress_in_frames(data, level));
+            let compressing = existing
+                .is_none()
+                .then(|| scope.spawn(move || compress_in_frames(data, level)));
             let mac = hex::encode(self.key.mac("wal-content", data));
-            if let Some(existing) = self.entry(name)? {
+            if let Some(existing) = existing {
                 if existing.mac == mac {
                     return Ok(None);
                 }
@@ -241,6 +246,7 @@ impl WalArchive {
                 summary,
             };
             let compressed = compressing
+                .expect("compressing a file not archived yet")
                 .join()
                 .map_err(|_| Error::new(Kind::Internal, "compression thread panicked"))?
                 .map_err(|e| Error::new(Kind::Internal, format!("compressing {name}: {e}")))?;
