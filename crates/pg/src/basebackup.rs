@@ -318,10 +318,18 @@ impl BackupSession {
             {
                 Ok(Ok(row)) => row.get::<_, String>(0),
                 Ok(Err(e)) => {
-                    return Err(Failed(Error::new(
+                    let err = Error::new(
                         Kind::Source,
                         format!("{} (starting the backup): {}", m.describe(), crate::db_error_text(&e)),
-                    )))
+                    );
+                    // A role with REPLICATION but no right to pg_backup_start() can still
+                    // stream a backup with pg_basebackup.
+                    let denied = e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+                    return Err(if denied {
+                        Unsuitable(err.hint("GRANT EXECUTE ON FUNCTION pg_backup_start, pg_backup_stop to the member's role to read the data directory in place"))
+                    } else {
+                        Failed(err)
+                    });
                 }
                 Err(_) => {
                     return Err(Failed(Error::new(
