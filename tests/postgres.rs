@@ -1664,3 +1664,23 @@ fn a_full_disk_during_a_base_backup_in_place_records_nothing_and_ends_the_backup
         "{ok}"
     );
 }
+
+/// A role that may stream a backup (REPLICATION) but not start one on the data directory
+/// (no superuser): the base backup is streamed with pg_basebackup, and the output says why.
+#[test]
+fn a_role_without_the_right_to_start_a_backup_in_place_streams_it_instead() {
+    let pg = Pg::start("", &[]);
+    pg.sql("CREATE ROLE streamer LOGIN REPLICATION");
+    let plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml"))
+        .unwrap()
+        .replace("user: postgres", "user: streamer");
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
+    let r = pg.ok(&["--json", "backup", "db-base"]).json();
+    let via = r[0]["via"].as_str().unwrap_or_default();
+    assert!(
+        via.starts_with(
+            "streamed with pg_basebackup (the backup could not start on the data directory"
+        ),
+        "{r}"
+    );
+}

@@ -275,7 +275,8 @@ impl BackupSession {
             let s = Session::connect(m, Duration::from_secs(10))
                 .await
                 .map_err(Failed)?;
-            let dd = s.text("SHOW data_directory").await.map_err(Failed)?;
+            // Needs superuser or pg_read_all_settings; without them, streaming may still work.
+            let dd = s.text("SHOW data_directory").await.map_err(Unsuitable)?;
             let same = std::fs::canonicalize(&dd).ok() == std::fs::canonicalize(data).ok();
             if !same {
                 return Err(Unsuitable(Error::new(
