@@ -15,6 +15,7 @@ scale=${1:-100}
 runs=${2:-3}
 work=${3:-/var/tmp/lifeboat-pgbench}
 here=$(cd "$(dirname "$0")/.." && pwd)
+source "$here/bench/lib/plan.sh"
 BIN=/usr/lib/postgresql/15/bin
 command -v pgbackrest >/dev/null || apt-get install -y -qq pgbackrest >/dev/null
 command -v /usr/bin/time >/dev/null 2>&1 || apt-get install -y -qq time >/dev/null
@@ -46,18 +47,7 @@ pg1-socket-path=$work
 CONF
 PGBR="pgbackrest --config=$work/pgbackrest.conf --stanza=bench"
 echo bench-password > "$work/key"; chmod 600 "$work/key"
-cat > "$work/lifeboat.yaml" <<YAML
-name: bench
-tiers: { gold: { rpo: 5m, rto: 15m } }
-sites: [a]
-services:
-  db:
-    kind: postgres
-    tier: gold
-    members: { a: { host: $work, port: $port, user: postgres, data_dir: $work/data } }
-repositories: { main: { url: $work/lb-repo, key_file: $work/key } }
-backups: { db-base: { service: db } }
-YAML
+pg_plan bench "$work" "$port" "$work/data" "$work/lb-repo" "$work/key" > "$work/lifeboat.yaml"
 # A second plan with an empty archive, for fresh-segment push latency.
 sed -e "s#$work/lb-repo#$work/lb-repo2#" -e "s#name: bench#name: bench2#" "$work/lifeboat.yaml" > "$work/lifeboat2.yaml"
 mkdir -p "$work/state2"

@@ -13,6 +13,7 @@ set -euo pipefail
 n=${1:-40}
 work=${2:-/var/tmp/lifeboat-walpush}
 here=$(cd "$(dirname "$0")/.." && pwd)
+source "$here/bench/lib/plan.sh"
 BIN=/usr/lib/postgresql/15/bin
 command -v pgbackrest >/dev/null || apt-get install -y -qq pgbackrest >/dev/null
 cargo build --release --manifest-path "$here/Cargo.toml" >/dev/null 2>&1
@@ -24,18 +25,7 @@ rm -rf "$work"; mkdir -p "$work/log" "$work/a" "$work/b" "$work/segs"; chmod 755
 cp "$here/target/release/lifeboat" "$work/lifeboat"; lb="$work/lifeboat"
 echo bench-password > "$work/key"; chmod 600 "$work/key"
 for p in a b; do
-  cat > "$work/$p/lifeboat.yaml" <<YAML
-name: walpush-$p
-tiers: { gold: { rpo: 5m, rto: 15m } }
-sites: [a]
-services:
-  db:
-    kind: postgres
-    tier: gold
-    members: { a: { host: $work, port: $port, user: postgres, data_dir: $work/data } }
-    wal_repository: main
-repositories: { main: { url: $work/$p/repo, key_file: $work/key } }
-YAML
+  pg_plan "walpush-$p" "$work" "$port" "$work/data" "$work/$p/repo" "$work/key" "    wal_repository: main" "" > "$work/$p/lifeboat.yaml"
 done
 cat > "$work/pgbackrest.conf" <<CONF
 [global]

@@ -7,6 +7,7 @@ set -euo pipefail
 secs=${1:-40}
 work=${2:-/var/tmp/lifeboat-walstream}
 here=$(cd "$(dirname "$0")/.." && pwd)
+source "$here/bench/lib/plan.sh"
 BIN=/usr/lib/postgresql/15/bin
 cargo build --release --manifest-path "$here/Cargo.toml" >/dev/null 2>&1
 asp() { runuser -u postgres -- "$@"; }
@@ -16,23 +17,8 @@ pkill -f "$work/lifeboat" 2>/dev/null || true
 rm -rf "$work"; mkdir -p "$work"; chmod 755 "$work"
 cp "$here/target/release/lifeboat" "$work/lifeboat"; lb="$work/lifeboat"
 echo bench-password > "$work/key"; chmod 600 "$work/key"
-plan() { # $1: extra service lines
-cat <<YAML
-name: walstream
-tiers: { gold: { rpo: 5m, rto: 15m } }
-sites: [a]
-services:
-  db:
-    kind: postgres
-    tier: gold
-    members: { a: { host: 127.0.0.1, port: $port, user: postgres, data_dir: $work/data } }
-$1
-repositories: { main: { url: $work/repo, key_file: $work/key } }
-backups: { db-base: { service: db } }
-YAML
-}
-plan "" > "$work/plain.yaml"
-plan "    wal_stream: { interval: 500ms }" > "$work/stream.yaml"
+pg_plan walstream 127.0.0.1 "$port" "$work/data" "$work/repo" "$work/key" > "$work/plain.yaml"
+pg_plan walstream 127.0.0.1 "$port" "$work/data" "$work/repo" "$work/key" "    wal_stream: { interval: 500ms }" > "$work/stream.yaml"
 chown -R postgres "$work"
 asp $BIN/initdb -D "$work/data" -U postgres -A trust >/dev/null
 cat >> "$work/data/postgresql.conf" <<CONF

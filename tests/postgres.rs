@@ -62,6 +62,18 @@ fn push_conflicting(pg: &Pg, seg: &str) -> Run {
     pg.run(&["wal", "push", "db", fake.to_str().unwrap()])
 }
 
+/// `lifeboat restore db TARGET… --target DIR --start PORT` on a free port, which is returned
+/// once the restored server accepts writes.
+fn restored(pg: &Pg, to: &[&str], dir: &str) -> u16 {
+    let port = free_port();
+    let port_arg = port.to_string();
+    let mut args = vec!["restore", "db"];
+    args.extend_from_slice(to);
+    args.extend(["--target", dir, "--start", &port_arg]);
+    pg.ok(&args);
+    port
+}
+
 fn rows(pg: &Pg, port: u16) -> Vec<String> {
     pg.sql_on(port, "postgres", "SELECT v FROM t ORDER BY id")
         .lines()
@@ -130,17 +142,7 @@ fn pitr_lands_between_two_commits_and_the_window_is_reported() {
     pg.stop_dir("r1");
 
     // A restore point, and --latest.
-    let port2 = free_port();
-    pg.ok(&[
-        "restore",
-        "db",
-        "--to-name",
-        "after-c",
-        "--target",
-        "r2",
-        "--start",
-        &port2.to_string(),
-    ]);
+    let port2 = restored(&pg, &["--to-name", "after-c"], "r2");
     assert_eq!(rows(&pg, port2), vec!["before-backup", "a", "b", "c"]);
     pg.stop_dir("r2");
     // A WAL location: everything up to b's commit.
@@ -601,16 +603,7 @@ fn forget_drops_wal_only_no_retained_backup_needs_and_dumps_restore() {
     }
     let v = pg.ok(&["wal", "verify", "db"]);
     assert!(v.stdout.contains("  ok"), "{}", v.stdout);
-    let port = free_port();
-    pg.ok(&[
-        "restore",
-        "db",
-        "--latest",
-        "--target",
-        "r1",
-        "--start",
-        &port.to_string(),
-    ]);
+    let port = restored(&pg, &["--latest"], "r1");
     assert_eq!(rows(&pg, port).last().unwrap(), "after-second");
     pg.stop_dir("r1");
 
@@ -652,16 +645,7 @@ fn wal_archive_and_pitr_on_s3() {
     let v = json_of(&pg.ok(&["--json", "wal", "verify", "db"]));
     assert_eq!(v[0]["ok"], true, "{v}");
     assert!(!pg.lab.p("repo").exists());
-    let port = free_port();
-    pg.ok(&[
-        "restore",
-        "db",
-        "--latest",
-        "--target",
-        "r1",
-        "--start",
-        &port.to_string(),
-    ]);
+    let port = restored(&pg, &["--latest"], "r1");
     assert_eq!(rows(&pg, port), vec!["one", "two"]);
     pg.stop_dir("r1");
     pg.ok(&["verify", "--restore", "db"]);
@@ -755,16 +739,7 @@ fn recovery_follows_the_timeline_of_a_promoted_standby() {
         assert!(reach["first_missing"].is_null(), "{reach}");
     }
     // From the timeline-1 base backup to the newest commit on timeline 2.
-    let port = free_port();
-    pg.ok(&[
-        "restore",
-        "db",
-        "--latest",
-        "--target",
-        "r1",
-        "--start",
-        &port.to_string(),
-    ]);
+    let port = restored(&pg, &["--latest"], "r1");
     assert_eq!(
         rows(&pg, port),
         vec!["on-old-primary", "replicated", "on-new-primary"]
@@ -956,17 +931,7 @@ fn damaged_wal_after_the_target_does_not_break_the_restore_and_read_data_finds_i
     let target: String = pg.sql(&format!(
         "SELECT to_char(('{a_at}'::timestamptz + interval '150 ms') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
     ));
-    let port = free_port();
-    pg.ok(&[
-        "restore",
-        "db",
-        "--to",
-        &target,
-        "--target",
-        "r1",
-        "--start",
-        &port.to_string(),
-    ]);
+    let port = restored(&pg, &["--to", &target], "r1");
     assert_eq!(rows(&pg, port), vec!["a"]);
     pg.stop_dir("r1");
 
@@ -1373,17 +1338,7 @@ fn a_base_backup_read_in_place_while_pgbench_writes_restores_to_the_same_data() 
     pg.switch_wal();
 
     // The restore replays from the backup across the shrink, the drop and pgbench's writes.
-    let rport = free_port();
-    pg.ok(&[
-        "restore",
-        "db",
-        "--to-name",
-        "bench-done",
-        "--target",
-        "r1",
-        "--start",
-        &rport.to_string(),
-    ]);
+    let rport = restored(&pg, &["--to-name", "bench-done"], "r1");
     let restored = dump_sql(&pg, rport, "postgres");
     assert_eq!(
         first_difference(&restored, &expected),
@@ -1552,16 +1507,7 @@ fn the_streaming_archive_holds_the_newest_commits_and_reports_a_dropped_slot() {
     );
     let v = pg.ok(&["wal", "verify", "db"]);
     assert!(v.stdout.contains("is being streamed"), "{}", v.stdout);
-    let port = free_port();
-    pg.ok(&[
-        "restore",
-        "db",
-        "--latest",
-        "--target",
-        "r1",
-        "--start",
-        &port.to_string(),
-    ]);
+    let port = restored(&pg, &["--latest"], "r1");
     assert_eq!(rows(&pg, port), vec!["streamed-1", "streamed-2"]);
     pg.stop_dir("r1");
 
@@ -1609,16 +1555,7 @@ fn the_streaming_archive_holds_the_newest_commits_and_reports_a_dropped_slot() {
     assert!(wait_until(20, || window_end(&pg) >= after), "{}", log());
     let vj = pg.ok(&["--json", "wal", "verify", "db"]).json();
     assert_eq!(vj[0]["gaps"].as_array().unwrap().len(), 0, "{vj}");
-    let port = free_port();
-    pg.ok(&[
-        "restore",
-        "db",
-        "--latest",
-        "--target",
-        "r2",
-        "--start",
-        &port.to_string(),
-    ]);
+    let port = restored(&pg, &["--latest"], "r2");
     assert_eq!(
         rows(&pg, port),
         vec!["streamed-1", "streamed-2", "after-drop"]

@@ -20,6 +20,20 @@ pub use error::{Error, Kind};
 pub use load::{parse_plan, Diagnostic};
 pub use plan::Plan;
 
+/// `s` made fit for a part of a PostgreSQL name (a slot, a table): ASCII letters and digits
+/// lower-cased, anything else `_`.
+pub fn name_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The JSON Schema of `lifeboat.yaml`, for editors (`lifeboat plan schema`).
 pub fn plan_schema() -> serde_json::Value {
     let schema = schemars::schema_for!(plan::Plan);

@@ -741,19 +741,9 @@ pub struct WalStream {
 impl WalStream {
     /// The slot's name for service `service`.
     pub fn slot_for(&self, service: &str) -> String {
-        self.slot.clone().unwrap_or_else(|| {
-            let clean: String = service
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_lowercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            format!("lifeboat_{clean}")
-        })
+        self.slot
+            .clone()
+            .unwrap_or_else(|| format!("lifeboat_{}", crate::name_part(service)))
     }
 }
 

@@ -218,14 +218,6 @@ pub fn local_data_dir(m: &Member, system_id: &str) -> Result<PathBuf, String> {
     Ok(std::fs::canonicalize(&dir).unwrap_or(dir))
 }
 
-/// Where the backup started, as `pg_backup_start()` said.
-#[derive(Clone, Debug)]
-pub struct Started {
-    pub lsn: Lsn,
-    pub wal_segment_size: u64,
-    pub in_recovery: bool,
-}
-
 /// What `pg_backup_stop()` returned, with the server's clock after it.
 #[derive(Clone, Debug)]
 pub struct Stopped {
@@ -236,7 +228,7 @@ pub struct Stopped {
     pub time_micros: i64,
 }
 
-/// Why a backup could not start on the data directory.
+/// Why a backup could not be taken on the data directory.
 #[derive(Debug)]
 pub enum StartError {
     /// This way cannot work here (another server runs from the directory, no replication
@@ -251,7 +243,8 @@ pub struct BackupSession {
     rt: tokio::runtime::Runtime,
     session: Session,
     version: i32,
-    pub started: Started,
+    /// The server's WAL segment size (bytes).
+    pub wal_segment_size: u64,
 }
 
 impl BackupSession {
@@ -271,12 +264,14 @@ impl BackupSession {
             .map_err(|e| StartError::Failed(Error::new(Kind::Internal, format!("runtime: {e}"))))?;
         use StartError::{Failed, Unsuitable};
         let label = label.replace('\'', "''");
-        let (session, started) = rt.block_on(async {
+        let (session, wal_segment_size) = rt.block_on(async {
             let s = Session::connect(m, Duration::from_secs(10))
                 .await
                 .map_err(Failed)?;
             // Needs superuser or pg_read_all_settings; without them, streaming may still work.
-            let dd = s.text("SHOW data_directory").await.map_err(Unsuitable)?;
+            let dd = s.text("SHOW data_directory").await.map_err(|e| {
+                Unsuitable(e.hint("GRANT pg_read_all_settings TO the member's role to read the data directory in place"))
+            })?;
             let same = std::fs::canonicalize(&dd).ok() == std::fs::canonicalize(data).ok();
             if !same {
                 return Err(Unsuitable(Error::new(
@@ -293,8 +288,12 @@ impl BackupSession {
                 .await
                 .map_err(Failed)?
                 .parse()
-                .map_err(|_| Failed(Error::new(Kind::Source, "wal_segment_size unreadable")))?;
-            let in_recovery = s.bool("SELECT pg_is_in_recovery()").await.map_err(Failed)?;
+                .map_err(|_| {
+                    Failed(Error::new(
+                        Kind::Source,
+                        format!("{}: wal_segment_size is not a number", m.describe()),
+                    ))
+                })?;
             // Before the start checkpoint: it keeps everything from the last redo point on.
             s.exec(&format!(
                 "SELECT pg_create_physical_replication_slot('lifeboat_backup_{}', true, true)",
@@ -305,19 +304,20 @@ impl BackupSession {
                 Unsuitable(e.hint("the backup reserves WAL with a temporary replication slot: raise max_replication_slots by one"))
             })?;
             let sql = if version >= 150_000 {
-                format!("SELECT pg_backup_start('{label}', true)::text")
+                format!("SELECT pg_backup_start('{label}', true)")
             } else {
-                format!("SELECT pg_start_backup('{label}', true, false)::text")
+                format!("SELECT pg_start_backup('{label}', true, false)")
             };
             // The fast checkpoint: bounded by the job's stall limit, as pg_basebackup's wait
-            // for its first byte is.
-            let lsn = match tokio::time::timeout(
+            // for its first byte is. Where the backup starts comes from the backup_label
+            // pg_backup_stop() returns.
+            match tokio::time::timeout(
                 checkpoint_limit,
                 s.client.query_one(sql.as_str(), &[]),
             )
             .await
             {
-                Ok(Ok(row)) => row.get::<_, String>(0),
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     let err = Error::new(
                         Kind::Source,
@@ -327,7 +327,7 @@ impl BackupSession {
                     // stream a backup with pg_basebackup.
                     let denied = e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
                     return Err(if denied {
-                        Unsuitable(err.hint("GRANT EXECUTE ON FUNCTION pg_backup_start, pg_backup_stop to the member's role to read the data directory in place"))
+                        Unsuitable(err.hint("GRANT EXECUTE ON FUNCTION pg_backup_start, pg_backup_stop TO the member's role (and pg_read_all_settings) to read the data directory in place"))
                     } else {
                         Failed(err)
                     });
@@ -344,23 +344,13 @@ impl BackupSession {
                     .hint("check the server (a stuck checkpointer or an overloaded disk), or raise the job's stall_timeout")))
                 }
             };
-            let lsn: Lsn = lsn
-                .parse()
-                .map_err(|e: String| Failed(Error::new(Kind::Source, e)))?;
-            Ok((
-                s,
-                Started {
-                    lsn,
-                    wal_segment_size: seg,
-                    in_recovery,
-                },
-            ))
+            Ok((s, seg))
         })?;
         Ok(Self {
             rt,
             session,
             version,
-            started,
+            wal_segment_size,
         })
     }
 

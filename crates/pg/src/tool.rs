@@ -1,5 +1,5 @@
 //! Running the PostgreSQL programs Lifeboat drives (`pg_basebackup`, `pg_dump`, `pg_rewind`,
-//! `pg_waldump`, single-user `postgres`, `pg_ctl` for restored servers):
+//! `pg_waldump`, `pg_receivewal`, single-user `postgres`, `pg_ctl` for restored servers):
 //! stdin closed, stderr's last lines in the error with a hint for the known causes, and for the
 //! long ones a watchdog that stops a program that makes no progress.
 
@@ -42,6 +42,19 @@ pub fn basebackup(
         watch,
         stall,
     )
+}
+
+/// `pg_receivewal` for `member` (connection from the environment, never a password prompt),
+/// with `args`; stdin and stdout closed, stderr piped for the caller's report.
+pub fn receivewal(member: &Member, program: &Path, args: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = Command::new(program);
+    member.libpq_env(&mut cmd);
+    cmd.args(args)
+        .arg("--no-password")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
 }
 
 /// `pg_dump -Fc` of database `db` on `member` into `file`, stopped when it writes nothing for

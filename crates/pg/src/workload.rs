@@ -37,17 +37,7 @@ pub enum Outcome {
 
 /// The schema-qualified table of a drill run (`run` is the run's id: letters, digits, `_`).
 pub fn table(run: &str) -> String {
-    let safe: String = run
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("lifeboat_drill.run_{safe}")
+    format!("lifeboat_drill.run_{}", lifeboat_core::name_part(run))
 }
 
 /// Create the run's table on the primary.

@@ -14,6 +14,7 @@ use lifeboat_core::{Error, Kind};
 use lifeboat_store::{BackupSummary, SnapshotTags, Store};
 
 use lifeboat_context::Context;
+use lifeboat_pg::basebackup::StartError;
 use lifeboat_pg::{manifest_end_lsn, parse_backup_label, PgService};
 
 /// Removes a staging directory however the backup ends.
@@ -91,9 +92,13 @@ pub fn run(
     let why = match local {
         Ok(dir) => match direct(store, job_name, job, &member, &info, tags.clone(), &dir, stall, full) {
             Ok(s) => return Ok(s),
-            Err(Direct::Failed(e)) => return Err(e),
-            Err(Direct::NotStarted(e)) if via == BaseVia::Files => return Err(e),
-            Err(Direct::NotStarted(e)) => format!("the backup could not start on the data directory: {e}"),
+            Err(StartError::Failed(e)) => return Err(e),
+            Err(StartError::Unsuitable(e)) if via == BaseVia::Files => return Err(e),
+            Err(StartError::Unsuitable(e)) => format!(
+                "the backup could not start on the data directory: {}{}",
+                e.message,
+                e.hint.map(|h| format!("; to read it in place: {h}")).unwrap_or_default()
+            ),
         },
         Err(why) if via == BaseVia::Files => {
             return Err(Error::new(
@@ -147,15 +152,7 @@ pub fn run(
     Ok(s)
 }
 
-/// Why reading the data directory failed: before PostgreSQL started the backup (another way
-/// may still work) or after.
-enum Direct {
-    NotStarted(Error),
-    Failed(Error),
-}
-
 /// The facts `pg_backup_stop()` gives, kept for the snapshot's tags.
-#[derive(Default)]
 struct StopFacts {
     start: lifeboat_core::wal::Lsn,
     stop: lifeboat_core::wal::Lsn,
@@ -172,38 +169,31 @@ fn parent_base(
     info: &lifeboat_pg::ServerInfo,
     data: &std::path::Path,
 ) -> Result<(Option<lifeboat_store::SnapshotInfo>, String), Error> {
-    let tag = |s: &lifeboat_store::SnapshotInfo, k: &str| {
-        let p = format!("{k}=");
-        s.tags
-            .iter()
-            .find_map(|t| t.strip_prefix(&p).map(str::to_string))
-    };
     let data_tag = data.display().to_string();
     let last = store
         .snapshots()?
         .into_iter()
-        .filter(|s| s.service.as_deref() == Some(service) && s.kind.as_deref() == Some("base"))
-        .filter(|s| tag(s, "pg.via").as_deref() == Some("files"))
-        .filter(|s| tag(s, "pg.data_dir").as_deref() == Some(data_tag.as_str()))
-        .filter(|s| tag(s, "pg.member").as_deref() == Some(member.site.as_str()))
-        .filter(|s| BaseBackup::from_snapshot(s).is_some())
-        .max_by_key(|s| s.timestamp);
-    let Some(p) = last else {
+        .filter(|s| s.service.as_deref() == Some(service))
+        .filter(|s| s.tag("pg.via").as_deref() == Some("files"))
+        .filter(|s| s.tag("pg.data_dir").as_deref() == Some(data_tag.as_str()))
+        .filter(|s| s.tag("pg.member").as_deref() == Some(member.site.as_str()))
+        .filter_map(|s| BaseBackup::from_snapshot(&s).map(|b| (s, b)))
+        .max_by_key(|(s, _)| s.timestamp);
+    let Some((p, b)) = last else {
         return Ok((
             None,
             "no earlier base backup of this data directory: every file read".into(),
         ));
     };
     let short = &p.id[..8];
-    if tag(&p, "pg.system_id").as_deref() != Some(info.system_id.as_str()) {
+    if b.system_id != info.system_id {
         return Ok((
             None,
             format!("the cluster was recreated since base backup {short}: every file read"),
         ));
     }
-    let tli = tag(&p, "pg.timeline").unwrap_or_default();
-    if tli != info.timeline.to_string() {
-        return Ok((None, format!("the timeline changed since base backup {short} ({tli} → {}): every file read and checked", info.timeline)));
+    if i64::from(b.timeline) != i64::from(info.timeline) {
+        return Ok((None, format!("the timeline changed since base backup {short} ({} → {}): every file read and checked", b.timeline, info.timeline)));
     }
     if p.timestamp > jiff::Timestamp::now().as_second() {
         return Ok((None, format!("this host's clock is behind base backup {short}'s time: every file read and checked")));
@@ -225,9 +215,9 @@ fn direct(
     data: &std::path::Path,
     stall: Duration,
     full: bool,
-) -> Result<BackupSummary, Direct> {
+) -> Result<BackupSummary, StartError> {
     use lifeboat_pg::basebackup::{
-        is_relation_file, wal_for_backup, BackupSession, DataDirRules, Rule, StartError,
+        is_relation_file, wal_for_backup, BackupSession, DataDirRules, Rule,
     };
     use lifeboat_store::tree_source::{Extra, Treat, TreeSource};
     use std::sync::{Arc, Mutex};
@@ -235,7 +225,7 @@ fn direct(
     let (parent, parent_note) = if full {
         (None, "a full backup: every file read".to_string())
     } else {
-        parent_base(store, &job.service, member, info, data).map_err(Direct::NotStarted)?
+        parent_base(store, &job.service, member, info, data).map_err(StartError::Unsuitable)?
     };
     // A file written in the same clock tick as the parent read it keeps its mtime: only files
     // last modified a second before the parent began are taken unread.
@@ -252,13 +242,9 @@ fn direct(
         &format!("lifeboat {job_name}"),
         info.version_num,
         stall,
-    )
-    .map_err(|e| match e {
-        StartError::Unsuitable(e) => Direct::NotStarted(e),
-        StartError::Failed(e) => Direct::Failed(e),
-    })?;
+    )?;
     lifeboat_context::failpoint::pause("base-backup-started");
-    let seg_size = session.started.wal_segment_size;
+    let seg_size = session.wal_segment_size;
     let facts = Arc::new(Mutex::new(None::<StopFacts>));
     let rules = DataDirRules::scan(data);
     let trailer = {
@@ -333,7 +319,7 @@ fn direct(
         },
         trailer,
     )
-    .map_err(Direct::Failed)?;
+    .map_err(StartError::Failed)?;
     let mut s = store
         .backup_tree(
             &source,
@@ -356,7 +342,7 @@ fn direct(
                 ])
             },
         )
-        .map_err(Direct::Failed)?;
+        .map_err(StartError::Failed)?;
     // Pages written while the backup read them are expected: WAL replay from the start
     // checkpoint repairs them. Say how many, not which.
     let changed = std::mem::take(&mut s.changed_while_read).len();
@@ -424,12 +410,7 @@ impl BaseBackup {
         if s.kind.as_deref() != Some("base") {
             return None;
         }
-        let tag = |k: &str| {
-            let p = format!("{k}=");
-            s.tags
-                .iter()
-                .find_map(|t| t.strip_prefix(&p).map(str::to_string))
-        };
+        let tag = |k: &str| s.tag(k);
         Some(Self {
             snapshot: s.id.clone(),
             job: s.job.clone(),

@@ -12,8 +12,8 @@
 //! itself, so the archive has no gap the stream made. A dropped slot is reported (daemon log
 //! and evidence log) and created again.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use lifeboat_context::Context;
@@ -50,10 +50,6 @@ pub fn spool_dir(ctx: &Context, service: &str) -> PathBuf {
 pub struct Pass {
     /// Complete files archived (or found archived already).
     pub archived: Vec<String>,
-    /// The segment being received, stored as far as it has come.
-    pub partial: Option<String>,
-    /// The newest commit time (Unix microseconds) in the stored partial segment.
-    pub partial_last_xact: Option<i64>,
 }
 
 /// The state of the segment being received, to store it only when it grew.
@@ -117,32 +113,19 @@ pub fn upload(a: &WalArchive, spool: &Path, seen: &mut PartialSeen) -> Result<Pa
             let data = std::fs::read(&path)
                 .map_err(|e| Error::new(Kind::Io, format!("reading {}: {e}", path.display())))?;
             a.push_live(&seg, &data)?;
-            pass.partial_last_xact = lifeboat_core::wal::scan_segment(&data)
-                .ok()
-                .and_then(|s| s.last_xact_time);
-            pass.partial = Some(seg);
             seen.0 = Some(stamp);
         }
     }
     Ok(pass)
 }
 
-/// `pg_receivewal`'s arguments for a member (connection from the environment).
-fn receivewal(
-    pg: &PgService,
-    m: &lifeboat_pg::Member,
-    spool: &Path,
-    slot: &str,
-) -> tokio::process::Command {
-    let mut c = std::process::Command::new(pg.tool("pg_receivewal"));
-    c.arg("-D")
-        .arg(spool)
-        .args(["-S", slot, "--synchronous", "--no-loop", "--no-password"]);
-    m.libpq_env(&mut c);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut c = tokio::process::Command::from(c);
+/// `pg_receivewal` with `args` for member `m`, killed if dropped.
+fn receivewal(pg: &PgService, m: &lifeboat_pg::Member, args: &[&OsStr]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::from(lifeboat_pg::tool::receivewal(
+        m,
+        &pg.tool("pg_receivewal"),
+        args,
+    ));
     c.kill_on_drop(true);
     c
 }
@@ -153,14 +136,11 @@ async fn ensure_slot(
     m: &lifeboat_pg::Member,
     slot: &str,
 ) -> Result<bool, String> {
-    let mut c = std::process::Command::new(pg.tool("pg_receivewal"));
-    c.args(["--create-slot", "-S", slot, "--no-password"]);
-    m.libpq_env(&mut c);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut c = tokio::process::Command::from(c);
-    c.kill_on_drop(true);
+    let mut c = receivewal(
+        pg,
+        m,
+        &["--create-slot".as_ref(), "-S".as_ref(), slot.as_ref()],
+    );
     match tokio::time::timeout(Duration::from_secs(30), c.output()).await {
         Ok(Ok(o)) if o.status.success() => Ok(true),
         Ok(Ok(o)) => {
@@ -314,7 +294,15 @@ pub async fn run(
         }
         // Kept across restarts of the daemon: a slot missing at the next start is reported too.
         let _ = std::fs::write(marker(&member.site), slot.as_bytes());
-        let mut child = match receivewal(&pg, &member, &spool, &slot).spawn() {
+        let stream_args: [&OsStr; 6] = [
+            "-D".as_ref(),
+            spool.as_os_str(),
+            "-S".as_ref(),
+            slot.as_ref(),
+            "--synchronous".as_ref(),
+            "--no-loop".as_ref(),
+        ];
+        let mut child = match receivewal(&pg, &member, &stream_args).spawn() {
             Ok(c) => c,
             Err(e) => {
                 log(

@@ -239,6 +239,11 @@ fn tag_value(tags: &[String], key: &str) -> Option<String> {
 }
 
 impl SnapshotInfo {
+    /// The value of a `key=value` tag.
+    pub fn tag(&self, key: &str) -> Option<String> {
+        tag_value(&self.tags, key)
+    }
+
     fn from(s: &SnapshotFile) -> Self {
         let tags: Vec<String> = s.tags.iter().cloned().collect();
         let id = s.id.to_hex().to_string();

@@ -78,6 +78,7 @@ impl TreeSource {
                     crate::error::parse(e).cause()
                 ),
             )
+            .hint("check that the directory exists and is readable by the user running Lifeboat")
         })?;
         Ok(Self {
             root: root.to_path_buf(),
@@ -185,26 +186,20 @@ fn go_mode(st_mode: u32) -> u32 {
 type Entry = RusticResult<ReadSourceEntry<TreeOpen>>;
 
 fn extra_entry(root: &Path, owner: Option<(u32, u32)>, x: Extra) -> Entry {
-    let (rel, open_from, bytes) = match x {
-        Extra::Dir { rel, from } => (rel, Some((from, true)), None),
-        Extra::File { rel, from } => (rel, Some((from, false)), None),
-        Extra::Bytes { rel, data } => (rel, None, Some(data)),
+    let (rel, open) = match x {
+        Extra::Dir { rel, from } | Extra::File { rel, from } => (rel, TreeOpen::Path(from)),
+        Extra::Bytes { rel, data } => (rel, TreeOpen::Bytes(data)),
     };
-    let path = root.join(&rel);
     let name = rel
         .file_name()
         .ok_or_else(|| RusticError::new(ErrorKind::Internal, "an added entry without a name"))?
         .to_os_string();
-    match (open_from, bytes) {
-        (Some((from, _)), _) => {
+    let (node, open) = match open {
+        TreeOpen::Path(from) => {
             let (node, is_dir) = node_from_disk(&name, &from).map_err(|e| io_err(&from, e))?;
-            Ok(ReadSourceEntry {
-                path,
-                node,
-                open: (!is_dir).then_some(TreeOpen::Path(from)),
-            })
+            (node, (!is_dir).then_some(TreeOpen::Path(from)))
         }
-        (None, Some(data)) => {
+        TreeOpen::Bytes(data) => {
             let meta = Metadata {
                 mode: Some(0o600),
                 mtime: Some(jiff::Timestamp::now()),
@@ -213,14 +208,16 @@ fn extra_entry(root: &Path, owner: Option<(u32, u32)>, x: Extra) -> Entry {
                 size: data.len() as u64,
                 ..Default::default()
             };
-            Ok(ReadSourceEntry {
-                path,
-                node: Node::new_node(&name, NodeType::File, meta),
-                open: Some(TreeOpen::Bytes(data)),
-            })
+            let node = Node::new_node(&name, NodeType::File, meta);
+            (node, Some(TreeOpen::Bytes(data)))
         }
-        (None, None) => unreachable!("an extra is a directory, a file or bytes"),
-    }
+        TreeOpen::Local(_) | TreeOpen::Stable(_) => unreachable!("extras are paths or bytes"),
+    };
+    Ok(ReadSourceEntry {
+        path: root.join(&rel),
+        node,
+        open,
+    })
 }
 
 impl ReadSource for TreeSource {
@@ -247,9 +244,6 @@ impl ReadSource for TreeSource {
                 skipping = None;
             }
             let rel = e.path.strip_prefix(&root).unwrap_or(&e.path);
-            if rel.as_os_str().is_empty() {
-                return Some(Ok(map_open(e, false)));
-            }
             let is_dir = matches!(e.node.node_type, NodeType::Dir);
             match classify(rel, is_dir) {
                 Treat::Keep => Some(Ok(map_open(e, false))),
@@ -272,23 +266,20 @@ impl ReadSource for TreeSource {
         let failed = self.failed.clone();
         let root = self.root.clone();
         let owner = std::fs::metadata(&root).ok().map(|m| (m.uid(), m.gid()));
-        let mut trailer = trailer;
-        let tail = std::iter::once(()).flat_map(move |()| {
-            let Some(t) = trailer.take() else {
-                return Vec::new();
-            };
-            match t() {
-                Ok(extras) => extras
-                    .into_iter()
-                    .map(|x| extra_entry(&root, owner, x))
-                    .collect(),
-                Err(e) => {
-                    let msg = e.to_string();
-                    *failed.lock().expect("trailer error") = Some(e);
-                    vec![Err(RusticError::new(ErrorKind::Internal, msg))]
-                }
+        // Runs once the walk is over (a second listing has no trailer left).
+        let tail = std::iter::once_with(move || match trailer.map(|t| t()) {
+            None => Vec::new(),
+            Some(Ok(extras)) => extras
+                .into_iter()
+                .map(|x| extra_entry(&root, owner, x))
+                .collect(),
+            Some(Err(e)) => {
+                let msg = e.to_string();
+                *failed.lock().expect("trailer error") = Some(e);
+                vec![Err(RusticError::new(ErrorKind::Internal, msg))]
             }
-        });
+        })
+        .flatten();
         Box::new(walk.chain(tail))
     }
 }

@@ -134,10 +134,7 @@ impl Chunker {
             if buf.capacity() - buf.len() < want {
                 buf.reserve(want.max(GROW));
             }
-            let start = buf.len();
-            buf.resize(start + want, 0);
-            let n = read_some(&mut r, &mut buf[start..])?;
-            buf.truncate(start + n);
+            let n = read_more(&mut r, &mut buf, want)?;
             total += n as u64;
             if n == 0 {
                 if !buf.is_empty() {
@@ -149,14 +146,19 @@ impl Chunker {
     }
 }
 
-/// One read, retried when a signal interrupts it.
-fn read_some(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match r.read(buf) {
+/// One read of up to `want` bytes appended to `buf`, retried when a signal interrupts it.
+/// Returns how many were read (0 at the end of the file).
+fn read_more(r: &mut impl Read, buf: &mut BytesMut, want: usize) -> std::io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    let n = loop {
+        match r.read(&mut buf[start..]) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            other => return other,
+            other => break other,
         }
-    }
+    };
+    buf.truncate(start + *n.as_ref().unwrap_or(&0));
+    n
 }
 
 /// Chunks of exactly `chunk` bytes (a file's last one shorter), each handed to `emit`: for
@@ -176,11 +178,10 @@ pub fn fixed_chunks(
         let left = usize::try_from(size.saturating_sub(total)).unwrap_or(chunk);
         let mut buf = BytesMut::with_capacity(left.max(PROBE).min(chunk));
         while buf.len() < chunk {
-            let start = buf.len();
-            let want = (buf.capacity() - start).max(PROBE).min(chunk - start);
-            buf.resize(start + want, 0);
-            let n = read_some(&mut r, &mut buf[start..])?;
-            buf.truncate(start + n);
+            let want = (buf.capacity() - buf.len())
+                .max(PROBE)
+                .min(chunk - buf.len());
+            let n = read_more(&mut r, &mut buf, want)?;
             total += n as u64;
             if n == 0 {
                 if !buf.is_empty() {

@@ -393,20 +393,6 @@ impl Walk<'_> {
     }
 }
 
-/// glibc serves a large allocation from mmap and gives it back on free, but after the first
-/// such free it raises that threshold to the freed size, so later read buffers and packs come
-/// from per-thread arenas that keep their pages: peak RSS grew by ~40 MB over the live heap on
-/// the benchmark dataset. A fixed threshold keeps buffers of 4 MiB and more out of the arenas.
-pub(crate) fn keep_large_buffers_out_of_the_heap(threshold: i32) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes an allocator setting; any value is valid for it.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, threshold);
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = threshold;
-}
-
 /// Back up `source` into the repository behind `objects`, as `snap` (its tags, host and time
 /// already set). Returns the snapshot as written.
 pub fn archive<R: ReadSource>(
@@ -451,7 +437,7 @@ where
     <R::Open as ReadSourceOpen>::Reader: 'static,
 {
     let started = jiff::Zoned::now();
-    keep_large_buffers_out_of_the_heap(4 << 20);
+    crate::tune_allocator(None);
     let known = KnownBlobs::load(&objects, key)?;
     let chunker = cdc::Chunker::new(&key.mac("lifeboat-chunker", b"gear table"));
     let data_known = Mutex::new(known.data);
@@ -789,39 +775,29 @@ mod tests {
         opens: Arc<AtomicUsize>,
     }
 
-    struct Growing<R> {
+    /// A reader whose file is changed (grown or shrunk, as `hook` says) after its first read.
+    struct ChangedUnderRead<R> {
         inner: R,
         path: PathBuf,
+        hook: Hook,
         reads: usize,
     }
 
-    impl<R: Read> Read for Growing<R> {
+    impl<R: Read> Read for ChangedUnderRead<R> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             let n = self.inner.read(buf)?;
             self.reads += 1;
             if self.reads == 1 {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new().append(true).open(&self.path)?;
-                f.write_all(b"written while the backup read the file")?;
-            }
-            Ok(n)
-        }
-    }
-
-    struct Shrinking<R> {
-        inner: R,
-        path: PathBuf,
-        reads: usize,
-    }
-
-    impl<R: Read> Read for Shrinking<R> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let n = self.inner.read(buf)?;
-            self.reads += 1;
-            if self.reads == 1 {
-                let f = std::fs::OpenOptions::new().write(true).open(&self.path)?;
-                let len = f.metadata()?.len();
-                f.set_len(len / 2)?;
+                use std::io::{Seek, Write};
+                let mut f = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+                match self.hook {
+                    Hook::Grow => {
+                        f.seek(std::io::SeekFrom::End(0))?;
+                        f.write_all(b"written while the backup read the file")?;
+                    }
+                    Hook::Shrink => f.set_len(f.metadata()?.len() / 2)?,
+                    Hook::None | Hook::Vanish => {}
+                }
             }
             Ok(n)
         }
@@ -836,14 +812,10 @@ mod tests {
                     std::fs::remove_file(&self.path).expect("remove");
                     Ok(Box::new(self.inner.open()?))
                 }
-                Hook::Grow => Ok(Box::new(Growing {
+                hook @ (Hook::Grow | Hook::Shrink) => Ok(Box::new(ChangedUnderRead {
                     inner: self.inner.open()?,
                     path: self.path,
-                    reads: 0,
-                })),
-                Hook::Shrink => Ok(Box::new(Shrinking {
-                    inner: self.inner.open()?,
-                    path: self.path,
+                    hook,
                     reads: 0,
                 })),
                 Hook::None => Ok(Box::new(self.inner.open()?)),
