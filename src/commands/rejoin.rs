@@ -20,11 +20,12 @@ pub struct Args {
 
 #[derive(clap::Args)]
 pub struct FailbackArgs {
-    /// The postgres service.
+    /// The postgres service, or an http service whose failback is manual.
     service: String,
-    /// The site to give the primary back to.
+    /// Postgres: the site to give the primary back to. (An http service goes back to the
+    /// first site in its order that passes its checks.)
     #[arg(long)]
-    to: String,
+    to: Option<String>,
     /// How long the switchover waits for the target to catch up.
     #[arg(long, default_value = "30s")]
     timeout: lifeboat_core::units::Duration,
@@ -152,9 +153,18 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
 
 pub fn failback(cli: &crate::Cli, a: &FailbackArgs) -> anyhow::Result<i32> {
     let ctx = super::context(cli)?;
+    if let Some(lifeboat_core::plan::Service::Http { .. }) = ctx.plan.services.get(&a.service) {
+        return app_failback(cli, &ctx, a);
+    }
+    let Some(to) = a.to.clone() else {
+        anyhow::bail!(
+            "give the site to hand the primary back to: lifeboat failback {} --to SITE",
+            a.service
+        );
+    };
     let w = watched(&ctx, &a.service)?;
-    if !w.members.iter().any(|m| m.site == a.to) {
-        anyhow::bail!("{} has no member {}", a.service, a.to);
+    if !w.members.iter().any(|m| m.site == to) {
+        anyhow::bail!("{} has no member {}", a.service, to);
     }
     // The plan's own failback runbook for this service, when it has one (its rejoin and
     // switchover steps without a site go to --to; LIFEBOAT_TO tells its commands).
@@ -164,7 +174,7 @@ pub fn failback(cli: &crate::Cli, a: &FailbackArgs) -> anyhow::Result<i32> {
         let mut rb = rb.clone();
         for st in rb.steps.iter_mut() {
             if matches!(st.action.as_deref(), Some("rejoin" | "switchover")) && st.site.is_none() {
-                st.site = Some(a.to.clone());
+                st.site = Some(to.clone());
                 if st.action.as_deref() == Some("switchover") && st.timeout.is_none() {
                     // The switchover step waits up to half its timeout for the target.
                     st.timeout = Some(lifeboat_core::units::Duration(a.timeout.std() * 2));
@@ -178,14 +188,14 @@ pub fn failback(cli: &crate::Cli, a: &FailbackArgs) -> anyhow::Result<i32> {
             name,
             &rb,
             false,
-            vec![("LIFEBOAT_TO".to_string(), a.to.clone())],
+            vec![("LIFEBOAT_TO".to_string(), to.clone())],
         )?;
         ctx.record(
             "failback",
             &w.service,
             if code == 0 { "ok" } else { "failed" },
             started,
-            serde_json::json!({"to": a.to, "runbook": name}),
+            serde_json::json!({"to": to, "runbook": name}),
         )?;
         return Ok(code);
     }
@@ -194,56 +204,97 @@ pub fn failback(cli: &crate::Cli, a: &FailbackArgs) -> anyhow::Result<i32> {
         .build()?;
     let started = Instant::now();
     // 1. Rejoin, unless it already streams from the primary.
-    let streams = w.members.iter().filter(|m| m.site != a.to).any(|pm| {
+    let streams = w.members.iter().filter(|m| m.site != to).any(|pm| {
         rt.block_on(async {
             let s = Session::connect(pm, Duration::from_secs(3)).await?;
             Ok::<_, lifeboat_core::Error>(
-                !s.in_recovery().await? && s.standby_state(&a.to).await? == "streaming",
+                !s.in_recovery().await? && s.standby_state(&to).await? == "streaming",
             )
         })
         .unwrap_or(false)
     });
     let rejoined = if streams {
         if !cli.json {
-            println!("1. rejoin: {} already streams from the primary", a.to);
+            println!("1. rejoin: {} already streams from the primary", to);
         }
         None
     } else {
         if !cli.json {
-            println!("1. rejoin {}:", a.to);
+            println!("1. rejoin {}:", to);
         }
-        let r = do_rejoin(cli, &ctx, &w, &rt, &a.to)?;
+        let r = do_rejoin(cli, &ctx, &w, &rt, &to)?;
         if !cli.json {
             print_divergence(&r);
         }
         if !r.streaming {
-            anyhow::bail!("{} does not stream after rejoin: not switching over", a.to);
+            anyhow::bail!("{} does not stream after rejoin: not switching over", to);
         }
         Some(r)
     };
     // 2. Switch over to it.
     if !cli.json {
-        println!("2. switchover to {}:", a.to);
+        println!("2. switchover to {}:", to);
     }
-    let sw = super::switchover::perform(cli, &ctx, &w, &rt, &a.to, a.timeout.std())?;
+    let sw = super::switchover::perform(cli, &ctx, &w, &rt, &to, a.timeout.std())?;
     let ok = sw.aborted.is_none();
     ctx.record(
         "failback",
         &w.service,
         if ok { "ok" } else { "aborted" },
         started,
-        serde_json::json!({"to": a.to, "rejoin": rejoined, "switchover": sw}),
+        serde_json::json!({"to": to, "rejoin": rejoined, "switchover": sw}),
     )?;
     if cli.json {
         crate::output::json(&serde_json::json!({"rejoin": rejoined, "switchover": sw}));
     } else if ok {
         println!(
             "failback done: {} is the primary again; writes stopped for {} ms",
-            a.to,
+            to,
             sw.downtime_ms.unwrap_or(0)
         );
     } else {
         println!("failback ABORTED: {}", sw.aborted.unwrap_or_default());
     }
     Ok(if ok { 0 } else { 1 })
+}
+
+/// An http service goes back to its first healthy site: the daemon routes its name, so the
+/// request is handed to it and its answer printed.
+fn app_failback(
+    cli: &crate::Cli,
+    ctx: &lifeboat_context::Context,
+    a: &FailbackArgs,
+) -> anyhow::Result<i32> {
+    if a.to.is_some() {
+        anyhow::bail!(
+            "{} is an http service: it goes back to the first site in its order that passes its checks (no --to)",
+            a.service
+        );
+    }
+    let control = lifeboat_failover::control::Control::new(&ctx.state_dir);
+    if !control.daemon_running() {
+        return Err(lifeboat_core::Error::new(
+            lifeboat_core::Kind::Input,
+            format!("no `lifeboat serve` runs with this plan's state: nothing routes {}", a.service),
+        )
+        .hint("start `lifeboat serve`; it answers the service's name")
+        .into());
+    }
+    let req = lifeboat_failover::control::Request::new("failback", None, &ctx.actor);
+    control.submit(&a.service, &req)?;
+    let answer = control.wait(&a.service, &req.id, Duration::from_secs(30))?;
+    if let Some(e) = answer["error"].as_str() {
+        anyhow::bail!("{e}");
+    }
+    if cli.json {
+        crate::output::json(&answer);
+    } else {
+        let site = answer["site"].as_str().unwrap_or("nowhere");
+        match answer["from"].as_str() {
+            Some(from) if from != site => println!("{}: {from} → {site}", a.service),
+            _ => println!("{}: stays on {site}", a.service),
+        }
+        println!("  {}", answer["reason"].as_str().unwrap_or(""));
+    }
+    Ok(0)
 }

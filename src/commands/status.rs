@@ -44,7 +44,25 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         .build()?;
     let mut out = Vec::new();
     let drills = lifeboat_drill::latest(&ctx);
-    for name in ctx.postgres_services(a.service.as_deref())? {
+    let is_app = |n: &str| {
+        matches!(
+            ctx.plan.services.get(n),
+            Some(lifeboat_core::plan::Service::Http { .. })
+        )
+    };
+    let pg_names = match a.service.as_deref() {
+        Some(s) if is_app(s) => Vec::new(),
+        only => ctx.postgres_services(only)?,
+    };
+    let apps: Vec<AppStatus> = ctx
+        .plan
+        .services
+        .keys()
+        .filter(|n| is_app(n) && a.service.as_deref().is_none_or(|s| s == n.as_str()))
+        .filter_map(|n| lifeboat_failover::app::AppTier::from_plan(&ctx, n))
+        .map(|app| app_status(&ctx, &rt, &app, timeout))
+        .collect();
+    for name in pg_names {
         let Some(mut w) = Watched::from_plan(&ctx, &name)? else {
             continue;
         };
@@ -93,8 +111,16 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         });
     }
     if cli.json {
-        crate::output::json(&out);
+        let mut all: Vec<serde_json::Value> = out
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .collect();
+        all.extend(apps.iter().map(|s| serde_json::to_value(s).unwrap_or_default()));
+        crate::output::json(&all);
         return Ok(0);
+    }
+    for s in &apps {
+        print_app(s);
     }
     for s in &out {
         println!("service {}", s.service);
@@ -221,4 +247,121 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[derive(serde::Serialize)]
+struct AppSite {
+    site: String,
+    url: String,
+    record: Option<String>,
+    /// This command's own check, now.
+    healthy: bool,
+    failure: Option<String>,
+    /// What the daemon's checks say (thresholds applied).
+    daemon_healthy: Option<bool>,
+    database: Option<serde_json::Value>,
+}
+
+#[derive(serde::Serialize)]
+struct AppStatus {
+    service: String,
+    kind: &'static str,
+    name: Option<String>,
+    follows: Option<String>,
+    failback: lifeboat_core::plan::Failback,
+    sites: Vec<AppSite>,
+    /// The daemon's answer (`<state>/routes/<service>.json`), when one runs or ran.
+    answer: Option<lifeboat_failover::app::RouteRecord>,
+}
+
+/// One check of every site now, beside what the daemon last answered.
+fn app_status(
+    ctx: &lifeboat_context::Context,
+    rt: &tokio::runtime::Runtime,
+    app: &lifeboat_failover::app::AppTier,
+    timeout: Duration,
+) -> AppStatus {
+    let answer = lifeboat_failover::app::load_record(&ctx.state_dir, &app.service);
+    let sites = app
+        .sites
+        .iter()
+        .map(|(site, check)| {
+            let seen = answer.as_ref().and_then(|r| r.sites.get(site));
+            let now = rt.block_on(lifeboat_pg::health::extra_checks(
+                std::slice::from_ref(check),
+                timeout,
+            ));
+            AppSite {
+                site: site.clone(),
+                url: lifeboat_pg::health::redact_url(check.http.as_deref().unwrap_or_default()),
+                record: app.records.get(site).cloned(),
+                healthy: now.is_ok(),
+                failure: now.err(),
+                daemon_healthy: seen.and_then(|s| s.healthy),
+                database: seen.and_then(|s| s.db.clone()),
+            }
+        })
+        .collect();
+    AppStatus {
+        service: app.service.clone(),
+        kind: "http",
+        name: app.dns.as_ref().map(|d| d.name.clone()),
+        follows: app.follows.clone(),
+        failback: app.failback,
+        sites,
+        answer,
+    }
+}
+
+fn print_app(s: &AppStatus) {
+    println!(
+        "service {} (http{}{})",
+        s.service,
+        s.name
+            .as_ref()
+            .map(|n| format!(", name {n}"))
+            .unwrap_or_default(),
+        s.follows
+            .as_ref()
+            .map(|f| format!(", follows {f}"))
+            .unwrap_or_default()
+    );
+    for site in &s.sites {
+        let answered = s
+            .answer
+            .as_ref()
+            .is_some_and(|a| a.site.as_deref() == Some(site.site.as_str()));
+        println!(
+            "  {:<10} {:<16} {:<26} {}{}",
+            site.site,
+            site.record.as_deref().unwrap_or("-"),
+            match &site.failure {
+                None => "healthy".to_string(),
+                Some(e) => format!("UNHEALTHY ({e})"),
+            },
+            if answered { "<- answered" } else { "" },
+            site.database
+                .as_ref()
+                .and_then(|d| d["state"].as_str())
+                .map(|d| format!("  database: {d}"))
+                .unwrap_or_default()
+        );
+    }
+    match &s.answer {
+        Some(a) => {
+            println!(
+                "  daemon answers {} since {}: {}",
+                a.site.as_deref().unwrap_or("nothing (SERVFAIL)"),
+                a.since.as_deref().and_then(|t| t.get(..19)).unwrap_or("?"),
+                a.reason
+            );
+            if let Some(h) = &a.held {
+                println!(
+                    "  {h} is healthy again; `lifeboat failback {}` moves the name back",
+                    s.service
+                );
+            }
+        }
+        None => println!("  no answer recorded: `lifeboat serve` has not routed this service yet"),
+    }
 }

@@ -9,6 +9,7 @@ pub mod load;
 pub mod plan;
 pub mod repo_url;
 pub mod retention;
+pub mod route;
 pub mod schedule;
 pub mod secret;
 pub mod units;

@@ -678,14 +678,46 @@ pub enum Service {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         wal_stream: Option<WalStream>,
     },
-    /// An HTTP service with a health URL per site (health checks arrive in a later release).
+    /// An application tier served from several sites (a load balancer or an app server per
+    /// site). `lifeboat serve` checks each site's health URL and answers the service's DNS name
+    /// with the first healthy site in `order` — or, with `follows`, with the site where the
+    /// database's primary is, so clients never land on a site whose database no longer takes
+    /// writes.
     Http {
         tier: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         depends_on: Vec<String>,
-        /// Health URL by site name.
+        /// Health check by site name: a URL (`http://10.0.1.5:8080/health`, passes on any 2xx),
+        /// or `{ url, status, body, timeout }`.
         #[serde(default)]
-        health: BTreeMap<String, String>,
+        health: BTreeMap<String, SiteHealth>,
+        /// The order sites are preferred in (primary, secondary …). Default: the plan's
+        /// `sites` order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        order: Vec<String>,
+        /// A postgres service (with `failover:`) whose routed primary's site this service
+        /// answers with: the app moves with its database. While the app fails its checks
+        /// there, the next healthy site in `order` whose database member is a healthy standby
+        /// (never one whose member is down or a primary Lifeboat no longer routes to).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        follows: Option<String>,
+        /// How often and how strictly the sites are checked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checks: Option<HttpChecks>,
+        /// `auto` (default): back to a preferred site once it passes `healthy_threshold`
+        /// checks. `manual`: stay on the site answering until `lifeboat failback SERVICE`
+        /// (a failover away from an unhealthy site is always automatic).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failback: Option<Failback>,
+        /// The name the built-in DNS responder answers for this service. Records default to
+        /// the host of each site's health URL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns: Option<DnsSpec>,
+        /// A runbook run whenever the answer changes (for DNS that lives elsewhere: a Route 53
+        /// or other API call as a `command` or `webhook` step). Its steps see `LIFEBOAT_SITE`,
+        /// `LIFEBOAT_RECORD`, `LIFEBOAT_FROM` (the previous site) and `LIFEBOAT_REASON`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_change: Option<String>,
     },
 }
 
@@ -723,6 +755,134 @@ impl Service {
             Service::Http { .. } => "none",
         }
     }
+}
+
+/// One site's health check of an http service: a URL, or the URL with what must come back.
+#[derive(Clone, Debug, Default, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteHealth {
+    /// URL to GET (`http://` or `https://`).
+    pub url: String,
+    /// Status that passes. Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Text the response body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Deadline of one check. Default: the service's `checks.timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+impl SiteHealth {
+    /// As one of the health checks the failover monitor runs.
+    pub fn check(&self) -> HealthCheck {
+        HealthCheck {
+            http: Some(self.url.clone()),
+            status: self.status,
+            body: self.body.clone(),
+            timeout: self.timeout,
+            ..Default::default()
+        }
+    }
+
+    /// The host of the URL (what the DNS name answers with by default).
+    pub fn host(&self) -> Option<String> {
+        let rest = self.url.split_once("://")?.1;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let host = authority.rsplit('@').next()?;
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next()?,
+            None => host.split(':').next()?,
+        };
+        (!host.is_empty()).then(|| host.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SiteHealth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            url: String,
+            #[serde(default)]
+            status: Option<u16>,
+            #[serde(default)]
+            body: Option<String>,
+            #[serde(default)]
+            timeout: Option<Duration>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SiteHealth;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a health URL, or { url, status, body, timeout }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SiteHealth, E> {
+                Ok(SiteHealth {
+                    url: v.to_string(),
+                    ..Default::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<SiteHealth, A::Error> {
+                let f = Full::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(SiteHealth {
+                    url: f.url,
+                    status: f.status,
+                    body: f.body,
+                    timeout: f.timeout,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// How an http service's sites are checked. Defaults as fast as the database's: every 500ms,
+/// 400ms per check, down after 3 failures in a row, healthy again after 2 passes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpChecks {
+    /// Time between checks of a site. Default 500ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Deadline of one check (a URL that hangs fails when it passes). Default 400ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Failed checks in a row before a site is down. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    /// Passed checks in a row before a site that was down is healthy again. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+}
+
+impl HttpChecks {
+    pub fn interval(&self) -> std::time::Duration {
+        self.interval
+            .map(|d| d.std())
+            .unwrap_or(std::time::Duration::from_millis(500))
+    }
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .map(|d| d.std())
+            .unwrap_or(std::time::Duration::from_millis(400))
+    }
+    pub fn unhealthy_threshold(&self) -> u32 {
+        self.unhealthy_threshold.unwrap_or(3).max(1)
+    }
+    pub fn healthy_threshold(&self) -> u32 {
+        self.healthy_threshold.unwrap_or(2).max(1)
+    }
+}
+
+/// Whether an http service goes back to a preferred site by itself.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    #[default]
+    Auto,
+    Manual,
 }
 
 /// Streaming WAL into the archive (see the service's `wal_stream`).

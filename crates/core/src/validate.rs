@@ -233,36 +233,13 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                         );
                     }
                     if let Some(d) = &f.dns {
-                        if d.listen.parse::<std::net::SocketAddr>().is_err() {
-                            err(
-                                format!("{base}.failover.dns.listen"),
-                                format!(
-                                    "`{}` is not an address to answer on (e.g. 127.0.0.1:5353)",
-                                    d.listen
-                                ),
-                            );
-                        }
-                        let labels_ok = !d.name.trim_end_matches('.').is_empty()
-                            && d.name.trim_end_matches('.').split('.').all(|l| {
-                                !l.is_empty()
-                                    && l.len() <= 63
-                                    && l.chars()
-                                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                            });
-                        if !labels_ok {
-                            err(
-                                format!("{base}.failover.dns.name"),
-                                format!("`{}` is not a DNS name", d.name),
-                            );
-                        }
-                        for site in d.records.keys() {
-                            if !members.contains_key(site) {
-                                err(
-                                    format!("{base}.failover.dns.records.{site}"),
-                                    format!("`{site}` is not a member of this service"),
-                                );
-                            }
-                        }
+                        check_dns(
+                            &mut err,
+                            &format!("{base}.failover.dns"),
+                            d,
+                            |s| members.contains_key(s),
+                            "is not a member of this service",
+                        );
                     }
                     let mut seen: BTreeMap<(String, u16), &String> = BTreeMap::new();
                     for (site, m) in members {
@@ -311,15 +288,151 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                     }
                 }
             }
-            Service::Http { health, .. } => {
-                for site in health.keys() {
+            Service::Http {
+                health,
+                order,
+                follows,
+                checks,
+                dns,
+                on_change,
+                ..
+            } => {
+                for (site, h) in health {
                     if !sites.contains(site) {
                         err(
                             format!("{base}.health.{site}"),
                             format!("site `{site}` is not in `sites` ({})", list(&sites)),
                         );
                     }
+                    if !(h.url.starts_with("http://") || h.url.starts_with("https://"))
+                        || h.host().is_none()
+                    {
+                        err(
+                            format!("{base}.health.{site}"),
+                            format!("`{}` is not an http:// or https:// URL", h.url),
+                        );
+                    }
+                    if h.timeout.is_some_and(|t| t.std().is_zero()) {
+                        err(
+                            format!("{base}.health.{site}.timeout"),
+                            "must be more than 0".into(),
+                        );
+                    }
                 }
+                let mut seen = BTreeSet::new();
+                for (i, site) in order.iter().enumerate() {
+                    if !health.contains_key(site) {
+                        err(
+                            format!("{base}.order[{i}]"),
+                            format!(
+                                "site `{site}` has no health check in `health` (sites checked: {})",
+                                list(&health.keys().cloned().collect())
+                            ),
+                        );
+                    }
+                    if !seen.insert(site) {
+                        err(
+                            format!("{base}.order[{i}]"),
+                            format!("site `{site}` is listed twice"),
+                        );
+                    }
+                }
+                if health.is_empty() {
+                    err(
+                        format!("{base}.health"),
+                        "an http service needs a health check in at least one site".into(),
+                    );
+                }
+                if let Some(c) = checks {
+                    if c.unhealthy_threshold == Some(0) || c.healthy_threshold == Some(0) {
+                        err(
+                            format!("{base}.checks"),
+                            "thresholds must be at least 1".into(),
+                        );
+                    }
+                    for (k, d) in [("interval", c.interval), ("timeout", c.timeout)] {
+                        if d.is_some_and(|d| d.std().is_zero()) {
+                            err(format!("{base}.checks.{k}"), "must be more than 0".into());
+                        }
+                    }
+                }
+                if let Some(f) = follows {
+                    match plan.services.get(f) {
+                        None => err(
+                            format!("{base}.follows"),
+                            format!(
+                                "undeclared service `{f}` ({})",
+                                list(&declared.services)
+                            ),
+                        ),
+                        Some(Service::Postgres { failover, .. }) => {
+                            if failover.is_none() {
+                                err(
+                                    format!("{base}.follows"),
+                                    format!("`{f}` has no `failover:`: nothing routes its primary, so there is nothing to follow"),
+                                );
+                            } else if plan.coordinator.is_some() {
+                                err(
+                                    format!("{base}.follows"),
+                                    "following a database coordinated by agents (`coordinator:`) is not supported yet: `lifeboat serve` follows the primary it routes itself".into(),
+                                );
+                            }
+                        }
+                        Some(other) => err(
+                            format!("{base}.follows"),
+                            format!(
+                                "`{f}` is a {} service: an app follows a postgres service's primary",
+                                other.kind()
+                            ),
+                        ),
+                    }
+                }
+                if let Some(d) = dns {
+                    check_dns(
+                        &mut err,
+                        &format!("{base}.dns"),
+                        d,
+                        |s| health.contains_key(s),
+                        "has no health check in `health`",
+                    );
+                }
+                if let Some(r) = on_change {
+                    if !plan.runbooks.contains_key(r) {
+                        err(
+                            format!("{base}.on_change"),
+                            format!(
+                                "undeclared runbook `{r}` ({})",
+                                list(&plan.runbooks.keys().cloned().collect())
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Two services answering the same name on one responder would flip its answer.
+    let mut names: BTreeMap<(String, String), &String> = BTreeMap::new();
+    for (name, svc) in &plan.services {
+        let (d, at) = match svc {
+            Service::Postgres {
+                failover: Some(f), ..
+            } => (f.dns.as_ref(), "failover.dns"),
+            Service::Http { dns, .. } => (dns.as_ref(), "dns"),
+            _ => (None, ""),
+        };
+        if let Some(d) = d {
+            let key = (
+                d.listen.clone(),
+                d.name.trim_end_matches('.').to_ascii_lowercase(),
+            );
+            if let Some(other) = names.insert(key, name) {
+                err(
+                    format!("services.{name}.{at}.name"),
+                    format!(
+                        "service `{other}` already answers `{}` on {}",
+                        d.name, d.listen
+                    ),
+                );
             }
         }
     }
@@ -1213,6 +1326,43 @@ fn exactly_one(
 }
 
 /// Checks per member site: each names a member, and each check is well-formed.
+/// A DNS name of the built-in responder: where it answers, the name, a record per site.
+fn check_dns(
+    err: &mut impl FnMut(String, String),
+    base: &str,
+    d: &crate::plan::DnsSpec,
+    has_site: impl Fn(&str) -> bool,
+    not_a_site: &str,
+) {
+    if d.listen.parse::<std::net::SocketAddr>().is_err() {
+        err(
+            format!("{base}.listen"),
+            format!(
+                "`{}` is not an address to answer on (e.g. 127.0.0.1:5353)",
+                d.listen
+            ),
+        );
+    }
+    let labels_ok = !d.name.trim_end_matches('.').is_empty()
+        && d.name.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !labels_ok {
+        err(format!("{base}.name"), format!("`{}` is not a DNS name", d.name));
+    }
+    for site in d.records.keys() {
+        if !has_site(site) {
+            err(
+                format!("{base}.records.{site}"),
+                format!("`{site}` {not_a_site}"),
+            );
+        }
+    }
+}
+
 fn check_health_checks<M>(
     err: &mut impl FnMut(String, String),
     base: &str,

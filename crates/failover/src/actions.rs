@@ -216,15 +216,15 @@ async fn wait_healthy(ctx: &Context, st: &RunbookStep) -> Result<String, String>
                 any
             }
             Some(Service::Http { health, .. }) => {
-                let urls: Vec<&String> = match &st.site {
+                let checks: Vec<_> = match &st.site {
                     Some(s) => health.get(s).into_iter().collect(),
                     None => health.values().collect(),
                 };
                 let mut any = false;
-                for u in urls {
-                    any |= reqwest::get(u.as_str())
+                for c in checks {
+                    any |= lifeboat_pg::health::extra_checks(&[c.check()], Duration::from_secs(2))
                         .await
-                        .is_ok_and(|r| r.status().is_success());
+                        .is_ok();
                 }
                 any
             }

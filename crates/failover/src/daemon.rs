@@ -501,45 +501,59 @@ fn after_failover_runbooks(
     epoch: u64,
     done: Vec<lifeboat_runbook::BuiltinStep>,
 ) {
+    let env = vec![
+        (
+            "LIFEBOAT_FROM".to_string(),
+            from.unwrap_or_default().to_string(),
+        ),
+        ("LIFEBOAT_TO".to_string(), to.to_string()),
+        ("LIFEBOAT_EPOCH".to_string(), epoch.to_string()),
+    ];
     for (name, rb) in &ctx.plan.runbooks {
         if rb.kind.as_deref() != Some("failover") || rb.service.as_deref() != Some(service) {
             continue;
         }
-        let (ctx, name, svc, done) = (ctx.clone(), name.clone(), service.to_string(), done.clone());
-        let env = vec![
-            (
-                "LIFEBOAT_FROM".to_string(),
-                from.unwrap_or_default().to_string(),
-            ),
-            ("LIFEBOAT_TO".to_string(), to.to_string()),
-            ("LIFEBOAT_EPOCH".to_string(), epoch.to_string()),
-        ];
-        tokio::spawn(async move {
-            let svc2 = svc.clone();
-            let opts = lifeboat_runbook::Options {
-                yes: false,
-                approve: Box::new(|_| false),
-                progress: Box::new(move |r| {
-                    log(
-                        "runbook_step",
-                        &svc2,
-                        serde_json::to_value(r).unwrap_or_default(),
-                    )
-                }),
-                after_failover: true,
-                done,
-                env,
-                actions: std::sync::Arc::new(crate::actions::Builtins),
-            };
-            if let Err(e) = lifeboat_runbook::run(&ctx, &name, opts).await {
-                log(
-                    "error",
-                    &svc,
-                    serde_json::json!({"runbook": name, "error": e.to_string()}),
-                );
-            }
-        });
+        spawn_runbook(ctx, name, service, env.clone(), Some(done.clone()));
     }
+}
+
+/// Run runbook `name` in the background, its steps logged under `service`. `done`: the
+/// built-in failover steps an automatic failover already performed (the runbook's own are
+/// then skipped); None: a runbook run for another event (its approval gates are refused: no
+/// one is there to answer).
+pub(crate) fn spawn_runbook(
+    ctx: &Context,
+    name: &str,
+    service: &str,
+    env: Vec<(String, String)>,
+    done: Option<Vec<lifeboat_runbook::BuiltinStep>>,
+) {
+    let (ctx, name, svc) = (ctx.clone(), name.to_string(), service.to_string());
+    tokio::spawn(async move {
+        let svc2 = svc.clone();
+        let opts = lifeboat_runbook::Options {
+            yes: false,
+            approve: Box::new(|_| false),
+            progress: Box::new(move |r| {
+                log(
+                    "runbook_step",
+                    &svc2,
+                    serde_json::to_value(r).unwrap_or_default(),
+                )
+            }),
+            after_failover: done.is_some(),
+            done: done.unwrap_or_default(),
+            env,
+            actions: std::sync::Arc::new(crate::actions::Builtins),
+        };
+        if let Err(e) = lifeboat_runbook::run(&ctx, &name, opts).await {
+            log(
+                "error",
+                &svc,
+                serde_json::json!({"runbook": name, "error": e.to_string()}),
+            );
+        }
+    });
 }
 
 /// Carry out an operator's request; the answer for the waiting command.

@@ -9,6 +9,7 @@
 //! Above `pg`, `context` and `runbook`; knows nothing of backups (`lifeboat-protect`).
 
 pub mod actions;
+pub mod app;
 pub mod agent;
 pub mod control;
 pub mod coord;

@@ -240,7 +240,7 @@ fn describe(c: &lifeboat_core::plan::HealthCheck) -> String {
 }
 
 /// A URL without credentials or query (which may hold tokens), for messages.
-fn redact_url(u: &str) -> String {
+pub fn redact_url(u: &str) -> String {
     let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
     let rest = rest.split(['?', '#']).next().unwrap_or("");
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));

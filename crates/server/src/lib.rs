@@ -1,6 +1,7 @@
 //! `lifeboat serve`: the daemon as a composition of workers under one shutdown signal
 //! (SIGTERM/SIGINT) — per postgres service with `failover:` a monitor, its traffic endpoint, its
-//! health endpoints and its DNS name; the scheduler (`schedule`) for every schedule in the
+//! health endpoints and its DNS name; per http service a monitor that points its DNS name at
+//! a healthy site (following its database's primary when it `follows` one); the scheduler (`schedule`) for every schedule in the
 //! plan; the WAL handoff socket (`wal push` hands its segments to the daemon) when the plan
 //! archives WAL; notifications in the background. Stopping lets a failover under way finish (bounded),
 //! then stops the endpoints and drains notifications.
@@ -40,6 +41,7 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
         }
     }
     if out.is_empty()
+        && apps(ctx).is_empty()
         && schedule::entries(&ctx.plan).is_empty()
         && ctx.plan.metrics.is_none()
         && ctx.plan.api.is_none()
@@ -54,9 +56,59 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
     Ok(out)
 }
 
+/// The application tiers `serve` routes.
+fn apps(ctx: &Context) -> Vec<lifeboat_failover::app::AppTier> {
+    ctx.plan
+        .services
+        .keys()
+        .filter_map(|name| lifeboat_failover::app::AppTier::from_plan(ctx, name))
+        .collect()
+}
+
+/// The answer slot of one DNS name: on the responder for its listen address, which is started
+/// the first time a service names that address (services may share one).
+async fn dns_name(
+    dns: &mut BTreeMap<String, lifeboat_failover::dns::Names>,
+    servers: &mut Vec<tokio::task::JoinHandle<()>>,
+    d: &lifeboat_core::plan::DnsSpec,
+    service: &str,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<lifeboat_failover::dns::Names, Error> {
+    if !dns.contains_key(&d.listen) {
+        let sock = lifeboat_failover::dns::bind(&d.listen).await.map_err(|e| {
+            Error::new(
+                Kind::Io,
+                format!("service {service}: cannot answer DNS on {}: {e}", d.listen),
+            )
+        })?;
+        let names = lifeboat_failover::dns::Names::default();
+        servers.push(tokio::spawn(lifeboat_failover::dns::serve(
+            sock,
+            names.clone(),
+            stop_rx.clone(),
+        )));
+        log(
+            "listening",
+            service,
+            serde_json::json!({"address": d.listen, "endpoint": "dns", "name": d.name}),
+        );
+        dns.insert(d.listen.clone(), names);
+    }
+    let names = dns[&d.listen].clone();
+    if let Ok(mut n) = names.lock() {
+        n.push(lifeboat_failover::dns::Answer {
+            name: d.name.trim_end_matches('.').to_ascii_lowercase(),
+            ttl: d.ttl.map(|t| t.std().as_secs() as u32).unwrap_or(5),
+            target: None,
+        });
+    }
+    Ok(names)
+}
+
 /// Run until SIGTERM/SIGINT.
 pub fn serve(ctx: &Context) -> Result<(), Error> {
     let services = watched(ctx)?;
+    let apps = apps(ctx);
     // Tokens are read before anything listens: a token that cannot be read stops the start.
     let tokens = match &ctx.plan.api {
         Some(a) => Some(std::sync::Arc::new(api::Tokens::load(a)?)),
@@ -118,51 +170,42 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                     stop_rx.clone(),
                 )));
             }
-            if let Some(d) = &w.spec.dns {
-                if !dns.contains_key(&d.listen) {
-                    let sock = lifeboat_failover::dns::bind(&d.listen).await.map_err(|e| {
-                        Error::new(
-                            Kind::Io,
-                            format!(
-                                "service {}: cannot answer DNS on {}: {e}",
-                                w.service, d.listen
-                            ),
-                        )
-                    })?;
-                    let names = lifeboat_failover::dns::Names::default();
-                    servers.push(tokio::spawn(lifeboat_failover::dns::serve(
-                        sock,
-                        names.clone(),
-                        stop_rx.clone(),
-                    )));
-                    log(
-                        "listening",
-                        &w.service,
-                        serde_json::json!({"address": d.listen, "endpoint": "dns", "name": d.name}),
-                    );
-                    dns.insert(d.listen.clone(), names);
-                }
-                if let Some(names) = dns.get(&d.listen) {
-                    if let Ok(mut n) = names.lock() {
-                        n.push(lifeboat_failover::dns::Answer {
-                            name: d.name.trim_end_matches('.').to_ascii_lowercase(),
-                            ttl: d.ttl.map(|t| t.std().as_secs() as u32).unwrap_or(5),
-                            target: None,
-                        });
-                    }
-                }
-            }
+            let names = match &w.spec.dns {
+                Some(d) => Some(dns_name(&mut dns, &mut servers, d, &w.service, &stop_rx).await?),
+                None => None,
+            };
             members.push((w.service.clone(), shared.clone()));
-            let names = w
-                .spec
-                .dns
-                .as_ref()
-                .and_then(|d| dns.get(&d.listen).cloned());
             monitors.push(tokio::spawn(monitor(
                 w,
                 state,
                 route_tx,
                 shared,
+                stop_rx.clone(),
+                ctx.clone(),
+                notifier.clone(),
+                names,
+            )));
+        }
+        // Application tiers, after the databases they may follow.
+        for app in apps {
+            let names = match &app.dns {
+                Some(d) => Some(dns_name(&mut dns, &mut servers, d, &app.service, &stop_rx).await?),
+                None => None,
+            };
+            let db = app.follows.as_ref().and_then(|f| {
+                members
+                    .iter()
+                    .find(|(s, _)| s == f)
+                    .map(|(_, shared)| shared.clone())
+            });
+            log(
+                "watching",
+                &app.service,
+                serde_json::json!({"sites": app.order(), "follows": app.follows, "name": app.dns.as_ref().map(|d| &d.name)}),
+            );
+            monitors.push(tokio::spawn(lifeboat_failover::app::monitor(
+                app,
+                db,
                 stop_rx.clone(),
                 ctx.clone(),
                 notifier.clone(),
