@@ -18,32 +18,7 @@ fn dig(port: u16, name: &str) -> String {
 
 /// The same over UDP (`+notcp`) or TCP (`+tcp`).
 fn dig_over(port: u16, name: &str, transport: &str) -> String {
-    let o = std::process::Command::new("dig")
-        .args([
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            name,
-            "A",
-            "+tries=1",
-            "+time=2",
-            transport,
-        ])
-        .output()
-        .expect("dig (bind9-dnsutils) is installed by scripts/install-deps.sh");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let status = out
-        .split("status: ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap_or("?")
-        .to_string();
-    let answer = out
-        .split(";; ANSWER SECTION:")
-        .nth(1)
-        .and_then(|r| r.lines().nth(1))
-        .and_then(|l| l.split_whitespace().last())
-        .map(str::to_string);
+    let (status, answer, out) = common::dig(port, name, transport);
     match answer {
         Some(a) if status == "NOERROR" => {
             assert!(

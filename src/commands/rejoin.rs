@@ -275,7 +275,10 @@ fn app_failback(
     if !control.daemon_running() {
         return Err(lifeboat_core::Error::new(
             lifeboat_core::Kind::Input,
-            format!("no `lifeboat serve` runs with this plan's state: nothing routes {}", a.service),
+            format!(
+                "no `lifeboat serve` runs with this plan's state: nothing routes {}",
+                a.service
+            ),
         )
         .hint("start `lifeboat serve`; it answers the service's name")
         .into());

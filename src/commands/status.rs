@@ -115,7 +115,10 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             .iter()
             .map(|s| serde_json::to_value(s).unwrap_or_default())
             .collect();
-        all.extend(apps.iter().map(|s| serde_json::to_value(s).unwrap_or_default()));
+        all.extend(
+            apps.iter()
+                .map(|s| serde_json::to_value(s).unwrap_or_default()),
+        );
         crate::output::json(&all);
         return Ok(0);
     }

@@ -425,3 +425,36 @@ pub fn tmpfs(dir: &Path, size: &str) -> Option<Tmpfs> {
     }
     Some(Tmpfs(dir.to_path_buf()))
 }
+
+/// Ask the DNS responder on `port` for `name`'s A record with `dig` over UDP (`+notcp`) or TCP
+/// (`+tcp`): the response status, the answer (the last field of the first answer line) and
+/// dig's whole output.
+pub fn dig(port: u16, name: &str, transport: &str) -> (String, Option<String>, String) {
+    let o = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            name,
+            "A",
+            "+tries=1",
+            "+time=2",
+            transport,
+        ])
+        .output()
+        .expect("dig (bind9-dnsutils) is installed by scripts/install-deps.sh");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let status = out
+        .split("status: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or("?")
+        .to_string();
+    let answer = out
+        .split(";; ANSWER SECTION:")
+        .nth(1)
+        .and_then(|r| r.lines().nth(1))
+        .and_then(|l| l.split_whitespace().last())
+        .map(str::to_string);
+    (status, answer, out)
+}

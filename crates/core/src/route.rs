@@ -248,10 +248,19 @@ mod tests {
     #[test]
     fn the_first_healthy_site_in_order_answers_and_the_reason_names_the_skipped() {
         let o = order();
-        let s = sites(&[("east", down("status 503")), ("west", up()), ("north", up())]);
+        let s = sites(&[
+            ("east", down("status 503")),
+            ("west", up()),
+            ("north", up()),
+        ]);
         let r = route(&input(&o, &s));
         assert_eq!(r.site.as_deref(), Some("west"));
-        assert!(r.reason.contains("east: the app fails its checks (status 503)"), "{}", r.reason);
+        assert!(
+            r.reason
+                .contains("east: the app fails its checks (status 503)"),
+            "{}",
+            r.reason
+        );
         let s = sites(&[("east", up()), ("west", up()), ("north", up())]);
         assert_eq!(route(&input(&o, &s)).site.as_deref(), Some("east"));
     }
@@ -305,9 +314,25 @@ mod tests {
         ]);
         let mut i = input(&o, &s);
         i.follows = Some(("db", Some("west")));
+        // No site may take traffic: fail open on the one the database allows (the
+        // primary's), never on the old primary's or the down member's.
+        let r = route(&i);
+        assert_eq!(r.site.as_deref(), Some("west"), "{}", r.reason);
+        assert!(r.reason.contains("no longer routed"), "{}", r.reason);
+        let s = sites(&[
+            ("east", with(up(), DbAt::UnroutedPrimary)),
+            ("north", with(up(), DbAt::Down("connection refused".into()))),
+        ]);
+        let mut i = input(&o, &s);
+        i.follows = Some(("db", None));
+        i.current = Some("east");
         let r = route(&i);
         assert_eq!(r.site, None, "{}", r.reason);
-        assert!(r.reason.contains("no longer routed"), "{}", r.reason);
+        assert!(
+            r.reason.starts_with("no site may take traffic"),
+            "{}",
+            r.reason
+        );
         let s = sites(&[
             ("east", with(up(), DbAt::UnroutedPrimary)),
             ("west", with(down("status 500"), DbAt::RoutedPrimary)),
@@ -317,8 +342,16 @@ mod tests {
         i.follows = Some(("db", Some("west")));
         let r = route(&i);
         assert_eq!(r.site.as_deref(), Some("north"));
-        assert!(r.reason.contains("west: the app fails its checks"), "{}", r.reason);
-        assert!(r.reason.contains("east: its database member is a primary"), "{}", r.reason);
+        assert!(
+            r.reason.contains("west: the app fails its checks"),
+            "{}",
+            r.reason
+        );
+        assert!(
+            r.reason.contains("east: its database member is a primary"),
+            "{}",
+            r.reason
+        );
     }
 
     #[test]
@@ -336,12 +369,20 @@ mod tests {
         assert_eq!(r.site.as_deref(), Some("west"));
         assert!(r.reason.contains("no routed primary"), "{}", r.reason);
         // Every app fails: keep answering the current site (fail open).
-        let s = sites(&[("east", down("timed out")), ("west", down("status 503")), ("north", down("x"))]);
+        let s = sites(&[
+            ("east", down("timed out")),
+            ("west", down("status 503")),
+            ("north", down("x")),
+        ]);
         let mut i = input(&o, &s);
         i.current = Some("west");
         let r = route(&i);
         assert_eq!(r.site.as_deref(), Some("west"));
-        assert!(r.reason.starts_with("no site passes its checks"), "{}", r.reason);
+        assert!(
+            r.reason.starts_with("no site passes its checks"),
+            "{}",
+            r.reason
+        );
         // …but never onto a site the database bars.
         let s = sites(&[
             ("east", with(down("timed out"), DbAt::UnroutedPrimary)),

@@ -1351,7 +1351,10 @@ fn check_dns(
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
     if !labels_ok {
-        err(format!("{base}.name"), format!("`{}` is not a DNS name", d.name));
+        err(
+            format!("{base}.name"),
+            format!("`{}` is not a DNS name", d.name),
+        );
     }
     for site in d.records.keys() {
         if !has_site(site) {

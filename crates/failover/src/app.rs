@@ -115,6 +115,12 @@ impl SiteCounts {
                 self.failure = None;
                 if self.healthy.is_none() || self.successes >= checks.healthy_threshold() {
                     self.healthy = Some(true);
+                } else if self.healthy == Some(false) {
+                    self.failure = Some(format!(
+                        "recovering: {} of {} passing checks in a row",
+                        self.successes,
+                        checks.healthy_threshold()
+                    ));
                 }
             }
             Err(e) => {
@@ -225,13 +231,20 @@ pub async fn monitor(
 impl Monitor {
     async fn tick(&mut self) {
         self.check().await;
+        if self.waiting_for_db() {
+            return;
+        }
         self.follow_db();
         let req = self.control.take(&self.app.service);
         let failback_requested = req.as_ref().is_some_and(|r| r.op == "failback");
         let r = self.decide(failback_requested);
         let previous = self.rec.site.clone();
         if r.site != previous {
-            self.change(previous.as_deref(), &r, req.as_ref().map(|q| q.actor.as_str()));
+            self.change(
+                previous.as_deref(),
+                &r,
+                req.as_ref().map(|q| q.actor.as_str()),
+            );
         } else if r.reason != self.rec.reason {
             log(
                 "decision",
@@ -248,7 +261,9 @@ impl Monitor {
                     "site": r.site, "from": previous, "reason": r.reason,
                     "record": self.rec.record,
                 }),
-                other => serde_json::json!({"error": format!("`{other}` is not a request for an http service")}),
+                other => {
+                    serde_json::json!({"error": format!("`{other}` is not a request for an http service")})
+                }
             };
             self.control.answer(&self.app.service, &req.id, &answer);
         }
@@ -274,6 +289,14 @@ impl Monitor {
         }
     }
 
+    /// Before the followed database's monitor has checked its members, nothing is known of
+    /// where writes go: no decision yet (the recorded answer, if any, stays).
+    fn waiting_for_db(&self) -> bool {
+        self.db
+            .as_ref()
+            .is_some_and(|s| s.lock().map(|v| v.is_empty()).unwrap_or(true))
+    }
+
     /// The followed database's member at each site, as its monitor last published it.
     fn follow_db(&mut self) {
         let Some(shared) = &self.db else { return };
@@ -293,7 +316,11 @@ impl Monitor {
             let now = if m.routed_primary {
                 DbAt::RoutedPrimary
             } else if !m.healthy {
-                DbAt::Down(m.failure.clone().unwrap_or_else(|| "fails its checks".into()))
+                DbAt::Down(
+                    m.failure
+                        .clone()
+                        .unwrap_or_else(|| "fails its checks".into()),
+                )
             } else if m.role == Some(Role::Primary) {
                 DbAt::UnroutedPrimary
             } else {
@@ -340,11 +367,7 @@ impl Monitor {
         route(&Input {
             order: &order,
             sites: &sites,
-            follows: self
-                .app
-                .follows
-                .as_deref()
-                .map(|f| (f, primary.as_deref())),
+            follows: self.app.follows.as_deref().map(|f| (f, primary.as_deref())),
             current: self.rec.site.as_deref(),
             chosen_with_primary: self.rec.chosen_with_primary.as_deref(),
             failback: self.app.failback,
@@ -356,21 +379,31 @@ impl Monitor {
     fn change(&mut self, from: Option<&str>, r: &Route, asked_by: Option<&str>) {
         let started = Instant::now();
         let svc = self.app.service.clone();
+        let primary_before = self.rec.chosen_with_primary.clone();
         self.rec.site = r.site.clone();
-        self.rec.record = r.site.as_ref().and_then(|s| self.app.records.get(s).cloned());
+        self.rec.record = r
+            .site
+            .as_ref()
+            .and_then(|s| self.app.records.get(s).cloned());
         self.rec.chosen_with_primary = self.primary();
         self.rec.since = Some(jiff::Timestamp::now().to_string());
         self.rec.changes += 1;
         self.point_dns();
         let order = self.app.order();
         let rank = |s: Option<&str>| s.and_then(|s| order.iter().position(|o| o == s));
-        let primary = self.rec.chosen_with_primary.as_deref();
+        // The database moved (its primary changed, or the member at the old site went
+        // down or stopped being the routed primary): the app follows it.
+        let db_moved = self.app.follows.is_some()
+            && (primary_before != self.rec.chosen_with_primary
+                || from.is_some_and(|f| {
+                    self.counts.get(f).is_some_and(|c| {
+                        !matches!(c.db, None | Some(DbAt::RoutedPrimary | DbAt::Standby))
+                    })
+                }));
         let kind = match (from, r.site.as_deref()) {
             (_, None) => "no answer",
             (None, Some(_)) => "first answer",
-            (Some(_), Some(to)) if self.app.follows.is_some() && primary == Some(to) => {
-                "follows the database"
-            }
+            (Some(_), Some(_)) if db_moved => "follows the database",
             (f, Some(to)) if rank(Some(to)) < rank(f) => "failback",
             _ => "failover",
         };
@@ -469,7 +502,11 @@ impl Monitor {
                 )
             })
             .collect();
-        let key = (self.rec.site.clone(), self.rec.reason.clone(), sites.clone());
+        let key = (
+            self.rec.site.clone(),
+            self.rec.reason.clone(),
+            sites.clone(),
+        );
         if self.written.as_ref() == Some(&key) {
             return;
         }
@@ -480,7 +517,10 @@ impl Monitor {
             let dir = path.parent().expect("has a parent");
             std::fs::create_dir_all(dir)?;
             let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(&self.rec).unwrap_or_default())?;
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec_pretty(&self.rec).unwrap_or_default(),
+            )?;
             std::fs::rename(&tmp, &path)
         })();
         match r {

@@ -9,8 +9,8 @@
 //! Above `pg`, `context` and `runbook`; knows nothing of backups (`lifeboat-protect`).
 
 pub mod actions;
-pub mod app;
 pub mod agent;
+pub mod app;
 pub mod control;
 pub mod coord;
 pub mod daemon;
