@@ -8,7 +8,8 @@
 #                                                  write through the endpoint commits
 #   bench/lifeboat-orchestrator.sh down PAIR_DIR   SIGTERM the daemon (SIGKILL after 10 s)
 # Environment: LISTEN (endpoint port, default 6432), LIFEBOAT (binary, default the release
-# build), FAILOVER_EXTRA (more keys for the plan's failover mapping, flow style), LOGS (where
+# build), FAILOVER_EXTRA (more keys for the plan's failover mapping, flow style), EXTRA_SERVICES
+# (more services, YAML indented by two spaces), LOGS (where
 # each run's daemon log is kept, default PAIR_DIR.logs).
 set -euo pipefail
 action=${1:?up|down}
@@ -61,6 +62,7 @@ services:
       west: { host: $(env WEST_HOST), port: $(env WEST_PORT), user: $(env SUPERUSER), password: "file:$st/pw", data_dir: $(env WEST_DATA) }
     replication: { mode: $(env MODE) }
     failover: { listen: "127.0.0.1:$listen" ${FAILOVER_EXTRA:+, $FAILOVER_EXTRA} }
+${EXTRA_SERVICES:-}
 PLAN
     "$lb" --plan "$st/lifeboat.yaml" plan check >/dev/null
     nohup "$lb" --plan "$st/lifeboat.yaml" serve >"$st/daemon.log" 2>&1 < /dev/null &

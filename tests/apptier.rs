@@ -231,7 +231,7 @@ fn an_app_tier_fails_over_with_its_database_through_the_dns_name() {
 fn a_hung_site_fails_by_its_timeout_and_manual_failback_waits_for_a_person() {
     let lab = Lab::new();
     let (east, west, north) = (App::start(), App::start(), App::start());
-    let dns = free_port();
+    let (dns, metrics) = (free_port(), free_port());
     lab.plan(&format!(
         r#"name: apps
 tiers:
@@ -249,6 +249,7 @@ services:
     failback: manual
     checks: {{ interval: 200ms, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 2 }}
     dns: {{ listen: "127.0.0.1:{dns}", name: shop.lifeboat.test, records: {{ east: 10.1.0.1, west: 10.2.0.1, north: 10.3.0.1 }} }}
+metrics: {{ listen: "127.0.0.1:{metrics}" }}
 "#,
         north.url(),
         east.url(),
@@ -264,6 +265,36 @@ services:
     await_answer(dns, name, "10.2.0.1", Duration::from_secs(10), &log);
     west.set(500); // seen while east's requests still hang
     await_answer(dns, name, "10.3.0.1", Duration::from_secs(10), &log);
+    // The metrics say the same (refreshed every 2 s).
+    let want = [
+        (r#"lifeboat_http_route{service="shop",site="north"}"#, 1.0),
+        (r#"lifeboat_http_route{service="shop",site="east"}"#, 0.0),
+        (
+            r#"lifeboat_http_site_healthy{service="shop",site="west"}"#,
+            0.0,
+        ),
+        (
+            r#"lifeboat_http_site_healthy{service="shop",site="north"}"#,
+            1.0,
+        ),
+        (
+            r#"lifeboat_http_route_changes_total{service="shop",change="failover"}"#,
+            2.0,
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, text) = http(metrics, "GET", "/metrics", None, None);
+        let got: Vec<Option<f64>> = want
+            .iter()
+            .map(|(k, _)| lifeboat_server::metrics::sample(&text, k))
+            .collect();
+        if want.iter().zip(&got).all(|((_, v), g)| *g == Some(*v)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics {got:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let st = lab.ok(&["--json", "status", "shop"]).json();
     let reason = st[0]["answer"]["reason"].as_str().unwrap().to_string();
     assert!(

@@ -306,6 +306,17 @@ pub fn render(
         Some(Unit::Seconds),
     );
     let fo = c(&mut reg, "failovers", "Failovers and switchovers of the service by kind (auto, manual, switchover), from the evidence log");
+    let routes = c(
+        &mut reg,
+        "http_route_changes",
+        "Changes of an http service's DNS answer by kind (failover, failback, follows the database, no answer, first answer), from the evidence log",
+    );
+    let route_at = g(
+        &mut reg,
+        "http_route_last_change_timestamp",
+        "When an http service's DNS answer last changed",
+        Some(Unit::Seconds),
+    );
 
     // Events in log order: the last one of a kind wins.
     for e in events {
@@ -313,6 +324,17 @@ pub fn render(
         let ok = e.outcome == "ok" || e.outcome == "passed";
         let f = &e.figures;
         match e.command.as_str() {
+            "route" => {
+                let change = f["change"].as_str().unwrap_or("");
+                routes
+                    .get_or_create(&labels(&[("service", &e.target), ("change", change)]))
+                    .inc();
+                if let Some(t) = t {
+                    route_at
+                        .get_or_create(&labels(&[("service", &e.target)]))
+                        .set(t);
+                }
+            }
             "backup" => {
                 let repo = f["repository"].as_str().unwrap_or("");
                 let kind = f["kind"].as_str().unwrap_or("");
@@ -595,6 +617,43 @@ pub fn render(
             if let Some(s) = h.lag_seconds {
                 lag_s.get_or_create(&l).set(s);
             }
+        }
+    }
+    // Application tiers: what the daemon's checks and answer are now (its route record).
+    let h_up = g(
+        &mut reg,
+        "http_site_healthy",
+        "1 while the http service's site passes its checks (thresholds applied)",
+        None,
+    );
+    let h_answer = g(
+        &mut reg,
+        "http_route",
+        "1 on the site the http service's DNS name answers with",
+        None,
+    );
+    for name in ctx.plan.services.keys() {
+        if !matches!(
+            ctx.plan.services.get(name),
+            Some(lifeboat_core::plan::Service::Http { .. })
+        ) {
+            continue;
+        }
+        let Some(r) = lifeboat_failover::app::load_record(&ctx.state_dir, name) else {
+            continue;
+        };
+        for (site, st) in &r.sites {
+            let l = labels(&[("service", name), ("site", site)]);
+            if let Some(h) = st.healthy {
+                h_up.get_or_create(&l).set(if h { 1.0 } else { 0.0 });
+            }
+            h_answer
+                .get_or_create(&l)
+                .set(if r.site.as_deref() == Some(site.as_str()) {
+                    1.0
+                } else {
+                    0.0
+                });
         }
     }
     // Repositories and WAL archives (read every minute).
