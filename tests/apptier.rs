@@ -110,7 +110,7 @@ fn route_events(lab: &Lab) -> Vec<serde_json::Value> {
 /// the next site whose database member is a healthy standby, and back when it recovers; when
 /// the database fails over, the name moves with it although the old site's app is healthy,
 /// and never goes back to the old primary's site. A restarted daemon resumes on the recorded
-/// site. Every change is in the evidence log, notified, and runs the `on_change` runbook.
+/// site; when the database is given back, the app follows it back. Every change is in the evidence log, notified, and runs the `on_change` runbook.
 #[test]
 fn an_app_tier_fails_over_with_its_database_through_the_dns_name() {
     let pair = Pair::new("async", "", "");
@@ -178,6 +178,12 @@ fn an_app_tier_fails_over_with_its_database_through_the_dns_name() {
     stays(dns, name, "10.0.2.5", Duration::from_secs(3), &log);
     assert!(log().contains("\"event\":\"resumed\""), "{}", log());
 
+    // The database is given back to a (rejoin, then a switchover through the daemon): the
+    // app follows it back.
+    let r = pg.run(&["failback", "db", "--to", "a"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    await_answer(dns, name, "10.0.1.5", Duration::from_secs(20), &log);
+
     let routes = route_events(&pg.lab);
     let changes: Vec<(String, String)> = routes
         .iter()
@@ -195,6 +201,7 @@ fn an_app_tier_fails_over_with_its_database_through_the_dns_name() {
             ("failover".into(), "b".into()),
             ("failback".into(), "a".into()),
             ("follows the database".into(), "b".into()),
+            ("follows the database".into(), "a".into()),
         ],
         "{routes:#?}"
     );
@@ -202,7 +209,7 @@ fn an_app_tier_fails_over_with_its_database_through_the_dns_name() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let moves = loop {
         let m = std::fs::read_to_string(pg.lab.p("moves.txt")).unwrap_or_default();
-        if m.lines().count() >= 4 || Instant::now() > deadline {
+        if m.lines().count() >= 5 || Instant::now() > deadline {
             break m;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -210,7 +217,13 @@ fn an_app_tier_fails_over_with_its_database_through_the_dns_name() {
     let lines: Vec<&str> = moves.lines().map(str::trim).collect();
     assert_eq!(
         lines,
-        ["a 10.0.1.5", "a b 10.0.2.5", "b a 10.0.1.5", "a b 10.0.2.5"],
+        [
+            "a 10.0.1.5",
+            "a b 10.0.2.5",
+            "b a 10.0.1.5",
+            "a b 10.0.2.5",
+            "b a 10.0.1.5"
+        ],
         "{moves}"
     );
     // People were told of each move (not of the first answer).
@@ -219,7 +232,7 @@ fn an_app_tier_fails_over_with_its_database_through_the_dns_name() {
         .iter()
         .filter(|b| b.contains("\"event\":\"route\""))
         .collect();
-    assert_eq!(routed.len(), 3, "{got:#?}");
+    assert_eq!(routed.len(), 4, "{got:#?}");
     assert!(routed[2].contains("follows the database"), "{}", routed[2]);
 }
 

@@ -215,22 +215,41 @@ pub async fn monitor(
     }
     let interval = m.app.checks.interval();
     let mut next = tokio::time::Instant::now();
+    // Between checks, the followed database's view is looked at every 100 ms: when its routed
+    // primary moves, the answer follows at once on the checks already made, instead of up to
+    // an interval later.
+    let peek = std::time::Duration::from_millis(100);
+    let mut seen_primary = m.primary();
     loop {
+        let wake = match m.db {
+            Some(_) => next.min(tokio::time::Instant::now() + peek),
+            None => next,
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = stop.changed() => {}
         }
         if *stop.borrow() {
             return;
         }
-        next = tokio::time::Instant::now() + interval;
-        m.tick().await;
+        let primary = m.primary();
+        if tokio::time::Instant::now() >= next {
+            next = tokio::time::Instant::now() + interval;
+            m.tick(true).await;
+        } else if primary != seen_primary {
+            m.tick(false).await;
+        }
+        seen_primary = primary;
     }
 }
 
 impl Monitor {
-    async fn tick(&mut self) {
-        self.check().await;
+    /// Check the sites (or, `check` false, decide again on the last checks because the
+    /// database moved), decide, move the answer, answer a request.
+    async fn tick(&mut self, check: bool) {
+        if check || self.counts.is_empty() {
+            self.check().await;
+        }
         if self.waiting_for_db() {
             return;
         }
