@@ -12,8 +12,12 @@ pub struct Args {
     /// point-in-time recovery.
     snapshot: String,
     /// Directory to restore into (created if missing; must be empty unless --force).
-    #[arg(long)]
-    target: PathBuf,
+    #[arg(long, required_unless_present = "from_replica")]
+    target: Option<PathBuf>,
+    /// A bucket service: copy back from its replica the objects its source lost (missing at
+    /// the source; with --force also those whose content differs there).
+    #[arg(long, conflicts_with_all = ["target", "to", "to_lsn", "to_name", "latest", "start"])]
+    from_replica: bool,
     /// Repository (default: the plan's only one). PostgreSQL: restore from this one (a
     /// cross-region copy: its base backups and the WAL copied there) instead of the one the
     /// service archives into.
@@ -74,7 +78,54 @@ fn pitr_target(a: &Args) -> anyhow::Result<Target> {
     })
 }
 
+/// `restore BUCKET --from-replica [--force]`.
+fn from_replica(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
+    let ctx = super::context(cli)?;
+    let Some(r) = lifeboat_protect::bucket::Replicated::from_plan(&ctx, &a.snapshot) else {
+        anyhow::bail!(lifeboat_core::Error::new(
+            lifeboat_core::Kind::Input,
+            format!("`{}` is not a bucket service of the plan (--from-replica restores a bucket from its replica)", a.snapshot),
+        ));
+    };
+    let started = std::time::Instant::now();
+    let out = lifeboat_protect::bucket::restore_from_replica(&r, a.force);
+    let figures = match &out {
+        Ok(o) => serde_json::to_value(o).unwrap_or_default(),
+        Err(e) => serde_json::json!({"error": e.message}),
+    };
+    ctx.record(
+        "restore",
+        &r.service,
+        if out.is_ok() { "ok" } else { "failed" },
+        started,
+        figures,
+    )?;
+    let o = out?;
+    if cli.json {
+        crate::output::json(&o);
+        return Ok(0);
+    }
+    println!(
+        "{}: copied {} object(s), {} from the replica back to the source",
+        r.service,
+        o.copied,
+        crate::output::bytes(o.copied_bytes)
+    );
+    if !o.left_differing.is_empty() {
+        println!(
+            "  {} object(s) differ at the source and were left as they are (--force replaces them): {}",
+            o.left_differing.len(),
+            o.left_differing.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(0)
+}
+
 pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
+    if a.from_replica {
+        return from_replica(cli, a);
+    }
+    let target = a.target.clone().expect("clap requires --target without --from-replica");
     let ctx = super::context(cli)?;
     let is_pg = matches!(
         ctx.plan.services.get(&a.snapshot),
@@ -91,7 +142,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         }
         let o = RestoreOpts {
             target: pitr_target(a)?,
-            dest: std::path::absolute(&a.target)?,
+            dest: std::path::absolute(&target)?,
             force: a.force,
             start: a.start,
             owner: a.owner.clone(),
@@ -155,7 +206,7 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
         &a.snapshot,
         a.job.as_deref(),
         a.path.as_deref(),
-        &a.target,
+        &target,
     )?;
     if cli.json {
         crate::output::json(&r);

@@ -50,8 +50,26 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             Some(lifeboat_core::plan::Service::Http { .. })
         )
     };
+    let is_bucket = |n: &str| {
+        matches!(
+            ctx.plan.services.get(n),
+            Some(lifeboat_core::plan::Service::Bucket { .. })
+        )
+    };
+    let buckets: Vec<serde_json::Value> = lifeboat_protect::bucket::replicated_services(&ctx)
+        .into_iter()
+        .filter(|r| a.service.as_deref().is_none_or(|s| s == r.service))
+        .map(|r| {
+            serde_json::json!({
+                "service": r.service, "kind": "bucket",
+                "source": r.source.url.split('?').next(), "replica": r.replica.url.split('?').next(),
+                "deletes": r.deletes,
+                "state": lifeboat_protect::bucket::load_state(&ctx.state_dir, &r.service),
+            })
+        })
+        .collect();
     let pg_names = match a.service.as_deref() {
-        Some(s) if is_app(s) => Vec::new(),
+        Some(s) if is_app(s) || is_bucket(s) => Vec::new(),
         only => ctx.postgres_services(only)?,
     };
     let apps: Vec<AppStatus> = ctx
@@ -119,11 +137,15 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             apps.iter()
                 .map(|s| serde_json::to_value(s).unwrap_or_default()),
         );
+        all.extend(buckets.iter().cloned());
         crate::output::json(&all);
         return Ok(0);
     }
     for s in &apps {
         print_app(s);
+    }
+    for b in &buckets {
+        print_bucket(b);
     }
     for s in &out {
         println!("service {}", s.service);
@@ -366,5 +388,43 @@ fn print_app(s: &AppStatus) {
             }
         }
         None => println!("  no answer recorded: `lifeboat serve` has not routed this service yet"),
+    }
+}
+
+fn print_bucket(b: &serde_json::Value) {
+    println!(
+        "service {} (bucket {} → {}, deletes {})",
+        b["service"].as_str().unwrap_or("?"),
+        b["source"].as_str().unwrap_or("?"),
+        b["replica"].as_str().unwrap_or("?"),
+        b["deletes"].as_str().unwrap_or("?")
+    );
+    let st = &b["state"];
+    if st.is_null() {
+        println!("  not replicated yet: `lifeboat serve` replicates it");
+        return;
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    let age = |ms: &serde_json::Value| {
+        ms.as_i64()
+            .map(|t| format!("{:.1} s ago", (now - t) as f64 / 1000.0))
+            .unwrap_or_else(|| "never".into())
+    };
+    println!(
+        "  replica whole up to {} ({} object(s), {} pending); last full comparison {}",
+        age(&st["replicated_until_ms"]),
+        st["source_objects"],
+        st["pending_objects"],
+        age(&st["last_full_reconcile_ms"])
+    );
+    if let Some(e) = st["error"].as_str() {
+        println!(
+            "  FAILING since {}: {e}{}",
+            age(&st["failing_since_ms"]),
+            st["hint"]
+                .as_str()
+                .map(|h| format!(" — {h}"))
+                .unwrap_or_default()
+        );
     }
 }

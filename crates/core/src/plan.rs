@@ -719,6 +719,58 @@ pub enum Service {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         on_change: Option<String>,
     },
+    /// An S3 bucket the application writes (uploads, media) kept replicated to a bucket in
+    /// another region by `lifeboat serve`: new and changed objects copied with their metadata,
+    /// deletions kept or propagated, a full comparison at start and every `reconcile`.
+    Bucket {
+        tier: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        depends_on: Vec<String>,
+        /// The bucket the application writes.
+        source: BucketSpec,
+        /// Where it is replicated (another region, another S3 server).
+        replica: BucketSpec,
+        /// `keep` (default): objects deleted at the source stay in the replica (a deletion by
+        /// mistake can be restored from it); `propagate`: deleted there too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deletes: Option<Deletes>,
+        /// How often the source is listed for new and changed objects. Default 10s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interval: Option<Duration>,
+        /// How often both sides are listed and compared in full (deletions, objects changed
+        /// or removed in the replica). Default 1h; also at every start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reconcile: Option<Duration>,
+        /// Objects copied at once. Default 8.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parallel: Option<u32>,
+    },
+}
+
+/// One side of a replicated bucket.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSpec {
+    /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION` (any S3-compatible server).
+    pub url: String,
+    /// The site it is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// S3 access key id; default: `AWS_ACCESS_KEY_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<Secret>,
+    /// S3 secret access key; default: `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+}
+
+/// What a deletion at a bucket's source does to its replica.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Deletes {
+    #[default]
+    Keep,
+    Propagate,
 }
 
 impl Service {
@@ -727,7 +779,8 @@ impl Service {
             Service::Paths { tier, .. }
             | Service::Command { tier, .. }
             | Service::Postgres { tier, .. }
-            | Service::Http { tier, .. } => tier,
+            | Service::Http { tier, .. }
+            | Service::Bucket { tier, .. } => tier,
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -736,6 +789,7 @@ impl Service {
             Service::Command { .. } => "command",
             Service::Postgres { .. } => "postgres",
             Service::Http { .. } => "http",
+            Service::Bucket { .. } => "bucket",
         }
     }
     pub fn depends_on(&self) -> &[String] {
@@ -743,7 +797,8 @@ impl Service {
             Service::Paths { depends_on, .. }
             | Service::Command { depends_on, .. }
             | Service::Postgres { depends_on, .. }
-            | Service::Http { depends_on, .. } => depends_on,
+            | Service::Http { depends_on, .. }
+            | Service::Bucket { depends_on, .. } => depends_on,
         }
     }
     /// The snapshot kind a backup of this service produces.
@@ -752,7 +807,7 @@ impl Service {
             Service::Paths { .. } => "files",
             Service::Command { .. } => "command",
             Service::Postgres { .. } => "base", // or "dump": see BackupJob::snapshot_kind
-            Service::Http { .. } => "none",
+            Service::Http { .. } | Service::Bucket { .. } => "none",
         }
     }
 }

@@ -112,6 +112,60 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
             }
         }
         match svc {
+            Service::Bucket {
+                source,
+                replica,
+                interval,
+                reconcile,
+                parallel,
+                ..
+            } => {
+                let mut where_ = Vec::new();
+                for (side, b) in [("source", source), ("replica", replica)] {
+                    match crate::repo_url::RepoUrl::parse(&b.url) {
+                        Ok(crate::repo_url::RepoUrl::S3 {
+                            bucket,
+                            prefix,
+                            options,
+                        }) => where_.push((options.get("endpoint").cloned(), bucket, prefix)),
+                        Ok(_) => err(
+                            format!("{base}.{side}.url"),
+                            format!(
+                                "`{}` is not an s3:// URL (s3://BUCKET[/PREFIX]?endpoint=URL&region=R)",
+                                b.url
+                            ),
+                        ),
+                        Err(e) => err(format!("{base}.{side}.url"), e),
+                    }
+                    if let Some(site) = &b.site {
+                        if !sites.contains(site) {
+                            err(
+                                format!("{base}.{side}.site"),
+                                format!("site `{site}` is not in `sites` ({})", list(&sites)),
+                            );
+                        }
+                    }
+                }
+                if let [a, b] = where_.as_slice() {
+                    let overlap = a.0 == b.0
+                        && a.1 == b.1
+                        && (a.2.starts_with(&b.2) || b.2.starts_with(&a.2));
+                    if overlap {
+                        err(
+                            format!("{base}.replica.url"),
+                            "the replica is the source bucket (or inside it): it must be another bucket or a prefix outside the source's".into(),
+                        );
+                    }
+                }
+                for (k, d) in [("interval", interval), ("reconcile", reconcile)] {
+                    if d.is_some_and(|d| d.std().is_zero()) {
+                        err(format!("{base}.{k}"), "must be more than 0".into());
+                    }
+                }
+                if parallel.is_some_and(|p| p == 0 || p > 64) {
+                    err(format!("{base}.parallel"), "must be 1 to 64".into());
+                }
+            }
             Service::Paths { paths, site, .. } => {
                 if paths.is_empty() {
                     err(
@@ -615,6 +669,15 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                     format!("{base}.service"),
                     format!(
                         "service `{}` is of kind http, which has nothing to back up",
+                        job.service
+                    ),
+                );
+            }
+            if matches!(svc, Service::Bucket { .. }) {
+                err(
+                    format!("{base}.service"),
+                    format!(
+                        "service `{}` is a bucket: the daemon keeps it replicated to its `replica` (no backup job)",
                         job.service
                     ),
                 );

@@ -211,6 +211,12 @@ fn backup_service(
             Kind::Input,
             format!("service {service} is an http service: there is nothing to back up"),
         )),
+        Service::Bucket { .. } => Err(Error::new(
+            Kind::Input,
+            format!(
+                "service {service} is a bucket: `lifeboat serve` keeps it replicated to its replica"
+            ),
+        )),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `lifeboat serve`: the daemon as a composition of workers under one shutdown signal
 //! (SIGTERM/SIGINT) — per postgres service with `failover:` a monitor, its traffic endpoint, its
 //! health endpoints and its DNS name; per http service a monitor that points its DNS name at
-//! a healthy site (following its database's primary when it `follows` one); the scheduler (`schedule`) for every schedule in the
+//! a healthy site (following its database's primary when it `follows` one); per bucket
+//! service its replication; the scheduler (`schedule`) for every schedule in the
 //! plan; the WAL handoff socket (`wal push` hands its segments to the daemon) when the plan
 //! archives WAL; notifications in the background. Stopping lets a failover under way finish (bounded),
 //! then stops the endpoints and drains notifications.
@@ -42,6 +43,7 @@ fn watched(ctx: &Context) -> Result<Vec<Watched>, Error> {
     }
     if out.is_empty()
         && apps(ctx).is_empty()
+        && lifeboat_protect::bucket::replicated_services(ctx).is_empty()
         && schedule::entries(&ctx.plan).is_empty()
         && ctx.plan.metrics.is_none()
         && ctx.plan.api.is_none()
@@ -283,6 +285,20 @@ pub fn serve(ctx: &Context) -> Result<(), Error> {
                 serde_json::json!({"action": "not serving", "reason": e.message, "hint": e.hint}),
             ),
             None => {}
+        }
+        for r in lifeboat_protect::bucket::replicated_services(ctx) {
+            log(
+                "watching",
+                &r.service,
+                serde_json::json!({"source": r.source.url.split('?').next(), "replica": r.replica.url.split('?').next(), "deletes": r.deletes, "interval_s": r.interval.as_secs_f64()}),
+            );
+            servers.push(tokio::spawn(lifeboat_protect::bucket::run(
+                ctx.clone(),
+                r,
+                stop_rx.clone(),
+                notifier.clone(),
+                log,
+            )));
         }
         for (service, ws) in lifeboat_protect::walstream::streaming_services(ctx) {
             servers.push(tokio::spawn(lifeboat_protect::walstream::run(

@@ -656,6 +656,76 @@ pub fn render(
                 });
         }
     }
+    // Replicated buckets: the replicator's state file.
+    let bk_until = g(
+        &mut reg,
+        "bucket_replicated_until_timestamp",
+        "Every source object modified before this instant is in the replica (now minus this is the replication lag)",
+        Some(Unit::Seconds),
+    );
+    let bk_pend = g(
+        &mut reg,
+        "bucket_pending_objects",
+        "Source objects not yet in the replica at the last pass",
+        None,
+    );
+    let bk_pend_b = g(
+        &mut reg,
+        "bucket_pending",
+        "Bytes of the source objects not yet in the replica at the last pass",
+        Some(Unit::Bytes),
+    );
+    let bk_full = g(
+        &mut reg,
+        "bucket_last_reconcile_timestamp",
+        "When the last full comparison of source and replica began",
+        Some(Unit::Seconds),
+    );
+    let bk_fail = g(
+        &mut reg,
+        "bucket_replication_last_failure_timestamp",
+        "When a replication pass last failed",
+        Some(Unit::Seconds),
+    );
+    let bk_failing = g(
+        &mut reg,
+        "bucket_replication_failing",
+        "1 while the bucket's replication fails",
+        None,
+    );
+    let bk_copied = c(
+        &mut reg,
+        "bucket_copied_objects",
+        "Objects copied to the replica (counted in the state directory)",
+    );
+    let bk_copied_b = c(
+        &mut reg,
+        "bucket_copied_bytes",
+        "Bytes copied to the replica (counted in the state directory)",
+    );
+    for r in lifeboat_protect::bucket::replicated_services(ctx) {
+        let Some(st) = lifeboat_protect::bucket::load_state(&ctx.state_dir, &r.service) else {
+            continue;
+        };
+        let l = labels(&[("service", &r.service)]);
+        let secs = |ms: i64| ms as f64 / 1000.0;
+        if let Some(t) = st.replicated_until_ms {
+            bk_until.get_or_create(&l).set(secs(t));
+        }
+        bk_pend.get_or_create(&l).set(st.pending_objects as f64);
+        bk_pend_b.get_or_create(&l).set(st.pending_bytes as f64);
+        if let Some(t) = st.last_full_reconcile_ms {
+            bk_full.get_or_create(&l).set(secs(t));
+        }
+        if let Some(t) = st.last_failure_ms {
+            bk_fail.get_or_create(&l).set(secs(t));
+        }
+        bk_failing
+            .get_or_create(&l)
+            .set(if st.error.is_some() { 1.0 } else { 0.0 });
+        bk_copied.get_or_create(&l).inc_by(st.copied_objects);
+        bk_copied_b.get_or_create(&l).inc_by(st.copied_bytes);
+    }
     // Repositories and WAL archives (read every minute).
     let r_up = g(
         &mut reg,

@@ -4,6 +4,7 @@
 //! (S3 with deadlines: `s3`). Depends on `lifeboat-core` only.
 
 pub mod backup;
+pub mod bucket;
 pub mod error;
 pub mod keyfile;
 pub mod lock;

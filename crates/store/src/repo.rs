@@ -166,18 +166,9 @@ impl RepoSpec {
         else {
             return Ok(None);
         };
-        let mut o = options.clone();
-        let d = crate::s3::Deadlines::take_from(&mut o)
-            .map_err(|e| e.context(format!("repository {}", self.name)))?;
-        o.insert("bucket".into(), bucket.clone());
-        o.insert("root".into(), format!("/{prefix}"));
-        o.entry("region".into())
-            .or_insert_with(|| "us-east-1".into());
-        if let Some((a, s)) = &self.s3_keys {
-            o.insert("access_key_id".into(), a.clone());
-            o.insert("secret_access_key".into(), s.clone());
-        }
-        Ok(Some((o, d)))
+        crate::s3::client_options(bucket, prefix, options, self.s3_keys.as_ref())
+            .map(Some)
+            .map_err(|e| e.context(format!("repository {}", self.name)))
     }
 
     fn backends(&self) -> Result<(rustic_core::RepositoryBackends, Arc<dyn ObjectStore>)> {

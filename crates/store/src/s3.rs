@@ -82,6 +82,28 @@ impl Deadlines {
     }
 }
 
+/// The S3 client's options for `s3://BUCKET/PREFIX?…` (the URL's query options, `bucket`,
+/// `root`, a default region, the keys when given) and the deadlines of its calls, taken out of
+/// the query.
+pub fn client_options(
+    bucket: &str,
+    prefix: &str,
+    options: &BTreeMap<String, String>,
+    keys: Option<&(String, String)>,
+) -> Result<(BTreeMap<String, String>, Deadlines)> {
+    let mut o = options.clone();
+    let d = Deadlines::take_from(&mut o)?;
+    o.insert("bucket".into(), bucket.to_string());
+    o.insert("root".into(), format!("/{prefix}"));
+    o.entry("region".into())
+        .or_insert_with(|| "us-east-1".into());
+    if let Some((a, s)) = keys {
+        o.insert("access_key_id".into(), a.clone());
+        o.insert("secret_access_key".into(), s.clone());
+    }
+    Ok((o, d))
+}
+
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
