@@ -125,7 +125,10 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
     if a.from_replica {
         return from_replica(cli, a);
     }
-    let target = a.target.clone().expect("clap requires --target without --from-replica");
+    let target = a
+        .target
+        .clone()
+        .expect("clap requires --target without --from-replica");
     let ctx = super::context(cli)?;
     let is_pg = matches!(
         ctx.plan.services.get(&a.snapshot),

@@ -169,8 +169,7 @@ fn incremental_diff(source: &[Object], deletes: Deletes, held: &BTreeMap<String,
         }
     }
     if deletes == Deletes::Propagate {
-        let src: std::collections::BTreeSet<&str> =
-            source.iter().map(|o| o.key.as_str()).collect();
+        let src: std::collections::BTreeSet<&str> = source.iter().map(|o| o.key.as_str()).collect();
         todo.delete = held
             .keys()
             .filter(|k| !src.contains(k.as_str()))
@@ -285,9 +284,13 @@ impl Replicator {
         let todo = if full {
             let replica = self.replica.list(&mut |_| {})?;
             let rb = &self.replica;
-            full_diff(&source, &replica, self.r.deletes, &mut self.held, &mut |k| {
-                rb.source_etag_of(k)
-            })?
+            full_diff(
+                &source,
+                &replica,
+                self.r.deletes,
+                &mut self.held,
+                &mut |k| rb.source_etag_of(k),
+            )?
         } else {
             incremental_diff(&source, self.r.deletes, &self.held)
         };
@@ -471,8 +474,14 @@ pub async fn run(
                 }
                 if full || failing {
                     let figures = serde_json::json!({"pass": sum, "recovered": failing});
-                    if let Err(e) = ctx.record("bucket replication", &service, "ok", started, figures) {
-                        log("error", &service, serde_json::json!({"error": format!("evidence log: {e}")}));
+                    if let Err(e) =
+                        ctx.record("bucket replication", &service, "ok", started, figures)
+                    {
+                        log(
+                            "error",
+                            &service,
+                            serde_json::json!({"error": format!("evidence log: {e}")}),
+                        );
                     }
                 }
                 if let Some(rep) = rep.as_mut() {
@@ -567,7 +576,9 @@ pub fn verify(r: &Replicated, sample: usize) -> Result<Comparison, Error> {
     let s = source.list(&mut |_| {})?;
     let p = replica.list(&mut |_| {})?;
     let mut held = BTreeMap::new();
-    let todo = full_diff(&s, &p, r.deletes, &mut held, &mut |k| replica.source_etag_of(k))?;
+    let todo = full_diff(&s, &p, r.deletes, &mut held, &mut |k| {
+        replica.source_etag_of(k)
+    })?;
     let rep: std::collections::BTreeSet<&str> = p.iter().map(|o| o.key.as_str()).collect();
     let mut c = Comparison {
         source_objects: s.len(),
@@ -654,10 +665,20 @@ mod tests {
 
     #[test]
     fn a_full_comparison_copies_what_differs_and_deletes_per_policy() {
-        let source = [o("a", 1, "e1"), o("b", 2, "e2"), o("c", 3, "e3-2"), o("d", 4, "e4")];
+        let source = [
+            o("a", 1, "e1"),
+            o("b", 2, "e2"),
+            o("c", 3, "e3-2"),
+            o("d", 4, "e4"),
+        ];
         // b changed (other etag, same size), c copied in parts (its own etag, metadata says
         // e3-2), d missing, x only in the replica.
-        let replica = [o("a", 1, "e1"), o("b", 2, "zz"), o("c", 3, "other"), o("x", 9, "e9")];
+        let replica = [
+            o("a", 1, "e1"),
+            o("b", 2, "zz"),
+            o("c", 3, "other"),
+            o("x", 9, "e9"),
+        ];
         let mut asked = Vec::new();
         let mut held = BTreeMap::new();
         let mut meta = |k: &str| -> Result<Option<String>, Error> {

@@ -73,19 +73,33 @@ impl Bucket {
     }
 
     fn fail(&self, doing: &str, e: &opendal::Error) -> Error {
-        let kind = match e.kind() {
-            opendal::ErrorKind::PermissionDenied => Kind::Key,
-            opendal::ErrorKind::NotFound => Kind::Input,
-            _ => Kind::Backend,
-        };
-        let hint = match e.kind() {
-            opendal::ErrorKind::PermissionDenied => {
-                "check this side's access_key_id / secret_access_key (or AWS_* variables) and its bucket policy"
-            }
-            opendal::ErrorKind::NotFound => {
-                "check that the bucket exists at this endpoint (create it first)"
-            }
-            _ => "check the endpoint in the URL and that the S3 server answers",
+        let text = e.to_string();
+        let denied = e.kind() == opendal::ErrorKind::PermissionDenied
+            || [
+                "AccessDenied",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+            ]
+            .iter()
+            .any(|c| text.contains(c));
+        let no_bucket = text.contains("NoSuchBucket");
+        let (kind, hint) = if denied {
+            (
+                Kind::Key,
+                "check this side's access_key_id / secret_access_key (or the AWS_* variables) and its bucket policy",
+            )
+        } else if no_bucket {
+            (
+                Kind::Input,
+                "check that the bucket exists at this endpoint (create it first)",
+            )
+        } else if e.kind() == opendal::ErrorKind::NotFound {
+            (Kind::Input, "check the bucket and prefix in the URL")
+        } else {
+            (
+                Kind::Backend,
+                "check the endpoint in the URL and that the S3 server answers",
+            )
         };
         Error::new(
             kind,
@@ -139,10 +153,7 @@ impl Bucket {
     /// The source ETag a replica object says it holds (its user metadata), if any.
     pub fn source_etag_of(&self, key: &str) -> Result<Option<String>> {
         match self.op.stat(key) {
-            Ok(m) => Ok(m
-                .user_metadata()
-                .and_then(|u| u.get(SOURCE_ETAG))
-                .cloned()),
+            Ok(m) => Ok(m.user_metadata().and_then(|u| u.get(SOURCE_ETAG)).cloned()),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.fail(&format!("reading {key}'s metadata"), &e)),
         }
@@ -165,6 +176,22 @@ impl Bucket {
         if let Some(t) = &etag {
             user.insert(SOURCE_ETAG.into(), t.clone());
         }
+        let options = WriteOptions {
+            content_type: meta.content_type().map(str::to_string),
+            content_encoding: meta.content_encoding().map(str::to_string),
+            content_disposition: meta.content_disposition().map(str::to_string),
+            cache_control: meta.cache_control().map(str::to_string),
+            user_metadata: Some(user),
+            chunk: Some(PIECE),
+            ..Default::default()
+        };
+        if size == 0 {
+            // Nothing to read (a zero-length range is not one S3 serves).
+            to.op
+                .write_options(key, Vec::<u8>::new(), options)
+                .map_err(|e| to.fail(&format!("writing {key}"), &e))?;
+            return Ok(Copied::Done { etag, bytes: 0 });
+        }
         let reader = match self.op.reader_options(
             key,
             ReaderOptions {
@@ -178,18 +205,7 @@ impl Bucket {
         };
         let mut writer = to
             .op
-            .writer_options(
-                key,
-                WriteOptions {
-                    content_type: meta.content_type().map(str::to_string),
-                    content_encoding: meta.content_encoding().map(str::to_string),
-                    content_disposition: meta.content_disposition().map(str::to_string),
-                    cache_control: meta.cache_control().map(str::to_string),
-                    user_metadata: Some(user),
-                    chunk: Some(PIECE),
-                    ..Default::default()
-                },
-            )
+            .writer_options(key, options)
             .map_err(|e| to.fail(&format!("writing {key}"), &e))?;
         let pieces = match reader.into_iterator(0..size) {
             Ok(p) => p,
@@ -261,8 +277,47 @@ impl Bucket {
         Ok(Some(h.finalize().into()))
     }
 
+    /// An object's whole content (None: there is no such object). For small objects and
+    /// tests: it is held in memory.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.op.read(key) {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.fail(&format!("reading {key}"), &e)),
+        }
+    }
+
+    /// Write a whole object with a content type and user metadata.
+    pub fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+        user: &[(&str, &str)],
+    ) -> Result<()> {
+        self.op
+            .write_options(
+                key,
+                body,
+                WriteOptions {
+                    content_type: content_type.map(str::to_string),
+                    user_metadata: (!user.is_empty()).then(|| {
+                        user.iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| self.fail(&format!("writing {key}"), &e))
+    }
+
     /// An object's user metadata and content type (for comparisons in tests and `verify`).
-    pub fn metadata(&self, key: &str) -> Result<Option<(Option<String>, BTreeMap<String, String>)>> {
+    pub fn metadata(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Option<String>, BTreeMap<String, String>)>> {
         match self.op.stat(key) {
             Ok(m) => Ok(Some((
                 m.content_type().map(str::to_string),
