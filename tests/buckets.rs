@@ -3,7 +3,7 @@
 //! `restore --from-replica` copies back what the source lost.
 
 mod common;
-use common::moto::{moto, Moto};
+use common::moto::{moto, moto_with_auth, Moto};
 use common::*;
 
 use std::io::{Read, Write};
@@ -111,6 +111,19 @@ fn await_replicated(lab: &Lab, service: &str, objects: u64, since: i64, log: &dy
     }
 }
 
+/// Wait until the service's replication reports a failure; its state then.
+fn await_failing(lab: &Lab, service: &str, log: &dyn Fn() -> String) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = state(lab, service);
+        if st["error"].is_string() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{st:#}\n{}", log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -200,24 +213,21 @@ metrics: {{ listen: "127.0.0.1:{metrics}" }}
     let st = state(&lab, "uploads");
     let lag = now_ms() - st["replicated_until_ms"].as_i64().unwrap();
     assert!((0..30_000).contains(&lag), "{st:#}");
-    // The same through /metrics.
-    let (_, text) = http(metrics, "GET", "/metrics", None, None);
-    assert_eq!(
-        lifeboat_server::metrics::sample(
-            &text,
-            r#"lifeboat_bucket_pending_objects{service="uploads"}"#
-        ),
-        Some(0.0),
-        "{text}"
-    );
-    assert!(
-        lifeboat_server::metrics::sample(
-            &text,
-            r#"lifeboat_bucket_replicated_until_timestamp_seconds{service="uploads"}"#
-        )
-        .is_some(),
-        "{text}"
-    );
+    // The same through /metrics (refreshed every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, text) = http(metrics, "GET", "/metrics", None, None);
+        let m = |k: &str| lifeboat_server::metrics::sample(&text, k);
+        if m(r#"lifeboat_bucket_pending_objects{service="uploads"}"#) == Some(0.0)
+            && m(r#"lifeboat_bucket_replicated_until_timestamp_seconds{service="uploads"}"#)
+                .is_some()
+            && m(r#"lifeboat_bucket_replication_failing{service="uploads"}"#) == Some(0.0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // The source loses objects: restore copies them back from the replica, content intact.
     let lost = ["img/010.png", "img/011.png", "video/big.bin"];
@@ -286,15 +296,7 @@ fn a_missing_replica_fails_clearly_without_a_busy_loop_and_deletions_propagate()
     ));
     let _d = lab.serve("daemon.log", &[]);
     let log = || std::fs::read_to_string(lab.p("daemon.log")).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let failing = loop {
-        let st = state(&lab, "media");
-        if st["error"].is_string() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "{st:#}\n{}", log());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let failing = await_failing(&lab, "media", &log);
     let e = failing["error"].as_str().unwrap();
     assert!(e.contains("the replica bucket s3://media-dr"), "{e}");
     assert!(
@@ -360,4 +362,96 @@ fn bucket_plan_mistakes_are_named() {
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }
+}
+
+/// Wrong credentials on one side (a server that checks signatures): the replica side is named
+/// with what to check, the secret appears nowhere; with the right keys it replicates.
+#[test]
+fn wrong_credentials_on_the_replica_side_are_named_and_never_shown() {
+    let east = moto();
+    let (west, id, secret) = moto_with_auth("photos-dr");
+    let (st, _, _) = s3(&east, "PUT", "/photos", &[], b"");
+    assert_eq!(st, 200);
+    put(&east, "photos", "a.jpg", b"jpeg", Some("image/jpeg"), &[]);
+    let lab = Lab::new();
+    let plan = |key: &str| {
+        format!(
+            "name: b\ntiers:\n  std: {{ rpo: 15m, rto: 1h }}\nsites: [east, west]\nservices:\n  photos:\n    kind: bucket\n    tier: std\n    source: {{ url: \"s3://photos?endpoint=http://127.0.0.1:{}\", access_key_id: testing, secret_access_key: testing }}\n    replica: {{ url: \"s3://photos-dr?endpoint=http://127.0.0.1:{}&retries=0\", access_key_id: {key}, secret_access_key: \"${{WEST_SECRET}}\" }}\n    interval: 200ms\n",
+            east.port, west.port
+        )
+    };
+    let wrong = "not-the-secret-5d1e";
+    lab.plan(&plan(&id));
+    let mut d = lab.serve("daemon.log", &[("WEST_SECRET", wrong)]);
+    let log = || std::fs::read_to_string(lab.p("daemon.log")).unwrap_or_default();
+    let st = await_failing(&lab, "photos", &log);
+    let e = st["error"].as_str().unwrap();
+    assert!(e.starts_with("the replica bucket s3://photos-dr"), "{e}");
+    assert!(
+        st["hint"].as_str().unwrap().contains("access_key_id"),
+        "{st:#}"
+    );
+    let human = lab.ok(&["status", "photos"]).stdout;
+    let v = lab.run(&["verify", "photos"]);
+    assert_ne!(v.code, 0, "{}", v.all());
+    assert!(v.all().contains("the replica bucket"), "{}", v.all());
+    for text in [
+        log(),
+        human,
+        v.all(),
+        serde_json::to_string(&lab.events()).unwrap(),
+    ] {
+        assert!(!text.contains(wrong), "the secret leaked: {text}");
+    }
+    d.kill_now();
+    // The right secret: replicated.
+    let since = now_ms();
+    let _d = lab.serve("daemon.log", &[("WEST_SECRET", &secret)]);
+    await_replicated(&lab, "photos", 1, since, &log);
+}
+
+/// An object changed or deleted at the source between the start of its copy and its read:
+/// nothing is written to the replica (no object that looks complete and is not), and the
+/// outcome says which, so the next pass copies the new version.
+#[test]
+fn an_object_changed_or_deleted_while_copied_writes_nothing() {
+    let (east, west) = (moto(), moto());
+    for (m, b) in [(&east, "docs"), (&west, "docs-dr")] {
+        let (st, _, _) = s3(m, "PUT", &format!("/{b}"), &[], b"");
+        assert_eq!(st, 200);
+    }
+    let (src, dst) = (bucket(&east, "docs"), bucket(&west, "docs-dr"));
+    // 20 MiB: read in three pieces, each under If-Match.
+    let first = noise(20 * 1024 * 1024, 1);
+    src.put("report.pdf", first.clone(), None, &[]).unwrap();
+    let r = src
+        .copy_to_observed(&dst, "report.pdf", &|| {
+            src.put("report.pdf", noise(20 * 1024 * 1024, 2), None, &[])
+                .unwrap()
+        })
+        .unwrap();
+    assert!(
+        matches!(r, lifeboat_store::bucket::Copied::Changed),
+        "{r:?}"
+    );
+    assert_eq!(dst.get("report.pdf").unwrap(), None, "nothing written");
+    src.put("memo.txt", b"memo".to_vec(), None, &[]).unwrap();
+    let r = src
+        .copy_to_observed(&dst, "memo.txt", &|| src.delete("memo.txt").unwrap())
+        .unwrap();
+    assert!(
+        matches!(r, lifeboat_store::bucket::Copied::Vanished),
+        "{r:?}"
+    );
+    assert_eq!(dst.get("memo.txt").unwrap(), None);
+    // Undisturbed, the same copy goes through.
+    let r = src.copy_to(&dst, "report.pdf").unwrap();
+    assert!(
+        matches!(r, lifeboat_store::bucket::Copied::Done { .. }),
+        "{r:?}"
+    );
+    assert_eq!(
+        dst.get("report.pdf").unwrap(),
+        src.get("report.pdf").unwrap()
+    );
 }

@@ -357,19 +357,57 @@ impl Replicator {
         sum: &mut PassSummary,
     ) -> (std::collections::BTreeSet<String>, Option<Error>) {
         let next = AtomicU64::new(0);
+        let finished = AtomicU64::new(0);
+        let copied_bytes = AtomicU64::new(0);
         let results: Mutex<Vec<(String, Result<Copied, Error>)>> = Mutex::new(Vec::new());
         let (source, replica, stop) = (&self.source, &self.replica, &self.stop);
+        let workers = self.r.parallel.min(objects.len().max(1));
+        // A long pass (a first copy of a large bucket) says how far it is: the state file
+        // every 2 s, the log every 30 s.
+        let mut progress = self.state.clone();
+        let (state_dir, service) = (self.state_dir.clone(), self.r.service.clone());
+        let total = objects.len() as u64;
+        let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
         std::thread::scope(|s| {
-            for _ in 0..self.r.parallel.min(objects.len().max(1)) {
-                s.spawn(|| loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(o) = objects.get(i) else { return };
-                    let r = source.copy_to(replica, &o.key);
-                    results.lock().expect("results").push((o.key.clone(), r));
-                });
+            let running: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(o) = objects.get(i) else { return };
+                        let r = source.copy_to(replica, &o.key);
+                        if let Ok(Copied::Done { bytes, .. }) = &r {
+                            copied_bytes.fetch_add(*bytes, Ordering::Relaxed);
+                        }
+                        results.lock().expect("results").push((o.key.clone(), r));
+                        finished.fetch_add(1, Ordering::Relaxed);
+                    })
+                })
+                .collect();
+            let mut written = Instant::now();
+            let mut logged = Instant::now();
+            while running.iter().any(|h| !h.is_finished()) {
+                std::thread::sleep(Duration::from_millis(100));
+                if written.elapsed() < Duration::from_secs(2) {
+                    continue;
+                }
+                written = Instant::now();
+                let done = finished.load(Ordering::Relaxed);
+                progress.pending_objects = total - done;
+                progress.pending_bytes =
+                    total_bytes.saturating_sub(copied_bytes.load(Ordering::Relaxed));
+                progress.time_ms = now_ms();
+                let _ = store_state(&state_dir, &service, &progress);
+                if logged.elapsed() >= Duration::from_secs(30) {
+                    logged = Instant::now();
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"event": "bucket progress", "service": service,
+                            "copied": done, "of": total, "time": jiff::Timestamp::now().to_string()})
+                    );
+                }
             }
         });
         let mut done = std::collections::BTreeSet::new();
@@ -679,10 +717,10 @@ mod tests {
             o("c", 3, "other"),
             o("x", 9, "e9"),
         ];
-        let mut asked = Vec::new();
+        let asked = std::cell::RefCell::new(Vec::new());
         let mut held = BTreeMap::new();
         let mut meta = |k: &str| -> Result<Option<String>, Error> {
-            asked.push(k.to_string());
+            asked.borrow_mut().push(k.to_string());
             Ok(match k {
                 "c" => Some("e3-2".into()),
                 _ => Some("old".into()),
@@ -693,7 +731,11 @@ mod tests {
         assert_eq!(copy, ["b", "d"]);
         assert!(t.delete.is_empty());
         assert_eq!(t.kept, 1);
-        assert_eq!(asked, ["b", "c"], "metadata only where the ETags differ");
+        assert_eq!(
+            *asked.borrow(),
+            ["b", "c"],
+            "metadata only where the ETags differ"
+        );
         assert_eq!(held.keys().collect::<Vec<_>>(), ["a", "c"]);
         let t = full_diff(&source, &replica, Deletes::Propagate, &mut held, &mut meta).unwrap();
         assert_eq!(t.delete, ["x"]);

@@ -40,6 +40,9 @@ pub enum Copied {
     Changed,
 }
 
+/// An object's content type and user metadata.
+pub type ObjectMeta = (Option<String>, BTreeMap<String, String>);
+
 pub struct Bucket {
     /// `source` or `replica`, for messages.
     pub side: &'static str,
@@ -165,11 +168,23 @@ impl Bucket {
     /// meanwhile, nothing is written (a piece already uploaded stays an unfinished multipart
     /// upload, never an object).
     pub fn copy_to(&self, to: &Bucket, key: &str) -> Result<Copied> {
+        self.copy_to_observed(to, key, &|| {})
+    }
+
+    /// [`Bucket::copy_to`], calling `after_stat` between reading the object's metadata and
+    /// its content (where a concurrent change or deletion lands; tests use it to put one there).
+    pub fn copy_to_observed(
+        &self,
+        to: &Bucket,
+        key: &str,
+        after_stat: &dyn Fn(),
+    ) -> Result<Copied> {
         let meta = match self.op.stat(key) {
             Ok(m) => m,
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Copied::Vanished),
             Err(e) => return Err(self.fail(&format!("reading {key}'s metadata"), &e)),
         };
+        after_stat();
         let etag = meta.etag().map(str::to_string);
         let size = meta.content_length();
         let mut user: HashMap<String, String> = meta.user_metadata().cloned().unwrap_or_default();
@@ -314,10 +329,7 @@ impl Bucket {
     }
 
     /// An object's user metadata and content type (for comparisons in tests and `verify`).
-    pub fn metadata(
-        &self,
-        key: &str,
-    ) -> Result<Option<(Option<String>, BTreeMap<String, String>)>> {
+    pub fn metadata(&self, key: &str) -> Result<Option<ObjectMeta>> {
         match self.op.stat(key) {
             Ok(m) => Ok(Some((
                 m.content_type().map(str::to_string),
