@@ -137,6 +137,7 @@ impl SiteCounts {
 
 /// What `<state>/routes/<service>.json` holds: the answer and the view it was made on.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RouteRecord {
     pub site: Option<String>,
     pub record: Option<String>,

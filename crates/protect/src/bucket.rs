@@ -181,6 +181,7 @@ fn incremental_diff(source: &[Object], deletes: Deletes, held: &BTreeMap<String,
 
 /// What the daemon keeps in `<state>/buckets/SERVICE.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct State {
     /// Every object at the source when this instant's listing began, and every one modified
     /// before the oldest pending one, is in the replica (Unix ms). Its age is the lag.

@@ -1028,6 +1028,16 @@ services:
       west: { host: 127.0.0.2, port: 5432 }
     failover: { listen: "127.0.0.1:6432" }
   etc: { kind: paths, tier: std, paths: [/etc] }
+  app:
+    kind: http
+    tier: gold
+    follows: db
+    health: { east: "http://10.0.1.5/health", west: "http://10.0.2.5/health" }
+  uploads:
+    kind: bucket
+    tier: std
+    source: { url: "s3://uploads?endpoint=http://127.0.0.1:9000" }
+    replica: { url: "s3://uploads-dr?endpoint=http://127.0.0.1:9001" }
 repositories:
   main: { url: repo, key_file: k }
   dr: { url: repo2, key_file: k }
@@ -1037,6 +1047,24 @@ backups:
         )
         .unwrap();
         let ctx = Context::load(&plan).unwrap();
+        // What the app's monitor and the bucket's replicator keep on disk.
+        std::fs::create_dir_all(ctx.state_dir.join("routes")).unwrap();
+        std::fs::write(
+            ctx.state_dir.join("routes/app.json"),
+            r#"{"site": "west", "reason": "x", "changes": 2, "time": "2026-12-01T00:00:00Z",
+                "sites": {"east": {"healthy": false}, "west": {"healthy": true}}}"#,
+        )
+        .unwrap();
+        std::fs::create_dir_all(ctx.state_dir.join("buckets")).unwrap();
+        std::fs::write(
+            ctx.state_dir.join("buckets/uploads.json"),
+            r#"{"replicated_until_ms": 1796119000000, "pending_objects": 3, "pending_bytes": 300,
+                "source_objects": 10, "source_bytes": 1000, "last_full_reconcile_ms": 1796118000000,
+                "copied_objects": 7, "copied_bytes": 700, "deleted_objects": 0,
+                "error": "the replica bucket s3://uploads-dr: listing: denied", "last_failure_ms": 1796119500000,
+                "time_ms": 1796119600000}"#,
+        )
+        .unwrap();
         let sched = ctx.state_dir.join("schedule");
         std::fs::create_dir_all(&sched).unwrap();
         std::fs::write(
@@ -1092,6 +1120,12 @@ backups:
             ),
             event("failover", "db", "ok", serde_json::json!({"manual": true})),
             event("switchover", "db", "ok", serde_json::json!({})),
+            event(
+                "route",
+                "app",
+                "ok",
+                serde_json::json!({"from": "east", "to": "west", "change": "follows the database"}),
+            ),
         ];
         let views = crate::schedule::views(
             &ctx.plan,
@@ -1173,6 +1207,23 @@ backups:
             v(r#"lifeboat_objective_rpo_seconds{service="etc",tier="std"}"#),
             3600.0
         );
+        assert_eq!(v(r#"lifeboat_http_route{service="app",site="west"}"#), 1.0);
+        assert_eq!(v(r#"lifeboat_http_route{service="app",site="east"}"#), 0.0);
+        assert_eq!(
+            v(r#"lifeboat_http_site_healthy{service="app",site="east"}"#),
+            0.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_http_route_changes_total{service="app",change="follows the database"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_bucket_replicated_until_timestamp_seconds{service="uploads"}"#),
+            1796119000.0
+        );
+        assert_eq!(v(r#"lifeboat_bucket_pending_objects{service="uploads"}"#), 3.0);
+        assert_eq!(v(r#"lifeboat_bucket_replication_failing{service="uploads"}"#), 1.0);
+        assert_eq!(v(r#"lifeboat_bucket_copied_bytes_total{service="uploads"}"#), 700.0);
         assert_eq!(
             v(r#"lifeboat_replication_lag_bytes{service="db",site="west"}"#),
             10.0
