@@ -8,13 +8,14 @@
 #      replication lag (now - replicated_until) sampled every 0.5 s: p50, p90, p99, max;
 #   3. many small objects: BIG_N objects of 1 KiB, the first copy: seconds and peak RSS.
 # moto is a Python server: these figures are bounded by it, and compare the tools on it.
-# Usage: bench/buckets.sh [N=2000] [BIG_N=100000]   (as root, for apt)
+# Usage: bench/buckets.sh [N=2000] [BIG_N=100000] [SECTIONS=123]   (as root, for apt)
 set -euo pipefail
 n=${1:-2000}
 big_n=${2:-100000}
+sections=${3:-123}
 here=$(cd "$(dirname "$0")/.." && pwd)
 day=$(date -u +%F)
-out=$here/bench/results/buckets-$day.txt
+out=$here/bench/results/buckets-$day${3:+-$3}.txt
 mkdir -p "$here/bench/results"
 command -v rclone >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null; }
 python3 -c 'import moto.server, boto3' 2>/dev/null || python3 -m pip install -q 'moto[server]'
@@ -86,16 +87,22 @@ report() {  # label objects bytes seconds peak
   python3 -c "import sys; l,o,b,s,m=sys.argv[1:]; o,b,s=int(o),int(b),float(s); print(f'{l}: {s:.1f} s, {o/s:.0f} objects/s, {b/s/1e6:.1f} MB/s, peak RSS {m} MB')" "$@" | tee -a "$out"
 }
 
+if [[ $sections == *1* ]]; then
 echo "## 1. first copy: $n objects of 256 KiB + 4 of 32 MiB" | tee -a "$out"
 load "$E" uploads fill "$n" 262144
 load "$E" uploads big 4 32
 read -r objs bytes < <(load "$E" uploads count)
 read -r s m < <(rclone_copy uploads uploads-rc); report "rclone sync" "$objs" "$bytes" "$s" "$m"
 read -r s m < <(lifeboat_first_copy uploads uploads-dr "$objs" first); report "lifeboat" "$objs" "$bytes" "$s" "$m"
+kill "$(cat "$work/first.pid")"; wait "$(cat "$work/first.pid")" 2>/dev/null || true
+fi
 
+if [[ $sections == *2* ]]; then
 echo "## 2. steady uploads, one 64 KiB object every 100 ms for 60 s (interval 1s)" | tee -a "$out"
-dir=$work/first
-( load "$E" uploads steady 60 100 65536 > "$work/steady.count" ) &
+load "$E" steady fill 1 1024
+lifeboat_first_copy steady steady-dr 1 steady >/dev/null
+dir=$work/steady
+( load "$E" steady steady 60 100 65536 > "$work/steady.count" ) &
 loader=$!
 : > "$work/lag.txt"
 while kill -0 $loader 2>/dev/null; do
@@ -105,14 +112,18 @@ while kill -0 $loader 2>/dev/null; do
 done
 python3 - "$work/lag.txt" <<'PY' | tee -a "$out"
 import sys
-v = sorted(float(l) / 1000 for l in open(sys.argv[1]) if l.strip())
-v = v[2:]  # the first second, before the first pass after the start of the load
+v = [float(l) / 1000 for l in open(sys.argv[1]) if l.strip()]
+# The first two samples (the first second) still show the first copy's listing, made before the
+# load began: the steady state starts with the first pass after it.
+v = sorted(v[2:])
 q = lambda p: v[min(len(v) - 1, int(p * len(v)))]
 print(f"lifeboat lag over {len(v)} samples: p50 {q(0.5):.2f} s, p90 {q(0.9):.2f} s, p99 {q(0.99):.2f} s, max {v[-1]:.2f} s")
 PY
 echo "uploads in 60 s: $(cat "$work/steady.count")" | tee -a "$out"
-kill "$(cat "$work/first.pid")"; wait "$(cat "$work/first.pid")" 2>/dev/null || true
+kill "$(cat "$work/steady.pid")"; wait "$(cat "$work/steady.pid")" 2>/dev/null || true
+fi
 
+if [[ $sections == *3* ]]; then
 echo "## 3. many objects: $big_n of 1 KiB" | tee -a "$out"
 t0=$(date +%s)
 load "$E" many fill "$big_n" 1024
@@ -121,4 +132,5 @@ read -r objs bytes < <(load "$E" many count)
 read -r s m < <(rclone_copy many many-rc); report "rclone sync" "$objs" "$bytes" "$s" "$m"
 read -r s m < <(lifeboat_first_copy many many-dr "$objs" many); report "lifeboat" "$objs" "$bytes" "$s" "$m"
 kill "$(cat "$work/many.pid")" 2>/dev/null || true
+fi
 echo "# raw: $out" | tee -a "$out"

@@ -99,6 +99,32 @@ fn stays(dns: u16, name: &str, want: &str, dur: Duration, log: &dyn Fn() -> Stri
     }
 }
 
+/// Add service `app` (following `db`, a health URL per site, name app.lifeboat.test on `dns`
+/// with records 10.0.1.5 for a and 10.0.2.5 for b) to the pair's plan, with more lines for the
+/// service and more top-level sections.
+fn with_app(pair: &Pair, a: &App, b: &App, dns: u16, service_extra: &str, top_extra: &str) {
+    let pg = &pair.pg;
+    let plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
+    let app = format!(
+        r#"  app:
+    kind: http
+    tier: gold
+    depends_on: [db]
+    follows: db
+    health:
+      a: {}
+      b: {{ url: "{}", status: 200, body: ok }}
+    checks: {{ interval: 200ms, timeout: 300ms, unhealthy_threshold: 2, healthy_threshold: 2 }}
+    dns: {{ listen: "127.0.0.1:{dns}", name: app.lifeboat.test, ttl: 1s, records: {{ a: 10.0.1.5, b: 10.0.2.5 }} }}
+{service_extra}"#,
+        a.url(),
+        b.url()
+    );
+    let plan = plan.replacen("repositories:", &format!("{app}repositories:"), 1) + top_extra;
+    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
+    pg.ok(&["plan", "check"]);
+}
+
 fn route_events(lab: &Lab) -> Vec<serde_json::Value> {
     lab.events()
         .into_iter()
@@ -118,29 +144,16 @@ fn an_app_tier_fails_over_with_its_database_through_the_dns_name() {
     let (a, b) = (App::start(), App::start());
     let dns = free_port();
     let (hook, received) = webhook_receiver();
-    let plan = std::fs::read_to_string(pg.lab.p("lifeboat.yaml")).unwrap();
-    let app = format!(
-        r#"  app:
-    kind: http
-    tier: gold
-    depends_on: [db]
-    follows: db
-    health:
-      a: {}
-      b: {{ url: "{}", status: 200, body: ok }}
-    checks: {{ interval: 200ms, timeout: 300ms, unhealthy_threshold: 2, healthy_threshold: 2 }}
-    dns: {{ listen: "127.0.0.1:{dns}", name: app.lifeboat.test, ttl: 1s, records: {{ a: 10.0.1.5, b: 10.0.2.5 }} }}
-    on_change: app-moved
-"#,
-        a.url(),
-        b.url()
-    );
-    let plan = plan.replacen("repositories:", &format!("{app}repositories:"), 1)
-        + &format!(
+    with_app(
+        &pair,
+        &a,
+        &b,
+        dns,
+        "    on_change: app-moved\n",
+        &format!(
             "runbooks:\n  app-moved:\n    steps:\n      - {{ command: 'echo \"$LIFEBOAT_FROM $LIFEBOAT_SITE $LIFEBOAT_RECORD\" >> moves.txt' }}\nnotifications:\n  - {{ webhook: \"http://127.0.0.1:{hook}/hook\" }}\n"
-        );
-    std::fs::write(pg.lab.p("lifeboat.yaml"), plan).unwrap();
-    pg.ok(&["plan", "check"]);
+        ),
+    );
     let log = || pair.daemon_log();
     let name = "app.lifeboat.test";
     let mut daemon = pair.start("");
@@ -396,4 +409,52 @@ services:
         e.contains("satus") && e.contains("lifeboat.yaml:10:"),
         "{e}"
     );
+}
+
+/// A drill on the database an app tier follows: its report holds an objective per following
+/// tier — the name answers the new primary's site — with when it moved.
+#[test]
+fn a_drill_on_the_database_shows_its_app_tier_following() {
+    let pair = Pair::new("async", "", "");
+    let (a, b) = (App::start(), App::start());
+    let dns = free_port();
+    with_app(
+        &pair,
+        &a,
+        &b,
+        dns,
+        "",
+        "drills:\n  crash: { scenario: kill-primary, service: db }\n",
+    );
+    let log = || pair.daemon_log();
+    let name = "app.lifeboat.test";
+    let _daemon = pair.start("");
+    await_answer(dns, name, "10.0.1.5", Duration::from_secs(20), &log);
+    let r = pair.pg.run(&["--json", "drill", "run", "crash", "--yes"]);
+    let summary = r.json();
+    let path = summary["reports"]["json"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no report:\n{}\n{}", r.all(), log()));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(report["primary_after"], "b", "{report:#}");
+    let o = report["objectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "app follows db")
+        .unwrap_or_else(|| panic!("{report:#}"))
+        .clone();
+    assert_eq!(o["target"], "answers b", "{o}");
+    assert_eq!(o["met"], true, "{o}");
+    assert!(
+        o["measured"]
+            .as_str()
+            .unwrap()
+            .starts_with("answers b, moved "),
+        "{o}"
+    );
+    assert_eq!(answer(dns, name), "10.0.2.5");
+    let md = std::fs::read_to_string(summary["reports"]["markdown"][0].as_str().unwrap())
+        .unwrap_or_default();
+    assert!(md.contains("app follows db"), "{md}");
 }

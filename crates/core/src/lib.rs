@@ -64,11 +64,14 @@ mod tests {
     }
 
     #[test]
-    fn starter_plan_postgres_example_passes_check_when_uncommented() {
+    fn starter_plan_postgres_app_and_bucket_examples_pass_check_when_uncommented() {
         let uncommented: String = STARTER_PLAN
             .lines()
             .map(|l| {
-                if l.starts_with("  # db") || l.starts_with("  #   ") {
+                if ["  # db", "  # app", "  # uploads", "  #   "]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+                {
                     l.replacen("# ", "", 1)
                 } else {
                     l.to_string()
@@ -86,6 +89,8 @@ mod tests {
             )
         });
         assert_eq!(plan.services["db"].kind(), "postgres");
+        assert_eq!(plan.services["app"].kind(), "http");
+        assert_eq!(plan.services["uploads"].kind(), "bucket");
         assert!(plan.backups.contains_key("db-base"));
     }
 

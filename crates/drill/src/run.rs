@@ -1177,7 +1177,76 @@ impl<'a> Driver<'a> {
             paths,
         };
         self.objectives();
+        self.app_tiers(fault);
         Ok(())
+    }
+
+    /// Application tiers that follow the drilled database: each must answer the site of the
+    /// primary after the drill (unless its app fails its checks there). An objective per tier,
+    /// measured from the daemon's route record and its evidence (when the name moved).
+    fn app_tiers(&mut self, fault_ms: f64) {
+        let Some(primary) = self.report.primary_after.clone() else {
+            return;
+        };
+        let fault_wall = self.wall0 + jiff::SignedDuration::from_secs_f64(fault_ms / 1000.0);
+        let apps: Vec<String> = self
+            .ctx
+            .plan
+            .services
+            .iter()
+            .filter(|(_, s)| {
+                matches!(s, Service::Http { follows: Some(f), .. } if *f == self.d.service)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for app in apps {
+            // The app's monitor follows within a tick of the database's; give it 5 s.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let rec = loop {
+                let rec = lifeboat_failover::app::load_record(&self.ctx.state_dir, &app);
+                let done = rec
+                    .as_ref()
+                    .is_some_and(|r| r.site.as_deref() == Some(primary.as_str()));
+                if done || Instant::now() > deadline {
+                    break rec;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let answered = rec.as_ref().and_then(|r| r.site.clone());
+            let app_down_there = rec.as_ref().is_some_and(|r| {
+                r.sites
+                    .get(&primary)
+                    .is_some_and(|s| s.healthy == Some(false))
+            });
+            let moved_ms = self.ctx.evidence().ok().and_then(|ev| {
+                let events = ev.list(Some(200)).ok()?;
+                let e = events.iter().find(|e| {
+                    e.command == "route"
+                        && e.target == app
+                        && e.figures["to"].as_str() == Some(primary.as_str())
+                        && e.time
+                            .parse::<jiff::Timestamp>()
+                            .is_ok_and(|t| t >= fault_wall)
+                })?;
+                let t = e.time.parse::<jiff::Timestamp>().ok()?;
+                Some(t.duration_since(fault_wall).as_millis().max(0) as u64)
+            });
+            let measured = match (&answered, moved_ms) {
+                (Some(s), Some(ms)) => format!("answers {s}, moved {ms} ms after the fault"),
+                (Some(s), None) => format!("answers {s}"),
+                (None, _) => "answers no site".into(),
+            };
+            self.report.objectives.push(Objective {
+                name: format!("{app} follows {}", self.d.service),
+                target: format!("answers {primary}"),
+                measured: if app_down_there && answered.as_deref() != Some(primary.as_str()) {
+                    format!("{measured} (its app fails its checks at {primary})")
+                } else {
+                    measured
+                },
+                met: answered.as_deref() == Some(primary.as_str()) || app_down_there,
+            });
+        }
     }
 
     /// The parts of the recovery from the daemon's evidence: its failover event after the

@@ -1221,9 +1221,18 @@ backups:
             v(r#"lifeboat_bucket_replicated_until_timestamp_seconds{service="uploads"}"#),
             1796119000.0
         );
-        assert_eq!(v(r#"lifeboat_bucket_pending_objects{service="uploads"}"#), 3.0);
-        assert_eq!(v(r#"lifeboat_bucket_replication_failing{service="uploads"}"#), 1.0);
-        assert_eq!(v(r#"lifeboat_bucket_copied_bytes_total{service="uploads"}"#), 700.0);
+        assert_eq!(
+            v(r#"lifeboat_bucket_pending_objects{service="uploads"}"#),
+            3.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_bucket_replication_failing{service="uploads"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"lifeboat_bucket_copied_bytes_total{service="uploads"}"#),
+            700.0
+        );
         assert_eq!(
             v(r#"lifeboat_replication_lag_bytes{service="db",site="west"}"#),
             10.0
