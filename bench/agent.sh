@@ -22,8 +22,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 H=$(cd "$here/../shared/harness" && pwd)
 out=$here/bench/results/agent-$(date -u +%F).txt
 mkdir -p "$here/bench/results"
-dpkg-query -W -f='${Status}' python3-psycopg2 2>/dev/null | grep -q 'ok installed' \
-  || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-psycopg2 >/dev/null; }
+. "$here/bench/lib/deps.sh"
+need_deb python3-psycopg2
 cargo build --release --manifest-path "$here/Cargo.toml" >/dev/null 2>&1
 orch="$here/bench/lifeboat-agents.sh"
 pair=/tmp/lifeboat-bench-agents

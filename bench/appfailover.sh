@@ -15,8 +15,8 @@ H=$(cd "$here/../shared/harness" && pwd)
 day=$(date -u +%F)
 out=$here/bench/results/appfailover-$day.txt
 mkdir -p "$here/bench/results"
-dpkg-query -W -f='${Status}' python3-psycopg2 2>/dev/null | grep -q 'ok installed' \
-  || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-psycopg2 >/dev/null; }
+. "$here/bench/lib/deps.sh"
+need_deb python3-psycopg2
 cargo build --release --manifest-path "$here/Cargo.toml" >/dev/null 2>&1
 orch="$here/bench/lifeboat-orchestrator.sh"
 pair=/tmp/lifeboat-bench-apppair

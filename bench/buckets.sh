@@ -17,7 +17,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 day=$(date -u +%F)
 out=$here/bench/results/buckets-$day${3:+-$3}.txt
 mkdir -p "$here/bench/results"
-command -v rclone >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null; }
+. "$here/bench/lib/deps.sh"
+need_deb rclone
 python3 -c 'import moto.server, boto3' 2>/dev/null || python3 -m pip install -q 'moto[server]'
 cargo build --release --manifest-path "$here/Cargo.toml" >/dev/null 2>&1
 lb=$here/target/release/lifeboat

@@ -300,7 +300,10 @@ fn a_missing_replica_fails_clearly_without_a_busy_loop_and_deletions_propagate()
     let e = failing["error"].as_str().unwrap();
     assert!(e.contains("the replica bucket s3://media-dr"), "{e}");
     assert!(
-        failing["hint"].as_str().unwrap().contains("bucket exists"),
+        failing["hint"]
+            .as_str()
+            .unwrap()
+            .contains("bucket does not exist: create it"),
         "{failing:#}"
     );
     let human = lab.ok(&["status", "media"]).stdout;

@@ -56,16 +56,16 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             Some(lifeboat_core::plan::Service::Bucket { .. })
         )
     };
-    let buckets: Vec<serde_json::Value> = lifeboat_protect::bucket::replicated_services(&ctx)
+    let buckets: Vec<BucketStatus> = lifeboat_protect::bucket::replicated_services(&ctx)
         .into_iter()
         .filter(|r| a.service.as_deref().is_none_or(|s| s == r.service))
-        .map(|r| {
-            serde_json::json!({
-                "service": r.service, "kind": "bucket",
-                "source": r.source.url.split('?').next(), "replica": r.replica.url.split('?').next(),
-                "deletes": r.deletes,
-                "state": lifeboat_protect::bucket::load_state(&ctx.state_dir, &r.service),
-            })
+        .map(|r| BucketStatus {
+            kind: "bucket",
+            source: without_query(&r.source.url),
+            replica: without_query(&r.replica.url),
+            deletes: r.deletes,
+            state: lifeboat_protect::bucket::load_state(&ctx.state_dir, &r.service),
+            service: r.service,
         })
         .collect();
     let pg_names = match a.service.as_deref() {
@@ -137,7 +137,11 @@ pub fn run(cli: &crate::Cli, a: &Args) -> anyhow::Result<i32> {
             apps.iter()
                 .map(|s| serde_json::to_value(s).unwrap_or_default()),
         );
-        all.extend(buckets.iter().cloned());
+        all.extend(
+            buckets
+                .iter()
+                .map(|s| serde_json::to_value(s).unwrap_or_default()),
+        );
         crate::output::json(&all);
         return Ok(0);
     }
@@ -284,7 +288,7 @@ struct AppSite {
     failure: Option<String>,
     /// What the daemon's checks say (thresholds applied).
     daemon_healthy: Option<bool>,
-    database: Option<serde_json::Value>,
+    database: Option<lifeboat_core::route::DbAt>,
 }
 
 #[derive(serde::Serialize)]
@@ -367,8 +371,7 @@ fn print_app(s: &AppStatus) {
             if answered { "<- answered" } else { "" },
             site.database
                 .as_ref()
-                .and_then(|d| d["state"].as_str())
-                .map(|d| format!("  database: {d}"))
+                .map(|d| format!("  database: {}", d.describe()))
                 .unwrap_or_default()
         );
     }
@@ -391,38 +394,52 @@ fn print_app(s: &AppStatus) {
     }
 }
 
-fn print_bucket(b: &serde_json::Value) {
+/// A URL without its query (the options there say nothing a reader of `status` needs).
+fn without_query(url: &str) -> String {
+    url.split('?').next().unwrap_or("").to_string()
+}
+
+#[derive(serde::Serialize)]
+struct BucketStatus {
+    service: String,
+    kind: &'static str,
+    source: String,
+    replica: String,
+    deletes: lifeboat_core::plan::Deletes,
+    /// The replicator's state (`<state>/buckets/<service>.json`), when the daemon has run it.
+    state: Option<lifeboat_protect::bucket::State>,
+}
+
+fn print_bucket(b: &BucketStatus) {
     println!(
         "service {} (bucket {} → {}, deletes {})",
-        b["service"].as_str().unwrap_or("?"),
-        b["source"].as_str().unwrap_or("?"),
-        b["replica"].as_str().unwrap_or("?"),
-        b["deletes"].as_str().unwrap_or("?")
+        b.service,
+        b.source,
+        b.replica,
+        b.deletes.name()
     );
-    let st = &b["state"];
-    if st.is_null() {
+    let Some(st) = &b.state else {
         println!("  not replicated yet: `lifeboat serve` replicates it");
         return;
-    }
+    };
     let now = jiff::Timestamp::now().as_millisecond();
-    let age = |ms: &serde_json::Value| {
-        ms.as_i64()
-            .map(|t| format!("{:.1} s ago", (now - t) as f64 / 1000.0))
+    let age = |ms: Option<i64>| {
+        ms.map(|t| format!("{:.1} s ago", (now - t) as f64 / 1000.0))
             .unwrap_or_else(|| "never".into())
     };
     println!(
         "  replica whole up to {} ({} object(s), {} pending); last full comparison {}",
-        age(&st["replicated_until_ms"]),
-        st["source_objects"],
-        st["pending_objects"],
-        age(&st["last_full_reconcile_ms"])
+        age(st.replicated_until_ms),
+        st.source_objects,
+        st.pending_objects,
+        age(st.last_full_reconcile_ms)
     );
-    if let Some(e) = st["error"].as_str() {
+    if let Some(e) = &st.error {
         println!(
             "  FAILING since {}: {e}{}",
-            age(&st["failing_since_ms"]),
-            st["hint"]
-                .as_str()
+            age(st.failing_since_ms),
+            st.hint
+                .as_deref()
                 .map(|h| format!(" — {h}"))
                 .unwrap_or_default()
         );

@@ -41,6 +41,21 @@ pub struct Context {
     pub actor: String,
 }
 
+/// Replace the state file `path` with `body` so that a reader (or a crash) sees the old file or
+/// the new one, never a part: write a temporary file beside it, fsync, rename, fsync the
+/// directory (made if missing).
+pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("a state file has a directory");
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 pub fn load_plan(path: &Path) -> Result<Plan, PlanError> {
     let bytes = std::fs::read(path).map_err(|source| PlanError::Read {
         path: path.display().to_string(),

@@ -690,7 +690,7 @@ pub enum Service {
         /// Health check by site name: a URL (`http://10.0.1.5:8080/health`, passes on any 2xx),
         /// or `{ url, status, body, timeout }`.
         #[serde(default)]
-        health: BTreeMap<String, SiteHealth>,
+        health: BTreeMap<String, SiteCheck>,
         /// The order sites are preferred in (primary, secondary …). Default: the plan's
         /// `sites` order.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -773,6 +773,16 @@ pub enum Deletes {
     Propagate,
 }
 
+impl Deletes {
+    /// As the plan writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Deletes::Keep => "keep",
+            Deletes::Propagate => "propagate",
+        }
+    }
+}
+
 impl Service {
     pub fn tier(&self) -> &str {
         match self {
@@ -812,8 +822,8 @@ impl Service {
     }
 }
 
-/// One site's health check of an http service: a URL, or the URL with what must come back.
-#[derive(Clone, Debug, Default, Serialize, JsonSchema, PartialEq)]
+/// One site's health check of an http service: the URL and what must come back.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SiteHealth {
     /// URL to GET (`http://` or `https://`).
@@ -854,39 +864,43 @@ impl SiteHealth {
     }
 }
 
-impl<'de> Deserialize<'de> for SiteHealth {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Full {
-            url: String,
-            #[serde(default)]
-            status: Option<u16>,
-            #[serde(default)]
-            body: Option<String>,
-            #[serde(default)]
-            timeout: Option<Duration>,
+/// One site's health check: the URL alone (any 2xx passes), or `{ url, status, body, timeout }`.
+#[derive(Clone, Debug, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum SiteCheck {
+    Url(String),
+    Check(SiteHealth),
+}
+
+impl SiteCheck {
+    /// The check, whichever way it was written.
+    pub fn spec(&self) -> SiteHealth {
+        match self {
+            SiteCheck::Url(u) => SiteHealth {
+                url: u.clone(),
+                ..Default::default()
+            },
+            SiteCheck::Check(h) => h.clone(),
         }
+    }
+}
+
+// Read by hand rather than as an untagged enum, so that a mistake in the mapping is named
+// (`unknown field `satus``) instead of "data did not match any variant".
+impl<'de> Deserialize<'de> for SiteCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = SiteHealth;
+            type Value = SiteCheck;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a health URL, or { url, status, body, timeout }")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SiteHealth, E> {
-                Ok(SiteHealth {
-                    url: v.to_string(),
-                    ..Default::default()
-                })
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SiteCheck, E> {
+                Ok(SiteCheck::Url(v.to_string()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<SiteHealth, A::Error> {
-                let f = Full::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
-                Ok(SiteHealth {
-                    url: f.url,
-                    status: f.status,
-                    body: f.body,
-                    timeout: f.timeout,
-                })
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<SiteCheck, A::Error> {
+                SiteHealth::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(SiteCheck::Check)
             }
         }
         d.deserialize_any(V)
@@ -1074,6 +1088,13 @@ pub struct DnsSpec {
     /// The record per site. Default: the member's `host`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub records: BTreeMap<String, String>,
+}
+
+impl DnsSpec {
+    /// The name as the responder matches it: lower case, without the trailing dot.
+    pub fn key(&self) -> String {
+        self.name.trim_end_matches('.').to_ascii_lowercase()
+    }
 }
 
 /// One extra health check: exactly one of `http`, `tcp`, `command`.

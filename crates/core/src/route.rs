@@ -21,12 +21,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::Failback;
 
 /// What the database member at a site is, as the tier's `follows` service sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state", content = "detail")]
 pub enum DbAt {
     /// The member Lifeboat routes writes to.
@@ -42,15 +42,22 @@ pub enum DbAt {
 }
 
 impl DbAt {
+    /// In a few words, for `status`.
+    pub fn describe(&self) -> String {
+        match self {
+            DbAt::RoutedPrimary => "the routed primary".into(),
+            DbAt::Standby => "a healthy standby".into(),
+            DbAt::UnroutedPrimary => "a primary writes are no longer routed to".into(),
+            DbAt::Down(why) => format!("down ({why})"),
+            DbAt::Unknown => "not checked yet".into(),
+        }
+    }
+
     /// Why the database bars its site, if it does.
     fn bars(&self) -> Option<String> {
         match self {
             DbAt::RoutedPrimary | DbAt::Standby => None,
-            DbAt::UnroutedPrimary => {
-                Some("its database member is a primary writes are no longer routed to".into())
-            }
-            DbAt::Down(why) => Some(format!("its database member is down ({why})")),
-            DbAt::Unknown => Some("its database member has not been checked yet".into()),
+            _ => Some(format!("its database member is {}", self.describe())),
         }
     }
 }

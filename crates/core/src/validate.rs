@@ -358,6 +358,7 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
                             format!("site `{site}` is not in `sites` ({})", list(&sites)),
                         );
                     }
+                    let h = h.spec();
                     if !(h.url.starts_with("http://") || h.url.starts_with("https://"))
                         || h.host().is_none()
                     {
@@ -475,10 +476,7 @@ pub fn validate(plan: &Plan, declared: &Declared) -> Vec<(String, String)> {
             _ => (None, ""),
         };
         if let Some(d) = d {
-            let key = (
-                d.listen.clone(),
-                d.name.trim_end_matches('.').to_ascii_lowercase(),
-            );
+            let key = (d.listen.clone(), d.key());
             if let Some(other) = names.insert(key, name) {
                 err(
                     format!("services.{name}.{at}.name"),

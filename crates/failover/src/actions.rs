@@ -222,9 +222,12 @@ async fn wait_healthy(ctx: &Context, st: &RunbookStep) -> Result<String, String>
                 };
                 let mut any = false;
                 for c in checks {
-                    any |= lifeboat_pg::health::extra_checks(&[c.check()], Duration::from_secs(2))
-                        .await
-                        .is_ok();
+                    any |= lifeboat_pg::health::extra_checks(
+                        &[c.spec().check()],
+                        Duration::from_secs(2),
+                    )
+                    .await
+                    .is_ok();
                 }
                 any
             }

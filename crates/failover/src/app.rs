@@ -61,7 +61,7 @@ impl AppTier {
         }
         let sites = names
             .into_iter()
-            .filter_map(|s| Some((s.clone(), health.get(s)?.check())))
+            .filter_map(|s| Some((s.clone(), health.get(s)?.spec().check())))
             .collect();
         let records = health
             .iter()
@@ -69,7 +69,7 @@ impl AppTier {
                 let r = dns
                     .as_ref()
                     .and_then(|d| d.records.get(site).cloned())
-                    .or_else(|| h.host())?;
+                    .or_else(|| h.spec().host())?;
                 Some((site.clone(), r))
             })
             .collect();
@@ -147,8 +147,6 @@ pub struct RouteRecord {
     pub held: Option<String>,
     /// When the answer last changed (RFC 3339).
     pub since: Option<String>,
-    /// Changes of the answer since the record was made.
-    pub changes: u64,
     pub sites: BTreeMap<String, SiteState>,
     /// When this was written.
     pub time: String,
@@ -160,7 +158,7 @@ pub struct SiteState {
     pub failure: Option<String>,
     pub record: Option<String>,
     /// With `follows`: what the database member here is.
-    pub db: Option<serde_json::Value>,
+    pub db: Option<DbAt>,
 }
 
 pub fn record_path(state_dir: &std::path::Path, service: &str) -> PathBuf {
@@ -407,7 +405,6 @@ impl Monitor {
             .and_then(|s| self.app.records.get(s).cloned());
         self.rec.chosen_with_primary = self.primary();
         self.rec.since = Some(jiff::Timestamp::now().to_string());
-        self.rec.changes += 1;
         self.point_dns();
         let order = self.app.order();
         let rank = |s: Option<&str>| s.and_then(|s| order.iter().position(|o| o == s));
@@ -490,17 +487,12 @@ impl Monitor {
         let (Some(names), Some(spec)) = (&self.dns, &self.app.dns) else {
             return;
         };
-        let name = spec.name.trim_end_matches('.').to_ascii_lowercase();
         let target = self
             .rec
             .site
             .as_ref()
             .and_then(|s| self.app.records.get(s).cloned());
-        if let Ok(mut n) = names.lock() {
-            for a in n.iter_mut().filter(|a| a.name == name) {
-                a.target = target.clone();
-            }
-        }
+        crate::dns::point(names, &spec.key(), target);
     }
 
     /// Keep the record on disk when the answer, the reason or a site's health changed.
@@ -517,7 +509,7 @@ impl Monitor {
                         healthy: c.healthy,
                         failure: c.failure,
                         record: self.app.records.get(s).cloned(),
-                        db: c.db.map(|d| serde_json::to_value(d).unwrap_or_default()),
+                        db: c.db,
                     },
                 )
             })
@@ -533,17 +525,8 @@ impl Monitor {
         self.rec.sites = sites;
         self.rec.time = jiff::Timestamp::now().to_string();
         let path = record_path(&self.ctx.state_dir, &self.app.service);
-        let r = (|| {
-            let dir = path.parent().expect("has a parent");
-            std::fs::create_dir_all(dir)?;
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(
-                &tmp,
-                serde_json::to_vec_pretty(&self.rec).unwrap_or_default(),
-            )?;
-            std::fs::rename(&tmp, &path)
-        })();
-        match r {
+        let body = serde_json::to_vec_pretty(&self.rec).unwrap_or_default();
+        match lifeboat_context::write_atomically(&path, &body) {
             Ok(()) => self.written = Some(key),
             Err(e) => log(
                 "error",

@@ -81,20 +81,9 @@ impl SyncFile {
     }
 }
 
-/// Replace `path` with `body`: write, fsync, rename, fsync the directory.
+/// Replace `path` with `body` (see [`lifeboat_context::write_atomically`]).
 fn write_atomically(path: &Path, body: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    let dir = path.parent().expect("has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let tmp = path.with_extension("json.tmp");
-    (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })()
-    .map_err(|e| io(path, e))
+    lifeboat_context::write_atomically(path, body).map_err(|e| io(path, e))
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {

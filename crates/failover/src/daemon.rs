@@ -458,18 +458,13 @@ impl Monitor {
                         .map(|m| m.host.clone())
                 })
             });
-        let name = spec.name.trim_end_matches('.').to_ascii_lowercase();
-        if let Ok(mut n) = names.lock() {
-            for a in n.iter_mut().filter(|a| a.name == name) {
-                if a.target != target {
-                    log(
-                        "dns",
-                        &self.w.service,
-                        serde_json::json!({"name": name, "target": target}),
-                    );
-                    a.target = target.clone();
-                }
-            }
+        let name = spec.key();
+        if crate::dns::point(names, &name, target.clone()) {
+            log(
+                "dns",
+                &self.w.service,
+                serde_json::json!({"name": name, "target": target}),
+            );
         }
     }
 }

@@ -27,6 +27,20 @@ pub struct Answer {
 
 pub type Names = Arc<Mutex<Vec<Answer>>>;
 
+/// Point the name `key` (see [`lifeboat_core::plan::DnsSpec::key`]) at `target` (None:
+/// SERVFAIL); whether its answer changed.
+pub fn point(names: &Names, key: &str, target: Option<String>) -> bool {
+    let Ok(mut n) = names.lock() else {
+        return false;
+    };
+    let mut changed = false;
+    for a in n.iter_mut().filter(|a| a.name == key && a.target != target) {
+        a.target = target.clone();
+        changed = true;
+    }
+    changed
+}
+
 /// The response to one query packet, parsed and written with `hickory-proto` (None: not a
 /// query — an answer, or noise without a DNS header — so nothing is sent back). A packet with
 /// a header that does not parse gets FORMERR, as does one with other than one question.

@@ -70,31 +70,17 @@ pub fn replicated_services(ctx: &Context) -> Vec<Replicated> {
         .collect()
 }
 
-fn keys(spec: &BucketSpec, side: &str) -> Result<Option<(String, String)>, Error> {
-    let resolve = |s: &Option<lifeboat_core::secret::Secret>, env: &str| match s {
-        Some(s) => s
-            .resolve()
-            .map(Some)
-            .map_err(|e| Error::new(Kind::Key, format!("the {side} bucket's keys: {e}"))),
-        None => Ok(std::env::var(env).ok()),
-    };
-    Ok(
-        match (
-            resolve(&spec.access_key_id, "AWS_ACCESS_KEY_ID")?,
-            resolve(&spec.secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
-        ) {
-            (Some(a), Some(s)) => Some((a, s)),
-            _ => None,
-        },
-    )
-}
-
-/// Open both sides.
+/// Open both sides, each with its own keys.
 pub fn open(r: &Replicated) -> Result<(Bucket, Bucket), Error> {
-    Ok((
-        Bucket::open("source", &r.source.url, keys(&r.source, "source")?)?,
-        Bucket::open("replica", &r.replica.url, keys(&r.replica, "replica")?)?,
-    ))
+    let side = |name: &'static str, spec: &BucketSpec| {
+        let keys = lifeboat_store::s3::keys(
+            &spec.access_key_id,
+            &spec.secret_access_key,
+            &format!("the {name} bucket's keys"),
+        )?;
+        Bucket::open(name, &spec.url, keys)
+    };
+    Ok((side("source", &r.source)?, side("replica", &r.replica)?))
 }
 
 /// What the replica holds of a key, as copied by this process (or confirmed in a reconcile).
@@ -113,6 +99,23 @@ pub struct Todo {
     pub kept: usize,
 }
 
+/// Whether replica object `r` holds source object `o`'s version: the same size, and the same
+/// ETag — or, for a copy made in parts (which has an ETag of its own), the source ETag its
+/// metadata names (`replica_etag`, asked only then).
+fn holds(
+    o: &Object,
+    r: &Object,
+    replica_etag: &mut dyn FnMut(&str) -> Result<Option<String>, Error>,
+) -> Result<bool, Error> {
+    if r.size != o.size || o.etag.is_none() {
+        return Ok(false);
+    }
+    if r.etag == o.etag {
+        return Ok(true);
+    }
+    Ok(replica_etag(&o.key)? == o.etag)
+}
+
 /// A full comparison: the source's listing against the replica's (`replica_etag`: what the
 /// replica object says it holds, asked only where the ETags differ: a copy made in parts has
 /// its own ETag).
@@ -129,9 +132,7 @@ fn full_diff(
     for o in source {
         let same = match rep.get(o.key.as_str()) {
             None => false,
-            Some(r) if r.size != o.size => false,
-            Some(r) if r.etag.is_some() && r.etag == o.etag => true,
-            Some(_) => o.etag.is_some() && replica_etag(&o.key)? == o.etag,
+            Some(r) => holds(o, r, replica_etag)?,
         };
         if same {
             held.insert(
@@ -194,7 +195,7 @@ pub struct State {
     pub source_bytes: u64,
     pub last_full_reconcile_ms: Option<i64>,
     pub last_pass: Option<PassSummary>,
-    /// Totals since the daemon started.
+    /// Totals, kept in this file across the daemon's restarts.
     pub copied_objects: u64,
     pub copied_bytes: u64,
     pub deleted_objects: u64,
@@ -234,12 +235,18 @@ pub fn load_state(state_dir: &Path, service: &str) -> Option<State> {
     serde_json::from_slice(&std::fs::read(state_path(state_dir, service)).ok()?).ok()
 }
 
-fn store_state(state_dir: &Path, service: &str, st: &State) -> std::io::Result<()> {
-    let p = state_path(state_dir, service);
-    std::fs::create_dir_all(p.parent().expect("has a parent"))?;
-    let tmp = p.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(st).unwrap_or_default())?;
-    std::fs::rename(&tmp, &p)
+/// Write the state file; a failure (a full disk) is logged: `status` and the metrics would
+/// show an older state meanwhile.
+fn save_state(state_dir: &Path, service: &str, st: &State, log: Log) {
+    let path = state_path(state_dir, service);
+    let body = serde_json::to_vec_pretty(st).unwrap_or_default();
+    if let Err(e) = lifeboat_context::write_atomically(&path, &body) {
+        log(
+            "error",
+            service,
+            serde_json::json!({"error": format!("{}: {e}", path.display()), "note": "replication goes on; `status` and the metrics show the last state written"}),
+        );
+    }
 }
 
 fn now_ms() -> i64 {
@@ -255,10 +262,19 @@ pub struct Replicator {
     pub state: State,
     state_dir: PathBuf,
     stop: Arc<AtomicBool>,
+    log: Log,
 }
 
+/// The daemon's log (`event`, `service`, fields).
+pub type Log = fn(&str, &str, serde_json::Value);
+
 impl Replicator {
-    pub fn new(ctx: &Context, r: Replicated, stop: Arc<AtomicBool>) -> Result<Self, Error> {
+    pub fn new(
+        ctx: &Context,
+        r: Replicated,
+        stop: Arc<AtomicBool>,
+        log: Log,
+    ) -> Result<Self, Error> {
         let (source, replica) = open(&r)?;
         let state = load_state(&ctx.state_dir, &r.service).unwrap_or_default();
         Ok(Replicator {
@@ -269,21 +285,22 @@ impl Replicator {
             state,
             state_dir: ctx.state_dir.clone(),
             stop,
+            log,
         })
     }
 
     fn save(&mut self) {
         self.state.time_ms = now_ms();
-        let _ = store_state(&self.state_dir, &self.r.service, &self.state);
+        save_state(&self.state_dir, &self.r.service, &self.state, self.log);
     }
 
     /// One pass: list, compare, copy and delete; the state kept up to date along the way.
     pub fn pass(&mut self, full: bool) -> Result<PassSummary, Error> {
         let started = Instant::now();
         let started_ms = now_ms();
-        let source = self.source.list(&mut |_| {})?;
+        let source = self.source.list()?;
         let todo = if full {
-            let replica = self.replica.list(&mut |_| {})?;
+            let replica = self.replica.list()?;
             let rb = &self.replica;
             full_diff(
                 &source,
@@ -323,7 +340,7 @@ impl Replicator {
             .cloned()
             .collect();
         self.pending(&left, started_ms);
-        if full && first_error.is_none() {
+        if full && first_error.is_none() && !self.stop.load(Ordering::Relaxed) {
             self.state.last_full_reconcile_ms = Some(started_ms);
         }
         self.state.copied_objects += sum.copied;
@@ -366,7 +383,7 @@ impl Replicator {
         // A long pass (a first copy of a large bucket) says how far it is: the state file
         // every 2 s, the log every 30 s.
         let mut progress = self.state.clone();
-        let (state_dir, service) = (self.state_dir.clone(), self.r.service.clone());
+        let (state_dir, service, log) = (&self.state_dir, &self.r.service, self.log);
         let total = objects.len() as u64;
         let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
         std::thread::scope(|s| {
@@ -400,13 +417,13 @@ impl Replicator {
                 progress.pending_bytes =
                     total_bytes.saturating_sub(copied_bytes.load(Ordering::Relaxed));
                 progress.time_ms = now_ms();
-                let _ = store_state(&state_dir, &service, &progress);
+                save_state(state_dir, service, &progress, log);
                 if logged.elapsed() >= Duration::from_secs(30) {
                     logged = Instant::now();
-                    eprintln!(
-                        "{}",
-                        serde_json::json!({"event": "bucket progress", "service": service,
-                            "copied": done, "of": total, "time": jiff::Timestamp::now().to_string()})
+                    log(
+                        "bucket progress",
+                        service,
+                        serde_json::json!({"copied": done, "of": total}),
                     );
                 }
             }
@@ -442,17 +459,18 @@ impl Replicator {
     }
 }
 
-/// Run the replication of every bucket service until `stop`: a full reconcile first and every
-/// `reconcile`, incremental passes every `interval`; a failing pass is logged, recorded once
-/// in the evidence log (and again when it recovers), notified, and retried after a growing
-/// delay (up to 5 minutes), never in a busy loop.
+/// Run one bucket service's replication until `stop`: a full comparison first and every
+/// `reconcile`, incremental passes every `interval`. A failing pass is logged, recorded once in
+/// the evidence log (and again when it recovers), notified, and retried after a delay that
+/// doubles up to 5 minutes (or the interval, when that is longer), never in a busy loop.
 pub async fn run(
     ctx: Context,
     r: Replicated,
     mut stop: tokio::sync::watch::Receiver<bool>,
     notifier: lifeboat_context::notify::Notifier,
-    log: fn(&str, &str, serde_json::Value),
+    log: Log,
 ) {
+    // A pass runs on a blocking thread: it stops between objects when this turns true.
     let flag = Arc::new(AtomicBool::new(false));
     {
         let (flag, mut stop) = (flag.clone(), stop.clone());
@@ -466,41 +484,51 @@ pub async fn run(
         });
     }
     let service = r.service.clone();
+    let record = |outcome: &str, started: Instant, figures: serde_json::Value| {
+        if let Err(e) = ctx.record("bucket replication", &service, outcome, started, figures) {
+            log(
+                "error",
+                &service,
+                serde_json::json!({"error": format!("evidence log: {e}")}),
+            );
+        }
+    };
+    // Opened at the first pass, and again after a pass that could not open the sides.
     let mut rep: Option<Replicator> = None;
     let mut next_full = Instant::now();
-    let mut delay = r.interval;
     let mut failing = false;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
+    let mut wait = r.interval;
+    while !*stop.borrow() {
         let full = Instant::now() >= next_full;
-        let (c, f, r2) = (ctx.clone(), flag.clone(), r.clone());
-        let taken = rep.take();
+        let (c, f, r2, taken) = (ctx.clone(), flag.clone(), r.clone(), rep.take());
+        let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
             let mut rep = match taken {
                 Some(rep) => rep,
-                None => match Replicator::new(&c, r2, f) {
+                None => match Replicator::new(&c, r2, f, log) {
                     Ok(rep) => rep,
                     Err(e) => return (None, Err(e)),
                 },
             };
-            let started = Instant::now();
-            let out = rep.pass(full).map(|s| (s, started));
+            let out = rep.pass(full);
             (Some(rep), out)
         })
         .await;
-        let (back, outcome) = match joined {
-            Ok(v) => v,
-            Err(e) => (
+        let outcome;
+        (rep, outcome) = joined.unwrap_or_else(|e| {
+            (
                 None,
                 Err(Error::new(Kind::Internal, format!("replication pass: {e}"))),
-            ),
-        };
-        rep = back;
+            )
+        });
+        // The state says how it went, also when the sides could not even be opened.
+        let mut st = rep
+            .as_ref()
+            .map(|r| r.state.clone())
+            .or_else(|| load_state(&ctx.state_dir, &service))
+            .unwrap_or_default();
         match outcome {
-            Ok((sum, started)) => {
-                delay = r.interval;
+            Ok(sum) => {
                 if full {
                     next_full = Instant::now() + r.reconcile;
                 }
@@ -512,55 +540,31 @@ pub async fn run(
                     );
                 }
                 if full || failing {
-                    let figures = serde_json::json!({"pass": sum, "recovered": failing});
-                    if let Err(e) =
-                        ctx.record("bucket replication", &service, "ok", started, figures)
-                    {
-                        log(
-                            "error",
-                            &service,
-                            serde_json::json!({"error": format!("evidence log: {e}")}),
-                        );
-                    }
+                    record(
+                        "ok",
+                        started,
+                        serde_json::json!({"pass": sum, "recovered": failing}),
+                    );
                 }
-                if let Some(rep) = rep.as_mut() {
-                    rep.state.error = None;
-                    rep.state.hint = None;
-                    rep.state.failing_since_ms = None;
-                    rep.save();
-                }
+                (st.error, st.hint, st.failing_since_ms) = (None, None, None);
                 failing = false;
+                wait = r.interval;
             }
             Err(e) => {
+                let longest = Duration::from_secs(300).max(r.interval);
+                wait = (if failing { wait } else { r.interval } * 2).min(longest);
                 log(
                     "bucket",
                     &service,
-                    serde_json::json!({"error": e.message, "hint": e.hint, "retry_in_s": delay.as_secs_f64()}),
+                    serde_json::json!({"error": e.message, "hint": e.hint, "retry_in_s": wait.as_secs_f64()}),
                 );
-                // The state says why, also when the sides could not even be opened.
-                let mut st = rep
-                    .as_ref()
-                    .map(|r| r.state.clone())
-                    .or_else(|| load_state(&ctx.state_dir, &service))
-                    .unwrap_or_default();
                 st.error = Some(e.message.clone());
                 st.hint = e.hint.clone();
                 st.last_failure_ms = Some(now_ms());
                 st.failing_since_ms.get_or_insert(now_ms());
-                st.time_ms = now_ms();
-                if let Some(rep) = rep.as_mut() {
-                    rep.state = st.clone();
-                }
-                let _ = store_state(&ctx.state_dir, &service, &st);
                 if !failing {
                     let figures = serde_json::json!({"error": e.message, "hint": e.hint});
-                    let _ = ctx.record(
-                        "bucket replication",
-                        &service,
-                        "failed",
-                        Instant::now(),
-                        figures.clone(),
-                    );
+                    record("failed", started, figures.clone());
                     notifier.send(lifeboat_context::notify::Note {
                         severity: Severity::P2,
                         event: "bucket replication".into(),
@@ -571,12 +575,15 @@ pub async fn run(
                     });
                 }
                 failing = true;
-                // Sides that could not be opened are opened again next time.
-                delay = (delay * 2).clamp(r.interval, Duration::from_secs(300));
             }
         }
+        st.time_ms = now_ms();
+        save_state(&ctx.state_dir, &service, &st, log);
+        if let Some(rep) = rep.as_mut() {
+            rep.state = st;
+        }
         tokio::select! {
-            _ = tokio::time::sleep(if failing { delay } else { r.interval }) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
     }
@@ -612,8 +619,8 @@ impl Comparison {
 /// Compare both listings, and the content of `sample` objects (spread over the key range).
 pub fn verify(r: &Replicated, sample: usize) -> Result<Comparison, Error> {
     let (source, replica) = open(r)?;
-    let s = source.list(&mut |_| {})?;
-    let p = replica.list(&mut |_| {})?;
+    let s = source.list()?;
+    let p = replica.list()?;
     let mut held = BTreeMap::new();
     let todo = full_diff(&s, &p, r.deletes, &mut held, &mut |k| {
         replica.source_etag_of(k)
@@ -663,16 +670,15 @@ pub struct Restored {
 /// `overwrite` those whose content differs.
 pub fn restore_from_replica(r: &Replicated, overwrite: bool) -> Result<Restored, Error> {
     let (source, replica) = open(r)?;
-    let s = source.list(&mut |_| {})?;
-    let p = replica.list(&mut |_| {})?;
+    let s = source.list()?;
+    let p = replica.list()?;
     let at_source: BTreeMap<&str, &Object> = s.iter().map(|o| (o.key.as_str(), o)).collect();
     let mut out = Restored::default();
     for o in &p {
         let copy = match at_source.get(o.key.as_str()) {
             None => true,
             Some(src) => {
-                let same = src.size == o.size
-                    && (src.etag == o.etag || replica.source_etag_of(&o.key)? == src.etag);
+                let same = holds(src, o, &mut |k| replica.source_etag_of(k))?;
                 if !same && !overwrite {
                     out.left_differing.push(o.key.clone());
                 }

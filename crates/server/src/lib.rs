@@ -99,7 +99,7 @@ async fn dns_name(
     let names = dns[&d.listen].clone();
     if let Ok(mut n) = names.lock() {
         n.push(lifeboat_failover::dns::Answer {
-            name: d.name.trim_end_matches('.').to_ascii_lowercase(),
+            name: d.key(),
             ttl: d.ttl.map(|t| t.std().as_secs() as u32).unwrap_or(5),
             target: None,
         });

@@ -1051,7 +1051,7 @@ backups:
         std::fs::create_dir_all(ctx.state_dir.join("routes")).unwrap();
         std::fs::write(
             ctx.state_dir.join("routes/app.json"),
-            r#"{"site": "west", "reason": "x", "changes": 2, "time": "2026-12-01T00:00:00Z",
+            r#"{"site": "west", "reason": "x", "time": "2026-12-01T00:00:00Z",
                 "sites": {"east": {"healthy": false}, "west": {"healthy": true}}}"#,
         )
         .unwrap();

@@ -76,33 +76,19 @@ impl Bucket {
     }
 
     fn fail(&self, doing: &str, e: &opendal::Error) -> Error {
-        let text = e.to_string();
-        let denied = e.kind() == opendal::ErrorKind::PermissionDenied
-            || [
-                "AccessDenied",
-                "InvalidAccessKeyId",
-                "SignatureDoesNotMatch",
-            ]
-            .iter()
-            .any(|c| text.contains(c));
-        let no_bucket = text.contains("NoSuchBucket");
-        let (kind, hint) = if denied {
-            (
-                Kind::Key,
-                "check this side's access_key_id / secret_access_key (or the AWS_* variables) and its bucket policy",
-            )
-        } else if no_bucket {
-            (
-                Kind::Input,
-                "check that the bucket exists at this endpoint (create it first)",
-            )
-        } else if e.kind() == opendal::ErrorKind::NotFound {
-            (Kind::Input, "check the bucket and prefix in the URL")
+        let not_found = e.kind() == opendal::ErrorKind::NotFound;
+        let hint = crate::error::s3_hint(&e.to_string())
+            .or((e.kind() == opendal::ErrorKind::PermissionDenied)
+                .then_some(crate::error::S3_CREDENTIALS_HINT))
+            .unwrap_or(if not_found {
+                "check the bucket and prefix in the URL"
+            } else {
+                "check the endpoint in the URL and that the S3 server answers"
+            });
+        let kind = if not_found {
+            Kind::Input
         } else {
-            (
-                Kind::Backend,
-                "check the endpoint in the URL and that the S3 server answers",
-            )
+            Kind::Backend
         };
         Error::new(
             kind,
@@ -116,9 +102,8 @@ impl Bucket {
         .hint(hint)
     }
 
-    /// Every object (keys relative to the URL's prefix), in key order; `progress` after each
-    /// page with the count so far.
-    pub fn list(&self, progress: &mut dyn FnMut(usize)) -> Result<Vec<Object>> {
+    /// Every object (keys relative to the URL's prefix), in key order.
+    pub fn list(&self) -> Result<Vec<Object>> {
         let lister = self
             .op
             .lister_options(
@@ -144,11 +129,7 @@ impl Bucket {
                     .last_modified()
                     .map(|t| jiff::Timestamp::from(t).as_millisecond()),
             });
-            if out.len() % 1000 == 0 {
-                progress(out.len());
-            }
         }
-        progress(out.len());
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }

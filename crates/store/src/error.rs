@@ -55,22 +55,9 @@ pub(crate) fn parse(e: Box<rustic_core::RusticError>) -> Parsed {
     if all.contains("No space left on device") || all.contains("os error 28") {
         kind = Kind::Io;
         hint = Some("the disk is full: free space and run again; no snapshot was recorded".into());
-    } else if all.contains("NoSuchBucket") {
+    } else if let Some(h) = s3_hint(&all) {
         kind = Kind::Backend;
-        hint = Some(
-            "the S3 bucket does not exist: create it (e.g. `aws s3 mb s3://BUCKET`) and run again"
-                .into(),
-        );
-    } else if [
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-    ]
-    .iter()
-    .any(|c| all.contains(c))
-    {
-        kind = Kind::Backend;
-        hint = Some("the S3 server refused the credentials: check access_key_id / secret_access_key (or AWS_* variables)".into());
+        hint = Some(h.into());
     }
     Parsed {
         kind,
@@ -96,18 +83,35 @@ pub(crate) fn rustic(e: Box<rustic_core::RusticError>, doing: &str) -> Error {
     err
 }
 
+/// S3 error codes whose cause is known: a missing bucket, then refused credentials.
+const S3_CODES: [&str; 4] = [
+    "NoSuchBucket",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+];
+
+/// The S3 server refused the credentials: what to check.
+pub(crate) const S3_CREDENTIALS_HINT: &str = "the S3 server refused the credentials: check access_key_id / secret_access_key (or AWS_* variables)";
+
+/// What to do about an S3 failure whose text names a known cause.
+pub(crate) fn s3_hint(text: &str) -> Option<&'static str> {
+    if text.contains(S3_CODES[0]) {
+        Some("the S3 bucket does not exist: create it (e.g. `aws s3 mb s3://BUCKET`) and run again")
+    } else if S3_CODES[1..].iter().any(|c| text.contains(c)) {
+        Some(S3_CREDENTIALS_HINT)
+    } else {
+        None
+    }
+}
+
 /// The useful tail of a (possibly long, nested) root-cause message: an S3 error code when there
 /// is one, else the last `: `-separated part if it is plain text, else the whole, capped.
 pub(crate) fn root_summary(r: &str) -> String {
     if r.contains("timeout reached") || r.contains("operation timed out") {
         return "the S3 server did not answer in time (each try has a deadline; set `timeout`, `io_timeout`, `retries` in the repository URL)".into();
     }
-    for code in [
-        "NoSuchBucket",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-    ] {
+    for code in S3_CODES {
         if r.contains(code) {
             return format!("S3 error {code}");
         }

@@ -163,8 +163,11 @@ impl S3Objects {
 }
 
 fn s3err(e: opendal::Error, what: &str) -> Error {
-    Error::new(Kind::Backend, format!("{what}: {}", crate::s3::describe(&e)))
-        .hint("check that the S3 endpoint is reachable, answers, and takes the credentials; then run the command again")
+    Error::new(Kind::Backend, format!("{what}: {}", crate::s3::describe(&e))).hint(
+        crate::error::s3_hint(&e.to_string()).unwrap_or(
+            "check that the S3 endpoint is reachable, answers, and takes the credentials; then run the command again",
+        ),
+    )
 }
 
 impl ObjectStore for S3Objects {

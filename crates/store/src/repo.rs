@@ -80,23 +80,11 @@ impl RepoSpec {
             }
             other => (other, repo.url.split('?').next().unwrap_or("").to_string()),
         };
-        let resolve =
-            |s: &Option<lifeboat_core::secret::Secret>, env: &str| -> Result<Option<String>> {
-                match s {
-                    Some(s) => s
-                        .resolve()
-                        .map(Some)
-                        .map_err(|e| Error::new(Kind::Key, format!("repository {name}: {e}"))),
-                    None => Ok(std::env::var(env).ok()),
-                }
-            };
-        let s3_keys = match (
-            resolve(&repo.access_key_id, "AWS_ACCESS_KEY_ID")?,
-            resolve(&repo.secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
-        ) {
-            (Some(a), Some(s)) => Some((a, s)),
-            _ => None,
-        };
+        let s3_keys = crate::s3::keys(
+            &repo.access_key_id,
+            &repo.secret_access_key,
+            &format!("repository {name}"),
+        )?;
         Ok(Self {
             name: name.to_string(),
             url,

@@ -82,6 +82,32 @@ impl Deadlines {
     }
 }
 
+/// The S3 keys to sign with: the plan's `access_key_id` / `secret_access_key`, each else its
+/// `AWS_*` variable; None when either is missing (the S3 client's own defaults then). `whose`
+/// names the owner in an error ("repository main", "the replica bucket").
+pub fn keys(
+    access_key_id: &Option<lifeboat_core::secret::Secret>,
+    secret_access_key: &Option<lifeboat_core::secret::Secret>,
+    whose: &str,
+) -> Result<Option<(String, String)>> {
+    let resolve = |s: &Option<lifeboat_core::secret::Secret>, env: &str| match s {
+        Some(s) => s
+            .resolve()
+            .map(Some)
+            .map_err(|e| Error::new(Kind::Key, format!("{whose}: {e}"))),
+        None => Ok(std::env::var(env).ok()),
+    };
+    Ok(
+        match (
+            resolve(access_key_id, "AWS_ACCESS_KEY_ID")?,
+            resolve(secret_access_key, "AWS_SECRET_ACCESS_KEY")?,
+        ) {
+            (Some(a), Some(s)) => Some((a, s)),
+            _ => None,
+        },
+    )
+}
+
 /// The S3 client's options for `s3://BUCKET/PREFIX?…` (the URL's query options, `bucket`,
 /// `root`, a default region, the keys when given) and the deadlines of its calls, taken out of
 /// the query.
